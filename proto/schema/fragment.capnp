@@ -1,0 +1,54 @@
+@0xd5f5cbe66673ed0c;
+# Fragment data path headers. On the wire (TCP) every message is
+#   u32 little-endian header length | Cap'n Proto header (single segment) | bulk bytes
+# The bulk bytes (fragment contents) never go inside a Cap'n Proto message:
+# their length is named by the header.
+
+struct FragmentKey {
+  ino @0 :UInt64;
+  stripe @1 :UInt64;
+  generation @2 :UInt64;
+  index @3 :UInt8;
+}
+
+struct FragmentRequest {
+  union {
+    put :group {
+      key @0 :FragmentKey;
+      length @1 :UInt32;      # bulk bytes that follow the header
+      crc32c @2 :UInt32;      # CRC32C of those bytes, checked before anything is stored
+    }
+    get :group {
+      key @3 :FragmentKey;
+      offset @4 :UInt32;      # byte range inside the fragment
+      length @5 :UInt32;
+      expectedCrc32c @6 :UInt32; # CRC32C metad holds for the whole fragment
+    }
+    delete :group {
+      key @7 :FragmentKey;
+    }
+  }
+}
+
+enum ErrorCode {
+  notFound @0;
+  checksumMismatch @1;
+  noSpace @2;
+  io @3;
+  badRequest @4;
+  wrongShard @5;
+}
+
+struct FragmentResponse {
+  union {
+    ok :group {
+      length @0 :UInt32;      # bulk bytes that follow the header (get), else 0
+    }
+    error :group {
+      code @1 :ErrorCode;
+      message @2 :Text;
+      expected @3 :UInt32;    # checksumMismatch: the CRC that was expected
+      actual @4 :UInt32;      # checksumMismatch: the CRC that was computed
+    }
+  }
+}

@@ -1,0 +1,190 @@
+@0xc4aa9b82df42073b;
+# The metadata service: the client/storage-node API and the Raft transport
+# between metad voters. Every request goes through one `execute` call so that
+# redirects to the leader and retries are handled in one place by clients.
+
+using Fragment = import "fragment.capnp";
+
+enum FileKind {
+  file @0;
+  dir @1;
+  symlink @2;
+}
+
+struct Attr {
+  ino @0 :UInt64;
+  kind @1 :FileKind;
+  mode @2 :UInt32;        # permission bits (0o7777)
+  uid @3 :UInt32;
+  gid @4 :UInt32;
+  size @5 :UInt64;
+  nlink @6 :UInt32;
+  atimeNs @7 :Int64;      # nanoseconds since the Unix epoch
+  mtimeNs @8 :Int64;
+  ctimeNs @9 :Int64;
+}
+
+struct StripeConfig {
+  k @0 :UInt8;
+  m @1 :UInt8;
+  unitBytes @2 :UInt32;
+}
+
+struct StripeEntry {
+  stripe @0 :UInt64;
+  generation @1 :UInt64;
+  encodedBytes @2 :UInt32;  # file bytes in the stripe when it was encoded
+  validBytes @3 :UInt32;    # bytes still part of the file (<= encodedBytes; truncation)
+  crcs @4 :List(UInt32);    # CRC32C of each of the k+m fragments (0 for a fragment not stored)
+}
+
+struct Layout {
+  config @0 :StripeConfig;
+  stripes @1 :List(StripeEntry);
+}
+
+struct DirEntry {
+  name @0 :Text;
+  ino @1 :UInt64;
+  kind @2 :FileKind;
+}
+
+struct OptU32 { union { none @0 :Void; some @1 :UInt32; } }
+struct OptU64 { union { none @0 :Void; some @1 :UInt64; } }
+struct OptTime { union { none @0 :Void; now @1 :Void; ns @2 :Int64; } }
+
+struct SetAttr {
+  mode @0 :OptU32;
+  uid @1 :OptU32;
+  gid @2 :OptU32;
+  size @3 :OptU64;
+  atime @4 :OptTime;
+  mtime @5 :OptTime;
+}
+
+struct NodeInfo {
+  id @0 :UInt64;
+  host @1 :Text;
+  shardPorts @2 :List(UInt16);  # one TCP port per executor (shard) of the node
+  capacityBytes @3 :UInt64;
+  usedBytes @4 :UInt64;
+  cores @5 :UInt32;
+  transports @6 :List(Text);
+}
+
+enum NodeState {
+  up @0;
+  down @1;
+}
+
+struct NodeStatus {
+  info @0 :NodeInfo;
+  state @1 :NodeState;
+  lastHeartbeatMsAgo @2 :OptU64;
+}
+
+struct PlacementGroup {
+  id @0 :UInt32;
+  nodes @1 :List(UInt64);   # k+m distinct nodes: fragment i goes to nodes[i]
+}
+
+struct ClusterMap {
+  epoch @0 :UInt64;
+  config @1 :StripeConfig;
+  nodes @2 :List(NodeStatus);
+  groups @3 :List(PlacementGroup);
+}
+
+struct Voter {
+  id @0 :UInt64;
+  addr @1 :Text;
+}
+
+struct ClusterStatus {
+  leader @0 :OptU64;
+  term @1 :UInt64;
+  lastApplied @2 :UInt64;
+  voters @3 :List(Voter);
+  map @4 :ClusterMap;
+}
+
+struct StatFs {
+  totalBytes @0 :UInt64;
+  usedBytes @1 :UInt64;
+  files @2 :UInt64;
+}
+
+struct Request {
+  union {
+    lookup :group { parent @0 :UInt64; name @1 :Text; }
+    getAttr :group { ino @2 :UInt64; }
+    setAttr :group { ino @3 :UInt64; set @4 :SetAttr; }
+    readDir :group { ino @5 :UInt64; after @6 :Text; limit @7 :UInt32; }
+    create :group { parent @8 :UInt64; name @9 :Text; mode @10 :UInt32; uid @11 :UInt32; gid @12 :UInt32; exclusive @13 :Bool; }
+    mkdir :group { parent @14 :UInt64; name @15 :Text; mode @16 :UInt32; uid @17 :UInt32; gid @18 :UInt32; }
+    unlink :group { parent @19 :UInt64; name @20 :Text; }
+    rmdir :group { parent @21 :UInt64; name @22 :Text; }
+    rename :group { parent @23 :UInt64; name @24 :Text; newParent @25 :UInt64; newName @26 :Text; }
+    link :group { ino @27 :UInt64; newParent @28 :UInt64; newName @29 :Text; }
+    symlink :group { parent @30 :UInt64; name @31 :Text; target @32 :Text; uid @33 :UInt32; gid @34 :UInt32; }
+    readLink :group { ino @35 :UInt64; }
+    statFs @36 :Void;
+    getLayout :group { ino @37 :UInt64; }
+    commitLayout :group { ino @38 :UInt64; size @39 :UInt64; stripes @40 :List(StripeEntry); }
+    registerNode :group { info @41 :NodeInfo; }
+    heartbeat :group { id @42 :UInt64; usedBytes @43 :UInt64; capacityBytes @44 :UInt64; }
+    clusterMap @45 :Void;
+    clusterStatus @46 :Void;
+  }
+}
+
+enum ErrorKind {
+  fs @0;           # a POSIX error; `errno` says which
+  notLeader @1;    # ask `leaderAddr` instead (empty when no leader is known yet)
+  unavailable @2;  # no quorum, shutting down, storage failure: retry later
+  invalid @3;      # malformed request
+}
+
+struct Error {
+  kind @0 :ErrorKind;
+  errno @1 :Int32;
+  message @2 :Text;
+  leaderId @3 :UInt64;
+  leaderAddr @4 :Text;
+}
+
+struct Response {
+  union {
+    error @0 :Error;
+    attr @1 :Attr;
+    entries @2 :List(DirEntry);
+    unit @3 :Void;
+    freed @4 :List(StripeEntry);             # unlink / rename over a target / rmdir
+    link @5 :Text;
+    statFs @6 :StatFs;
+    layout :group { attr @7 :Attr; layout @8 :Layout; }
+    committed :group { attr @9 :Attr; replaced @10 :List(StripeEntry); }
+    clusterMap @11 :ClusterMap;
+    clusterStatus @12 :ClusterStatus;
+    attrFreed :group { attr @13 :Attr; freed @14 :List(StripeEntry); }  # setAttr truncation
+  }
+}
+
+interface Metadata {
+  execute @0 (request :Request) -> (response :Response);
+}
+
+# Raft messages between voters. The payloads are openraft's own request and
+# response types, serialized with bincode: they are an internal format of
+# metad (both ends are the same build), not part of the public API.
+interface Raft {
+  appendEntries @0 (payload :Data) -> (payload :Data);
+  vote @1 (payload :Data) -> (payload :Data);
+  installSnapshot @2 (payload :Data) -> (payload :Data);
+}
+
+# What a metad listener hands out at bootstrap: both interfaces.
+interface Service {
+  metadata @0 () -> (metadata :Metadata);
+  raft @1 () -> (raft :Raft);
+}

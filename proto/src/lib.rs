@@ -1,0 +1,20 @@
+//! Wire schemas, ids and error codes shared by every torchfs part
+//! (DESIGN.md §1: services meet only here and in the transport).
+//!
+//! - [`meta`]: metadata API domain types (requests, replies, errors).
+//! - [`fragment`]: fragment data-path headers and framing.
+//! - `fragment_capnp`, `metadata_capnp`: code generated from `schema/`.
+
+pub mod fragment;
+pub mod client;
+pub mod meta;
+
+#[allow(clippy::all, dead_code, unused_parens)]
+pub mod fragment_capnp {
+    include!(concat!(env!("OUT_DIR"), "/fragment_capnp.rs"));
+}
+
+#[allow(clippy::all, dead_code, unused_parens)]
+pub mod metadata_capnp {
+    include!(concat!(env!("OUT_DIR"), "/metadata_capnp.rs"));
+}

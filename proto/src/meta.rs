@@ -1,0 +1,362 @@
+//! Domain types of the metadata API: what clients and storage nodes ask metad,
+//! and what it answers. `convert` maps them to and from the Cap'n Proto schema
+//! (`schema/metadata.capnp`); metad also uses them (serde) inside its Raft log.
+
+use serde::{Deserialize, Serialize};
+
+/// Inode number. The root directory is [`ROOT_INO`].
+pub type Ino = u64;
+/// Storage-node id, unique in a cluster and kept by the node across restarts.
+pub type NodeId = u64;
+/// Inode of the root directory.
+pub const ROOT_INO: Ino = 1;
+/// Longest file name accepted (bytes), as on Linux.
+pub const NAME_BYTES_MAX: usize = 255;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits only (0o7777); the kind is in `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// How files are cut into stripes: `k` data + `m` parity fragments of
+/// `unit_bytes` each (DESIGN.md §2).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StripeConfig {
+    pub k: u8,
+    pub m: u8,
+    pub unit_bytes: u32,
+}
+
+impl StripeConfig {
+    pub const DEFAULT: StripeConfig = StripeConfig {
+        k: 4,
+        m: 2,
+        unit_bytes: 1 << 20,
+    };
+
+    /// File bytes held by one stripe (`k * unit_bytes`).
+    pub fn stripe_bytes(&self) -> u64 {
+        self.k as u64 * self.unit_bytes as u64
+    }
+
+    /// Fragments per stripe (`k + m`).
+    pub fn width(&self) -> usize {
+        self.k as usize + self.m as usize
+    }
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One written stripe of a file. Stripes absent from a layout are holes
+/// (all zeros). Fragment keys are `(ino, stripe, generation, index)`; a new
+/// write of a stripe gets a new generation, so committed fragments are never
+/// overwritten in place.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StripeEntry {
+    pub stripe: u64,
+    pub generation: u64,
+    /// File bytes in the stripe when it was encoded. Data fragment `i` is
+    /// stored iff `i * unit < encoded_bytes`; its length is
+    /// `min(unit, encoded_bytes - i * unit)`; parity fragments are
+    /// `min(unit, encoded_bytes)` long.
+    pub encoded_bytes: u32,
+    /// Bytes of the stripe still part of the file (a truncation lowers it):
+    /// bytes past it read as zeros whatever the fragments hold.
+    pub valid_bytes: u32,
+    /// CRC32C of each of the k+m fragments; 0 for one that is not stored.
+    pub crcs: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Layout {
+    pub config: StripeConfig,
+    /// Sorted by `stripe`, no duplicates.
+    pub stripes: Vec<StripeEntry>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// The leader's clock when the request is applied.
+    Now,
+    Ns(i64),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Host name or IP address clients connect to.
+    pub host: String,
+    /// One TCP port per executor (shard) of the node; a fragment key is
+    /// served by shard `shard_of(key, shard_ports.len())`.
+    pub shard_ports: Vec<u16>,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub cores: u32,
+    /// Transports the node speaks, e.g. `["tcp"]`.
+    pub transports: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    Up,
+    Down,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub info: NodeInfo,
+    pub state: NodeState,
+    /// None when the answering leader has not heard from the node since it
+    /// took office.
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PlacementGroup {
+    pub id: u32,
+    /// k+m distinct nodes: fragment `i` of a stripe in this group lives on
+    /// `nodes[i]`.
+    pub nodes: Vec<NodeId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ClusterMap {
+    /// Bumped whenever nodes or groups change.
+    pub epoch: u64,
+    pub config: StripeConfig,
+    pub nodes: Vec<NodeStatus>,
+    /// Empty until k+m storage nodes have registered.
+    pub groups: Vec<PlacementGroup>,
+}
+
+impl ClusterMap {
+    /// The placement group of a stripe: a hash of (ino, stripe) over the
+    /// group table (DESIGN.md §2). None while there are no groups.
+    pub fn group_of(&self, ino: Ino, stripe: u64) -> Option<&PlacementGroup> {
+        if self.groups.is_empty() {
+            return None;
+        }
+        let index = placement_hash(ino, stripe) % self.groups.len() as u64;
+        self.groups.get(index as usize)
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| n.info.id == id)
+    }
+}
+
+/// Stable 64-bit mix of (ino, stripe) used for placement (splitmix64).
+pub fn placement_hash(ino: Ino, stripe: u64) -> u64 {
+    let mut z = ino
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(stripe)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub voters: Vec<Voter>,
+    pub map: ClusterMap,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub files: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MetaRequest {
+    Lookup { parent: Ino, name: String },
+    GetAttr { ino: Ino },
+    SetAttr { ino: Ino, set: SetAttr },
+    /// Entries with names after `after` (all when empty), at most `limit`
+    /// (0: no limit), in name order. "." and ".." are not included.
+    ReadDir { ino: Ino, after: String, limit: u32 },
+    Create { parent: Ino, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
+    Mkdir { parent: Ino, name: String, mode: u32, uid: u32, gid: u32 },
+    Unlink { parent: Ino, name: String },
+    Rmdir { parent: Ino, name: String },
+    Rename { parent: Ino, name: String, new_parent: Ino, new_name: String },
+    Link { ino: Ino, new_parent: Ino, new_name: String },
+    Symlink { parent: Ino, name: String, target: String, uid: u32, gid: u32 },
+    ReadLink { ino: Ino },
+    StatFs,
+    GetLayout { ino: Ino },
+    /// Replace the named stripes of a file's layout and set its size
+    /// (close-to-open: called on flush/fsync/close).
+    CommitLayout { ino: Ino, size: u64, stripes: Vec<StripeEntry> },
+    RegisterNode { info: NodeInfo },
+    Heartbeat { id: NodeId, used_bytes: u64, capacity_bytes: u64 },
+    ClusterMap,
+    ClusterStatus,
+}
+
+impl MetaRequest {
+    /// Whether the request changes state (goes through the Raft log).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            MetaRequest::Lookup { .. }
+                | MetaRequest::GetAttr { .. }
+                | MetaRequest::ReadDir { .. }
+                | MetaRequest::ReadLink { .. }
+                | MetaRequest::StatFs
+                | MetaRequest::GetLayout { .. }
+                | MetaRequest::ClusterMap
+                | MetaRequest::ClusterStatus
+                | MetaRequest::Heartbeat { .. }
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MetaReply {
+    Attr(Attr),
+    Entries(Vec<DirEntry>),
+    Unit,
+    /// Stripes no longer referenced by any file (unlink of the last link,
+    /// rename over a file): their fragments may be deleted.
+    Freed(Vec<StripeEntry>),
+    Link(String),
+    StatFs(StatFs),
+    Layout { attr: Attr, layout: Layout },
+    Committed { attr: Attr, replaced: Vec<StripeEntry> },
+    /// setattr: new attributes, and stripes dropped by a truncation.
+    AttrFreed { attr: Attr, freed: Vec<StripeEntry> },
+    ClusterMap(ClusterMap),
+    ClusterStatus(ClusterStatus),
+}
+
+/// Why metad refused or could not answer a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// A POSIX error (`libc` errno value) from the namespace, e.g. ENOENT.
+    #[error("{message} (errno {errno})")]
+    Fs { errno: i32, message: String },
+    /// This voter is not the leader; `leader_addr` is where to go (None when
+    /// no leader is known yet).
+    #[error("not the leader (leader {leader_id:?} at {leader_addr:?})")]
+    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    /// No quorum, shutting down, or a storage failure: retry later.
+    #[error("metadata service unavailable: {0}")]
+    Unavailable(String),
+    /// The request was malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl MetaError {
+    pub fn fs(errno: i32, message: impl Into<String>) -> Self {
+        MetaError::Fs {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// The errno a filesystem front-end should return for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::Fs { errno, .. } => *errno,
+            MetaError::Invalid(_) => errno::EINVAL,
+            MetaError::NotLeader { .. } | MetaError::Unavailable(_) => errno::EIO,
+        }
+    }
+}
+
+/// The errno values used in [`MetaError::Fs`] (Linux numbering), so crates
+/// that do not link libc agree on them.
+pub mod errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EACCES: i32 = 13;
+    pub const EEXIST: i32 = 17;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const EFBIG: i32 = 27;
+    pub const ENOSPC: i32 = 28;
+    pub const EMLINK: i32 = 31;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+    pub const ELOOP: i32 = 40;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_spreads_stripes_over_groups() {
+        let mut counts = [0u32; 6];
+        for stripe in 0..6000 {
+            counts[(placement_hash(7, stripe) % 6) as usize] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "uneven placement {counts:?}");
+        }
+    }
+
+    #[test]
+    fn only_mutations_are_writes() {
+        assert!(!MetaRequest::GetAttr { ino: 1 }.is_write());
+        assert!(MetaRequest::Unlink {
+            parent: 1,
+            name: "a".into()
+        }
+        .is_write());
+    }
+}
