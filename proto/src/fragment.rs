@@ -24,8 +24,9 @@ impl FragmentKey {
         if shards == 0 {
             return 0;
         }
-        let h = crate::meta::placement_hash(self.ino ^ self.generation.rotate_left(17), self.stripe)
-            ^ self.index as u64;
+        let h =
+            crate::meta::placement_hash(self.ino ^ self.generation.rotate_left(17), self.stripe)
+                ^ self.index as u64;
         (h % shards as u64) as usize
     }
 }
@@ -49,11 +50,22 @@ pub const HEADER_BYTES_MAX: u32 = 64 << 10;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FragmentRequest {
     /// `length` bulk bytes follow, with CRC32C `crc32c`.
-    Put { key: FragmentKey, length: u32, crc32c: u32 },
+    Put {
+        key: FragmentKey,
+        length: u32,
+        crc32c: u32,
+    },
     /// Read `length` bytes at `offset`; the node checks the whole fragment
     /// against its own CRC and `expected_crc32c` (the one metad holds).
-    Get { key: FragmentKey, offset: u32, length: u32, expected_crc32c: u32 },
-    Delete { key: FragmentKey },
+    Get {
+        key: FragmentKey,
+        offset: u32,
+        length: u32,
+        expected_crc32c: u32,
+    },
+    Delete {
+        key: FragmentKey,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,4 +89,380 @@ pub enum FragmentResponse {
         expected: u32,
         actual: u32,
     },
+}
+
+/// Why a fragment header could not be decoded (or would not be accepted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The bytes are not a valid Cap'n Proto header of the expected kind.
+    #[error("malformed fragment header: {message}")]
+    Malformed { message: String },
+    /// A header length prefix above [`HEADER_BYTES_MAX`].
+    #[error("fragment header of {length_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    HeaderTooLarge { length_bytes: u32, max_bytes: u32 },
+    /// A bulk length above [`FRAGMENT_BYTES_MAX`].
+    #[error("fragment of {length_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    FragmentTooLarge { length_bytes: u32, max_bytes: u32 },
+}
+
+impl FrameError {
+    fn malformed(message: impl std::fmt::Display) -> Self {
+        FrameError::Malformed {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<capnp::Error> for FrameError {
+    fn from(e: capnp::Error) -> Self {
+        FrameError::malformed(e)
+    }
+}
+
+impl From<capnp::NotInSchema> for FrameError {
+    fn from(e: capnp::NotInSchema) -> Self {
+        FrameError::malformed(format!("unknown union or enum value {}", e.0))
+    }
+}
+
+/// Longest error message put on the wire (bytes); longer ones are cut so
+/// that every header fits one segment of [`HEADER_SEGMENT_WORDS`].
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+/// One segment of this many words holds any header we encode (a request
+/// is ~10 words; a response is ~6 words plus its message).
+const HEADER_SEGMENT_WORDS: u32 = 16 + (ERROR_MESSAGE_BYTES_MAX as u32).div_ceil(8) + 1;
+
+fn check_bulk_len(length_bytes: u32) -> Result<u32, FrameError> {
+    if length_bytes > FRAGMENT_BYTES_MAX {
+        return Err(FrameError::FragmentTooLarge {
+            length_bytes,
+            max_bytes: FRAGMENT_BYTES_MAX,
+        });
+    }
+    Ok(length_bytes)
+}
+
+fn reader_options() -> capnp::message::ReaderOptions {
+    let mut opts = capnp::message::ReaderOptions::new();
+    // A header is at most HEADER_BYTES_MAX: bound the traversal to it so a
+    // hostile message cannot make the decoder loop over amplified pointers.
+    opts.traversal_limit_in_words(Some(HEADER_BYTES_MAX as usize / 8 * 2));
+    opts.nesting_limit(8);
+    opts
+}
+
+fn set_key(mut b: crate::fragment_capnp::fragment_key::Builder<'_>, key: &FragmentKey) {
+    b.set_ino(key.ino);
+    b.set_stripe(key.stripe);
+    b.set_generation(key.generation);
+    b.set_index(key.index);
+}
+
+fn get_key(r: crate::fragment_capnp::fragment_key::Reader<'_>) -> FragmentKey {
+    FragmentKey {
+        ino: r.get_ino(),
+        stripe: r.get_stripe(),
+        generation: r.get_generation(),
+        index: r.get_index(),
+    }
+}
+
+fn to_bytes(message: &capnp::message::Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
+    capnp::serialize::write_message_to_words(message)
+}
+
+fn new_message() -> capnp::message::Builder<capnp::message::HeapAllocator> {
+    capnp::message::Builder::new(
+        capnp::message::HeapAllocator::new().first_segment_words(HEADER_SEGMENT_WORDS),
+    )
+}
+
+fn parse(
+    bytes: &[u8],
+) -> Result<capnp::message::Reader<capnp::serialize::BufferSegments<&[u8]>>, FrameError> {
+    if bytes.len() > HEADER_BYTES_MAX as usize {
+        return Err(FrameError::HeaderTooLarge {
+            length_bytes: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            max_bytes: HEADER_BYTES_MAX,
+        });
+    }
+    let mut rest = bytes;
+    let message = capnp::serialize::read_message_from_flat_slice(&mut rest, reader_options())?;
+    if !rest.is_empty() {
+        return Err(FrameError::malformed(format!(
+            "{} trailing bytes after the header",
+            rest.len()
+        )));
+    }
+    Ok(message)
+}
+
+/// Encodes a request header (Cap'n Proto, standard serialization, one
+/// segment). The bulk bytes of a put are not part of it.
+pub fn encode_request(request: &FragmentRequest) -> Vec<u8> {
+    use crate::fragment_capnp::fragment_request;
+    let mut message = new_message();
+    let root = message.init_root::<fragment_request::Builder<'_>>();
+    match request {
+        FragmentRequest::Put {
+            key,
+            length,
+            crc32c,
+        } => {
+            let mut put = root.init_put();
+            put.set_length(*length);
+            put.set_crc32c(*crc32c);
+            set_key(put.init_key(), key);
+        }
+        FragmentRequest::Get {
+            key,
+            offset,
+            length,
+            expected_crc32c,
+        } => {
+            let mut get = root.init_get();
+            get.set_offset(*offset);
+            get.set_length(*length);
+            get.set_expected_crc32c(*expected_crc32c);
+            set_key(get.init_key(), key);
+        }
+        FragmentRequest::Delete { key } => {
+            set_key(root.init_delete().init_key(), key);
+        }
+    }
+    to_bytes(&message)
+}
+
+/// Decodes a request header; lengths above [`FRAGMENT_BYTES_MAX`] are
+/// refused here, before anyone allocates a buffer for them.
+pub fn decode_request(bytes: &[u8]) -> Result<FragmentRequest, FrameError> {
+    use crate::fragment_capnp::fragment_request::Which;
+    let message = parse(bytes)?;
+    let root = message.get_root::<crate::fragment_capnp::fragment_request::Reader<'_>>()?;
+    Ok(match root.which()? {
+        Which::Put(put) => FragmentRequest::Put {
+            key: get_key(put.get_key()?),
+            length: check_bulk_len(put.get_length())?,
+            crc32c: put.get_crc32c(),
+        },
+        Which::Get(get) => FragmentRequest::Get {
+            key: get_key(get.get_key()?),
+            offset: get.get_offset(),
+            length: check_bulk_len(get.get_length())?,
+            expected_crc32c: get.get_expected_crc32c(),
+        },
+        Which::Delete(delete) => FragmentRequest::Delete {
+            key: get_key(delete.get_key()?),
+        },
+    })
+}
+
+fn code_to_capnp(code: FragmentErrorCode) -> crate::fragment_capnp::ErrorCode {
+    use crate::fragment_capnp::ErrorCode as C;
+    match code {
+        FragmentErrorCode::NotFound => C::NotFound,
+        FragmentErrorCode::ChecksumMismatch => C::ChecksumMismatch,
+        FragmentErrorCode::NoSpace => C::NoSpace,
+        FragmentErrorCode::Io => C::Io,
+        FragmentErrorCode::BadRequest => C::BadRequest,
+        FragmentErrorCode::WrongShard => C::WrongShard,
+    }
+}
+
+fn code_from_capnp(code: crate::fragment_capnp::ErrorCode) -> FragmentErrorCode {
+    use crate::fragment_capnp::ErrorCode as C;
+    match code {
+        C::NotFound => FragmentErrorCode::NotFound,
+        C::ChecksumMismatch => FragmentErrorCode::ChecksumMismatch,
+        C::NoSpace => FragmentErrorCode::NoSpace,
+        C::Io => FragmentErrorCode::Io,
+        C::BadRequest => FragmentErrorCode::BadRequest,
+        C::WrongShard => FragmentErrorCode::WrongShard,
+    }
+}
+
+/// Encodes a response header; the bulk bytes of a get follow it separately.
+pub fn encode_response(response: &FragmentResponse) -> Vec<u8> {
+    use crate::fragment_capnp::fragment_response;
+    let mut message = new_message();
+    let root = message.init_root::<fragment_response::Builder<'_>>();
+    match response {
+        FragmentResponse::Ok { length } => root.init_ok().set_length(*length),
+        FragmentResponse::Error {
+            code,
+            message: text,
+            expected,
+            actual,
+        } => {
+            let mut error = root.init_error();
+            error.set_code(code_to_capnp(*code));
+            error.set_expected(*expected);
+            error.set_actual(*actual);
+            let mut cut = text.len().min(ERROR_MESSAGE_BYTES_MAX);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error.set_message(&text[..cut]);
+        }
+    }
+    to_bytes(&message)
+}
+
+/// Decodes a response header.
+pub fn decode_response(bytes: &[u8]) -> Result<FragmentResponse, FrameError> {
+    use crate::fragment_capnp::fragment_response::Which;
+    let message = parse(bytes)?;
+    let root = message.get_root::<crate::fragment_capnp::fragment_response::Reader<'_>>()?;
+    Ok(match root.which()? {
+        Which::Ok(ok) => FragmentResponse::Ok {
+            length: check_bulk_len(ok.get_length())?,
+        },
+        Which::Error(error) => FragmentResponse::Error {
+            code: code_from_capnp(error.get_code()?),
+            message: error
+                .get_message()?
+                .to_string()
+                .map_err(FrameError::malformed)?,
+            expected: error.get_expected(),
+            actual: error.get_actual(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FragmentKey {
+        FragmentKey {
+            ino: 0x1234_5678_9abc,
+            stripe: 7,
+            generation: u64::MAX,
+            index: 5,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = [
+            FragmentRequest::Put {
+                key: key(),
+                length: 1 << 20,
+                crc32c: 0xdead_beef,
+            },
+            FragmentRequest::Get {
+                key: key(),
+                offset: 4096,
+                length: 100,
+                expected_crc32c: 42,
+            },
+            FragmentRequest::Delete { key: key() },
+        ];
+        for request in requests {
+            let bytes = encode_request(&request);
+            assert!(bytes.len() < 128, "header is {} bytes", bytes.len());
+            assert_eq!(bytes.len() % 8, 0);
+            assert_eq!(decode_request(&bytes).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let responses = [
+            FragmentResponse::Ok { length: 0 },
+            FragmentResponse::Ok {
+                length: FRAGMENT_BYTES_MAX,
+            },
+            FragmentResponse::Error {
+                code: FragmentErrorCode::ChecksumMismatch,
+                message: "stored fragment is corrupt".into(),
+                expected: 1,
+                actual: 2,
+            },
+            FragmentResponse::Error {
+                code: FragmentErrorCode::NoSpace,
+                message: "x".repeat(2000),
+                expected: 0,
+                actual: 0,
+            },
+        ];
+        for response in responses {
+            let bytes = encode_response(&response);
+            assert_eq!(&bytes[..4], &[0, 0, 0, 0], "one segment");
+            let mut want = response.clone();
+            if let FragmentResponse::Error { message, .. } = &mut want {
+                message.truncate(ERROR_MESSAGE_BYTES_MAX);
+            }
+            assert_eq!(decode_response(&bytes).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn single_segment() {
+        let bytes = encode_request(&FragmentRequest::Delete { key: key() });
+        // Standard framing: u32 (segment count - 1) first.
+        assert_eq!(&bytes[..4], &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn oversized_lengths_rejected() {
+        let bytes = encode_request(&FragmentRequest::Put {
+            key: key(),
+            length: FRAGMENT_BYTES_MAX + 1,
+            crc32c: 0,
+        });
+        assert!(matches!(
+            decode_request(&bytes),
+            Err(FrameError::FragmentTooLarge { .. })
+        ));
+        let bytes = encode_response(&FragmentResponse::Ok { length: u32::MAX });
+        assert!(matches!(
+            decode_response(&bytes),
+            Err(FrameError::FragmentTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_rejected_without_panic() {
+        assert!(decode_request(&[]).is_err());
+        assert!(decode_request(&[1, 2, 3]).is_err());
+        assert!(decode_response(&[0xff; 64]).is_err());
+        let good = encode_request(&FragmentRequest::Get {
+            key: key(),
+            offset: 0,
+            length: 10,
+            expected_crc32c: 0,
+        });
+        // Truncations and trailing junk.
+        for cut in 0..good.len() {
+            assert!(decode_request(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = good.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(decode_request(&long).is_err());
+        // Every single-byte corruption must decode or fail, never panic.
+        for i in 0..good.len() {
+            for v in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] = v;
+                let _ = decode_request(&bad);
+                let _ = decode_response(&bad);
+            }
+        }
+        // Pseudo-random garbage.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..512usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+        assert!(decode_request(&vec![0; HEADER_BYTES_MAX as usize + 8]).is_err());
+    }
 }
