@@ -1,1 +1,7 @@
-//! (being written)
+//! torchfs client core: metadata cache, stripe reader/writer and
+//! Reed-Solomon coding (ISA-L), independent of any front-end (DESIGN.md §1).
+//! The FUSE front-end and other front-ends sit on top of [`core::Client`].
+
+pub mod codec;
+pub mod core;
+pub mod stripe;
