@@ -2,11 +2,14 @@
 //! (DESIGN.md §1: services meet only here and in the transport).
 //!
 //! - [`meta`]: metadata API domain types (requests, replies, errors).
+//! - [`convert`]: domain types <-> Cap'n Proto (`metadata_capnp`).
+//! - [`client`]: [`client::MetaClient`], the leader-following metad client.
 //! - [`fragment`]: fragment data-path headers and framing.
 //! - `fragment_capnp`, `metadata_capnp`: code generated from `schema/`.
 
-pub mod fragment;
 pub mod client;
+pub mod convert;
+pub mod fragment;
 pub mod meta;
 
 #[allow(clippy::all, dead_code, unused_parens)]
