@@ -1,6 +1,28 @@
-//! Leader-following metadata client (SKELETON: being written by the metad helper).
+//! Leader-following metadata client.
+//!
+//! capnp-rpc's `RpcSystem` is not `Send`, while callers live on arbitrary
+//! (often multi-thread) tokio runtimes. So every `MetaClient` clone shares
+//! one background thread that runs a current-thread runtime with a
+//! `LocalSet`; it owns the connections (one per voter, all calls pipelined
+//! on it) and the retry loop. `call` only sends a command over a bounded
+//! channel and awaits a oneshot reply, which works from any runtime and
+//! needs no timer from the caller's. The thread ends when the last clone is
+//! dropped.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::convert::{read_response, write_request};
 use crate::meta::{MetaError, MetaReply, MetaRequest};
+use crate::metadata_capnp as mc;
 
 #[derive(Clone, Debug)]
 pub struct MetaClientOptions {
@@ -20,24 +42,364 @@ impl Default for MetaClientOptions {
     }
 }
 
+/// Commands waiting for the RPC thread; beyond this `call` waits for room.
+const QUEUE_DEPTH: usize = 4096;
+/// First and largest pause between attempts when no voter could answer.
+const BACKOFF_FIRST_MS: u64 = 20;
+const BACKOFF_MAX_MS: u64 = 500;
+/// Redirects followed back to back before pausing (an election in progress
+/// can bounce a request between two voters that each believe the other).
+const REDIRECTS_BEFORE_PAUSE: u32 = 3;
+
+struct Command {
+    req: MetaRequest,
+    reply: oneshot::Sender<Result<MetaReply, MetaError>>,
+}
+
 /// Cheap to clone; Send + Sync; usable from any tokio runtime (the
 /// Cap'n Proto RPC system, which is not Send, lives on a thread of its own).
 #[derive(Clone)]
-pub struct MetaClient {}
+pub struct MetaClient {
+    tx: Arc<mpsc::Sender<Command>>,
+}
+
+impl std::fmt::Debug for MetaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaClient").finish_non_exhaustive()
+    }
+}
 
 impl MetaClient {
     /// `addrs`: the client address ("host:port") of every metad voter.
     /// Connects lazily; fails only on an empty or unparsable list.
     pub fn new(addrs: Vec<String>, opts: MetaClientOptions) -> Result<Self, MetaError> {
-        let _ = (addrs, opts);
-        todo!()
+        if addrs.is_empty() {
+            return Err(MetaError::Invalid("no metad addresses given".into()));
+        }
+        for a in &addrs {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(MetaError::Invalid(format!(
+                    "metad address {a:?} is not host:port"
+                )));
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("torchfs-metaclient".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        // Dropping `rx` makes every `call` fail with a message.
+                        tracing::error!("metad client runtime: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, actor(rx, addrs, opts));
+            })
+            .map_err(|e| MetaError::Unavailable(format!("cannot start client thread: {e}")))?;
+        Ok(Self { tx: Arc::new(tx) })
     }
 
     /// Sends `req` to the leader, following redirects and retrying
     /// `Unavailable` and connection failures until `retry_for_ms` passes.
     /// `Fs` and `Invalid` errors come back at once.
     pub async fn call(&self, req: MetaRequest) -> Result<MetaReply, MetaError> {
-        let _ = req;
-        todo!()
+        let stopped = || MetaError::Unavailable("metad client thread stopped".into());
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command { req, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn actor(mut rx: mpsc::Receiver<Command>, addrs: Vec<String>, opts: MetaClientOptions) {
+    let state = Rc::new(Actor {
+        addrs,
+        opts,
+        conns: RefCell::new(HashMap::new()),
+        leader: RefCell::new(None),
+        next_addr: Cell::new(0),
+        next_conn_id: Cell::new(0),
+    });
+    while let Some(cmd) = rx.recv().await {
+        let state = state.clone();
+        tokio::task::spawn_local(async move {
+            let result = state.call(cmd.req).await;
+            let _ = cmd.reply.send(result);
+        });
+    }
+}
+
+type Connecting = Shared<LocalBoxFuture<'static, Result<mc::metadata::Client, String>>>;
+
+struct Conn {
+    id: u64,
+    client: Connecting,
+    disconnect: Rc<RefCell<Option<capnp_rpc::Disconnector<twoparty::VatId>>>>,
+}
+
+struct Actor {
+    addrs: Vec<String>,
+    opts: MetaClientOptions,
+    /// One connection per voter address, shared by every call in flight.
+    conns: RefCell<HashMap<String, Conn>>,
+    /// Where the last answer came from: tried first.
+    leader: RefCell<Option<String>>,
+    next_addr: Cell<usize>,
+    next_conn_id: Cell<u64>,
+}
+
+/// Why one attempt failed without an answer from metad.
+enum AttemptError {
+    Transport(String),
+}
+
+impl Actor {
+    async fn call(self: &Rc<Self>, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        let started = Instant::now();
+        let retry_for = Duration::from_millis(self.opts.retry_for_ms);
+        let attempt_limit = Duration::from_millis(self.opts.request_timeout_ms.max(1));
+        let mut backoff = Duration::from_millis(BACKOFF_FIRST_MS);
+        let mut target = self.leader.borrow().clone();
+        let mut redirects = 0u32;
+        let mut last_error;
+        loop {
+            let addr = target.take().unwrap_or_else(|| self.rotate());
+            match tokio::time::timeout(attempt_limit, self.attempt(&addr, &req)).await {
+                Ok(Ok(Ok(reply))) => {
+                    *self.leader.borrow_mut() = Some(addr);
+                    return Ok(reply);
+                }
+                Ok(Ok(Err(e @ (MetaError::Fs { .. } | MetaError::Invalid(_))))) => {
+                    *self.leader.borrow_mut() = Some(addr);
+                    return Err(e);
+                }
+                Ok(Ok(Err(MetaError::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                }))) if leader != addr && redirects < REDIRECTS_BEFORE_PAUSE => {
+                    redirects += 1;
+                    *self.leader.borrow_mut() = Some(leader.clone());
+                    target = Some(leader);
+                    continue;
+                }
+                Ok(Ok(Err(e))) => {
+                    // Unavailable, or no leader known yet: ask again shortly,
+                    // round-robin (the hinted leader first if there is one).
+                    if let MetaError::NotLeader {
+                        leader_addr: Some(leader),
+                        ..
+                    } = &e
+                    {
+                        target = Some(leader.clone());
+                    }
+                    last_error = format!("{addr}: {e}");
+                }
+                Ok(Err(AttemptError::Transport(e))) => {
+                    self.evict(&addr);
+                    last_error = format!("{addr}: {e}");
+                }
+                Err(_elapsed) => {
+                    self.evict(&addr);
+                    last_error = format!(
+                        "{addr}: no answer within {} ms",
+                        self.opts.request_timeout_ms
+                    );
+                }
+            }
+            redirects = 0;
+            self.leader.borrow_mut().take();
+            if started.elapsed() + backoff > retry_for {
+                return Err(MetaError::Unavailable(format!(
+                    "no metad leader answered within {} ms; last error: {last_error}",
+                    self.opts.retry_for_ms
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(BACKOFF_MAX_MS));
+        }
+    }
+
+    fn rotate(&self) -> String {
+        let i = self.next_addr.get();
+        self.next_addr.set((i + 1) % self.addrs.len());
+        self.addrs[i].clone()
+    }
+
+    async fn attempt(
+        self: &Rc<Self>,
+        addr: &str,
+        req: &MetaRequest,
+    ) -> Result<Result<MetaReply, MetaError>, AttemptError> {
+        let client = self
+            .connection(addr)
+            .await
+            .map_err(AttemptError::Transport)?;
+        let mut request = client.execute_request();
+        write_request(req, request.get().init_request());
+        let t = |e: capnp::Error| AttemptError::Transport(e.to_string());
+        let response = request.send().promise.await.map_err(t)?;
+        let results = response.get().map_err(t)?;
+        if !results.has_response() {
+            return Err(AttemptError::Transport("empty response".into()));
+        }
+        read_response(results.get_response().map_err(t)?).map_err(t)
+    }
+
+    /// The (possibly still connecting) connection to `addr`, made on first use.
+    async fn connection(self: &Rc<Self>, addr: &str) -> Result<mc::metadata::Client, String> {
+        let fut = {
+            let mut conns = self.conns.borrow_mut();
+            match conns.get(addr) {
+                Some(c) => c.client.clone(),
+                None => {
+                    let id = self.next_conn_id.get();
+                    self.next_conn_id.set(id + 1);
+                    let disconnect = Rc::new(RefCell::new(None));
+                    let fut = connect(
+                        self.clone(),
+                        addr.to_string(),
+                        id,
+                        disconnect.clone(),
+                        Duration::from_millis(self.opts.request_timeout_ms.max(1)),
+                    )
+                    .boxed_local()
+                    .shared();
+                    conns.insert(
+                        addr.to_string(),
+                        Conn {
+                            id,
+                            client: fut.clone(),
+                            disconnect,
+                        },
+                    );
+                    fut
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// Drops the connection to `addr` so that the next attempt reconnects
+    /// (the voter died, restarted, or hangs).
+    fn evict(&self, addr: &str) {
+        if let Some(conn) = self.conns.borrow_mut().remove(addr) {
+            if let Some(d) = conn.disconnect.borrow_mut().take() {
+                tokio::task::spawn_local(async move {
+                    let _ = d.await;
+                });
+            }
+        }
+    }
+
+    fn forget(&self, addr: &str, id: u64) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(addr).is_some_and(|c| c.id == id) {
+            conns.remove(addr);
+        }
+    }
+}
+
+async fn connect(
+    actor: Rc<Actor>,
+    addr: String,
+    id: u64,
+    disconnect: Rc<RefCell<Option<capnp_rpc::Disconnector<twoparty::VatId>>>>,
+    limit: Duration,
+) -> Result<mc::metadata::Client, String> {
+    let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            actor.forget(&addr, id);
+            return Err(format!("connect: {e}"));
+        }
+        Err(_) => {
+            actor.forget(&addr, id);
+            return Err(format!(
+                "connect: no answer within {} ms",
+                limit.as_millis()
+            ));
+        }
+    };
+    // Small request/response messages: do not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        read.compat(),
+        write.compat_write(),
+        Side::Client,
+        Default::default(),
+    );
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let service: mc::service::Client = rpc.bootstrap(Side::Server);
+    *disconnect.borrow_mut() = Some(rpc.get_disconnector());
+    let weak = Rc::downgrade(&actor);
+    let addr2 = addr.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(e) = rpc.await {
+            tracing::debug!("metad connection to {addr2} ended: {e}");
+        }
+        if let Some(actor) = weak.upgrade() {
+            actor.forget(&addr2, id);
+        }
+    });
+    // Pipelined: the first execute goes out without waiting for this.
+    Ok(service.metadata_request().send().pipeline.get_metadata())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_address_lists() {
+        assert!(MetaClient::new(vec![], MetaClientOptions::default()).is_err());
+        assert!(MetaClient::new(vec!["nohost".into()], MetaClientOptions::default()).is_err());
+        assert!(MetaClient::new(vec![":80".into()], MetaClientOptions::default()).is_err());
+        assert!(MetaClient::new(vec!["h:99999".into()], MetaClientOptions::default()).is_err());
+    }
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn client_is_send_sync_clone() {
+        assert_send_sync::<MetaClient>();
+    }
+
+    #[test]
+    fn gives_up_with_unavailable_when_nothing_listens() {
+        // Bind then drop to get a port that (very likely) refuses connections.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = MetaClient::new(
+            vec![format!("127.0.0.1:{port}")],
+            MetaClientOptions {
+                retry_for_ms: 300,
+                request_timeout_ms: 100,
+            },
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let r = rt.block_on(client.call(MetaRequest::StatFs));
+        assert!(matches!(r, Err(MetaError::Unavailable(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }

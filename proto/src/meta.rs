@@ -218,27 +218,87 @@ pub struct StatFs {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MetaRequest {
-    Lookup { parent: Ino, name: String },
-    GetAttr { ino: Ino },
-    SetAttr { ino: Ino, set: SetAttr },
+    Lookup {
+        parent: Ino,
+        name: String,
+    },
+    GetAttr {
+        ino: Ino,
+    },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+    },
     /// Entries with names after `after` (all when empty), at most `limit`
     /// (0: no limit), in name order. "." and ".." are not included.
-    ReadDir { ino: Ino, after: String, limit: u32 },
-    Create { parent: Ino, name: String, mode: u32, uid: u32, gid: u32, exclusive: bool },
-    Mkdir { parent: Ino, name: String, mode: u32, uid: u32, gid: u32 },
-    Unlink { parent: Ino, name: String },
-    Rmdir { parent: Ino, name: String },
-    Rename { parent: Ino, name: String, new_parent: Ino, new_name: String },
-    Link { ino: Ino, new_parent: Ino, new_name: String },
-    Symlink { parent: Ino, name: String, target: String, uid: u32, gid: u32 },
-    ReadLink { ino: Ino },
+    ReadDir {
+        ino: Ino,
+        after: String,
+        limit: u32,
+    },
+    Create {
+        parent: Ino,
+        name: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    },
+    Mkdir {
+        parent: Ino,
+        name: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Unlink {
+        parent: Ino,
+        name: String,
+    },
+    Rmdir {
+        parent: Ino,
+        name: String,
+    },
+    Rename {
+        parent: Ino,
+        name: String,
+        new_parent: Ino,
+        new_name: String,
+    },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: String,
+    },
+    Symlink {
+        parent: Ino,
+        name: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    ReadLink {
+        ino: Ino,
+    },
     StatFs,
-    GetLayout { ino: Ino },
+    GetLayout {
+        ino: Ino,
+    },
     /// Replace the named stripes of a file's layout and set its size
     /// (close-to-open: called on flush/fsync/close).
-    CommitLayout { ino: Ino, size: u64, stripes: Vec<StripeEntry> },
-    RegisterNode { info: NodeInfo },
-    Heartbeat { id: NodeId, used_bytes: u64, capacity_bytes: u64 },
+    CommitLayout {
+        ino: Ino,
+        size: u64,
+        stripes: Vec<StripeEntry>,
+    },
+    RegisterNode {
+        info: NodeInfo,
+    },
+    Heartbeat {
+        id: NodeId,
+        used_bytes: u64,
+        capacity_bytes: u64,
+    },
     ClusterMap,
     ClusterStatus,
 }
@@ -271,10 +331,19 @@ pub enum MetaReply {
     Freed(Vec<StripeEntry>),
     Link(String),
     StatFs(StatFs),
-    Layout { attr: Attr, layout: Layout },
-    Committed { attr: Attr, replaced: Vec<StripeEntry> },
+    Layout {
+        attr: Attr,
+        layout: Layout,
+    },
+    Committed {
+        attr: Attr,
+        replaced: Vec<StripeEntry>,
+    },
     /// setattr: new attributes, and stripes dropped by a truncation.
-    AttrFreed { attr: Attr, freed: Vec<StripeEntry> },
+    AttrFreed {
+        attr: Attr,
+        freed: Vec<StripeEntry>,
+    },
     ClusterMap(ClusterMap),
     ClusterStatus(ClusterStatus),
 }
@@ -288,7 +357,10 @@ pub enum MetaError {
     /// This voter is not the leader; `leader_addr` is where to go (None when
     /// no leader is known yet).
     #[error("not the leader (leader {leader_id:?} at {leader_addr:?})")]
-    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     /// No quorum, shutting down, or a storage failure: retry later.
     #[error("metadata service unavailable: {0}")]
     Unavailable(String),
