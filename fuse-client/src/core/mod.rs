@@ -1,1 +1,333 @@
-//! Client core (being written).
+//! The client core: everything a front-end (FUSE, the preload library, the
+//! Python batch API) needs to serve POSIX calls, and nothing of any
+//! front-end. It caches metadata with TTLs, keeps per-inode write buffers,
+//! encodes and uploads stripes, reads (degraded if need be) and commits
+//! layouts on flush (close-to-open, DESIGN.md §2-§3).
+//!
+//! Layout of the module:
+//! - [`meta_cache`]: attribute and dentry cache with TTLs.
+//! - [`map`]: the cluster map (refreshed in the background) and fragment
+//!   addresses.
+//! - [`file`]: per-inode state (layout, dirty stripe buffers, uploaded
+//!   entries): the pure logic of buffering, read-modify-write and truncation.
+//! - [`handles`]: open file handles and the per-inode state they share.
+//! - `namespace`, `read`, `write`: the operations.
+
+mod file;
+mod handles;
+mod map;
+mod meta_cache;
+mod namespace;
+mod read;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::fragment::FragmentKey;
+use torchfs_proto::meta::{Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
+use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
+
+use crate::codec::{CodecError, ReedSolomon};
+use crate::stripe::StripeError;
+
+use handles::Handles;
+use map::MapCache;
+use meta_cache::MetaCache;
+
+/// An open file, as handed to front-ends.
+pub type FileHandle = u64;
+
+/// Fragment requests (get/put/delete) one client keeps in flight at most.
+const FRAGMENT_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// Entries the attribute and dentry caches hold at most (each).
+const META_CACHE_ENTRIES_MAX: usize = 200_000;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Client addresses ("host:port") of the metad voters.
+    pub metad: Vec<String>,
+    pub attr_ttl_ms: u64,
+    pub entry_ttl_ms: u64,
+    /// Unuploaded stripe buffers kept per open file (each up to k*unit
+    /// bytes); past it, partial stripes are uploaded early.
+    pub dirty_stripes_max: usize,
+    /// How often the cluster map is refreshed in the background.
+    pub map_refresh_ms: u64,
+    pub transport: TcpOptions,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            metad: vec!["127.0.0.1:7401".to_string()],
+            attr_ttl_ms: 1_000,
+            entry_ttl_ms: 1_000,
+            dirty_stripes_max: 8,
+            map_refresh_ms: 2_000,
+            transport: TcpOptions::default(),
+        }
+    }
+}
+
+/// Why a client operation failed; [`ClientError::errno`] is what a POSIX
+/// front-end returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("metadata service at {addrs:?} unreachable: {source}")]
+    MetaUnreachable {
+        addrs: Vec<String>,
+        source: MetaError,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("metad answered {request} with an unexpected reply: {reply}")]
+    UnexpectedReply {
+        request: &'static str,
+        reply: String,
+    },
+    #[error("file handle {fh} is not open")]
+    BadHandle { fh: FileHandle },
+    #[error("file handle {fh} is not open for writing")]
+    NotWritable { fh: FileHandle },
+    #[error("inode {ino} is a directory")]
+    IsDir { ino: Ino },
+    #[error("inode {ino} is not a regular file")]
+    NotFile { ino: Ino },
+    #[error("no placement group for stripe {stripe} of inode {ino}: {nodes} storage nodes registered, {needed} needed")]
+    NoPlacement {
+        ino: Ino,
+        stripe: u64,
+        nodes: usize,
+        needed: usize,
+    },
+    #[error("storage node {node} for fragment {key} is down (writes need all k+m nodes)")]
+    NodeDown { node: NodeId, key: FragmentKey },
+    #[error("storage node {node} (fragment {key}) is not in cluster map epoch {epoch}")]
+    UnknownNode {
+        node: NodeId,
+        key: FragmentKey,
+        epoch: u64,
+    },
+    #[error("storage node {node} address {host}:{port}: {source}")]
+    Resolve {
+        node: NodeId,
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("fragment {key} on node {node}: {source}")]
+    Transport {
+        node: NodeId,
+        key: FragmentKey,
+        source: Box<TransportError>,
+    },
+    #[error("stripe {stripe} of inode {ino} unreadable: {available} of {needed} fragments available (last error: {last_error})")]
+    Unrecoverable {
+        ino: Ino,
+        stripe: u64,
+        available: usize,
+        needed: usize,
+        last_error: String,
+    },
+    #[error("inode {ino}: {source}")]
+    Layout { ino: Ino, source: StripeError },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("offset {offset} + {len_bytes} bytes is past the largest file size")]
+    TooLarge { offset: u64, len_bytes: u64 },
+}
+
+impl ClientError {
+    /// The errno (Linux numbering) a POSIX front-end should answer with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ClientError::Meta(e) | ClientError::MetaUnreachable { source: e, .. } => e.errno(),
+            ClientError::BadHandle { .. } | ClientError::NotWritable { .. } => libc::EBADF,
+            ClientError::IsDir { .. } => libc::EISDIR,
+            ClientError::NotFile { .. } => libc::EINVAL,
+            ClientError::NoPlacement { .. } => libc::ENOSPC,
+            ClientError::TooLarge { .. } => libc::EFBIG,
+            ClientError::UnexpectedReply { .. }
+            | ClientError::NodeDown { .. }
+            | ClientError::UnknownNode { .. }
+            | ClientError::Resolve { .. }
+            | ClientError::Transport { .. }
+            | ClientError::Unrecoverable { .. }
+            | ClientError::Layout { .. }
+            | ClientError::Codec(_) => libc::EIO,
+        }
+    }
+}
+
+/// The metadata service as the core sees it. [`MetaClient`] is the real one;
+/// tests substitute an in-memory one.
+pub trait MetaService: Send + Sync + 'static {
+    fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send;
+}
+
+impl MetaService for MetaClient {
+    fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send {
+        MetaClient::call(self, req)
+    }
+}
+
+/// The client core. Cheap to clone (an `Arc` inside); Send + Sync. The type
+/// parameters exist so tests can run it over in-memory metadata and
+/// storage; front-ends use the defaults via [`Client::connect`].
+pub struct Client<M: MetaService = MetaClient, T: Transport = TcpTransport> {
+    inner: Arc<Inner<M, T>>,
+}
+
+impl<M: MetaService, T: Transport> Clone for Client<M, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<M, T> {
+    config: ClientConfig,
+    meta: M,
+    transport: T,
+    map: MapCache,
+    cache: Mutex<MetaCache>,
+    handles: Handles,
+    codecs: Mutex<HashMap<(u8, u8), Arc<ReedSolomon>>>,
+    /// Bounds fragment requests in flight across all files and tasks.
+    io_slots: Semaphore,
+    /// Wakes the background map refresher early (after a transport failure).
+    map_refresh: Arc<Notify>,
+}
+
+impl Client {
+    /// Connects to metad (the voters in `config.metad`) and fetches the
+    /// cluster map; fails with [`ClientError::MetaUnreachable`] when no
+    /// voter answers within the metadata client's retry window.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let meta = MetaClient::new(config.metad.clone(), MetaClientOptions::default()).map_err(
+            |source| ClientError::MetaUnreachable {
+                addrs: config.metad.clone(),
+                source,
+            },
+        )?;
+        let transport = TcpTransport::new(config.transport.clone());
+        Client::with_parts(config, meta, transport).await
+    }
+}
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Builds a client over the given metadata service and transport (tests,
+    /// fault injection), fetching the cluster map first. Must run inside a
+    /// tokio runtime: it spawns the map refresher.
+    pub async fn with_parts(
+        config: ClientConfig,
+        meta: M,
+        transport: T,
+    ) -> Result<Self, ClientError> {
+        let first_map = match meta.call(MetaRequest::ClusterMap).await {
+            Ok(MetaReply::ClusterMap(map)) => map,
+            Ok(other) => return Err(unexpected("ClusterMap", other)),
+            Err(source) => {
+                return Err(ClientError::MetaUnreachable {
+                    addrs: config.metad.clone(),
+                    source,
+                })
+            }
+        };
+        let cache = MetaCache::new(
+            Duration::from_millis(config.attr_ttl_ms),
+            Duration::from_millis(config.entry_ttl_ms),
+            META_CACHE_ENTRIES_MAX,
+        );
+        let inner = Arc::new(Inner {
+            map: MapCache::new(first_map),
+            cache: Mutex::new(cache),
+            handles: Handles::default(),
+            codecs: Mutex::new(HashMap::new()),
+            io_slots: Semaphore::new(FRAGMENT_REQUESTS_IN_FLIGHT_MAX),
+            map_refresh: Arc::new(Notify::new()),
+            config,
+            meta,
+            transport,
+        });
+        tokio::spawn(refresh_map_loop(
+            Arc::downgrade(&inner),
+            inner.map_refresh.clone(),
+        ));
+        Ok(Self { inner })
+    }
+
+    /// The code for a stripe configuration, built once per client.
+    fn codec(&self, cfg: &StripeConfig) -> Result<Arc<ReedSolomon>, ClientError> {
+        let mut codecs = lock(&self.inner.codecs);
+        if let Some(rs) = codecs.get(&(cfg.k, cfg.m)) {
+            return Ok(rs.clone());
+        }
+        let rs = Arc::new(ReedSolomon::new(cfg.k as usize, cfg.m as usize)?);
+        codecs.insert((cfg.k, cfg.m), rs.clone());
+        Ok(rs)
+    }
+
+    async fn meta_call(&self, req: MetaRequest) -> Result<MetaReply, ClientError> {
+        Ok(self.inner.meta.call(req).await?)
+    }
+
+    /// Asks the background task to refetch the cluster map now (a node may
+    /// have gone down or moved).
+    fn request_map_refresh(&self) {
+        self.inner.map_refresh.notify_one();
+    }
+}
+
+/// Refetches the cluster map every `map_refresh_ms`, or at once when woken.
+/// Holds only a weak reference so that dropping the last `Client` ends it.
+async fn refresh_map_loop<M: MetaService, T: Transport>(
+    inner: Weak<Inner<M, T>>,
+    wake: Arc<Notify>,
+) {
+    loop {
+        let period = match inner.upgrade() {
+            Some(i) => Duration::from_millis(i.config.map_refresh_ms.max(10)),
+            None => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = wake.notified() => {}
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        match strong.meta.call(MetaRequest::ClusterMap).await {
+            Ok(MetaReply::ClusterMap(map)) => strong.map.set(map),
+            Ok(other) => tracing::warn!(
+                "cluster map refresh: unexpected reply {}",
+                unexpected("ClusterMap", other)
+            ),
+            Err(e) => tracing::warn!("cluster map refresh failed: {e}"),
+        }
+    }
+}
+
+fn unexpected(request: &'static str, reply: MetaReply) -> ClientError {
+    let mut text = format!("{reply:?}");
+    // Replies can carry whole layouts; keep errors readable.
+    text.truncate(200);
+    ClientError::UnexpectedReply {
+        request,
+        reply: text,
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning: the guarded maps stay consistent
+/// across panics because every update is a single insert or remove.
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,162 @@
+//! Open file handles and the per-inode state they share. All handles of one
+//! inode in this client point at one [`OpenFile`], so a read through one
+//! handle sees writes made through another before they are flushed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use torchfs_proto::meta::Ino;
+
+use super::file::FileState;
+use super::{lock, ClientError, FileHandle};
+
+/// `pending_size` value meaning "no unflushed size".
+const NO_PENDING_SIZE: u64 = u64::MAX;
+
+pub(crate) struct OpenFile {
+    pub ino: Ino,
+    /// Serializes writes, flushes and truncations of the inode; reads hold
+    /// it only while planning.
+    pub state: tokio::sync::Mutex<FileState>,
+    /// The size including unflushed writes, readable without the state
+    /// lock (getattr must not wait behind an upload).
+    pending_size: AtomicU64,
+}
+
+impl OpenFile {
+    /// Republishes the size after the state changed.
+    pub fn publish(&self, state: &FileState) {
+        let v = if state.pending() {
+            state.size
+        } else {
+            NO_PENDING_SIZE
+        };
+        self.pending_size.store(v, Ordering::Release);
+    }
+
+    /// The size this client's unflushed writes give the file, if any.
+    pub fn pending_size(&self) -> Option<u64> {
+        match self.pending_size.load(Ordering::Acquire) {
+            NO_PENDING_SIZE => None,
+            v => Some(v),
+        }
+    }
+}
+
+struct Handle {
+    file: Arc<OpenFile>,
+    writable: bool,
+}
+
+#[derive(Default)]
+struct Tables {
+    handles: HashMap<FileHandle, Handle>,
+    /// Open inodes and how many handles each has.
+    files: HashMap<Ino, (Arc<OpenFile>, usize)>,
+    next_fh: FileHandle,
+}
+
+#[derive(Default)]
+pub(crate) struct Handles {
+    tables: Mutex<Tables>,
+}
+
+impl Handles {
+    /// Opens a handle on `ino`, creating the shared state with `make` when
+    /// the inode is not open yet. Returns the handle and whether the state
+    /// was created (false: an existing one is shared).
+    pub fn open(
+        &self,
+        ino: Ino,
+        writable: bool,
+        make: impl FnOnce() -> FileState,
+    ) -> (FileHandle, Arc<OpenFile>, bool) {
+        let mut t = lock(&self.tables);
+        t.next_fh += 1;
+        let fh = t.next_fh;
+        let (file, created) = match t.files.get_mut(&ino) {
+            Some((file, count)) => {
+                *count += 1;
+                (file.clone(), false)
+            }
+            None => {
+                let file = Arc::new(OpenFile {
+                    ino,
+                    state: tokio::sync::Mutex::new(make()),
+                    pending_size: AtomicU64::new(NO_PENDING_SIZE),
+                });
+                t.files.insert(ino, (file.clone(), 1));
+                (file, true)
+            }
+        };
+        t.handles.insert(
+            fh,
+            Handle {
+                file: file.clone(),
+                writable,
+            },
+        );
+        (fh, file, created)
+    }
+
+    pub fn get(&self, fh: FileHandle) -> Result<(Arc<OpenFile>, bool), ClientError> {
+        let t = lock(&self.tables);
+        let h = t.handles.get(&fh).ok_or(ClientError::BadHandle { fh })?;
+        Ok((h.file.clone(), h.writable))
+    }
+
+    pub fn writable(&self, fh: FileHandle) -> Result<Arc<OpenFile>, ClientError> {
+        match self.get(fh)? {
+            (file, true) => Ok(file),
+            (_, false) => Err(ClientError::NotWritable { fh }),
+        }
+    }
+
+    /// The shared state of an inode open in this client.
+    pub fn file_of(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        lock(&self.tables).files.get(&ino).map(|(f, _)| f.clone())
+    }
+
+    /// Forgets a handle; the inode's state goes with its last handle.
+    pub fn close(&self, fh: FileHandle) -> Result<(), ClientError> {
+        let mut t = lock(&self.tables);
+        let h = t.handles.remove(&fh).ok_or(ClientError::BadHandle { fh })?;
+        let ino = h.file.ino;
+        if let Some((_, count)) = t.files.get_mut(&ino) {
+            *count -= 1;
+            if *count == 0 {
+                t.files.remove(&ino);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torchfs_proto::meta::Layout;
+
+    fn empty(ino: Ino) -> FileState {
+        FileState::from_layout(ino, 0, Layout::default()).unwrap()
+    }
+
+    #[test]
+    fn handles_of_one_inode_share_state() {
+        let h = Handles::default();
+        let (a, fa, created_a) = h.open(5, true, || empty(5));
+        let (b, fb, created_b) = h.open(5, false, || panic!("state exists"));
+        assert!(created_a && !created_b);
+        assert!(Arc::ptr_eq(&fa, &fb));
+        assert_ne!(a, b);
+        assert!(h.writable(a).is_ok());
+        assert_eq!(h.writable(b).err().map(|e| e.errno()), Some(libc::EBADF));
+        h.close(a).unwrap();
+        assert!(h.file_of(5).is_some());
+        h.close(b).unwrap();
+        assert!(h.file_of(5).is_none());
+        assert_eq!(h.get(a).err().map(|e| e.errno()), Some(libc::EBADF));
+        assert!(h.close(a).is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! Attribute and dentry cache with TTLs (DESIGN.md §3: clients cache
+//! attributes and entries, revalidate on open). Pure data structure: the
+//! caller passes the clock, so expiry is tested without sleeping. Bounded:
+//! when full, expired entries go first, then everything (a cold cache is
+//! only slower).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use torchfs_proto::meta::{Attr, Ino};
+
+pub(crate) struct MetaCache {
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+    entries_max: usize,
+    attrs: HashMap<Ino, (Attr, Instant)>,
+    dentries: HashMap<(Ino, String), (Ino, Instant)>,
+}
+
+impl MetaCache {
+    pub fn new(attr_ttl: Duration, entry_ttl: Duration, entries_max: usize) -> Self {
+        Self {
+            attr_ttl,
+            entry_ttl,
+            entries_max: entries_max.max(1),
+            attrs: HashMap::new(),
+            dentries: HashMap::new(),
+        }
+    }
+
+    pub fn attr(&self, ino: Ino, now: Instant) -> Option<Attr> {
+        match self.attrs.get(&ino) {
+            Some((attr, expires)) if now < *expires => Some(attr.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put_attr(&mut self, attr: Attr, now: Instant) {
+        if self.attr_ttl.is_zero() {
+            return;
+        }
+        if self.attrs.len() >= self.entries_max && !self.attrs.contains_key(&attr.ino) {
+            self.attrs.retain(|_, (_, expires)| now < *expires);
+            if self.attrs.len() >= self.entries_max {
+                self.attrs.clear();
+            }
+        }
+        self.attrs.insert(attr.ino, (attr, now + self.attr_ttl));
+    }
+
+    pub fn invalidate_attr(&mut self, ino: Ino) {
+        self.attrs.remove(&ino);
+    }
+
+    /// The inode a name resolves to, if cached and fresh.
+    pub fn entry(&self, parent: Ino, name: &str, now: Instant) -> Option<Ino> {
+        // The key owns its String; a lookup allocates only on the probe.
+        match self.dentries.get(&(parent, name.to_string())) {
+            Some((ino, expires)) if now < *expires => Some(*ino),
+            _ => None,
+        }
+    }
+
+    /// A cached lookup: needs both the dentry and the attributes fresh.
+    pub fn lookup(&self, parent: Ino, name: &str, now: Instant) -> Option<Attr> {
+        self.entry(parent, name, now)
+            .and_then(|ino| self.attr(ino, now))
+    }
+
+    pub fn put_entry(&mut self, parent: Ino, name: &str, ino: Ino, now: Instant) {
+        if self.entry_ttl.is_zero() {
+            return;
+        }
+        if self.dentries.len() >= self.entries_max {
+            self.dentries.retain(|_, (_, expires)| now < *expires);
+            if self.dentries.len() >= self.entries_max {
+                self.dentries.clear();
+            }
+        }
+        self.dentries
+            .insert((parent, name.to_string()), (ino, now + self.entry_ttl));
+    }
+
+    /// Forgets a name; returns the inode it pointed to (even if expired:
+    /// still the best guess of what an unlink or rename frees).
+    pub fn remove_entry(&mut self, parent: Ino, name: &str) -> Option<Ino> {
+        self.dentries
+            .remove(&(parent, name.to_string()))
+            .map(|(ino, _)| ino)
+    }
+
+    /// The inode a name last resolved to, expired or not.
+    pub fn last_known(&self, parent: Ino, name: &str) -> Option<Ino> {
+        self.dentries
+            .get(&(parent, name.to_string()))
+            .map(|(ino, _)| *ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torchfs_proto::meta::FileKind;
+
+    fn attr(ino: Ino, size: u64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            nlink: 1,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let t0 = Instant::now();
+        let mut c = MetaCache::new(Duration::from_millis(100), Duration::from_millis(50), 10);
+        c.put_attr(attr(5, 10), t0);
+        c.put_entry(1, "a", 5, t0);
+        assert_eq!(c.lookup(1, "a", t0).map(|a| a.size), Some(10));
+        assert_eq!(c.entry(1, "a", t0 + Duration::from_millis(60)), None);
+        assert!(c.attr(5, t0 + Duration::from_millis(60)).is_some());
+        assert!(c.attr(5, t0 + Duration::from_millis(100)).is_none());
+        assert_eq!(c.last_known(1, "a"), Some(5));
+        assert_eq!(c.remove_entry(1, "a"), Some(5));
+        assert_eq!(c.last_known(1, "a"), None);
+    }
+
+    #[test]
+    fn zero_ttl_caches_nothing() {
+        let t0 = Instant::now();
+        let mut c = MetaCache::new(Duration::ZERO, Duration::ZERO, 10);
+        c.put_attr(attr(5, 10), t0);
+        c.put_entry(1, "a", 5, t0);
+        assert!(c.attr(5, t0).is_none());
+        assert!(c.entry(1, "a", t0).is_none());
+    }
+
+    #[test]
+    fn bounded() {
+        let t0 = Instant::now();
+        let mut c = MetaCache::new(Duration::from_secs(10), Duration::from_secs(10), 4);
+        for ino in 0..100 {
+            c.put_attr(attr(ino, 0), t0);
+            c.put_entry(1, &format!("f{ino}"), ino, t0);
+        }
+        assert!(c.attrs.len() <= 4 && c.dentries.len() <= 4);
+        assert!(c.attr(99, t0).is_some());
+        c.invalidate_attr(99);
+        assert!(c.attr(99, t0).is_none());
+    }
+}

@@ -1,0 +1,402 @@
+//! Namespace and attribute operations: metad calls with the attribute and
+//! dentry cache in front, invalidated by this client's own mutations, and
+//! open/setattr which also touch the per-inode write state.
+
+use std::time::Instant;
+
+use torchfs_proto::meta::{
+    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, SetAttr, StatFs,
+};
+use torchfs_rdma::Transport;
+
+use super::file::FileState;
+use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, ClientError> {
+        if let Some(attr) = lock(&self.inner.cache).lookup(parent, name, Instant::now()) {
+            return Ok(self.overlay(attr));
+        }
+        let attr = self
+            .attr_reply(
+                "Lookup",
+                MetaRequest::Lookup {
+                    parent,
+                    name: name.to_string(),
+                },
+            )
+            .await?;
+        lock(&self.inner.cache).put_entry(parent, name, attr.ino, Instant::now());
+        Ok(self.cache_attr(attr))
+    }
+
+    /// Attributes; the size includes this client's unflushed writes.
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr, ClientError> {
+        if let Some(attr) = lock(&self.inner.cache).attr(ino, Instant::now()) {
+            return Ok(self.overlay(attr));
+        }
+        let attr = self
+            .attr_reply("GetAttr", MetaRequest::GetAttr { ino })
+            .await?;
+        Ok(self.cache_attr(attr))
+    }
+
+    /// Changes attributes. A size change is applied by metad to the
+    /// committed layout and here to this client's buffers and uncommitted
+    /// uploads; freed fragments are deleted in the background.
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr, ClientError> {
+        let open = self.inner.handles.file_of(ino);
+        let (Some(size), Some(file)) = (set.size, open) else {
+            let reply = self.meta_call(MetaRequest::SetAttr { ino, set }).await?;
+            return self.setattr_reply(ino, reply);
+        };
+        // Hold the inode's state so no write or flush interleaves.
+        let mut st = file.state.lock().await;
+        let reply = self.meta_call(MetaRequest::SetAttr { ino, set }).await?;
+        let dropped = st.truncate(size);
+        self.delete_in_background(ino, st.config, dropped);
+        file.publish(&st);
+        drop(st);
+        self.setattr_reply(ino, reply)
+    }
+
+    fn setattr_reply(&self, ino: Ino, reply: MetaReply) -> Result<Attr, ClientError> {
+        let (attr, freed) = match reply {
+            MetaReply::Attr(attr) => (attr, Vec::new()),
+            MetaReply::AttrFreed { attr, freed } => (attr, freed),
+            other => return Err(unexpected("SetAttr", other)),
+        };
+        let cfg = self.stripe_config_of(ino);
+        self.delete_in_background(ino, cfg, freed);
+        Ok(self.cache_attr(attr))
+    }
+
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<DirEntry>, ClientError> {
+        match self
+            .meta_call(MetaRequest::ReadDir {
+                ino,
+                after: after.to_string(),
+                limit,
+            })
+            .await?
+        {
+            MetaReply::Entries(entries) => Ok(entries),
+            other => Err(unexpected("ReadDir", other)),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> Result<Attr, ClientError> {
+        let req = MetaRequest::Create {
+            parent,
+            name: name.to_string(),
+            mode,
+            uid,
+            gid,
+            exclusive,
+        };
+        let attr = self.attr_reply("Create", req).await?;
+        Ok(self.created(parent, name, attr))
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, ClientError> {
+        let attr = self
+            .attr_reply(
+                "Mkdir",
+                MetaRequest::Mkdir {
+                    parent,
+                    name: name.to_string(),
+                    mode,
+                    uid,
+                    gid,
+                },
+            )
+            .await?;
+        Ok(self.created(parent, name, attr))
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, ClientError> {
+        let req = MetaRequest::Symlink {
+            parent,
+            name: name.to_string(),
+            target: target.to_string(),
+            uid,
+            gid,
+        };
+        let attr = self.attr_reply("Symlink", req).await?;
+        Ok(self.created(parent, name, attr))
+    }
+
+    pub async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &str,
+    ) -> Result<Attr, ClientError> {
+        let req = MetaRequest::Link {
+            ino,
+            new_parent,
+            new_name: new_name.to_string(),
+        };
+        let attr = self.attr_reply("Link", req).await?;
+        Ok(self.created(new_parent, new_name, attr))
+    }
+
+    /// Removes a name; when it was the last link, the file's fragments are
+    /// deleted in the background.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
+        // metad answers with the freed stripes but not their inode, which
+        // fragment keys need: learn it first unless cached.
+        let victim = self.ino_of(parent, name).await;
+        let reply = self
+            .meta_call(MetaRequest::Unlink {
+                parent,
+                name: name.to_string(),
+            })
+            .await;
+        self.forget_name(parent, name, victim);
+        self.freed_reply("Unlink", reply?, victim)
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
+        let reply = self
+            .meta_call(MetaRequest::Rmdir {
+                parent,
+                name: name.to_string(),
+            })
+            .await;
+        let victim = lock(&self.inner.cache).last_known(parent, name);
+        self.forget_name(parent, name, victim);
+        match reply? {
+            MetaReply::Unit | MetaReply::Freed(_) => Ok(()),
+            other => Err(unexpected("Rmdir", other)),
+        }
+    }
+
+    /// Renames; a file replaced at the destination loses its fragments
+    /// (in the background) when that was its last link.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+    ) -> Result<(), ClientError> {
+        let victim = self.ino_of(new_parent, new_name).await;
+        let req = MetaRequest::Rename {
+            parent,
+            name: name.to_string(),
+            new_parent,
+            new_name: new_name.to_string(),
+        };
+        let reply = self.meta_call(req).await;
+        let moved = lock(&self.inner.cache).last_known(parent, name);
+        self.forget_name(parent, name, moved);
+        self.forget_name(new_parent, new_name, victim);
+        self.freed_reply("Rename", reply?, victim)
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> Result<String, ClientError> {
+        match self.meta_call(MetaRequest::ReadLink { ino }).await? {
+            MetaReply::Link(target) => Ok(target),
+            other => Err(unexpected("ReadLink", other)),
+        }
+    }
+
+    pub async fn statfs(&self) -> Result<StatFs, ClientError> {
+        match self.meta_call(MetaRequest::StatFs).await? {
+            MetaReply::StatFs(s) => Ok(s),
+            other => Err(unexpected("StatFs", other)),
+        }
+    }
+
+    /// Opens a regular file. Always revalidates with metad (close-to-open:
+    /// the layout and size are fetched fresh) unless this client holds
+    /// unflushed changes to it, which then stay authoritative.
+    pub async fn open(
+        &self,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> Result<FileHandle, ClientError> {
+        let (attr, layout) = match self.meta_call(MetaRequest::GetLayout { ino }).await? {
+            MetaReply::Layout { attr, layout } => (attr, layout),
+            other => return Err(unexpected("GetLayout", other)),
+        };
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(ClientError::IsDir { ino }),
+            FileKind::Symlink => return Err(ClientError::NotFile { ino }),
+        }
+        let fresh = FileState::from_layout(ino, attr.size, layout)
+            .map_err(|source| ClientError::Layout { ino, source })?;
+        self.cache_attr(attr);
+        let mut fresh = Some(fresh);
+        let (fh, file, created) = self
+            .inner
+            .handles
+            .open(ino, write, || fresh.take().expect("taken once"));
+        if !created {
+            if let Some(fresh) = fresh {
+                let mut st = file.state.lock().await;
+                if !st.pending() {
+                    *st = fresh;
+                }
+            }
+        }
+        if truncate && write {
+            if let Err(e) = self
+                .setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(0),
+                        ..SetAttr::default()
+                    },
+                )
+                .await
+            {
+                let _ = self.inner.handles.close(fh);
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    async fn attr_reply(
+        &self,
+        request: &'static str,
+        req: MetaRequest,
+    ) -> Result<Attr, ClientError> {
+        match self.meta_call(req).await? {
+            MetaReply::Attr(attr) => Ok(attr),
+            other => Err(unexpected(request, other)),
+        }
+    }
+
+    fn freed_reply(
+        &self,
+        request: &'static str,
+        reply: MetaReply,
+        victim: Option<Ino>,
+    ) -> Result<(), ClientError> {
+        match reply {
+            MetaReply::Unit => Ok(()),
+            MetaReply::Freed(stripes) => {
+                match victim {
+                    Some(ino) => {
+                        self.delete_in_background(ino, self.stripe_config_of(ino), stripes)
+                    }
+                    None if !stripes.is_empty() => {
+                        tracing::warn!(
+                            "{request} freed {} stripes of an unknown inode; left for GC",
+                            stripes.len()
+                        )
+                    }
+                    None => {}
+                }
+                Ok(())
+            }
+            other => Err(unexpected(request, other)),
+        }
+    }
+
+    /// The inode a name points to, from the cache or metad (None when the
+    /// name does not exist or metad cannot say).
+    async fn ino_of(&self, parent: Ino, name: &str) -> Option<Ino> {
+        if let Some(ino) = lock(&self.inner.cache).entry(parent, name, Instant::now()) {
+            return Some(ino);
+        }
+        match self
+            .inner
+            .meta
+            .call(MetaRequest::Lookup {
+                parent,
+                name: name.to_string(),
+            })
+            .await
+        {
+            Ok(MetaReply::Attr(attr)) => Some(attr.ino),
+            Ok(_) | Err(MetaError::Fs { .. }) => None,
+            Err(e) => {
+                tracing::debug!("lookup before removal of {name:?} in {parent}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Forgets a removed or moved name, and the attributes it changed.
+    fn forget_name(&self, parent: Ino, name: &str, ino: Option<Ino>) {
+        let mut cache = lock(&self.inner.cache);
+        cache.remove_entry(parent, name);
+        cache.invalidate_attr(parent);
+        if let Some(ino) = ino {
+            cache.invalidate_attr(ino);
+        }
+    }
+
+    /// Caches what a create-like call returned.
+    fn created(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
+        let mut cache = lock(&self.inner.cache);
+        let now = Instant::now();
+        cache.invalidate_attr(parent);
+        cache.put_entry(parent, name, attr.ino, now);
+        cache.put_attr(attr.clone(), now);
+        attr
+    }
+
+    /// Caches `attr` and returns it with this client's unflushed size.
+    pub(super) fn cache_attr(&self, attr: Attr) -> Attr {
+        lock(&self.inner.cache).put_attr(attr.clone(), Instant::now());
+        self.overlay(attr)
+    }
+
+    fn overlay(&self, mut attr: Attr) -> Attr {
+        if let Some(size) = self
+            .inner
+            .handles
+            .file_of(attr.ino)
+            .and_then(|f| f.pending_size())
+        {
+            attr.size = size;
+        }
+        attr
+    }
+
+    /// The stripe configuration of an inode: its open state's, else the
+    /// cluster's (per-directory configs do not exist yet).
+    fn stripe_config_of(&self, ino: Ino) -> torchfs_proto::meta::StripeConfig {
+        match self.inner.handles.file_of(ino) {
+            Some(file) => match file.state.try_lock() {
+                Ok(st) => st.config,
+                Err(_) => self.inner.map.get().config,
+            },
+            None => self.inner.map.get().config,
+        }
+    }
+}

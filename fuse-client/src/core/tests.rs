@@ -1,0 +1,519 @@
+//! The core end to end over an in-memory metad and in-memory storage nodes
+//! (with injectable node failures): the write, flush, read, degraded-read,
+//! truncate and unlink paths without any process or socket.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
+use torchfs_proto::meta::*;
+use torchfs_rdma::{Transport, TransportError};
+
+use super::map::tests::test_map;
+use super::*;
+
+const CFG: StripeConfig = StripeConfig {
+    k: 4,
+    m: 2,
+    unit_bytes: 16,
+};
+const STRIPE: u64 = 64;
+
+#[derive(Default)]
+struct MetaState {
+    map: ClusterMap,
+    files: HashMap<Ino, (Attr, Layout)>,
+    names: HashMap<(Ino, String), Ino>,
+    next_ino: Ino,
+}
+
+#[derive(Clone)]
+struct FakeMeta(Arc<Mutex<MetaState>>);
+
+impl FakeMeta {
+    fn new(nodes: u64) -> Self {
+        let st = MetaState {
+            map: test_map(CFG, nodes),
+            next_ino: 100,
+            ..Default::default()
+        };
+        FakeMeta(Arc::new(Mutex::new(st)))
+    }
+
+    fn handle(&self, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        let mut st = self.0.lock().unwrap();
+        let enoent = || MetaError::fs(errno::ENOENT, "no such file");
+        match req {
+            MetaRequest::ClusterMap => Ok(MetaReply::ClusterMap(st.map.clone())),
+            MetaRequest::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                ..
+            } => {
+                st.next_ino += 1;
+                let ino = st.next_ino;
+                let attr = Attr {
+                    ino,
+                    kind: FileKind::File,
+                    mode,
+                    uid,
+                    gid,
+                    size: 0,
+                    nlink: 1,
+                    atime_ns: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                };
+                st.names.insert((parent, name), ino);
+                st.files.insert(
+                    ino,
+                    (
+                        attr.clone(),
+                        Layout {
+                            config: CFG,
+                            stripes: vec![],
+                        },
+                    ),
+                );
+                Ok(MetaReply::Attr(attr))
+            }
+            MetaRequest::Lookup { parent, name } => {
+                let ino = *st.names.get(&(parent, name)).ok_or_else(enoent)?;
+                Ok(MetaReply::Attr(st.files[&ino].0.clone()))
+            }
+            MetaRequest::GetAttr { ino } => Ok(MetaReply::Attr(
+                st.files.get(&ino).ok_or_else(enoent)?.0.clone(),
+            )),
+            MetaRequest::GetLayout { ino } => {
+                let (attr, layout) = st.files.get(&ino).ok_or_else(enoent)?.clone();
+                Ok(MetaReply::Layout { attr, layout })
+            }
+            MetaRequest::CommitLayout { ino, size, stripes } => {
+                let (attr, layout) = st.files.get_mut(&ino).ok_or_else(enoent)?;
+                let mut replaced = Vec::new();
+                for e in stripes {
+                    if let Some(pos) = layout.stripes.iter().position(|o| o.stripe == e.stripe) {
+                        replaced.push(std::mem::replace(&mut layout.stripes[pos], e));
+                    } else {
+                        layout.stripes.push(e);
+                    }
+                }
+                layout.stripes.sort_by_key(|e| e.stripe);
+                attr.size = size;
+                Ok(MetaReply::Committed {
+                    attr: attr.clone(),
+                    replaced,
+                })
+            }
+            MetaRequest::SetAttr { ino, set } => {
+                let (attr, layout) = st.files.get_mut(&ino).ok_or_else(enoent)?;
+                let mut freed = Vec::new();
+                if let Some(size) = set.size {
+                    let stripes = std::mem::take(&mut layout.stripes);
+                    for mut e in stripes {
+                        let start = e.stripe * STRIPE;
+                        if start >= size {
+                            freed.push(e);
+                        } else {
+                            e.valid_bytes = e.valid_bytes.min((size - start).min(STRIPE) as u32);
+                            layout.stripes.push(e);
+                        }
+                    }
+                    attr.size = size;
+                }
+                if let Some(mode) = set.mode {
+                    attr.mode = mode;
+                }
+                Ok(MetaReply::AttrFreed {
+                    attr: attr.clone(),
+                    freed,
+                })
+            }
+            MetaRequest::Unlink { parent, name } => {
+                let ino = st.names.remove(&(parent, name)).ok_or_else(enoent)?;
+                let (_, layout) = st.files.remove(&ino).ok_or_else(enoent)?;
+                Ok(MetaReply::Freed(layout.stripes))
+            }
+            other => Err(MetaError::Invalid(format!(
+                "fake metad does not do {other:?}"
+            ))),
+        }
+    }
+}
+
+impl MetaService for FakeMeta {
+    fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send {
+        let reply = self.handle(req);
+        async move { reply }
+    }
+}
+
+type Fragments = HashMap<(SocketAddr, FragmentKey), Vec<u8>>;
+
+#[derive(Clone, Default)]
+struct FakeStore {
+    fragments: Arc<Mutex<Fragments>>,
+    /// Shard addresses that refuse connections.
+    down: Arc<Mutex<HashSet<SocketAddr>>>,
+    gets: Arc<AtomicUsize>,
+}
+
+impl FakeStore {
+    fn check_up(&self, addr: SocketAddr) -> Result<(), TransportError> {
+        if self.down.lock().unwrap().contains(&addr) {
+            return Err(TransportError::Connect {
+                addr,
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes every shard of node `id` (ports as in `test_map`) down or up.
+    fn set_node_down(&self, id: u64, down: bool) {
+        let mut set = self.down.lock().unwrap();
+        for port in [10_000 + 2 * id as u16, 10_001 + 2 * id as u16] {
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            if down {
+                set.insert(addr);
+            } else {
+                set.remove(&addr);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.fragments.lock().unwrap().len()
+    }
+}
+
+impl Transport for FakeStore {
+    fn put(
+        &self,
+        addr: SocketAddr,
+        key: FragmentKey,
+        data: &[u8],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let result = self.check_up(addr).map(|()| {
+            self.fragments
+                .lock()
+                .unwrap()
+                .insert((addr, key), data.to_vec());
+        });
+        async move { result }
+    }
+
+    fn get(
+        &self,
+        addr: SocketAddr,
+        key: FragmentKey,
+        offset: u32,
+        expected_crc32c: u32,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let remote = |code, message: &str| TransportError::Remote {
+            addr,
+            key,
+            code,
+            message: message.into(),
+        };
+        let result = self.check_up(addr).and_then(|()| {
+            let frags = self.fragments.lock().unwrap();
+            let data = frags
+                .get(&(addr, key))
+                .ok_or_else(|| remote(FragmentErrorCode::NotFound, "no such fragment"))?;
+            if crc32c::crc32c(data) != expected_crc32c {
+                return Err(remote(FragmentErrorCode::ChecksumMismatch, "crc"));
+            }
+            let range = offset as usize..offset as usize + buf.len();
+            let src = data
+                .get(range)
+                .ok_or_else(|| remote(FragmentErrorCode::BadRequest, "past the end"))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        });
+        async move { result }
+    }
+
+    fn delete(
+        &self,
+        addr: SocketAddr,
+        key: FragmentKey,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let result = self.check_up(addr).map(|()| {
+            self.fragments.lock().unwrap().remove(&(addr, key));
+        });
+        async move { result }
+    }
+}
+
+type TestClient = Client<FakeMeta, FakeStore>;
+
+async fn client(meta: &FakeMeta, store: &FakeStore, dirty_stripes_max: usize) -> TestClient {
+    let config = ClientConfig {
+        dirty_stripes_max,
+        map_refresh_ms: 60_000,
+        ..ClientConfig::default()
+    };
+    Client::with_parts(config, meta.clone(), store.clone())
+        .await
+        .unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+async fn read_all(c: &TestClient, fh: FileHandle) -> Vec<u8> {
+    c.read(fh, 0, 1 << 20).await.unwrap()
+}
+
+/// Lets background deletes run.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn random_writes_match_a_model_before_and_after_flush() {
+    let (meta, store) = (FakeMeta::new(8), FakeStore::default());
+    let c = client(&meta, &store, 2).await;
+    let attr = c.create(ROOT_INO, "f", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    let mut model = Vec::new();
+    let mut x: u64 = 12345;
+    for round in 0..200u32 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (x >> 33) % 700;
+        let len = 1 + (x >> 20) as usize % 90;
+        let data = pattern(len, round as u8);
+        assert_eq!(c.write(fh, offset, &data).await.unwrap(), len as u32);
+        let end = offset as usize + len;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[offset as usize..end].copy_from_slice(&data);
+        {
+            let (file, _) = c.inner.handles.get(fh).unwrap();
+            assert!(
+                file.state.lock().await.dirty.len() <= 2,
+                "dirty budget kept"
+            );
+        }
+        if round % 50 == 49 {
+            c.flush(fh).await.unwrap();
+        }
+        if round % 10 == 0 {
+            assert_eq!(read_all(&c, fh).await, model, "round {round}");
+            assert_eq!(c.getattr(attr.ino).await.unwrap().size, model.len() as u64);
+        }
+        // Unaligned partial reads.
+        let got = c.read(fh, offset.saturating_sub(5), 40).await.unwrap();
+        let lo = offset.saturating_sub(5) as usize;
+        assert_eq!(got, model[lo..(lo + 40).min(model.len())]);
+    }
+    c.release(fh).await.unwrap();
+    // Another client sees everything after close (close-to-open).
+    let other = client(&meta, &store, 8).await;
+    let fh = other.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(read_all(&other, fh).await, model);
+    assert_eq!(
+        other.getattr(attr.ino).await.unwrap().size,
+        model.len() as u64
+    );
+    // Superseded generations were deleted: exactly one stored set per
+    // stripe remains (k+m fragments for full stripes).
+    settle().await;
+    let layout = meta.0.lock().unwrap().files[&attr.ino].1.clone();
+    let expected: usize = layout
+        .stripes
+        .iter()
+        .map(|e| {
+            (0..6)
+                .filter(|&i| crate::stripe::fragment_bytes(&CFG, e.encoded_bytes, i) > 0)
+                .count()
+        })
+        .sum();
+    assert_eq!(store.count(), expected);
+}
+
+#[tokio::test]
+async fn small_file_is_one_round_trip_and_survives_m_failures() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c
+        .create(ROOT_INO, "small", 0o644, 0, 0, true)
+        .await
+        .unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, b"hello").await.unwrap();
+    c.release(fh).await.unwrap();
+    assert_eq!(store.count(), 3, "one data fragment + two parity");
+
+    let fh = c.open(attr.ino, false, false).await.unwrap();
+    store.gets.store(0, Ordering::Relaxed);
+    assert_eq!(read_all(&c, fh).await, b"hello");
+    assert_eq!(store.gets.load(Ordering::Relaxed), 1);
+
+    let map = meta.0.lock().unwrap().map.clone();
+    let group = map.group_of(attr.ino, 0).unwrap().nodes.clone();
+    store.set_node_down(group[0], true);
+    assert_eq!(
+        read_all(&c, fh).await,
+        b"hello",
+        "decoded from a parity fragment"
+    );
+    store.set_node_down(group[4], true);
+    assert_eq!(read_all(&c, fh).await, b"hello", "from the other parity");
+    store.set_node_down(group[5], true);
+    let err = c.read(fh, 0, 100).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+}
+
+#[tokio::test]
+async fn degraded_reads_of_full_stripes() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "big", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    let data = pattern(5 * STRIPE as usize + 21, 7);
+    c.write(fh, 0, &data).await.unwrap();
+    c.release(fh).await.unwrap();
+    let fh = c.open(attr.ino, false, false).await.unwrap();
+    // Six nodes, every group uses all six: any two down is survivable.
+    for (a, b) in [(1, 2), (3, 6), (2, 5), (4, 1)] {
+        store.set_node_down(a, true);
+        store.set_node_down(b, true);
+        assert_eq!(read_all(&c, fh).await, data, "nodes {a} and {b} down");
+        assert_eq!(c.read(fh, 13, 77).await.unwrap(), &data[13..90]);
+        store.set_node_down(a, false);
+        store.set_node_down(b, false);
+    }
+    // A corrupted fragment is caught by its checksum and decoded around.
+    {
+        let mut frags = store.fragments.lock().unwrap();
+        let (_, bytes) = frags
+            .iter_mut()
+            .find(|((_, k), _)| k.stripe == 1 && k.index == 2)
+            .unwrap();
+        bytes[3] ^= 0xFF;
+    }
+    assert_eq!(read_all(&c, fh).await, data);
+    // The map saying a node is down routes around it without asking it.
+    meta.0.lock().unwrap().map.nodes[0].state = NodeState::Down;
+    meta.0.lock().unwrap().map.epoch += 1;
+    let c2 = client(&meta, &store, 8).await;
+    let fh2 = c2.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(read_all(&c2, fh2).await, data);
+}
+
+#[tokio::test]
+async fn overwrite_after_commit_reads_modifies_and_writes() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "rmw", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    let mut model = pattern(3 * STRIPE as usize + 10, 1);
+    c.write(fh, 0, &model).await.unwrap();
+    c.release(fh).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 70, b"XYZ").await.unwrap();
+    model[70..73].copy_from_slice(b"XYZ");
+    c.write(fh, 3 * STRIPE + 12, b"tail").await.unwrap();
+    model.resize(3 * STRIPE as usize + 12, 0);
+    model.extend_from_slice(b"tail");
+    c.release(fh).await.unwrap();
+    let other = client(&meta, &store, 8).await;
+    let fh = other.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(read_all(&other, fh).await, model);
+}
+
+#[tokio::test]
+async fn truncation_applies_to_metad_and_dirty_state() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "t", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    let data = pattern(200, 3);
+    c.write(fh, 0, &data).await.unwrap();
+    c.flush(fh).await.unwrap();
+    c.write(fh, 180, &[0xEE; 40]).await.unwrap(); // dirty, past the cut
+    let set = |size| SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    assert_eq!(c.setattr(attr.ino, set(70)).await.unwrap().size, 70);
+    assert_eq!(read_all(&c, fh).await, &data[..70]);
+    assert_eq!(c.setattr(attr.ino, set(100)).await.unwrap().size, 100);
+    let mut expect = data[..70].to_vec();
+    expect.resize(100, 0);
+    assert_eq!(read_all(&c, fh).await, expect, "extension reads zeros");
+    c.write(fh, 90, b"ab").await.unwrap();
+    expect[90..92].copy_from_slice(b"ab");
+    c.release(fh).await.unwrap();
+    let other = client(&meta, &store, 8).await;
+    let fh = other.open(attr.ino, true, true).await.unwrap();
+    assert_eq!(other.getattr(attr.ino).await.unwrap().size, 0);
+    assert!(read_all(&other, fh).await.is_empty());
+    other.release(fh).await.unwrap();
+    let fh = c.open(attr.ino, false, false).await.unwrap();
+    assert!(read_all(&c, fh).await.is_empty());
+    settle().await;
+    assert_eq!(store.count(), 0, "freed and dropped fragments deleted");
+    let _ = expect;
+}
+
+#[tokio::test]
+async fn writes_fail_with_eio_when_a_node_is_down_and_keep_the_data() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "w", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, b"abc").await.unwrap();
+    store.set_node_down(3, true);
+    let err = c.flush(fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    store.set_node_down(3, false);
+    c.flush(fh).await.unwrap();
+    assert_eq!(read_all(&c, fh).await, b"abc");
+    c.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_placement_groups_is_enospc_and_unlink_frees() {
+    let (meta, store) = (FakeMeta::new(3), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "x", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, b"abc").await.unwrap();
+    assert_eq!(c.flush(fh).await.unwrap_err().errno(), libc::ENOSPC);
+    let _ = c.release(fh).await;
+
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "y", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, &pattern(150, 9)).await.unwrap();
+    c.release(fh).await.unwrap();
+    assert!(store.count() > 0);
+    assert_eq!(c.lookup(ROOT_INO, "y").await.unwrap().ino, attr.ino);
+    c.unlink(ROOT_INO, "y").await.unwrap();
+    settle().await;
+    assert_eq!(store.count(), 0);
+    assert_eq!(
+        c.lookup(ROOT_INO, "y").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(c.read(fh, 0, 1).await.unwrap_err().errno(), libc::EBADF);
+}

@@ -1,0 +1,332 @@
+//! The write path: buffer writes per stripe, encode and upload a stripe as
+//! soon as it is complete (or earlier when the file's buffer budget is
+//! spent), and commit the layout on flush (close-to-open, DESIGN.md §2).
+//!
+//! No degraded writes in v0: a stripe is uploaded only when all k+m of its
+//! nodes take their fragment; a node down or failing makes the write (or
+//! flush) fail with EIO and the data stays buffered for a retry.
+
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+use torchfs_proto::fragment::FragmentKey;
+use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
+use torchfs_rdma::Transport;
+
+use super::file::FileState;
+use super::handles::OpenFile;
+use super::map::{locate, resolve};
+use super::{unexpected, Client, ClientError, FileHandle, MetaService};
+use crate::stripe;
+
+/// Deletes one background cleanup keeps in flight.
+const DELETES_IN_FLIGHT_MAX: usize = 16;
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Writes `data` at `offset` into this client's buffers (uploading
+    /// complete stripes on the way); visible to other clients after flush.
+    pub async fn write(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, ClientError> {
+        let file = self.inner.handles.writable(fh)?;
+        let len_bytes = data.len() as u64;
+        let end = offset
+            .checked_add(len_bytes)
+            .ok_or(ClientError::TooLarge { offset, len_bytes })?;
+        let mut st = file.state.lock().await;
+        let cfg = st.config;
+        let pieces = stripe::split_stripes(&cfg, offset, len_bytes).map_err(|source| {
+            ClientError::Layout {
+                ino: file.ino,
+                source,
+            }
+        })?;
+        let result = async {
+            for piece in pieces {
+                if !st.dirty.contains_key(&piece.stripe) {
+                    // Bounded memory: make room before starting a buffer.
+                    while st.dirty.len() >= self.inner.config.dirty_stripes_max.max(1) {
+                        let Some(victim) = st.eviction_candidate(piece.stripe) else {
+                            break;
+                        };
+                        self.upload_dirty(&mut st, victim).await?;
+                    }
+                    if let Some((entry, old_bytes)) = st.rmw_source(&piece) {
+                        let old = self
+                            .read_stripe_prefix(file.ino, &cfg, &entry, old_bytes)
+                            .await?;
+                        st.dirty.insert(piece.stripe, old);
+                    }
+                }
+                let chunk = &data[piece.buf_offset..piece.buf_offset + piece.len_bytes as usize];
+                if st.apply_write(&piece, chunk) {
+                    self.upload_dirty(&mut st, piece.stripe).await?;
+                }
+                st.size = st.size.max(
+                    stripe::stripe_start(&cfg, piece.stripe)
+                        + piece.offset as u64
+                        + piece.len_bytes as u64,
+                );
+            }
+            Ok::<(), ClientError>(())
+        }
+        .await;
+        debug_assert!(result.is_err() || st.size >= end);
+        file.publish(&st);
+        result.map(|()| data.len() as u32)
+    }
+
+    /// Uploads remaining dirty stripes and commits the layout.
+    pub async fn flush(&self, fh: FileHandle) -> Result<(), ClientError> {
+        let (file, _) = self.inner.handles.get(fh)?;
+        self.flush_file(&file).await
+    }
+
+    /// Same as [`Self::flush`]: fragments are durable once stored (the
+    /// storage nodes write them O_DIRECT) and the commit goes through Raft.
+    pub async fn fsync(&self, fh: FileHandle) -> Result<(), ClientError> {
+        self.flush(fh).await
+    }
+
+    /// Flushes (when the inode has changes) and forgets the handle. The
+    /// handle is gone even when the flush fails; the error is returned so
+    /// close(2) can report it.
+    pub async fn release(&self, fh: FileHandle) -> Result<(), ClientError> {
+        let (file, _) = self.inner.handles.get(fh)?;
+        let result = self.flush_file(&file).await;
+        self.inner.handles.close(fh)?;
+        result
+    }
+
+    pub(super) async fn flush_file(&self, file: &Arc<OpenFile>) -> Result<(), ClientError> {
+        let mut st = file.state.lock().await;
+        let result = async {
+            while let Some(stripe) = st.dirty.keys().next().copied() {
+                self.upload_dirty(&mut st, stripe).await?;
+            }
+            if st.uploaded.is_empty() {
+                return Ok(());
+            }
+            let req = MetaRequest::CommitLayout {
+                ino: st.ino,
+                size: st.size,
+                stripes: st.uploaded.values().cloned().collect(),
+            };
+            match self.meta_call(req).await? {
+                MetaReply::Committed { attr, replaced } => {
+                    st.record_commit();
+                    st.size = attr.size;
+                    self.cache_attr(attr);
+                    self.delete_in_background(st.ino, st.config, replaced);
+                    Ok(())
+                }
+                other => Err(unexpected("CommitLayout", other)),
+            }
+        }
+        .await;
+        file.publish(&st);
+        result
+    }
+
+    /// Encodes and uploads the dirty buffer of `stripe`, recording the new
+    /// entry as uploaded. On failure the buffer stays dirty.
+    async fn upload_dirty(&self, st: &mut FileState, stripe: u64) -> Result<(), ClientError> {
+        let Some(mut buf) = st.dirty.remove(&stripe) else {
+            return Ok(());
+        };
+        let result = self
+            .upload_stripe(st.ino, &st.config, stripe, &mut buf)
+            .await;
+        match result {
+            Ok(entry) => {
+                if let Some(old) = st.record_upload(entry) {
+                    self.delete_in_background(st.ino, st.config, vec![old]);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                st.dirty.insert(stripe, buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encodes a stripe buffer (a prefix of the stripe) and stores its
+    /// fragments under a new generation, all k+m in parallel. The buffer is
+    /// zero-padded in place for encoding and cut back before returning.
+    async fn upload_stripe(
+        &self,
+        ino: Ino,
+        cfg: &StripeConfig,
+        stripe: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<StripeEntry, ClientError> {
+        let encoded_bytes = buf.len() as u32;
+        let result = self
+            .upload_padded(ino, cfg, stripe, buf, encoded_bytes)
+            .await;
+        buf.truncate(encoded_bytes as usize);
+        result
+    }
+
+    async fn upload_padded(
+        &self,
+        ino: Ino,
+        cfg: &StripeConfig,
+        stripe: u64,
+        buf: &mut Vec<u8>,
+        encoded_bytes: u32,
+    ) -> Result<StripeEntry, ClientError> {
+        let k = cfg.k as usize;
+        let unit = cfg.unit_bytes as usize;
+        let generation = rand::random::<u64>().max(1);
+        let mut entry = StripeEntry {
+            stripe,
+            generation,
+            encoded_bytes,
+            valid_bytes: encoded_bytes,
+            crcs: vec![0; cfg.width()],
+        };
+        if encoded_bytes == 0 {
+            return Ok(entry);
+        }
+        let parity_bytes = stripe::parity_fragment_bytes(cfg, encoded_bytes) as usize;
+        let data_stored = (encoded_bytes as usize).div_ceil(unit);
+        // Pad the last stored data fragment to the parity length; data
+        // fragments past it are all zeros and share one zero buffer.
+        buf.resize((data_stored - 1) * unit + parity_bytes, 0);
+        let zeros = if data_stored < k {
+            vec![0u8; parity_bytes]
+        } else {
+            Vec::new()
+        };
+        let mut parity = vec![vec![0u8; parity_bytes]; cfg.m as usize];
+        {
+            let data: Vec<&[u8]> = (0..k)
+                .map(|i| {
+                    if i < data_stored {
+                        &buf[i * unit..i * unit + parity_bytes]
+                    } else {
+                        zeros.as_slice()
+                    }
+                })
+                .collect();
+            let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(|p| p.as_mut_slice()).collect();
+            self.codec(cfg)?.encode(&data, &mut outputs)?;
+        }
+        // The stored bytes of each fragment (short data fragments unpadded).
+        let mut fragments: Vec<(usize, &[u8])> = Vec::with_capacity(data_stored + parity.len());
+        for i in 0..data_stored {
+            let n = stripe::data_fragment_bytes(cfg, encoded_bytes, i) as usize;
+            fragments.push((i, &buf[i * unit..i * unit + n]));
+        }
+        for (j, p) in parity.iter().enumerate() {
+            fragments.push((k + j, p.as_slice()));
+        }
+        for (i, bytes) in &fragments {
+            entry.crcs[*i] = crc32c::crc32c(bytes);
+        }
+
+        let map = self.inner.map.get();
+        let mut puts = Vec::with_capacity(fragments.len());
+        for (i, bytes) in fragments {
+            let key = FragmentKey {
+                ino,
+                stripe,
+                generation,
+                index: i as u8,
+            };
+            let target = locate(&map, key)?;
+            if !target.up {
+                return Err(ClientError::NodeDown {
+                    node: target.node,
+                    key,
+                });
+            }
+            puts.push((key, target, bytes));
+        }
+        let results =
+            futures::future::join_all(puts.into_iter().map(|(key, target, bytes)| async move {
+                let addr = resolve(&target).await?;
+                let _slot = self.inner.io_slots.acquire().await;
+                self.inner
+                    .transport
+                    .put(addr, key, bytes)
+                    .await
+                    .map_err(|source| ClientError::Transport {
+                        node: target.node,
+                        key,
+                        source: Box::new(source),
+                    })
+            }))
+            .await;
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            self.request_map_refresh();
+            // Whatever was stored under this generation is garbage now.
+            self.delete_in_background(ino, *cfg, vec![entry]);
+            return Err(err);
+        }
+        Ok(entry)
+    }
+
+    /// Deletes the stored fragments of `entries`, best effort, in a task of
+    /// its own (freed space is reclaimed later; nothing waits on it).
+    pub(super) fn delete_in_background(
+        &self,
+        ino: Ino,
+        cfg: StripeConfig,
+        entries: Vec<StripeEntry>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let keys = entries.iter().flat_map(|e| {
+                // A config that does not match the entry: try every index.
+                let width = e.crcs.len().max(cfg.width());
+                (0..width)
+                    .filter(move |&i| {
+                        e.crcs.len() != cfg.width()
+                            || stripe::fragment_bytes(&cfg, e.encoded_bytes, i) > 0
+                    })
+                    .map(move |i| FragmentKey {
+                        ino,
+                        stripe: e.stripe,
+                        generation: e.generation,
+                        index: i as u8,
+                    })
+            });
+            stream::iter(keys)
+                .for_each_concurrent(DELETES_IN_FLIGHT_MAX, |key| {
+                    let client = client.clone();
+                    async move {
+                        if let Err(e) = client.delete_fragment(key).await {
+                            tracing::debug!(
+                                "delete of fragment {key} failed (left for repair/GC): {e}"
+                            );
+                        }
+                    }
+                })
+                .await;
+        });
+    }
+
+    async fn delete_fragment(&self, key: FragmentKey) -> Result<(), ClientError> {
+        let target = locate(&self.inner.map.get(), key)?;
+        let addr = resolve(&target).await?;
+        let _slot = self.inner.io_slots.acquire().await;
+        self.inner
+            .transport
+            .delete(addr, key)
+            .await
+            .map_err(|source| ClientError::Transport {
+                node: target.node,
+                key,
+                source: Box::new(source),
+            })
+    }
+}
