@@ -4,4 +4,5 @@
 
 pub mod codec;
 pub mod core;
+pub mod fuse;
 pub mod stripe;

@@ -6,11 +6,13 @@
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use torchfs_proto::fragment::FragmentKey;
-use torchfs_proto::meta::{Ino, StripeConfig, StripeEntry};
+use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
+use super::file::FileState;
+use super::handles::OpenFile;
 use super::map::{locate, resolve};
-use super::{Client, ClientError, FileHandle, MetaService};
+use super::{unexpected, Client, ClientError, FileHandle, MetaService};
 use crate::stripe::{self, FragmentPiece, StripePiece};
 
 /// Fragment pieces one read request keeps in flight.
@@ -59,6 +61,31 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         size: u32,
     ) -> Result<Vec<u8>, ClientError> {
         let (file, _) = self.inner.handles.get(fh)?;
+        match self.read_once(&file, offset, size).await {
+            // Another client may have replaced (and deleted) the stripes
+            // this one opened: with no local changes, refetch the layout
+            // and try once more before reporting EIO.
+            Err(e @ (ClientError::Unrecoverable { .. } | ClientError::Transport { .. })) => {
+                if self.revalidate_layout(&file).await? {
+                    tracing::info!(
+                        "inode {}: layout changed under an open file, read retried",
+                        file.ino
+                    );
+                    self.read_once(&file, offset, size).await
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, ClientError> {
         let (mut out, plan, cfg) = {
             let st = file.state.lock().await;
             let end = offset.saturating_add(size as u64).min(st.size);
@@ -77,6 +104,35 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         self.fetch_pieces(file.ino, &cfg, &plan.entries, &plan.pieces, &mut out)
             .await?;
         Ok(out)
+    }
+
+    /// Refetches the layout of an open file without local changes; true
+    /// when it differed from the one held.
+    async fn revalidate_layout(&self, file: &OpenFile) -> Result<bool, ClientError> {
+        let mut st = file.state.lock().await;
+        if st.pending() {
+            return Ok(false);
+        }
+        let (attr, layout) = match self
+            .meta_call(MetaRequest::GetLayout { ino: file.ino })
+            .await?
+        {
+            MetaReply::Layout { attr, layout } => (attr, layout),
+            other => return Err(unexpected("GetLayout", other)),
+        };
+        let fresh = FileState::from_layout(file.ino, attr.size, layout).map_err(|source| {
+            ClientError::Layout {
+                ino: file.ino,
+                source,
+            }
+        })?;
+        self.cache_attr(attr);
+        let changed =
+            fresh.committed != st.committed || fresh.size != st.size || fresh.config != st.config;
+        if changed {
+            *st = fresh;
+        }
+        Ok(changed)
     }
 
     /// Reads the first `len_bytes` of a stored stripe (the old content a
@@ -176,7 +232,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         offset: u32,
         buf: &mut [u8],
     ) -> Result<(), ClientError> {
-        let target = locate(&self.inner.map.get(), key)?;
+        let target =
+            locate(&self.inner.map.get(), key).inspect_err(|_| self.request_map_refresh())?;
         if !target.up {
             return Err(ClientError::NodeDown {
                 node: target.node,

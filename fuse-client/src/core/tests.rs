@@ -517,3 +517,60 @@ async fn no_placement_groups_is_enospc_and_unlink_frees() {
     );
     assert_eq!(c.read(fh, 0, 1).await.unwrap_err().errno(), libc::EBADF);
 }
+
+#[tokio::test]
+async fn a_layout_replaced_by_another_client_is_refetched_on_read() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let writer = client(&meta, &store, 8).await;
+    let reader = client(&meta, &store, 8).await;
+    let attr = writer
+        .create(ROOT_INO, "shared", 0o644, 0, 0, true)
+        .await
+        .unwrap();
+    let fh = writer.open(attr.ino, true, false).await.unwrap();
+    writer.write(fh, 0, &pattern(100, 1)).await.unwrap();
+    writer.release(fh).await.unwrap();
+
+    let rfh = reader.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(read_all(&reader, rfh).await, pattern(100, 1));
+    let fh = writer.open(attr.ino, true, false).await.unwrap();
+    writer.write(fh, 0, &pattern(120, 2)).await.unwrap();
+    writer.release(fh).await.unwrap();
+    settle().await; // the old generation is deleted
+    assert_eq!(read_all(&reader, rfh).await, pattern(120, 2));
+}
+
+#[tokio::test]
+async fn the_map_is_refetched_after_a_placement_failure() {
+    let (meta, store) = (FakeMeta::new(3), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c
+        .create(ROOT_INO, "later", 0o644, 0, 0, true)
+        .await
+        .unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, b"data").await.unwrap();
+    // Nodes register after the client connected.
+    meta.0.lock().unwrap().map = test_map(CFG, 6);
+    assert_eq!(c.flush(fh).await.unwrap_err().errno(), libc::ENOSPC);
+    settle().await; // the refresher was woken by the failure
+    c.flush(fh).await.unwrap();
+    assert_eq!(read_all(&c, fh).await, b"data");
+}
+
+#[tokio::test]
+async fn empty_writes_change_nothing_and_huge_offsets_are_efbig() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let attr = c.create(ROOT_INO, "e", 0o644, 0, 0, true).await.unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    assert_eq!(c.write(fh, 1000, b"").await.unwrap(), 0);
+    assert_eq!(c.getattr(attr.ino).await.unwrap().size, 0);
+    assert_eq!(
+        c.write(fh, u64::MAX - 1, b"abc").await.unwrap_err().errno(),
+        libc::EFBIG
+    );
+    assert!(c.read(fh, u64::MAX - 1, 10).await.unwrap().is_empty());
+    c.release(fh).await.unwrap();
+    assert_eq!(store.count(), 0);
+}

@@ -33,7 +33,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     ) -> Result<u32, ClientError> {
         let file = self.inner.handles.writable(fh)?;
         let len_bytes = data.len() as u64;
-        let end = offset
+        // Refuse before buffering anything: the end must be a file offset.
+        offset
             .checked_add(len_bytes)
             .ok_or(ClientError::TooLarge { offset, len_bytes })?;
         let mut st = file.state.lock().await;
@@ -74,7 +75,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Ok::<(), ClientError>(())
         }
         .await;
-        debug_assert!(result.is_err() || st.size >= end);
         file.publish(&st);
         result.map(|()| data.len() as u32)
     }
@@ -239,7 +239,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 generation,
                 index: i as u8,
             };
-            let target = locate(&map, key)?;
+            let target = locate(&map, key).inspect_err(|_| self.request_map_refresh())?;
             if !target.up {
                 return Err(ClientError::NodeDown {
                     node: target.node,
