@@ -1,1 +1,161 @@
-//! (being written)
+//! torchfs metadata service (DESIGN.md §3): an openraft cluster of 1, 3 or 5
+//! voters over Cap'n Proto RPC, persisted in redb.
+//!
+//! - [`config`]: [`MetadConfig`] and [`MetadError`].
+//! - [`state`]: the namespace state machine (deterministic `apply`).
+//! - [`store`]: redb log/vote/snapshot storage and the state-machine store.
+//! - `network`: Raft RPCs to peers (actor over the RPC thread).
+//! - `node`: request handling (redirects, writes, linearizable reads, liveness).
+//! - `service`: the RPC thread and capnp servers.
+//!
+//! Entry points: [`run`] (async, any tokio runtime) and [`run_blocking`].
+
+pub mod config;
+mod network;
+mod node;
+mod service;
+pub mod state;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use tokio::sync::mpsc;
+
+pub use config::{MetadConfig, MetadError};
+
+use crate::network::Network;
+use crate::node::Node;
+use crate::service::RpcThread;
+use crate::store::{LogStore, StateMachineStore};
+
+/// Outgoing Raft calls queued for the RPC thread before senders wait.
+const PEER_QUEUE_DEPTH: usize = 1024;
+/// How long shutdown waits for openraft's tasks to release the database.
+const DB_RELEASE_WAIT_MS: u64 = 5000;
+
+/// Runs a voter until `shutdown` resolves.
+///
+/// Works on any tokio runtime (current-thread or multi-thread): openraft runs
+/// on the caller's runtime, the Cap'n Proto side on a thread of its own.
+/// The listener is bound first, so a port in use fails at once. The lowest
+/// voter id initializes a new cluster; a restarted voter resumes from its
+/// data dir.
+pub async fn run(
+    config: MetadConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MetadError> {
+    let voters = config.validate()?;
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| MetadError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| MetadError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let db_path = config.data_dir.join("metad.redb");
+    let store_err = |reason: String| MetadError::Store {
+        path: db_path.clone(),
+        reason,
+    };
+    let db = Arc::new(store::open_db(&db_path).map_err(|e| store_err(e.to_string()))?);
+    let log = LogStore::new(db.clone());
+    let sm =
+        StateMachineStore::open(db.clone(), config.stripe).map_err(|e| store_err(e.to_string()))?;
+    let sm_data = sm.data.clone();
+
+    let raft_config = openraft::Config {
+        cluster_name: "torchfs-metad".into(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_logs.max(1)),
+        // Keep a few entries behind the snapshot so a briefly lagging
+        // follower catches up from the log rather than a full snapshot.
+        max_in_snapshot_log_to_keep: (config.snapshot_every_logs / 10).min(100),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| MetadError::Config {
+        reason: e.to_string(),
+    })?;
+
+    let (peer_tx, peer_rx) = mpsc::channel(PEER_QUEUE_DEPTH);
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network { tx: peer_tx },
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| MetadError::Raft {
+        reason: e.to_string(),
+    })?;
+    let node = Arc::new(Node::new(
+        config.id,
+        raft.clone(),
+        sm_data,
+        voters.clone(),
+        Duration::from_millis(config.node_down_after_ms),
+    ));
+    let rpc = RpcThread::start(
+        listener,
+        node.clone(),
+        peer_rx,
+        Duration::from_millis(config.election_timeout_min_ms),
+    )
+    .map_err(|source| MetadError::Thread { source })?;
+
+    let result = async {
+        let lowest = voters.keys().next().copied();
+        let initialized = raft.is_initialized().await.map_err(|e| MetadError::Raft {
+            reason: e.to_string(),
+        })?;
+        if lowest == Some(config.id) && !initialized {
+            let members: BTreeMap<u64, BasicNode> = voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                // Another path (a snapshot or log from peers) got there first.
+                tracing::info!("metad {}: initialize skipped: {e}", config.id);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_ok() {
+        tracing::info!("metad {} serving on {}", config.id, config.listen);
+        shutdown.await;
+    }
+
+    let _ = raft.shutdown().await;
+    rpc.stop().await;
+    drop(node);
+    drop(raft);
+    // openraft's tasks hold the store; let them finish so a restart in the
+    // same process can reopen the database.
+    let deadline = Instant::now() + Duration::from_millis(DB_RELEASE_WAIT_MS);
+    while Arc::strong_count(&db) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    result
+}
+
+/// [`run`] on a runtime of its own (current-thread), for callers without one.
+pub fn run_blocking(
+    config: MetadConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MetadError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| MetadError::Thread { source })?;
+    rt.block_on(run(config, shutdown))
+}

@@ -1,0 +1,622 @@
+//! Namespace semantics: every errno the state machine gives, rename cases,
+//! truncation and placement groups.
+
+use super::*;
+use torchfs_proto::meta::errno::*;
+
+const CFG: StripeConfig = StripeConfig {
+    k: 2,
+    m: 1,
+    unit_bytes: 100,
+};
+
+struct T {
+    st: State,
+    now: i64,
+}
+
+impl T {
+    fn new() -> Self {
+        T {
+            st: State::new(CFG),
+            now: 1000,
+        }
+    }
+    fn w(&mut self, req: MetaRequest) -> Outcome {
+        self.now += 1;
+        self.st.apply(&Command {
+            now_ns: self.now,
+            req,
+        })
+    }
+    fn r(&self, req: MetaRequest) -> Outcome {
+        self.st.read(&req)
+    }
+    fn create(&mut self, parent: Ino, name: &str) -> Attr {
+        match self.w(MetaRequest::Create {
+            parent,
+            name: name.into(),
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            exclusive: true,
+        }) {
+            Ok(MetaReply::Attr(a)) => a,
+            other => panic!("create {name}: {other:?}"),
+        }
+    }
+    fn mkdir(&mut self, parent: Ino, name: &str) -> Attr {
+        match self.w(MetaRequest::Mkdir {
+            parent,
+            name: name.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }) {
+            Ok(MetaReply::Attr(a)) => a,
+            other => panic!("mkdir {name}: {other:?}"),
+        }
+    }
+    fn attr(&self, ino: Ino) -> Attr {
+        match self.r(MetaRequest::GetAttr { ino }) {
+            Ok(MetaReply::Attr(a)) => a,
+            other => panic!("getattr {ino}: {other:?}"),
+        }
+    }
+    fn lookup(&self, parent: Ino, name: &str) -> Outcome {
+        self.r(MetaRequest::Lookup {
+            parent,
+            name: name.into(),
+        })
+    }
+    fn rename(&mut self, p: Ino, n: &str, np: Ino, nn: &str) -> Outcome {
+        self.w(MetaRequest::Rename {
+            parent: p,
+            name: n.into(),
+            new_parent: np,
+            new_name: nn.into(),
+        })
+    }
+    fn commit(&mut self, ino: Ino, size: u64, stripes: &[u64]) -> Outcome {
+        let stripes = stripes.iter().map(|&s| stripe(s, 200)).collect();
+        self.w(MetaRequest::CommitLayout { ino, size, stripes })
+    }
+}
+
+fn stripe(s: u64, bytes: u32) -> StripeEntry {
+    StripeEntry {
+        stripe: s,
+        generation: 1,
+        encoded_bytes: bytes,
+        valid_bytes: bytes,
+        crcs: vec![s as u32; 3],
+    }
+}
+
+fn errno_of(o: Outcome) -> i32 {
+    match o {
+        Err(e) => e.errno(),
+        Ok(r) => panic!("expected an error, got {r:?}"),
+    }
+}
+
+#[test]
+fn root_exists() {
+    let t = T::new();
+    let a = t.attr(ROOT_INO);
+    assert_eq!(a.kind, FileKind::Dir);
+    assert_eq!(a.mode, 0o755);
+    assert_eq!(a.nlink, 2);
+}
+
+#[test]
+fn create_lookup_and_exclusive() {
+    let mut t = T::new();
+    let a = t.create(ROOT_INO, "f");
+    assert_eq!(a.nlink, 1);
+    assert_eq!(a.mode, 0o644);
+    assert_eq!(t.lookup(ROOT_INO, "f"), Ok(MetaReply::Attr(a.clone())));
+    let dup = MetaRequest::Create {
+        parent: ROOT_INO,
+        name: "f".into(),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        exclusive: true,
+    };
+    assert_eq!(errno_of(t.w(dup.clone())), EEXIST);
+    let MetaRequest::Create {
+        parent,
+        name,
+        mode,
+        uid,
+        gid,
+        ..
+    } = dup
+    else {
+        unreachable!()
+    };
+    let again = t.w(MetaRequest::Create {
+        parent,
+        name,
+        mode,
+        uid,
+        gid,
+        exclusive: false,
+    });
+    assert_eq!(again, Ok(MetaReply::Attr(a)));
+    t.mkdir(ROOT_INO, "d");
+    let on_dir = MetaRequest::Create {
+        parent: ROOT_INO,
+        name: "d".into(),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        exclusive: false,
+    };
+    assert_eq!(errno_of(t.w(on_dir)), EISDIR);
+    assert_eq!(errno_of(t.lookup(ROOT_INO, "nope")), ENOENT);
+    assert_eq!(errno_of(t.lookup(999, "x")), ENOENT);
+    let f = t.lookup(ROOT_INO, "f").unwrap();
+    let MetaReply::Attr(f) = f else { panic!() };
+    assert_eq!(errno_of(t.lookup(f.ino, "x")), ENOTDIR);
+}
+
+#[test]
+fn bad_names() {
+    let mut t = T::new();
+    for bad in ["", ".", "..", "a/b", "a\0b"] {
+        let r = t.w(MetaRequest::Mkdir {
+            parent: ROOT_INO,
+            name: bad.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        assert_eq!(errno_of(r), EINVAL, "{bad:?}");
+    }
+    let long = "x".repeat(256);
+    assert_eq!(errno_of(t.lookup(ROOT_INO, &long)), ENAMETOOLONG);
+    t.create(ROOT_INO, &"y".repeat(255));
+}
+
+#[test]
+fn mkdir_nlink_and_rmdir() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT_INO, "d");
+    assert_eq!(t.attr(ROOT_INO).nlink, 3);
+    assert_eq!(
+        errno_of(t.w(MetaRequest::Mkdir {
+            parent: ROOT_INO,
+            name: "d".into(),
+            mode: 0,
+            uid: 0,
+            gid: 0
+        })),
+        EEXIST
+    );
+    t.mkdir(d.ino, "sub");
+    assert_eq!(t.attr(d.ino).nlink, 3);
+    t.create(ROOT_INO, "f");
+    let rmdir = |name: &str| MetaRequest::Rmdir {
+        parent: ROOT_INO,
+        name: name.into(),
+    };
+    assert_eq!(errno_of(t.w(rmdir("d"))), ENOTEMPTY);
+    assert_eq!(errno_of(t.w(rmdir("f"))), ENOTDIR);
+    assert_eq!(errno_of(t.w(rmdir("zz"))), ENOENT);
+    t.w(MetaRequest::Rmdir {
+        parent: d.ino,
+        name: "sub".into(),
+    })
+    .unwrap();
+    assert_eq!(t.attr(d.ino).nlink, 2);
+    t.w(rmdir("d")).unwrap();
+    assert_eq!(t.attr(ROOT_INO).nlink, 2);
+    assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: d.ino })), ENOENT);
+}
+
+#[test]
+fn unlink_frees_on_last_link() {
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "f");
+    t.commit(f.ino, 300, &[0, 1]).unwrap();
+    let l = t
+        .w(MetaRequest::Link {
+            ino: f.ino,
+            new_parent: ROOT_INO,
+            new_name: "g".into(),
+        })
+        .unwrap();
+    let MetaReply::Attr(l) = l else { panic!() };
+    assert_eq!(l.nlink, 2);
+    let unlink = |n: &str| MetaRequest::Unlink {
+        parent: ROOT_INO,
+        name: n.into(),
+    };
+    assert_eq!(t.w(unlink("f")), Ok(MetaReply::Freed(vec![])));
+    assert_eq!(t.attr(f.ino).nlink, 1);
+    let freed = t.w(unlink("g")).unwrap();
+    assert_eq!(
+        freed,
+        MetaReply::Freed(vec![stripe(0, 200), stripe(1, 200)])
+    );
+    assert_eq!(errno_of(t.w(unlink("g"))), ENOENT);
+    t.mkdir(ROOT_INO, "d");
+    assert_eq!(errno_of(t.w(unlink("d"))), EISDIR);
+}
+
+#[test]
+fn link_errors() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT_INO, "d");
+    let f = t.create(ROOT_INO, "f");
+    let link = |ino, name: &str| MetaRequest::Link {
+        ino,
+        new_parent: ROOT_INO,
+        new_name: name.into(),
+    };
+    assert_eq!(errno_of(t.w(link(d.ino, "d2"))), EPERM);
+    assert_eq!(errno_of(t.w(link(f.ino, "d"))), EEXIST);
+    assert_eq!(errno_of(t.w(link(12345, "x"))), ENOENT);
+    assert_eq!(
+        errno_of(t.w(MetaRequest::Link {
+            ino: f.ino,
+            new_parent: f.ino,
+            new_name: "x".into()
+        })),
+        ENOTDIR
+    );
+}
+
+#[test]
+fn symlink_and_readlink() {
+    let mut t = T::new();
+    let s = t
+        .w(MetaRequest::Symlink {
+            parent: ROOT_INO,
+            name: "s".into(),
+            target: "../x".into(),
+            uid: 0,
+            gid: 0,
+        })
+        .unwrap();
+    let MetaReply::Attr(s) = s else { panic!() };
+    assert_eq!(s.kind, FileKind::Symlink);
+    assert_eq!(s.size, 4);
+    assert_eq!(
+        t.r(MetaRequest::ReadLink { ino: s.ino }),
+        Ok(MetaReply::Link("../x".into()))
+    );
+    assert_eq!(
+        errno_of(t.r(MetaRequest::ReadLink { ino: ROOT_INO })),
+        EINVAL
+    );
+    assert_eq!(errno_of(t.r(MetaRequest::GetLayout { ino: s.ino })), EINVAL);
+    assert_eq!(
+        errno_of(t.r(MetaRequest::GetLayout { ino: ROOT_INO })),
+        EISDIR
+    );
+    assert_eq!(
+        errno_of(t.w(MetaRequest::Symlink {
+            parent: ROOT_INO,
+            name: "s".into(),
+            target: "y".into(),
+            uid: 0,
+            gid: 0
+        })),
+        EEXIST
+    );
+}
+
+#[test]
+fn readdir_order_after_limit() {
+    let mut t = T::new();
+    for n in ["c", "a", "e", "b", "d"] {
+        t.create(ROOT_INO, n);
+    }
+    let names = |r: Outcome| match r {
+        Ok(MetaReply::Entries(es)) => es.into_iter().map(|e| e.name).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let rd = |after: &str, limit| MetaRequest::ReadDir {
+        ino: ROOT_INO,
+        after: after.into(),
+        limit,
+    };
+    assert_eq!(names(t.r(rd("", 0))), ["a", "b", "c", "d", "e"]);
+    assert_eq!(names(t.r(rd("b", 2))), ["c", "d"]);
+    assert_eq!(names(t.r(rd("bb", 0))), ["c", "d", "e"]);
+    assert_eq!(names(t.r(rd("e", 0))), Vec::<String>::new());
+    let f = t.create(ROOT_INO, "f");
+    assert_eq!(
+        errno_of(t.r(MetaRequest::ReadDir {
+            ino: f.ino,
+            after: "".into(),
+            limit: 0
+        })),
+        ENOTDIR
+    );
+}
+
+#[test]
+fn rename_cases() {
+    let mut t = T::new();
+    let a = t.mkdir(ROOT_INO, "a");
+    let b = t.mkdir(ROOT_INO, "b");
+    let f = t.create(a.ino, "f");
+    t.commit(f.ino, 10, &[0]).unwrap();
+    let g = t.create(b.ino, "g");
+    t.commit(g.ino, 10, &[0, 3]).unwrap();
+
+    // Missing source.
+    assert_eq!(errno_of(t.rename(a.ino, "zz", b.ino, "x")), ENOENT);
+    // File over file: target freed.
+    let r = t.rename(a.ino, "f", b.ino, "g").unwrap();
+    assert_eq!(r, MetaReply::Freed(vec![stripe(0, 200), stripe(3, 200)]));
+    assert_eq!(t.lookup(b.ino, "g"), Ok(MetaReply::Attr(t.attr(f.ino))));
+    assert_eq!(errno_of(t.lookup(a.ino, "f")), ENOENT);
+    assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: g.ino })), ENOENT);
+
+    // File over a file that has another link: nothing freed.
+    let h = t.create(ROOT_INO, "h");
+    t.w(MetaRequest::Link {
+        ino: h.ino,
+        new_parent: ROOT_INO,
+        new_name: "h2".into(),
+    })
+    .unwrap();
+    t.create(ROOT_INO, "i");
+    assert_eq!(
+        t.rename(ROOT_INO, "i", ROOT_INO, "h"),
+        Ok(MetaReply::Freed(vec![]))
+    );
+    assert_eq!(t.attr(h.ino).nlink, 1);
+
+    // Rename onto another link of the same inode: no-op.
+    t.w(MetaRequest::Link {
+        ino: h.ino,
+        new_parent: ROOT_INO,
+        new_name: "h3".into(),
+    })
+    .unwrap();
+    assert_eq!(
+        t.rename(ROOT_INO, "h2", ROOT_INO, "h3"),
+        Ok(MetaReply::Freed(vec![]))
+    );
+    assert!(t.lookup(ROOT_INO, "h2").is_ok());
+
+    // File over dir, dir over file.
+    assert_eq!(errno_of(t.rename(b.ino, "g", ROOT_INO, "a")), EISDIR);
+    assert_eq!(errno_of(t.rename(ROOT_INO, "a", b.ino, "g")), ENOTDIR);
+
+    // Dir over empty dir; dir over non-empty dir.
+    let e = t.mkdir(ROOT_INO, "empty");
+    assert_eq!(t.attr(ROOT_INO).nlink, 5);
+    t.rename(ROOT_INO, "a", ROOT_INO, "empty").unwrap();
+    assert_eq!(t.attr(ROOT_INO).nlink, 4);
+    assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: e.ino })), ENOENT);
+    assert_eq!(
+        t.lookup(ROOT_INO, "empty"),
+        Ok(MetaReply::Attr(t.attr(a.ino)))
+    );
+    assert_eq!(
+        errno_of(t.rename(ROOT_INO, "empty", ROOT_INO, "b")),
+        ENOTEMPTY
+    );
+
+    // Dir into its own subtree, and onto itself.
+    let sub = t.mkdir(a.ino, "sub");
+    assert_eq!(errno_of(t.rename(ROOT_INO, "empty", sub.ino, "x")), EINVAL);
+    assert_eq!(errno_of(t.rename(ROOT_INO, "empty", a.ino, "x")), EINVAL);
+
+    // Dir moves between parents: nlink and parent pointer follow.
+    t.rename(a.ino, "sub", b.ino, "sub").unwrap();
+    assert_eq!(t.attr(a.ino).nlink, 2);
+    assert_eq!(t.attr(b.ino).nlink, 3);
+    // Now b/sub is under b: moving b into b/sub must fail, moving a into b/sub works.
+    assert_eq!(errno_of(t.rename(ROOT_INO, "b", sub.ino, "b")), EINVAL);
+    t.rename(ROOT_INO, "empty", sub.ino, "a").unwrap();
+    assert_eq!(t.attr(ROOT_INO).nlink, 3);
+    assert_eq!(errno_of(t.rename(ROOT_INO, "b", a.ino, "b")), EINVAL);
+
+    // Bad names.
+    assert_eq!(errno_of(t.rename(ROOT_INO, "b", ROOT_INO, "..")), EINVAL);
+}
+
+#[test]
+fn setattr_fields_and_times() {
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "f");
+    let r = t
+        .w(MetaRequest::SetAttr {
+            ino: f.ino,
+            set: SetAttr {
+                mode: Some(0o100600),
+                uid: Some(7),
+                gid: Some(8),
+                atime: Some(SetTime::Ns(5)),
+                mtime: Some(SetTime::Now),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    let MetaReply::Attr(a) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((a.mode, a.uid, a.gid, a.atime_ns), (0o600, 7, 8, 5));
+    assert_eq!(a.mtime_ns, t.now);
+    assert_eq!(a.ctime_ns, t.now);
+    let d = t.mkdir(ROOT_INO, "d");
+    let size = |ino| MetaRequest::SetAttr {
+        ino,
+        set: SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    };
+    assert_eq!(errno_of(t.w(size(d.ino))), EISDIR);
+    assert_eq!(errno_of(t.w(size(999))), ENOENT);
+}
+
+#[test]
+fn truncation_drops_and_clamps_stripes() {
+    // stripe_bytes = 200
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "f");
+    t.commit(f.ino, 800, &[0, 1, 2, 3]).unwrap();
+    let trunc = |size| MetaRequest::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            size: Some(size),
+            ..Default::default()
+        },
+    };
+    let r = t.w(trunc(450)).unwrap();
+    let MetaReply::AttrFreed { attr, freed } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(attr.size, 450);
+    assert_eq!(attr.mtime_ns, t.now);
+    assert_eq!(freed, vec![stripe(3, 200)]);
+    let MetaReply::Layout { layout, .. } = t.r(MetaRequest::GetLayout { ino: f.ino }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(layout.stripes.len(), 3);
+    assert_eq!(layout.stripes[2].valid_bytes, 50);
+    assert_eq!(layout.stripes[2].encoded_bytes, 200);
+    assert_eq!(layout.stripes[1].valid_bytes, 200);
+    // Exactly on a boundary: stripe 2 goes entirely.
+    let MetaReply::AttrFreed { freed, .. } = t.w(trunc(400)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].stripe, 2);
+    // Growing frees nothing and keeps the layout.
+    let MetaReply::AttrFreed { attr, freed } = t.w(trunc(10_000)).unwrap() else {
+        panic!()
+    };
+    assert_eq!((attr.size, freed.len()), (10_000, 0));
+    let MetaReply::AttrFreed { freed, .. } = t.w(trunc(0)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(freed.len(), 2);
+}
+
+#[test]
+fn commit_layout_replaces_by_stripe() {
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "f");
+    let r = t.commit(f.ino, 500, &[2, 0]).unwrap();
+    let MetaReply::Committed { attr, replaced } = r else {
+        panic!()
+    };
+    assert_eq!((attr.size, replaced.len()), (500, 0));
+    let mut newer = stripe(2, 100);
+    newer.generation = 2;
+    let r = t
+        .w(MetaRequest::CommitLayout {
+            ino: f.ino,
+            size: 500,
+            stripes: vec![newer.clone(), stripe(1, 200)],
+        })
+        .unwrap();
+    let MetaReply::Committed { replaced, .. } = r else {
+        panic!()
+    };
+    assert_eq!(replaced, vec![stripe(2, 200)]);
+    let MetaReply::Layout { layout, .. } = t.r(MetaRequest::GetLayout { ino: f.ino }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(layout.stripes, vec![stripe(0, 200), stripe(1, 200), newer]);
+    // Malformed entries.
+    let mut bad = stripe(5, 200);
+    bad.crcs.pop();
+    let r = t.w(MetaRequest::CommitLayout {
+        ino: f.ino,
+        size: 1,
+        stripes: vec![bad],
+    });
+    assert!(matches!(r, Err(MetaError::Invalid(_))));
+    let r = t.w(MetaRequest::CommitLayout {
+        ino: f.ino,
+        size: 1,
+        stripes: vec![stripe(5, 201)],
+    });
+    assert!(matches!(r, Err(MetaError::Invalid(_))));
+    let r = t.w(MetaRequest::CommitLayout {
+        ino: f.ino,
+        size: 1,
+        stripes: vec![stripe(1, 2), stripe(1, 2)],
+    });
+    assert!(matches!(r, Err(MetaError::Invalid(_))));
+    assert_eq!(errno_of(t.commit(ROOT_INO, 1, &[])), EISDIR);
+}
+
+fn node(id: NodeId) -> NodeInfo {
+    NodeInfo {
+        id,
+        host: format!("10.0.0.{id}"),
+        shard_ports: vec![7000],
+        capacity_bytes: 1000,
+        used_bytes: 10,
+        cores: 1,
+        transports: vec!["tcp".into()],
+    }
+}
+
+#[test]
+fn placement_groups_form_once_enough_nodes_register() {
+    let mut t = T::new(); // width 3
+    for id in [30, 10] {
+        t.w(MetaRequest::RegisterNode { info: node(id) }).unwrap();
+    }
+    assert!(t.st.groups().is_empty());
+    assert_eq!(t.st.epoch(), 2);
+    t.w(MetaRequest::RegisterNode { info: node(20) }).unwrap();
+    let g: Vec<_> = t.st.groups().iter().map(|g| g.nodes.clone()).collect();
+    assert_eq!(
+        g,
+        vec![vec![10, 20, 30], vec![20, 30, 10], vec![30, 10, 20]]
+    );
+    // Re-registering updates the address; a fourth node does not rebalance.
+    let mut moved = node(20);
+    moved.host = "new".into();
+    t.w(MetaRequest::RegisterNode { info: moved }).unwrap();
+    t.w(MetaRequest::RegisterNode { info: node(40) }).unwrap();
+    assert_eq!(t.st.nodes()[&20].host, "new");
+    assert_eq!(t.st.groups().len(), 3);
+    assert_eq!(t.st.epoch(), 5);
+}
+
+#[test]
+fn placement_groups_formula() {
+    let g = placement_groups(&[1, 2, 3, 4, 5, 6, 7], 6);
+    assert_eq!(g.len(), 7);
+    assert_eq!(g[6].nodes, vec![7, 1, 2, 3, 4, 5]);
+    for grp in &g {
+        let mut n = grp.nodes.clone();
+        n.dedup();
+        assert_eq!(n.len(), 6);
+    }
+}
+
+#[test]
+fn failed_commands_leave_state_unchanged() {
+    let mut t = T::new();
+    t.mkdir(ROOT_INO, "d");
+    t.create(ROOT_INO, "f");
+    let before = t.st.clone();
+    let _ = t.rename(ROOT_INO, "d", ROOT_INO, "f");
+    let _ = t.w(MetaRequest::Unlink {
+        parent: ROOT_INO,
+        name: "d".into(),
+    });
+    let _ = t.w(MetaRequest::Rmdir {
+        parent: ROOT_INO,
+        name: "f".into(),
+    });
+    assert_eq!(before, t.st);
+}
