@@ -25,6 +25,8 @@ const DELETES_IN_FLIGHT_MAX: usize = 16;
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Writes `data` at `offset` into this client's buffers (uploading
     /// complete stripes on the way); visible to other clients after flush.
+    /// No degraded writes in v0: an upload needs all k+m nodes of the
+    /// stripe's group, else EIO (the data stays buffered for a retry).
     pub async fn write(
         &self,
         fh: FileHandle,
