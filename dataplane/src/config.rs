@@ -1,0 +1,49 @@
+//! Storage node configuration.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// Host name or address clients are told to connect to.
+    pub host: String,
+    pub listen_ip: IpAddr,
+    /// Shard `i` listens on `base_port + i`; 0 picks free ports.
+    pub base_port: u16,
+    /// Executors (each one shard); 0 means one per core.
+    pub shards: usize,
+    /// metad client addresses; empty runs without registration (tests).
+    pub metad: Vec<String>,
+    pub heartbeat_ms: u64,
+    /// Default: the size of the filesystem holding `data_dir`.
+    pub capacity_bytes: Option<u64>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            data_dir: PathBuf::from("torchfs-data"),
+            host: "127.0.0.1".into(),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            base_port: 0,
+            shards: 0,
+            metad: Vec::new(),
+            heartbeat_ms: 1_000,
+            capacity_bytes: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Shards to run: the configured count, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The storage node's own small disk I/O trait ([`DiskIo`]) and its glommio
+//! implementation ([`GlommioDisk`]: O_DIRECT through io_uring). Everything
+//! the chunk store does to the disk goes through this trait, so glommio can
+//! be replaced without touching the store, and faults can be injected here
+//! (feature `testing`) to exercise the store's real failure paths.
+
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+
+use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+use glommio::GlommioError;
+
+use crate::faults::Faults;
+
+/// Alignment of every O_DIRECT buffer, offset and length (bytes).
+pub const BLOCK_BYTES: usize = 4096;
+
+/// Rounds `len_bytes` up to a whole number of blocks.
+pub fn align_up(len_bytes: usize) -> usize {
+    len_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+/// Direct (page-cache bypassing) file I/O on the current executor. Not
+/// `Send`: one instance per shard executor.
+#[allow(async_fn_in_trait)]
+pub trait DiskIo {
+    /// An aligned buffer to write from.
+    type WriteBuf: AsRef<[u8]> + AsMut<[u8]>;
+    /// Bytes read from disk.
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// A block-aligned buffer of `len_bytes` (a multiple of [`BLOCK_BYTES`]).
+    fn alloc(&self, len_bytes: usize) -> Self::WriteBuf;
+    /// Creates `path` (which must not be in use), writes `buf` at offset 0
+    /// and makes it durable (fdatasync) before returning.
+    async fn write_new(&self, path: &Path, buf: Self::WriteBuf) -> io::Result<()>;
+    /// Reads the whole of `path` (its size must be block-aligned).
+    async fn read_all(&self, path: &Path) -> io::Result<Self::ReadBuf>;
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes renames and removals in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Keeps the OS error number (ENOSPC must stay recognisable): glommio's
+/// own conversion to `io::Error` flattens it into a message.
+fn os_error(e: GlommioError<()>) -> io::Error {
+    match e {
+        GlommioError::IoError(e) => e,
+        GlommioError::EnhancedIoError { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Whether `e` means the disk is full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// [`DiskIo`] over glommio's `DmaFile` (O_DIRECT, io_uring).
+pub struct GlommioDisk {
+    faults: Faults,
+}
+
+impl GlommioDisk {
+    pub fn new(faults: Faults) -> Self {
+        Self { faults }
+    }
+}
+
+impl DiskIo for GlommioDisk {
+    type WriteBuf = DmaBuffer;
+    type ReadBuf = ReadResult;
+
+    fn alloc(&self, len_bytes: usize) -> DmaBuffer {
+        glommio::allocate_dma_buffer(len_bytes)
+    }
+
+    async fn write_new(&self, path: &Path, buf: DmaBuffer) -> io::Result<()> {
+        let file = DmaFile::create(path).await.map_err(os_error)?;
+        let len_bytes = buf.len();
+        let written = async {
+            // Injected here, after the create, so the caller's cleanup of a
+            // half-written temp file is what gets tested.
+            self.faults.on_write()?;
+            let n = file.write_at(buf, 0).await.map_err(os_error)?;
+            if n != len_bytes {
+                // A short O_DIRECT write is how some filesystems report a
+                // full disk.
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            file.fdatasync().await.map_err(os_error)
+        }
+        .await;
+        let closed = file.close().await.map_err(os_error);
+        written.and(closed)
+    }
+
+    async fn read_all(&self, path: &Path) -> io::Result<ReadResult> {
+        self.faults.on_read()?;
+        let file = DmaFile::open(path).await.map_err(os_error)?;
+        let read = async {
+            let size_bytes = file.file_size().await.map_err(os_error)?;
+            if size_bytes % BLOCK_BYTES as u64 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} has {size_bytes} bytes, not a whole number of blocks",
+                        path.display()
+                    ),
+                ));
+            }
+            let size = usize::try_from(size_bytes).map_err(io::Error::other)?;
+            let data = file.read_at_aligned(0, size).await.map_err(os_error)?;
+            if data.len() != size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: read {} of {size} bytes", path.display(), data.len()),
+                ));
+            }
+            Ok(data)
+        }
+        .await;
+        let _ = file.close().await;
+        read
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        glommio::io::rename(from, to).await.map_err(os_error)
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        glommio::io::remove(path).await.map_err(os_error)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let d = glommio::io::Directory::open(dir).await.map_err(os_error)?;
+        let synced = d.sync().await.map_err(os_error);
+        let _ = d.close().await;
+        synced
+    }
+}

@@ -1,0 +1,155 @@
+//! The contract every [`FragmentStore`] must keep, as one test suite:
+//! call [`run`] on an empty store (see `store/mod.rs` for the contract).
+
+use torchfs_proto::fragment::FragmentKey;
+
+use super::{FragmentStore, StoreError};
+
+fn key(index: u8) -> FragmentKey {
+    FragmentKey {
+        ino: 0x77,
+        stripe: 3,
+        generation: 2,
+        index,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn put<S: FragmentStore>(store: &S, key: FragmentKey, data: &[u8]) -> Result<(), StoreError> {
+    let mut buf = store.put_buffer(data.len() as u32);
+    buf.as_mut().copy_from_slice(data);
+    store.put(key, buf, crc32c::crc32c(data)).await
+}
+
+/// Exercises every contract of [`FragmentStore`] on an empty `store`.
+/// `corrupt(key, at)` must flip a bit of data byte `at` of the stored
+/// fragment `key` behind the store's back. Panics on the first breach.
+pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usize)) {
+    // Empty store.
+    assert!(store.list().is_empty());
+    assert_eq!(store.used_bytes(), 0);
+    assert!(matches!(
+        store.get(key(0), 0, 1, 0).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete(key(0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Round trips at awkward sizes, whole and ranged.
+    let sizes = [0usize, 1, 4095, 4096, 4097, 100_000];
+    for (i, len) in sizes.iter().enumerate() {
+        let data = pattern(*len, i as u8);
+        let crc = crc32c::crc32c(&data);
+        put(store, key(i as u8), &data)
+            .await
+            .unwrap_or_else(|e| panic!("put {len} bytes: {e}"));
+        let whole = store.get(key(i as u8), 0, *len as u32, crc).await.unwrap();
+        assert_eq!(&*whole, &data[..], "{len} bytes");
+        // A range past the end is clamped to the end.
+        let clamped = store
+            .get(key(i as u8), 0, *len as u32 + 100, crc)
+            .await
+            .unwrap();
+        assert_eq!(clamped.len(), *len);
+        if *len > 10 {
+            let mid = store.get(key(i as u8), 3, 7, crc).await.unwrap();
+            assert_eq!(&*mid, &data[3..10]);
+        }
+        let at_end = store.get(key(i as u8), *len as u32, 10, crc).await.unwrap();
+        assert!(at_end.is_empty());
+        let err = store
+            .get(key(i as u8), *len as u32 + 1, 1, crc)
+            .await
+            .err()
+            .expect("offset past the end");
+        assert!(matches!(err, StoreError::BadRange { .. }), "{err}");
+    }
+    let keys: Vec<_> = (0..sizes.len() as u8).map(key).collect();
+    assert_eq!(store.list(), keys, "list in key order");
+    let used = store.used_bytes();
+    assert!(used >= sizes.iter().sum::<usize>() as u64);
+
+    // The sender's CRC is checked before anything is stored.
+    let data = pattern(5000, 9);
+    let mut buf = store.put_buffer(5000);
+    buf.as_mut().copy_from_slice(&data);
+    let crc = crc32c::crc32c(&data);
+    match store.put(key(100), buf, crc ^ 0xff).await {
+        Err(StoreError::ChecksumMismatch {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, crc ^ 0xff);
+            assert_eq!(actual, crc);
+        }
+        other => panic!("put with a wrong CRC: {other:?}"),
+    }
+    assert!(matches!(
+        store.get(key(100), 0, 1, crc).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.used_bytes(), used);
+
+    // The caller's expected CRC is checked (a stale or misdirected fragment).
+    let data = pattern(100_000, 5);
+    let crc = crc32c::crc32c(&data);
+    match store.get(key(5), 10, 10, crc ^ 1).await {
+        Err(StoreError::ChecksumMismatch {
+            expected, actual, ..
+        }) => {
+            assert_eq!((expected, actual), (crc ^ 1, crc));
+        }
+        other => panic!(
+            "get with a wrong expected CRC: {:?}",
+            other.map(|b| b.len())
+        ),
+    }
+
+    // Overwrite replaces.
+    let new = pattern(4097, 200);
+    put(store, key(5), &new).await.unwrap();
+    let new_crc = crc32c::crc32c(&new);
+    assert_eq!(
+        &*store.get(key(5), 0, u32::MAX, new_crc).await.unwrap(),
+        &new[..]
+    );
+    assert!(
+        store.get(key(5), 0, 1, crc).await.is_err(),
+        "the old CRC no longer matches"
+    );
+    assert_eq!(store.list().len(), sizes.len());
+
+    // A flipped byte anywhere is caught, also by a get of another range.
+    corrupt(key(5), 4000);
+    for (offset, length) in [(0u32, 4097u32), (0, 10), (4090, 7)] {
+        match store.get(key(5), offset, length, new_crc).await {
+            Err(StoreError::ChecksumMismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, new_crc);
+                assert_ne!(actual, new_crc);
+            }
+            other => panic!(
+                "corrupt fragment, range {offset}+{length}: {:?}",
+                other.map(|b| b.len())
+            ),
+        }
+    }
+
+    // Delete, and everything is gone.
+    for k in keys {
+        store.delete(k).await.unwrap();
+        assert!(matches!(
+            store.get(k, 0, 1, 0).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    assert!(store.list().is_empty());
+    assert_eq!(store.used_bytes(), 0);
+}
