@@ -274,3 +274,46 @@ async fn injected_faults_reach_the_client() {
     set(dir.path(), FaultSet::default());
     node.stop();
 }
+
+/// Rough throughput figure: `cargo test -p torchfs-dataplane --release --test node -- --ignored --nocapture`.
+#[ignore]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_1mib_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path(), 1)).unwrap();
+    let t = std::sync::Arc::new(transport());
+    let d = std::sync::Arc::new(data(1 << 20, 9));
+    let crc = crc32c::crc32c(&d);
+    let addrs = node.shard_addrs();
+    const N: u64 = 256;
+    const IN_FLIGHT: u64 = 8;
+    for (label, is_put) in [("put", true), ("get", false)] {
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..IN_FLIGHT)
+            .map(|w| {
+                let (t, d, addrs) = (t.clone(), d.clone(), addrs.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; d.len()];
+                    for i in (w..N).step_by(IN_FLIGHT as usize) {
+                        let k = key(i, 0);
+                        let addr = addrs[k.shard(SHARDS)];
+                        if is_put {
+                            t.put(addr, k, &d).await.unwrap();
+                        } else {
+                            t.get(addr, k, 0, crc, &mut buf).await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: {N} x 1 MiB, {IN_FLIGHT} in flight: {:.0} MB/s",
+            (N << 20) as f64 / secs / 1e6
+        );
+    }
+    node.stop();
+}
