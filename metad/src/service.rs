@@ -143,25 +143,23 @@ struct MetadataImpl {
 }
 
 impl mc::metadata::Server for MetadataImpl {
-    fn execute(
+    async fn execute(
         self: CapRc<Self>,
         params: mc::metadata::ExecuteParams,
         mut results: mc::metadata::ExecuteResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            // A malformed request is answered as `Invalid`, not as a broken
-            // call, so the client does not retry it.
-            let req = params
-                .get()
-                .and_then(|p| p.get_request())
-                .and_then(read_request);
-            let outcome = match req {
-                Ok(req) => self.node.execute(req).await,
-                Err(e) => Err(MetaError::Invalid(e.to_string())),
-            };
-            write_response(&outcome, results.get().init_response());
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        // A malformed request is answered as `Invalid`, not as a broken
+        // call, so the client does not retry it.
+        let req = params
+            .get()
+            .and_then(|p| p.get_request())
+            .and_then(read_request);
+        let outcome = match req {
+            Ok(req) => self.node.execute(req).await,
+            Err(e) => Err(MetaError::Invalid(e.to_string())),
+        };
+        write_response(&outcome, results.get().init_response());
+        Ok(())
     }
 }
 
@@ -181,42 +179,36 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, capnp::Error> {
 }
 
 impl mc::raft::Server for RaftImpl {
-    fn append_entries(
+    async fn append_entries(
         self: CapRc<Self>,
         params: mc::raft::AppendEntriesParams,
         mut results: mc::raft::AppendEntriesResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_payload())?;
-            let resp = self.node.raft.append_entries(req).await;
-            results.get().set_payload(&encode(&resp)?);
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_payload())?;
+        let resp = self.node.raft.append_entries(req).await;
+        results.get().set_payload(&encode(&resp)?);
+        Ok(())
     }
 
-    fn vote(
+    async fn vote(
         self: CapRc<Self>,
         params: mc::raft::VoteParams,
         mut results: mc::raft::VoteResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_payload())?;
-            let resp = self.node.raft.vote(req).await;
-            results.get().set_payload(&encode(&resp)?);
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_payload())?;
+        let resp = self.node.raft.vote(req).await;
+        results.get().set_payload(&encode(&resp)?);
+        Ok(())
     }
 
-    fn install_snapshot(
+    async fn install_snapshot(
         self: CapRc<Self>,
         params: mc::raft::InstallSnapshotParams,
         mut results: mc::raft::InstallSnapshotResults,
-    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        async move {
-            let req = decode(params.get()?.get_payload())?;
-            let resp = self.node.raft.install_snapshot(req).await;
-            results.get().set_payload(&encode(&resp)?);
-            Ok(())
-        }
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_payload())?;
+        let resp = self.node.raft.install_snapshot(req).await;
+        results.get().set_payload(&encode(&resp)?);
+        Ok(())
     }
 }

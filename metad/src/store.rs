@@ -7,6 +7,10 @@
 //! snapshot) uses redb's default `Durability::Immediate`, i.e. it is fsync'd
 //! before openraft is told it is done.
 
+// openraft fixes the error type of every storage method (`StorageError`,
+// over 200 bytes); boxing it here would only add conversions.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
