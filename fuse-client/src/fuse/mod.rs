@@ -1,0 +1,539 @@
+//! The FUSE front-end: POSIX requests from the kernel (through fuser's
+//! worker threads) translated into client-core calls. Nothing here knows how
+//! data is stored; it maps inodes, attributes, handles and errors.
+
+mod attr;
+mod dirs;
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BackgroundSession, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use torchfs_proto::meta::{SetAttr, SetTime, NAME_BYTES_MAX};
+
+use crate::core::{Client, ClientError};
+use attr::file_attr;
+use dirs::DirStreams;
+
+/// How the mount behaves; set at mount time.
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// fuser worker threads (each with its own /dev/fuse fd).
+    pub threads: usize,
+    /// How long the kernel may cache a name lookup.
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// Let users other than the mounting one use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Largest read/write request the kernel sends (bytes).
+    pub request_bytes_max: u32,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            entry_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(1),
+            allow_other: false,
+            request_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// Mounts `client` at `mountpoint` and serves it on background threads
+/// until the returned session is dropped or unmounted. Client calls run on
+/// `runtime`.
+pub fn mount(
+    client: Client,
+    runtime: Handle,
+    mountpoint: &Path,
+    options: &FuseOptions,
+) -> io::Result<BackgroundSession> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("torchfs".into()),
+        MountOption::Subtype("torchfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let fs = TorchFs {
+        client,
+        runtime,
+        options: options.clone(),
+        dirs: DirStreams::default(),
+        next_dir_handle: AtomicU64::new(1),
+    };
+    fuser::spawn_mount(fs, mountpoint, &config)
+}
+
+struct TorchFs {
+    client: Client,
+    runtime: Handle,
+    options: FuseOptions,
+    dirs: DirStreams,
+    next_dir_handle: AtomicU64,
+}
+
+fn errno(err: &ClientError) -> Errno {
+    Errno::from_i32(err.errno())
+}
+
+/// Names arrive as bytes; torchfs names are UTF-8 (metad stores text).
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::Ns(attr::system_time_ns(at)),
+    })
+}
+
+impl TorchFs {
+    fn reply_entry(
+        &self,
+        result: Result<torchfs_proto::meta::Attr, ClientError>,
+        reply: ReplyEntry,
+    ) {
+        match result {
+            Ok(attr) => reply.entry(&self.options.entry_ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_empty(result: Result<(), ClientError>, reply: ReplyEmpty) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl Filesystem for TorchFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Bigger requests mean fewer round trips through the kernel; the
+        // kernel clamps them to what it allows (max_pages_limit).
+        let _ = config.set_max_write(self.options.request_bytes_max);
+        let _ = config.set_max_readahead(self.options.request_bytes_max);
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let result = self.runtime.block_on(self.client.lookup(parent.0, name));
+        self.reply_entry(result, reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.runtime.block_on(self.client.getattr(ino.0)) {
+            Ok(attr) => reply.attr(&self.options.attr_ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.runtime.block_on(self.client.setattr(ino.0, set)) {
+            Ok(attr) => reply.attr(&self.options.attr_ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.runtime.block_on(self.client.readlink(ino.0)) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files: devices, fifos and sockets have no place in a
+        // training dataset store.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let perm = mode & !umask & 0o7777;
+        let result = self.runtime.block_on(self.client.create(
+            parent.0,
+            name,
+            perm,
+            req.uid(),
+            req.gid(),
+            true,
+        ));
+        self.reply_entry(result, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let perm = mode & !umask & 0o7777;
+        let result =
+            self.runtime.block_on(
+                self.client
+                    .mkdir(parent.0, name, perm, req.uid(), req.gid()),
+            );
+        self.reply_entry(result, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        Self::reply_empty(
+            self.runtime.block_on(self.client.unlink(parent.0, name)),
+            reply,
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        Self::reply_empty(
+            self.runtime.block_on(self.client.rmdir(parent.0, name)),
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_str(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        let result = self.runtime.block_on(self.client.symlink(
+            parent.0,
+            name,
+            target,
+            req.uid(),
+            req.gid(),
+        ));
+        self.reply_entry(result, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        // RENAME_NOREPLACE / RENAME_EXCHANGE are not supported yet; say so
+        // rather than silently replacing.
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let (name, newname) = match (name_str(name), name_str(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let result =
+            self.runtime
+                .block_on(self.client.rename(parent.0, name, newparent.0, newname));
+        Self::reply_empty(result, reply);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = match name_str(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let result = self
+            .runtime
+            .block_on(self.client.link(ino.0, newparent.0, newname));
+        self.reply_entry(result, reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self
+            .runtime
+            .block_on(self.client.open(ino.0, write, truncate))
+        {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.runtime.block_on(self.client.read(fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.runtime.block_on(self.client.write(fh.0, offset, data)) {
+            Ok(written) => reply.written(written),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.runtime.block_on(self.client.flush(fh.0)), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.runtime.block_on(self.client.release(fh.0)), reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(self.runtime.block_on(self.client.fsync(fh.0)), reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Each open directory stream reads one consistent listing, fetched
+        // on the first readdir and kept until releasedir.
+        match self.runtime.block_on(self.client.getattr(ino.0)) {
+            Ok(attr) if attr.kind == torchfs_proto::meta::FileKind::Dir => {
+                let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        if offset == 0 {
+            match self.runtime.block_on(self.client.readdir(ino.0, "", 0)) {
+                Ok(entries) => self.dirs.insert(fh.0, entries),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        self.dirs.fill(fh.0, ino.0, offset, reply);
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are committed to the Raft log before they are
+        // acknowledged: nothing is left to sync.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BLOCK_BYTES: u64 = 4096;
+        match self.runtime.block_on(self.client.statfs()) {
+            Ok(s) => {
+                let blocks = s.total_bytes / BLOCK_BYTES;
+                let free = s.total_bytes.saturating_sub(s.used_bytes) / BLOCK_BYTES;
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    s.files,
+                    u64::MAX - s.files,
+                    BLOCK_BYTES as u32,
+                    NAME_BYTES_MAX as u32,
+                    BLOCK_BYTES as u32,
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let perm = mode & !umask & 0o7777;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let truncate = flags & libc::O_TRUNC != 0;
+        let result = self.runtime.block_on(async {
+            let attr = self
+                .client
+                .create(parent.0, name, perm, req.uid(), req.gid(), exclusive)
+                .await?;
+            let fh = self.client.open(attr.ino, true, truncate).await?;
+            Ok::<_, ClientError>((attr, fh))
+        });
+        match result {
+            Ok((attr, fh)) => reply.created(
+                &self.options.entry_ttl,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
