@@ -1,0 +1,323 @@
+//! Round trips of every request and reply, and malformed input.
+
+use super::*;
+use crate::meta::errno;
+
+fn rt_req(req: MetaRequest) {
+    let mut msg = capnp::message::Builder::new_default();
+    write_request(&req, msg.init_root());
+    let words = capnp::serialize::write_message_to_words(&msg);
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    let back = read_request(reader.get_root().unwrap()).unwrap();
+    assert_eq!(back, req);
+}
+
+fn rt_resp(resp: std::result::Result<MetaReply, MetaError>) {
+    let mut msg = capnp::message::Builder::new_default();
+    write_response(&resp, msg.init_root());
+    let words = capnp::serialize::write_message_to_words(&msg);
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    let back = read_response(reader.get_root().unwrap()).unwrap();
+    assert_eq!(back, resp);
+}
+
+fn attr() -> Attr {
+    Attr {
+        ino: 42,
+        kind: FileKind::Symlink,
+        mode: 0o644,
+        uid: 1000,
+        gid: 100,
+        size: 1 << 40,
+        nlink: 3,
+        atime_ns: -5,
+        mtime_ns: 1_700_000_000_000_000_000,
+        ctime_ns: 7,
+    }
+}
+
+fn stripe(n: u64) -> StripeEntry {
+    StripeEntry {
+        stripe: n,
+        generation: n + 9,
+        encoded_bytes: 4096,
+        valid_bytes: 100,
+        crcs: vec![1, 2, 3, 0, 5, 6],
+    }
+}
+
+fn node(id: u64) -> NodeInfo {
+    NodeInfo {
+        id,
+        host: "10.0.0.1".into(),
+        shard_ports: vec![7000, 7001],
+        capacity_bytes: 1 << 30,
+        used_bytes: 12,
+        cores: 2,
+        transports: vec!["tcp".into(), "rdma".into()],
+    }
+}
+
+fn map() -> ClusterMap {
+    ClusterMap {
+        epoch: 3,
+        config: StripeConfig::DEFAULT,
+        nodes: vec![
+            NodeStatus {
+                info: node(1),
+                state: NodeState::Up,
+                last_heartbeat_ms_ago: Some(12),
+            },
+            NodeStatus {
+                info: node(2),
+                state: NodeState::Down,
+                last_heartbeat_ms_ago: None,
+            },
+        ],
+        groups: vec![PlacementGroup {
+            id: 0,
+            nodes: vec![1, 2, 3, 4, 5, 6],
+        }],
+    }
+}
+
+#[test]
+fn every_request_round_trips() {
+    let name = || "naïve-名前".to_string();
+    for req in [
+        MetaRequest::Lookup {
+            parent: 1,
+            name: name(),
+        },
+        MetaRequest::GetAttr { ino: 9 },
+        MetaRequest::SetAttr {
+            ino: 9,
+            set: SetAttr::default(),
+        },
+        MetaRequest::SetAttr {
+            ino: 9,
+            set: SetAttr {
+                mode: Some(0o600),
+                uid: Some(1),
+                gid: Some(2),
+                size: Some(77),
+                atime: Some(SetTime::Now),
+                mtime: Some(SetTime::Ns(-3)),
+            },
+        },
+        MetaRequest::ReadDir {
+            ino: 1,
+            after: name(),
+            limit: 10,
+        },
+        MetaRequest::Create {
+            parent: 1,
+            name: name(),
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            exclusive: true,
+        },
+        MetaRequest::Mkdir {
+            parent: 1,
+            name: name(),
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+        },
+        MetaRequest::Unlink {
+            parent: 1,
+            name: name(),
+        },
+        MetaRequest::Rmdir {
+            parent: 1,
+            name: name(),
+        },
+        MetaRequest::Rename {
+            parent: 1,
+            name: name(),
+            new_parent: 5,
+            new_name: "b".into(),
+        },
+        MetaRequest::Link {
+            ino: 4,
+            new_parent: 5,
+            new_name: "c".into(),
+        },
+        MetaRequest::Symlink {
+            parent: 1,
+            name: name(),
+            target: "/x/y".into(),
+            uid: 3,
+            gid: 4,
+        },
+        MetaRequest::ReadLink { ino: 4 },
+        MetaRequest::StatFs,
+        MetaRequest::GetLayout { ino: 4 },
+        MetaRequest::CommitLayout {
+            ino: 4,
+            size: 9000,
+            stripes: vec![stripe(0), stripe(1)],
+        },
+        MetaRequest::RegisterNode { info: node(8) },
+        MetaRequest::Heartbeat {
+            id: 8,
+            used_bytes: 1,
+            capacity_bytes: 2,
+        },
+        MetaRequest::ClusterMap,
+        MetaRequest::ClusterStatus,
+    ] {
+        rt_req(req);
+    }
+}
+
+#[test]
+fn every_reply_round_trips() {
+    for resp in [
+        Ok(MetaReply::Attr(attr())),
+        Ok(MetaReply::Entries(vec![
+            DirEntry {
+                name: "a".into(),
+                ino: 2,
+                kind: FileKind::File,
+            },
+            DirEntry {
+                name: "d".into(),
+                ino: 3,
+                kind: FileKind::Dir,
+            },
+        ])),
+        Ok(MetaReply::Entries(vec![])),
+        Ok(MetaReply::Unit),
+        Ok(MetaReply::Freed(vec![stripe(0), stripe(5)])),
+        Ok(MetaReply::Link("../t".into())),
+        Ok(MetaReply::StatFs(StatFs {
+            total_bytes: 10,
+            used_bytes: 4,
+            files: 99,
+        })),
+        Ok(MetaReply::Layout {
+            attr: attr(),
+            layout: Layout {
+                config: StripeConfig {
+                    k: 8,
+                    m: 3,
+                    unit_bytes: 4096,
+                },
+                stripes: vec![stripe(2)],
+            },
+        }),
+        Ok(MetaReply::Committed {
+            attr: attr(),
+            replaced: vec![stripe(1)],
+        }),
+        Ok(MetaReply::AttrFreed {
+            attr: attr(),
+            freed: vec![],
+        }),
+        Ok(MetaReply::ClusterMap(map())),
+        Ok(MetaReply::ClusterStatus(ClusterStatus {
+            leader: Some(2),
+            term: 5,
+            last_applied: 1234,
+            voters: vec![
+                Voter {
+                    id: 1,
+                    addr: "127.0.0.1:1".into(),
+                },
+                Voter {
+                    id: 2,
+                    addr: "h:2".into(),
+                },
+            ],
+            map: map(),
+        })),
+        Ok(MetaReply::ClusterStatus(ClusterStatus {
+            leader: None,
+            term: 0,
+            last_applied: 0,
+            voters: vec![],
+            map: ClusterMap::default(),
+        })),
+        Err(MetaError::fs(errno::ENOENT, "no such entry")),
+        Err(MetaError::NotLeader {
+            leader_id: Some(3),
+            leader_addr: Some("h:3".into()),
+        }),
+        Err(MetaError::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        }),
+        Err(MetaError::Unavailable("no quorum".into())),
+        Err(MetaError::Invalid("bad".into())),
+    ] {
+        rt_resp(resp);
+    }
+}
+
+#[test]
+fn malformed_input_is_an_error_not_a_panic() {
+    // Non-UTF-8 name.
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut g = msg.init_root::<mc::request::Builder>().init_lookup();
+        g.set_parent(1);
+        g.set_name(capnp::text::Reader::from(&[0xffu8, 0xfe][..]));
+    }
+    let r = msg.get_root_as_reader::<mc::request::Reader>().unwrap();
+    assert!(read_request(r).is_err());
+
+    // Missing required struct.
+    let mut msg = capnp::message::Builder::new_default();
+    msg.init_root::<mc::request::Builder>()
+        .init_set_attr()
+        .set_ino(3);
+    let r = msg.get_root_as_reader::<mc::request::Reader>().unwrap();
+    assert!(read_request(r).is_err());
+
+    let mut msg = capnp::message::Builder::new_default();
+    msg.init_root::<mc::request::Builder>().init_register_node();
+    let r = msg.get_root_as_reader::<mc::request::Reader>().unwrap();
+    assert!(read_request(r).is_err());
+
+    // Bad enum value and bad union discriminant, patched into raw words.
+    let mut msg = capnp::message::Builder::new_default();
+    write_response(&Ok(MetaReply::Attr(attr())), msg.init_root());
+    let mut bytes = capnp::serialize::write_message_to_words(&msg);
+    let good = bytes.clone();
+    // Corrupt every 16-bit slot in turn; whatever reads back must not panic.
+    for i in (8..bytes.len()).step_by(2) {
+        bytes.copy_from_slice(&good);
+        bytes[i] = 0xff;
+        bytes[i + 1] = 0x7f;
+        if let Ok(reader) = capnp::serialize::read_message(&mut &bytes[..], Default::default()) {
+            if let Ok(root) = reader.get_root::<mc::response::Reader>() {
+                let _ = read_response(root);
+            }
+        }
+    }
+
+    // An empty message: the default union member (error) with defaults.
+    let mut msg = capnp::message::Builder::new_default();
+    msg.init_root::<mc::response::Builder>();
+    let words = capnp::serialize::write_message_to_words(&msg);
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    if let Ok(root) = reader.get_root::<mc::response::Reader>() {
+        assert!(read_response(root).is_err());
+    }
+}
+
+#[test]
+fn unknown_union_member_is_an_error() {
+    // A Response with discriminant 200 (a member from a newer schema).
+    let mut msg = capnp::message::Builder::new_default();
+    write_response(&Ok(MetaReply::Unit), msg.init_root());
+    let mut words = capnp::serialize::write_message_to_words(&msg);
+    // Segment table (8 bytes), root pointer (8 bytes), then the data
+    // section: Response's discriminant is its first 16-bit field.
+    words[16] = 200;
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    let root = reader.get_root::<mc::response::Reader>().unwrap();
+    assert!(read_response(root).is_err());
+}
