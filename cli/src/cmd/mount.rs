@@ -1,0 +1,175 @@
+//! `torchfs mount`: a FUSE mount of a cluster, in the foreground.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use torchfs_client::core::{Client, ClientConfig};
+use torchfs_client::fuse::FuseOptions;
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub struct MountArgs {
+    /// Directory to mount on (must exist and be empty of other mounts).
+    pub mountpoint: PathBuf,
+    /// metad voters' addresses.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+    )]
+    pub metad: Vec<String>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf for non-root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// TOML file with defaults for these flags (table [mount]).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// A live mount and the runtime its client runs on.
+pub struct Mounted {
+    session: Option<torchfs_client::fuse::MountSession>,
+    mountpoint: PathBuf,
+    // Dropped after the session: FUSE threads call into it until unmount.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Mounted {
+    /// Unmounts and waits for the FUSE threads to finish.
+    pub fn unmount(mut self) -> Result<()> {
+        if let Some(session) = self.session.take() {
+            session
+                .umount_and_join()
+                .with_context(|| format!("unmount {}", self.mountpoint.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.umount_and_join();
+        }
+    }
+}
+
+/// Checks the mount point, connects to the cluster and mounts it.
+pub fn mount(metad: &[String], mountpoint: &Path, options: &FuseOptions) -> Result<Mounted> {
+    super::check_metad_addrs(metad)?;
+    check_mountpoint(mountpoint)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("torchfs-client")
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    let config = ClientConfig {
+        metad: metad.to_vec(),
+        ..ClientConfig::default()
+    };
+    let client = runtime.block_on(Client::connect(config)).with_context(|| {
+        format!(
+            "connect to metad at {} (is the cluster running?)",
+            metad.join(",")
+        )
+    })?;
+    let session =
+        torchfs_client::fuse::mount(client, runtime.handle().clone(), mountpoint, options)
+            .with_context(|| {
+                format!(
+                "mount on {} (is /dev/fuse there, and are you root or is fusermount3 installed?)",
+                mountpoint.display()
+            )
+            })?;
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+        _runtime: runtime,
+    })
+}
+
+/// A mount point must be an existing directory that is not already a mount.
+pub fn check_mountpoint(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mount point {} is a dead FUSE mount (its daemon died): run `umount {}` and try again",
+            path.display(),
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "mount point {} does not exist: create it with `mkdir -p {}`",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("stat mount point {}", path.display())),
+    };
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", path.display());
+    }
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("resolve mount point {}", path.display()))?;
+    if let Some(parent) = canonical.parent() {
+        let parent_meta =
+            std::fs::metadata(parent).with_context(|| format!("stat {}", parent.display()))?;
+        if parent_meta.dev() != meta.dev() {
+            bail!(
+                "mount point {} is busy: something is already mounted there (unmount it with `umount {}`)",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: MountArgs) -> Result<()> {
+    let options = FuseOptions {
+        threads: args.threads,
+        allow_other: args.allow_other,
+        ..FuseOptions::default()
+    };
+    let mounted = mount(&args.metad, &args.mountpoint, &options)?;
+    eprintln!(
+        "torchfs: mounted on {} (stop with Ctrl-C or `umount {}`)",
+        args.mountpoint.display(),
+        args.mountpoint.display()
+    );
+    let signal_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    signal_runtime.block_on(super::stop_signal());
+    mounted.unmount()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoint_checks_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = format!("{:#}", check_mountpoint(&missing).unwrap_err());
+        assert!(
+            err.contains("does not exist") && err.contains("mkdir -p"),
+            "{err}"
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = format!("{:#}", check_mountpoint(&file).unwrap_err());
+        assert!(err.contains("not a directory"), "{err}");
+        assert!(check_mountpoint(dir.path()).is_ok());
+        // /proc is a mount of its own on Linux.
+        let err = format!("{:#}", check_mountpoint(Path::new("/proc")).unwrap_err());
+        assert!(err.contains("busy"), "{err}");
+    }
+}

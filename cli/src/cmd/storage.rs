@@ -1,0 +1,82 @@
+//! `torchfs storage`: one storage node.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use torchfs_dataplane::StorageConfig;
+
+#[derive(Args)]
+#[command(args_override_self = true)]
+pub struct StorageArgs {
+    /// This node's id, unique in the cluster; kept in the data dir.
+    #[arg(long)]
+    pub node_id: u64,
+    /// Where fragments are stored.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// metad voters' addresses.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+    )]
+    pub metad: Vec<String>,
+    /// IP address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_ip: IpAddr,
+    /// Host name or address clients use to reach this node (default: --listen-ip).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Shard i listens on base-port + i; 0 picks free ports.
+    #[arg(long, default_value_t = 0)]
+    pub base_port: u16,
+    /// Executors (shards), one per core (default: the number of cores).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Heartbeat period.
+    #[arg(long, default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+    /// Capacity to advertise (default: the size of the data dir's filesystem).
+    #[arg(long)]
+    pub capacity_bytes: Option<u64>,
+    /// TOML file with defaults for these flags (table [storage]).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    pub fn to_config(&self) -> Result<StorageConfig> {
+        super::check_metad_addrs(&self.metad)?;
+        let shards = self
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if shards == 0 || shards > 256 {
+            anyhow::bail!("--shards {shards}: must be between 1 and 256");
+        }
+        Ok(StorageConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            host: self
+                .host
+                .clone()
+                .unwrap_or_else(|| self.listen_ip.to_string()),
+            listen_ip: self.listen_ip,
+            base_port: self.base_port,
+            shards,
+            metad: self.metad.clone(),
+            heartbeat_ms: self.heartbeat_ms,
+            capacity_bytes: self.capacity_bytes,
+        })
+    }
+}
+
+pub fn run(args: StorageArgs) -> Result<()> {
+    let config = args.to_config()?;
+    let node = torchfs_dataplane::start(config)
+        .with_context(|| format!("start storage node {}", args.node_id))?;
+    tracing::info!(node = args.node_id, shards = ?node.shard_addrs(), "storage node serving");
+    node.wait()
+        .with_context(|| format!("storage node {}", args.node_id))
+}

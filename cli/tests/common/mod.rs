@@ -1,0 +1,232 @@
+//! Shared harness of the integration tests: a real local cluster (metad
+//! voters and storage nodes as processes of the `torchfs` binary) and a
+//! real FUSE mount served by a `torchfs mount` process.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use torchfs_cli::local_cluster::{log_tail, ClusterSpec, LocalCluster};
+
+/// Clusters are heavy on 2 cores: tests of one binary take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_torchfs"))
+}
+
+/// FUSE tests need /dev/fuse and root (mount(2)); say why they are skipped.
+pub fn fuse_available(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !Path::new("/dev/fuse").exists() || !root {
+        eprintln!("SKIPPED {test}: needs /dev/fuse and root to mount (root: {root})");
+        return false;
+    }
+    true
+}
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub mnt: PathBuf,
+    mount: Option<Child>,
+    // Last: removed after every process is gone.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// 3 voters, 6 storage nodes, all up, and a mount.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("torchfs-it-").tempdir()?;
+        let spec = ClusterSpec::with_free_ports(exe(), dir.path().to_path_buf())?;
+        let mut cluster = LocalCluster::start(spec)?;
+        cluster.wait_ready(6, Duration::from_secs(60))?;
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let mut tc = Self {
+            cluster,
+            mnt,
+            mount: None,
+            dir,
+        };
+        tc.mount()?;
+        Ok(tc)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn mount_log(&self) -> PathBuf {
+        self.dir.path().join("logs").join("mount.log")
+    }
+
+    /// Starts `torchfs mount` and waits until the mount is live.
+    pub fn mount(&mut self) -> Result<()> {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.mount_log())?;
+        let child = Command::new(exe())
+            .arg("mount")
+            .arg(&self.mnt)
+            .arg("--metad")
+            .arg(self.cluster.metad_addrs().join(","))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start torchfs mount")?;
+        self.mount = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&self.mnt) {
+            if let Some(child) = self.mount.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.mount = None;
+                    bail!(
+                        "torchfs mount exited ({status}):\n{}",
+                        log_tail(&self.mount_log())
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "mount not live after 30 s:\n{}",
+                    log_tail(&self.mount_log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the mount process (SIGTERM: it unmounts) and waits for it.
+    pub fn unmount(&mut self) -> Result<()> {
+        if let Some(mut child) = self.mount.take() {
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        Ok(())
+    }
+
+    /// Stops the whole cluster (mount, storage, metad) and starts it again
+    /// on the same directories and ports.
+    pub fn restart_all(&mut self) -> Result<()> {
+        self.unmount()?;
+        self.cluster.stop();
+        for i in 0..self.cluster.spec().metad_ports.len() {
+            self.cluster.start_metad(i)?;
+        }
+        for i in 0..self.cluster.spec().storage_nodes {
+            self.cluster.start_storage(i)?;
+        }
+        self.cluster.wait_ready(6, Duration::from_secs(60))?;
+        self.mount()
+    }
+
+    /// Drops the kernel's page cache so reads go to the cluster.
+    pub fn drop_caches(&self) {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+        self.cluster.stop();
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let (Ok(meta), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
+        return false;
+    };
+    match std::fs::metadata(parent) {
+        Ok(parent_meta) => parent_meta.dev() != meta.dev(),
+        Err(_) => false,
+    }
+}
+
+/// Deterministic bytes (xorshift64*) for file contents.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The sizes the issue names: empty, tiny, around 4 KiB, around one unit
+/// (1 MiB), one stripe + 1 and many stripes with a ragged tail.
+pub const SIZES: [usize; 8] = [
+    0,
+    1,
+    4095,
+    4096,
+    (1 << 20) - 1,
+    1 << 20,
+    (4 << 20) + 1,
+    (37 << 20) + 7,
+];
+
+/// Writes one file per size under `dir` (relative to the mount).
+pub fn write_sized_files(tc: &TestCluster, dir: &str) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    std::fs::create_dir_all(tc.path(dir)).with_context(|| format!("mkdir {dir}"))?;
+    let mut files = Vec::new();
+    for (i, size) in SIZES.iter().enumerate() {
+        let path = tc.path(&format!("{dir}/file-{size}"));
+        let data = pattern(*size, i as u64 + 1);
+        std::fs::write(&path, &data).with_context(|| format!("write {}", path.display()))?;
+        files.push((path, data));
+    }
+    Ok(files)
+}
+
+/// Reads every file back and compares, naming the first difference.
+pub fn check_files(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    for (path, want) in files {
+        let got = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        if got.len() != want.len() {
+            bail!(
+                "{}: read {} bytes, wrote {}",
+                path.display(),
+                got.len(),
+                want.len()
+            );
+        }
+        if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+            bail!("{}: first difference at byte {at}", path.display());
+        }
+    }
+    Ok(())
+}

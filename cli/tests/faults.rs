@@ -1,0 +1,135 @@
+//! Failures on purpose, against real processes: storage nodes killed with
+//! SIGKILL, a corrupted fragment on disk, the metad leader killed, and the
+//! whole cluster stopped and started again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use common::*;
+
+#[test]
+fn two_storage_nodes_killed_every_file_still_reads() -> Result<()> {
+    if !fuse_available("two_storage_nodes_killed_every_file_still_reads") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    let files = write_sized_files(&tc, "data")?;
+    tc.cluster.kill_storage(1)?;
+    tc.cluster.kill_storage(4)?;
+    tc.drop_caches();
+    check_files(&files).context("read with nodes 2 and 5 killed")?;
+    // Still right once metad has marked them down, too.
+    std::thread::sleep(Duration::from_millis(
+        tc.cluster.spec().node_down_after_ms + 1_500,
+    ));
+    tc.drop_caches();
+    check_files(&files).context("read with nodes 2 and 5 marked down")?;
+    Ok(())
+}
+
+/// Every stored fragment file under the storage nodes' data dirs.
+fn fragment_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "frag") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn flipped_byte_in_a_fragment_is_detected_and_read_is_right() -> Result<()> {
+    if !fuse_available("flipped_byte_in_a_fragment_is_detected_and_read_is_right") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let tc = TestCluster::start()?;
+    // One small file: data fragment 0 plus m parity fragments are stored.
+    let data = pattern(100_000, 77);
+    std::fs::write(tc.path("small.bin"), &data)?;
+    let frags: Vec<PathBuf> = (0..6)
+        .flat_map(|i| fragment_files(&tc.cluster.storage_dir(i)))
+        .collect();
+    let data_frags: Vec<&PathBuf> = frags
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("-00.frag"))
+        })
+        .collect();
+    if data_frags.len() != 1 {
+        bail!("expected one data fragment on disk, found {data_frags:?} among {frags:?}");
+    }
+    // Flip one byte of the fragment's data (after its 4 KiB header block).
+    let path = data_frags[0];
+    let mut bytes = std::fs::read(path)?;
+    bytes[4096 + 12_345] ^= 0x5a;
+    std::fs::write(path, &bytes)?;
+
+    tc.drop_caches();
+    let got = std::fs::read(tc.path("small.bin"))?;
+    assert!(got == data, "degraded read returned wrong bytes");
+    let log = std::fs::read_to_string(tc.mount_log())?.to_lowercase();
+    assert!(
+        log.contains("crc32c mismatch"),
+        "the client did not report the checksum mismatch; mount log:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn metad_leader_killed_mount_keeps_working() -> Result<()> {
+    if !fuse_available("metad_leader_killed_mount_keeps_working") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    std::fs::write(tc.path("before.txt"), b"before")?;
+    let status = tc.cluster.status(Duration::from_secs(10))?;
+    let leader = status.leader.context("no leader")?;
+    tc.cluster.kill_metad(leader as usize - 1)?;
+
+    // Namespace and data operations go on through the new leader.
+    std::fs::create_dir(tc.path("after"))?;
+    std::fs::write(tc.path("after/new.bin"), pattern(3 << 20, 5))?;
+    tc.drop_caches();
+    assert_eq!(std::fs::read(tc.path("before.txt"))?, b"before");
+    assert!(std::fs::read(tc.path("after/new.bin"))? == pattern(3 << 20, 5));
+    let status = tc.cluster.status(Duration::from_secs(10))?;
+    assert!(status.leader.is_some_and(|l| l != leader), "{status:?}");
+    Ok(())
+}
+
+#[test]
+fn whole_cluster_restart_keeps_namespace_and_data() -> Result<()> {
+    if !fuse_available("whole_cluster_restart_keeps_namespace_and_data") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    let files = write_sized_files(&tc, "keep")?;
+    std::fs::create_dir_all(tc.path("tree/deeper"))?;
+    std::os::unix::fs::symlink("../keep", tc.path("tree/link"))?;
+    tc.restart_all()?;
+    check_files(&files)?;
+    assert!(std::fs::metadata(tc.path("tree/deeper"))?.is_dir());
+    assert_eq!(
+        std::fs::read_link(tc.path("tree/link"))?.to_str(),
+        Some("../keep")
+    );
+    Ok(())
+}
