@@ -72,7 +72,10 @@ pub fn check_stripe(stripe: &StripeConfig) -> Result<()> {
             stripe.m
         );
     }
-    if stripe.unit_bytes < 4096 || stripe.unit_bytes % 4096 != 0 || stripe.unit_bytes > 16 << 20 {
+    if stripe.unit_bytes < 4096
+        || !stripe.unit_bytes.is_multiple_of(4096)
+        || stripe.unit_bytes > 16 << 20
+    {
         anyhow::bail!(
             "--unit-bytes {}: must be a multiple of 4096 between 4 KiB and 16 MiB",
             stripe.unit_bytes
