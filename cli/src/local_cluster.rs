@@ -115,11 +115,12 @@ impl LocalCluster {
         Ok((file, err))
     }
 
-    fn spawn(&self, name: &str, args: Vec<String>) -> Result<Child> {
+    fn spawn(&self, name: &str, args: Vec<String>, env: &[(&str, &str)]) -> Result<Child> {
         let (out, err) = self.log_file(name)?;
         let mut command = Command::new(&self.spec.exe);
         command
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -167,12 +168,18 @@ impl LocalCluster {
             "--node-down-after-ms".into(),
             self.spec.node_down_after_ms.to_string(),
         ];
-        self.metad[index] = Some(self.spawn(&format!("metad-{id}"), args)?);
+        self.metad[index] = Some(self.spawn(&format!("metad-{id}"), args, &[])?);
         Ok(())
     }
 
     /// Starts storage node `index` (id index+1) unless it is running.
     pub fn start_storage(&mut self, index: usize) -> Result<()> {
+        self.start_storage_with_env(index, &[])
+    }
+
+    /// Starts storage node `index` with extra environment variables (e.g.
+    /// `TORCHFS_FAULTS` in a build with the `testing` feature).
+    pub fn start_storage_with_env(&mut self, index: usize, env: &[(&str, &str)]) -> Result<()> {
         if self.storage[index].is_some() {
             return Ok(());
         }
@@ -194,7 +201,7 @@ impl LocalCluster {
             "--shards".into(),
             self.spec.shards_per_node.to_string(),
         ];
-        self.storage[index] = Some(self.spawn(&format!("storage-{id}"), args)?);
+        self.storage[index] = Some(self.spawn(&format!("storage-{id}"), args, env)?);
         Ok(())
     }
 

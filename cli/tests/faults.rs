@@ -133,3 +133,34 @@ fn whole_cluster_restart_keeps_namespace_and_data() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "testing"),
+    ignore = "needs the `testing` feature (fault injection): cargo test --all-features"
+)]
+fn full_disk_on_a_storage_node_is_enospc_and_loses_nothing() -> Result<()> {
+    if !fuse_available("full_disk_on_a_storage_node_is_enospc_and_loses_nothing") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    let files = write_sized_files(&tc, "before")?;
+    // Node 3's disk is "full": every put fails with ENOSPC from then on.
+    tc.cluster.kill_storage(2)?;
+    tc.cluster
+        .start_storage_with_env(2, &[("TORCHFS_FAULTS", "put_no_space")])?;
+    tc.cluster.wait_ready(6, Duration::from_secs(30))?;
+    // Every stripe has a fragment on every node (6 nodes, k+m = 6), so any
+    // new data reaches node 3 and must fail with ENOSPC, not EIO.
+    let err = std::fs::write(tc.path("after.bin"), pattern(5 << 20, 9)).unwrap_err();
+    let log = std::fs::read_to_string(tc.mount_log())?;
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "{err}; mount log:\n{log}"
+    );
+    tc.drop_caches();
+    check_files(&files).context("files stored before the disk filled")?;
+    Ok(())
+}

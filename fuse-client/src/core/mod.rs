@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use torchfs_proto::client::{MetaClient, MetaClientOptions};
-use torchfs_proto::fragment::FragmentKey;
+use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 use torchfs_proto::meta::{Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
 use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 
@@ -145,6 +145,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether a newer cluster map could make the failed operation pass: the
+    /// node was unreachable or unknown, not refusing the request itself.
+    pub fn may_pass_with_newer_map(&self) -> bool {
+        match self {
+            ClientError::NodeDown { .. }
+            | ClientError::UnknownNode { .. }
+            | ClientError::Resolve { .. } => true,
+            ClientError::Transport { source, .. } => source.code().is_none(),
+            _ => false,
+        }
+    }
+
     /// The errno (Linux numbering) a POSIX front-end should answer with.
     pub fn errno(&self) -> i32 {
         match self {
@@ -153,6 +165,12 @@ impl ClientError {
             ClientError::IsDir { .. } => libc::EISDIR,
             ClientError::NotFile { .. } => libc::EINVAL,
             ClientError::NoPlacement { .. } => libc::ENOSPC,
+            // A storage node whose disk is full refused the fragment.
+            ClientError::Transport { source, .. }
+                if source.code() == Some(FragmentErrorCode::NoSpace) =>
+            {
+                libc::ENOSPC
+            }
             ClientError::TooLarge { .. } => libc::EFBIG,
             ClientError::UnexpectedReply { .. }
             | ClientError::NodeDown { .. }
@@ -280,6 +298,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(self.inner.meta.call(req).await?)
     }
 
+    /// Fetches the cluster map now; true when it is newer than the one held.
+    async fn refresh_map_now(&self) -> bool {
+        self.inner.refresh_map().await
+    }
+
     /// Asks the background task to refetch the cluster map now (a node may
     /// have gone down or moved).
     fn request_map_refresh(&self) {
@@ -305,13 +328,30 @@ async fn refresh_map_loop<M: MetaService, T: Transport>(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        match strong.meta.call(MetaRequest::ClusterMap).await {
-            Ok(MetaReply::ClusterMap(map)) => strong.map.set(map),
-            Ok(other) => tracing::warn!(
-                "cluster map refresh: unexpected reply {}",
-                unexpected("ClusterMap", other)
-            ),
-            Err(e) => tracing::warn!("cluster map refresh failed: {e}"),
+        strong.refresh_map().await;
+    }
+}
+
+impl<M: MetaService, T: Transport> Inner<M, T> {
+    /// Fetches the cluster map and installs it; true when it is newer than
+    /// the one held.
+    async fn refresh_map(&self) -> bool {
+        let before = self.map.get().epoch;
+        match self.meta.call(MetaRequest::ClusterMap).await {
+            Ok(MetaReply::ClusterMap(map)) => {
+                let newer = map.epoch > before;
+                self.map.set(map);
+                newer
+            }
+            Ok(other) => {
+                let err = unexpected("ClusterMap", other);
+                tracing::warn!("cluster map refresh: {err}");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("cluster map refresh failed: {e}");
+                false
+            }
         }
     }
 }

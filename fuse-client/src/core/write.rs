@@ -167,9 +167,21 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         buf: &mut Vec<u8>,
     ) -> Result<StripeEntry, ClientError> {
         let encoded_bytes = buf.len() as u32;
-        let result = self
+        let mut result = self
             .upload_padded(ino, cfg, stripe, buf, encoded_bytes)
             .await;
+        // A node that restarted may listen elsewhere now: with a newer map
+        // the upload is worth one more try (under a new generation).
+        if result
+            .as_ref()
+            .is_err_and(ClientError::may_pass_with_newer_map)
+            && self.refresh_map_now().await
+        {
+            buf.truncate(encoded_bytes as usize);
+            result = self
+                .upload_padded(ino, cfg, stripe, buf, encoded_bytes)
+                .await;
+        }
         buf.truncate(encoded_bytes as usize);
         result
     }
