@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use torchfs_proto::meta::StripeConfig;
+use torchfs_proto::rpc::is_host_port;
 
 #[derive(Clone, Debug)]
 pub struct MetadConfig {
@@ -58,10 +59,7 @@ impl MetadConfig {
             if *id == 0 {
                 return bad(format!("voter {addr} has id 0; use ids >= 1"));
             }
-            if !addr
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            {
+            if !is_host_port(addr) {
                 return bad(format!("voter {id} address {addr:?} is not host:port"));
             }
             if voters.insert(*id, addr.clone()).is_some() {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -21,11 +21,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{AnyError, BasicNode};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use torchfs_proto::metadata_capnp as mc;
+use torchfs_proto::rpc::two_party;
 
 use crate::store::TypeConfig;
 
@@ -91,8 +91,14 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload =
-            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // A payload that does not (de)serialize is a network error to
+        // openraft; say which call and peer it was.
+        let codec = |e: bincode::Error, what: &str| {
+            let e = AnyError::new(&e)
+                .add_context(|| format!("{what} {method:?} to voter {}", self.target));
+            RPCError::Network(NetworkError::new(&e))
+        };
+        let payload = bincode::serialize(req).map_err(|e| codec(e, "encode"))?;
         let (reply, rx) = oneshot::channel();
         let call = PeerCall {
             target: self.target,
@@ -135,7 +141,7 @@ impl PeerClient {
             }
         };
         let result: Result<Resp, RaftError<u64, E>> =
-            bincode::deserialize(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&bytes).map_err(|e| codec(e, "decode the reply of"))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -213,28 +219,22 @@ impl PeerPool {
     ) -> Result<Vec<u8>, PeerFailure> {
         let (id, fut) = self.connection(target, addr);
         let client = fut.await.map_err(PeerFailure::Unreachable)?;
+        // The three methods share a shape (payload in, payload out) but not
+        // a type.
+        macro_rules! call {
+            ($request:ident) => {{
+                let mut r = client.$request();
+                r.get().set_payload(&payload);
+                let resp = r.send().promise.await?;
+                resp.get()?.get_payload()?.to_vec()
+            }};
+        }
         let result = async {
-            let bytes = match method {
-                PeerMethod::AppendEntries => {
-                    let mut r = client.append_entries_request();
-                    r.get().set_payload(&payload);
-                    let resp = r.send().promise.await?;
-                    resp.get()?.get_payload()?.to_vec()
-                }
-                PeerMethod::Vote => {
-                    let mut r = client.vote_request();
-                    r.get().set_payload(&payload);
-                    let resp = r.send().promise.await?;
-                    resp.get()?.get_payload()?.to_vec()
-                }
-                PeerMethod::InstallSnapshot => {
-                    let mut r = client.install_snapshot_request();
-                    r.get().set_payload(&payload);
-                    let resp = r.send().promise.await?;
-                    resp.get()?.get_payload()?.to_vec()
-                }
-            };
-            Ok::<_, capnp::Error>(bytes)
+            Ok::<_, capnp::Error>(match method {
+                PeerMethod::AppendEntries => call!(append_entries_request),
+                PeerMethod::Vote => call!(vote_request),
+                PeerMethod::InstallSnapshot => call!(install_snapshot_request),
+            })
         }
         .await;
         result.map_err(|e| {
@@ -303,15 +303,7 @@ async fn connect(
             return Err(format!("connect to voter {target} at {addr}: timed out"));
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        read.compat(),
-        write.compat_write(),
-        Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let mut rpc = two_party(stream, Side::Client, None);
     let service: mc::service::Client = rpc.bootstrap(Side::Server);
     let pool2 = pool.clone();
     tokio::task::spawn_local(async move {

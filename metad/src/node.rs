@@ -72,11 +72,10 @@ impl Node {
     }
 
     fn not_leader(&self, leader: Option<u64>) -> MetaError {
+        let leader = leader.filter(|l| *l != self.id);
         MetaError::NotLeader {
-            leader_id: leader.filter(|l| *l != self.id),
-            leader_addr: leader
-                .filter(|l| *l != self.id)
-                .and_then(|l| self.voters.get(&l).cloned()),
+            leader_id: leader,
+            leader_addr: leader.and_then(|l| self.voters.get(&l).cloned()),
         }
     }
 
@@ -212,8 +211,9 @@ impl Node {
                     } else {
                         NodeState::Up
                     },
-                    last_heartbeat_ms_ago: beat
-                        .map(|b| now.duration_since(b.at).as_millis() as u64),
+                    last_heartbeat_ms_ago: beat.map(|b| {
+                        u64::try_from(now.duration_since(b.at).as_millis()).unwrap_or(u64::MAX)
+                    }),
                 }
             })
             .collect();

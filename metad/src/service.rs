@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::Future;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use torchfs_proto::convert::{read_request, write_response};
 use torchfs_proto::meta::MetaError;
 use torchfs_proto::metadata_capnp as mc;
+use torchfs_proto::rpc::two_party;
 
 use crate::network::{PeerCall, PeerPool};
 use crate::node::Node;
@@ -96,15 +96,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Arc<Node>) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            read.compat(),
-            write.compat_write(),
-            Side::Server,
-            Default::default(),
-        );
-        let rpc = RpcSystem::new(Box::new(network), Some(service.clone().client));
+        let rpc = two_party(stream, Side::Server, Some(service.clone().client));
         tokio::task::spawn_local(async move {
             if let Err(e) = rpc.await {
                 tracing::debug!("metad connection from {peer} ended: {e}");
@@ -167,15 +159,23 @@ struct RaftImpl {
     node: Arc<Node>,
 }
 
+/// Decodes the payload of a `method` call from a peer.
 fn decode<T: DeserializeOwned>(
     payload: capnp::Result<capnp::data::Reader<'_>>,
+    method: &str,
 ) -> Result<T, capnp::Error> {
-    bincode::deserialize(payload?)
-        .map_err(|e| capnp::Error::failed(format!("bad raft payload: {e}")))
+    let payload = payload?;
+    bincode::deserialize(payload).map_err(|e| {
+        capnp::Error::failed(format!(
+            "bad raft {method} payload ({} bytes): {e}",
+            payload.len()
+        ))
+    })
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, capnp::Error> {
-    bincode::serialize(v).map_err(|e| capnp::Error::failed(format!("encode raft reply: {e}")))
+fn encode<T: Serialize>(v: &T, method: &str) -> Result<Vec<u8>, capnp::Error> {
+    bincode::serialize(v)
+        .map_err(|e| capnp::Error::failed(format!("encode raft {method} reply: {e}")))
 }
 
 impl mc::raft::Server for RaftImpl {
@@ -184,9 +184,9 @@ impl mc::raft::Server for RaftImpl {
         params: mc::raft::AppendEntriesParams,
         mut results: mc::raft::AppendEntriesResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_payload())?;
+        let req = decode(params.get()?.get_payload(), "append_entries")?;
         let resp = self.node.raft.append_entries(req).await;
-        results.get().set_payload(&encode(&resp)?);
+        results.get().set_payload(&encode(&resp, "append_entries")?);
         Ok(())
     }
 
@@ -195,9 +195,9 @@ impl mc::raft::Server for RaftImpl {
         params: mc::raft::VoteParams,
         mut results: mc::raft::VoteResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_payload())?;
+        let req = decode(params.get()?.get_payload(), "vote")?;
         let resp = self.node.raft.vote(req).await;
-        results.get().set_payload(&encode(&resp)?);
+        results.get().set_payload(&encode(&resp, "vote")?);
         Ok(())
     }
 
@@ -206,9 +206,11 @@ impl mc::raft::Server for RaftImpl {
         params: mc::raft::InstallSnapshotParams,
         mut results: mc::raft::InstallSnapshotResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_payload())?;
+        let req = decode(params.get()?.get_payload(), "install_snapshot")?;
         let resp = self.node.raft.install_snapshot(req).await;
-        results.get().set_payload(&encode(&resp)?);
+        results
+            .get()
+            .set_payload(&encode(&resp, "install_snapshot")?);
         Ok(())
     }
 }

@@ -49,16 +49,19 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT: &str = "snapshot";
 
-fn read_err(e: impl Into<AnyError>) -> StorageError<u64> {
-    StorageIOError::read(e).into()
+/// A redb failure while reading.
+fn db_read<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
+    StorageIOError::read(&e.into()).into()
 }
 
-fn write_err(e: impl Into<AnyError>) -> StorageError<u64> {
-    StorageIOError::write(e).into()
+/// A redb failure while writing.
+fn db_write<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
+    StorageIOError::write(&e.into()).into()
 }
 
-fn rdb<E: Into<redb::Error>>(e: E) -> redb::Error {
-    e.into()
+/// `e`, saying which meta key it is about and what was being done.
+fn about_key(e: &bincode::Error, doing: &str, key: &str) -> AnyError {
+    AnyError::new(e).add_context(|| format!("{doing} `{key}` in table raft_meta"))
 }
 
 /// Opens (creating if needed) the database and its tables, so that a
@@ -73,31 +76,35 @@ pub fn open_db(path: &Path) -> Result<Database, redb::Error> {
 }
 
 fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StoreResult<Option<T>> {
-    let tx = db.begin_read().map_err(|e| read_err(&rdb(e)))?;
-    let table = tx.open_table(META).map_err(|e| read_err(&rdb(e)))?;
-    let Some(v) = table.get(key).map_err(|e| read_err(&rdb(e)))? else {
+    let tx = db.begin_read().map_err(db_read)?;
+    let table = tx.open_table(META).map_err(db_read)?;
+    let Some(v) = table.get(key).map_err(db_read)? else {
         return Ok(None);
     };
-    bincode::deserialize(v.value())
-        .map(Some)
-        .map_err(|e| read_err(&e))
+    bincode::deserialize(v.value()).map(Some).map_err(|e| {
+        StorageIOError::read(about_key(
+            &e,
+            &format!("decode {} bytes of", v.value().len()),
+            key,
+        ))
+        .into()
+    })
 }
 
 fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -> StoreResult<()> {
-    let bytes = bincode::serialize(value).map_err(|e| write_err(&e))?;
-    let mut tx = db.begin_write().map_err(|e| write_err(&rdb(e)))?;
+    let bytes = bincode::serialize(value)
+        .map_err(|e| StorageIOError::write(about_key(&e, "encode", key)))?;
+    let mut tx = db.begin_write().map_err(db_write)?;
     if !durable {
         // Lost on a crash only until the next durable commit; losing it is
         // safe (see the users).
         tx.set_durability(redb::Durability::Eventual);
     }
     {
-        let mut table = tx.open_table(META).map_err(|e| write_err(&rdb(e)))?;
-        table
-            .insert(key, bytes.as_slice())
-            .map_err(|e| write_err(&rdb(e)))?;
+        let mut table = tx.open_table(META).map_err(db_write)?;
+        table.insert(key, bytes.as_slice()).map_err(db_write)?;
     }
-    tx.commit().map_err(|e| write_err(&rdb(e)))
+    tx.commit().map_err(db_write)
 }
 
 /// The Raft log and vote. Cheap to clone (it is also the log reader).
@@ -112,17 +119,17 @@ impl LogStore {
     }
 
     fn delete_range(&self, range: impl RangeBounds<u64>, durable: bool) -> StoreResult<()> {
-        let mut tx = self.db.begin_write().map_err(|e| write_err(&rdb(e)))?;
+        let mut tx = self.db.begin_write().map_err(db_write)?;
         if !durable {
             tx.set_durability(redb::Durability::Eventual);
         }
         {
-            let mut table = tx.open_table(LOG).map_err(|e| write_err(&rdb(e)))?;
+            let mut table = tx.open_table(LOG).map_err(db_write)?;
             table
                 .retain_in::<u64, _>(range, |_, _| false)
-                .map_err(|e| write_err(&rdb(e)))?;
+                .map_err(db_write)?;
         }
-        tx.commit().map_err(|e| write_err(&rdb(e)))
+        tx.commit().map_err(db_write)
     }
 }
 
@@ -131,12 +138,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<Entry<TypeConfig>>> {
-        let tx = self.db.begin_read().map_err(|e| read_err(&rdb(e)))?;
-        let table = tx.open_table(LOG).map_err(|e| read_err(&rdb(e)))?;
+        let tx = self.db.begin_read().map_err(db_read)?;
+        let table = tx.open_table(LOG).map_err(db_read)?;
         let mut out = Vec::new();
-        for item in table.range::<u64>(range).map_err(|e| read_err(&rdb(e)))? {
-            let (_, v) = item.map_err(|e| read_err(&rdb(e)))?;
-            out.push(bincode::deserialize(v.value()).map_err(|e| read_err(&e))?);
+        for item in table.range::<u64>(range).map_err(db_read)? {
+            let (k, v) = item.map_err(db_read)?;
+            out.push(
+                bincode::deserialize(v.value())
+                    .map_err(|e| StorageIOError::read_log_at_index(k.value(), &e))?,
+            );
         }
         Ok(out)
     }
@@ -147,12 +157,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
         let last_purged: Option<LogId<u64>> = get_meta(&self.db, KEY_PURGED)?;
-        let tx = self.db.begin_read().map_err(|e| read_err(&rdb(e)))?;
-        let table = tx.open_table(LOG).map_err(|e| read_err(&rdb(e)))?;
-        let last = match table.last().map_err(|e| read_err(&rdb(e)))? {
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> =
-                    bincode::deserialize(v.value()).map_err(|e| read_err(&e))?;
+        let tx = self.db.begin_read().map_err(db_read)?;
+        let table = tx.open_table(LOG).map_err(db_read)?;
+        let last = match table.last().map_err(db_read)? {
+            Some((k, v)) => {
+                let e: Entry<TypeConfig> = bincode::deserialize(v.value())
+                    .map_err(|e| StorageIOError::read_log_at_index(k.value(), &e))?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -190,21 +200,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let tx = self.db.begin_write().map_err(|e| write_err(&rdb(e)))?;
+        let tx = self.db.begin_write().map_err(db_write)?;
         {
-            let mut table = tx.open_table(LOG).map_err(|e| write_err(&rdb(e)))?;
+            let mut table = tx.open_table(LOG).map_err(db_write)?;
             for entry in entries {
-                let bytes = bincode::serialize(&entry).map_err(|e| write_err(&e))?;
+                let bytes = bincode::serialize(&entry)
+                    .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
                 table
                     .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(|e| write_err(&rdb(e)))?;
+                    .map_err(db_write)?;
             }
         }
-        let result = tx.commit().map_err(|e| std::io::Error::other(rdb(e)));
+        let result = tx
+            .commit()
+            .map_err(|e| std::io::Error::other(redb::Error::from(e)));
         let failed = result.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(result);
         match failed {
-            Some(e) => Err(write_err(&std::io::Error::other(e))),
+            Some(e) => Err(StorageIOError::write_logs(&std::io::Error::other(e)).into()),
             None => Ok(()),
         }
     }
@@ -247,7 +260,8 @@ impl StateMachineStore {
     pub fn open(db: Arc<Database>, stripe: StripeConfig) -> StoreResult<Self> {
         let data = match get_meta::<StoredSnapshot>(&db, KEY_SNAPSHOT)? {
             Some(snap) => {
-                let mut d: SmData = bincode::deserialize(&snap.data).map_err(|e| read_err(&e))?;
+                let mut d: SmData = bincode::deserialize(&snap.data)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(snap.meta.signature()), &e))?;
                 d.last_applied = snap.meta.last_log_id;
                 d.membership = snap.meta.last_membership;
                 d
@@ -279,7 +293,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
         let (bytes, last_applied, membership) = {
             let d = self.read_data();
-            let bytes = bincode::serialize(&*d).map_err(|e| read_err(&e))?;
+            let bytes =
+                bincode::serialize(&*d).map_err(|e| StorageIOError::read_state_machine(&e))?;
             (bytes, d.last_applied, d.membership.clone())
         };
         let snapshot_id = match last_applied {
@@ -469,5 +484,26 @@ mod tests {
                 name: "b".into()
             })
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn corrupt_entries_are_errors_naming_what_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(open_db(&dir.path().join("m.redb")).unwrap());
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            log.insert(7, [0xffu8; 3].as_slice()).unwrap();
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert(KEY_VOTE, [0xffu8; 2].as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        let mut log = LogStore::new(db);
+        let e = log.try_get_log_entries(0..10).await.unwrap_err();
+        assert!(e.to_string().contains("LogIndex(7)"), "{e}");
+        let e = log.get_log_state().await.unwrap_err();
+        assert!(e.to_string().contains("LogIndex(7)"), "{e}");
+        let e = log.read_vote().await.unwrap_err();
+        assert!(e.to_string().contains("`vote`"), "{e}");
     }
 }

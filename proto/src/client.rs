@@ -15,14 +15,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty};
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::convert::{read_response, write_request};
 use crate::meta::{MetaError, MetaReply, MetaRequest};
 use crate::metadata_capnp as mc;
+use crate::rpc::{is_host_port, two_party};
 
 #[derive(Clone, Debug)]
 pub struct MetaClientOptions {
@@ -77,10 +77,7 @@ impl MetaClient {
             return Err(MetaError::Invalid("no metad addresses given".into()));
         }
         for a in &addrs {
-            let ok = a
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !ok {
+            if !is_host_port(a) {
                 return Err(MetaError::Invalid(format!(
                     "metad address {a:?} is not host:port"
                 )));
@@ -331,16 +328,7 @@ async fn connect(
             ));
         }
     };
-    // Small request/response messages: do not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        read.compat(),
-        write.compat_write(),
-        Side::Client,
-        Default::default(),
-    );
-    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let mut rpc = two_party(stream, Side::Client, None);
     let service: mc::service::Client = rpc.bootstrap(Side::Server);
     *disconnect.borrow_mut() = Some(rpc.get_disconnector());
     let weak = Rc::downgrade(&actor);

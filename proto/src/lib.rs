@@ -5,12 +5,14 @@
 //! - [`convert`]: domain types <-> Cap'n Proto (`metadata_capnp`).
 //! - [`client`]: [`client::MetaClient`], the leader-following metad client.
 //! - [`fragment`]: fragment data-path headers and framing.
+//! - [`rpc`]: the two-party Cap'n Proto RPC setup over TCP, address checks.
 //! - `fragment_capnp`, `metadata_capnp`: code generated from `schema/`.
 
 pub mod client;
 pub mod convert;
 pub mod fragment;
 pub mod meta;
+pub mod rpc;
 
 #[allow(clippy::all, dead_code, unused_parens)]
 pub mod fragment_capnp {

@@ -1,8 +1,12 @@
 //! Namespace semantics: every errno the state machine gives, rename cases,
-//! truncation and placement groups.
+//! and the shared harness; layouts and nodes have test modules of their own.
+
+mod layout;
+mod nodes;
 
 use super::*;
 use torchfs_proto::meta::errno::*;
+use torchfs_proto::meta::{SetAttr, SetTime, StripeEntry};
 
 const CFG: StripeConfig = StripeConfig {
     k: 2,
@@ -460,150 +464,6 @@ fn setattr_fields_and_times() {
 }
 
 #[test]
-fn truncation_drops_and_clamps_stripes() {
-    // stripe_bytes = 200
-    let mut t = T::new();
-    let f = t.create(ROOT_INO, "f");
-    t.commit(f.ino, 800, &[0, 1, 2, 3]).unwrap();
-    let trunc = |size| MetaRequest::SetAttr {
-        ino: f.ino,
-        set: SetAttr {
-            size: Some(size),
-            ..Default::default()
-        },
-    };
-    let r = t.w(trunc(450)).unwrap();
-    let MetaReply::AttrFreed { attr, freed } = r else {
-        panic!("{r:?}")
-    };
-    assert_eq!(attr.size, 450);
-    assert_eq!(attr.mtime_ns, t.now);
-    assert_eq!(freed, vec![stripe(3, 200)]);
-    let MetaReply::Layout { layout, .. } = t.r(MetaRequest::GetLayout { ino: f.ino }).unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(layout.stripes.len(), 3);
-    assert_eq!(layout.stripes[2].valid_bytes, 50);
-    assert_eq!(layout.stripes[2].encoded_bytes, 200);
-    assert_eq!(layout.stripes[1].valid_bytes, 200);
-    // Exactly on a boundary: stripe 2 goes entirely.
-    let MetaReply::AttrFreed { freed, .. } = t.w(trunc(400)).unwrap() else {
-        panic!()
-    };
-    assert_eq!(freed.len(), 1);
-    assert_eq!(freed[0].stripe, 2);
-    // Growing frees nothing and keeps the layout.
-    let MetaReply::AttrFreed { attr, freed } = t.w(trunc(10_000)).unwrap() else {
-        panic!()
-    };
-    assert_eq!((attr.size, freed.len()), (10_000, 0));
-    let MetaReply::AttrFreed { freed, .. } = t.w(trunc(0)).unwrap() else {
-        panic!()
-    };
-    assert_eq!(freed.len(), 2);
-}
-
-#[test]
-fn commit_layout_replaces_by_stripe() {
-    let mut t = T::new();
-    let f = t.create(ROOT_INO, "f");
-    let r = t.commit(f.ino, 500, &[2, 0]).unwrap();
-    let MetaReply::Committed { attr, replaced } = r else {
-        panic!()
-    };
-    assert_eq!((attr.size, replaced.len()), (500, 0));
-    let mut newer = stripe(2, 100);
-    newer.generation = 2;
-    let r = t
-        .w(MetaRequest::CommitLayout {
-            ino: f.ino,
-            size: 500,
-            stripes: vec![newer.clone(), stripe(1, 200)],
-        })
-        .unwrap();
-    let MetaReply::Committed { replaced, .. } = r else {
-        panic!()
-    };
-    assert_eq!(replaced, vec![stripe(2, 200)]);
-    let MetaReply::Layout { layout, .. } = t.r(MetaRequest::GetLayout { ino: f.ino }).unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(layout.stripes, vec![stripe(0, 200), stripe(1, 200), newer]);
-    // Malformed entries.
-    let mut bad = stripe(5, 200);
-    bad.crcs.pop();
-    let r = t.w(MetaRequest::CommitLayout {
-        ino: f.ino,
-        size: 1,
-        stripes: vec![bad],
-    });
-    assert!(matches!(r, Err(MetaError::Invalid(_))));
-    let r = t.w(MetaRequest::CommitLayout {
-        ino: f.ino,
-        size: 1,
-        stripes: vec![stripe(5, 201)],
-    });
-    assert!(matches!(r, Err(MetaError::Invalid(_))));
-    let r = t.w(MetaRequest::CommitLayout {
-        ino: f.ino,
-        size: 1,
-        stripes: vec![stripe(1, 2), stripe(1, 2)],
-    });
-    assert!(matches!(r, Err(MetaError::Invalid(_))));
-    assert_eq!(errno_of(t.commit(ROOT_INO, 1, &[])), EISDIR);
-}
-
-fn node(id: NodeId) -> NodeInfo {
-    NodeInfo {
-        id,
-        host: format!("10.0.0.{id}"),
-        shard_ports: vec![7000],
-        capacity_bytes: 1000,
-        used_bytes: 10,
-        cores: 1,
-        transports: vec!["tcp".into()],
-    }
-}
-
-#[test]
-fn placement_groups_form_once_enough_nodes_register() {
-    let mut t = T::new(); // width 3
-    for id in [30, 10] {
-        t.w(MetaRequest::RegisterNode { info: node(id) }).unwrap();
-    }
-    assert!(t.st.groups().is_empty());
-    assert_eq!(t.st.epoch(), 2);
-    t.w(MetaRequest::RegisterNode { info: node(20) }).unwrap();
-    let g: Vec<_> = t.st.groups().iter().map(|g| g.nodes.clone()).collect();
-    assert_eq!(
-        g,
-        vec![vec![10, 20, 30], vec![20, 30, 10], vec![30, 10, 20]]
-    );
-    // Re-registering updates the address; a fourth node does not rebalance.
-    let mut moved = node(20);
-    moved.host = "new".into();
-    t.w(MetaRequest::RegisterNode { info: moved }).unwrap();
-    t.w(MetaRequest::RegisterNode { info: node(40) }).unwrap();
-    assert_eq!(t.st.nodes()[&20].host, "new");
-    assert_eq!(t.st.groups().len(), 3);
-    assert_eq!(t.st.epoch(), 5);
-}
-
-#[test]
-fn placement_groups_formula() {
-    let g = placement_groups(&[1, 2, 3, 4, 5, 6, 7], 6);
-    assert_eq!(g.len(), 7);
-    assert_eq!(g[6].nodes, vec![7, 1, 2, 3, 4, 5]);
-    for grp in &g {
-        let mut n = grp.nodes.clone();
-        n.dedup();
-        assert_eq!(n.len(), 6);
-    }
-}
-
-#[test]
 fn failed_commands_leave_state_unchanged() {
     let mut t = T::new();
     t.mkdir(ROOT_INO, "d");
@@ -618,5 +478,30 @@ fn failed_commands_leave_state_unchanged() {
         parent: ROOT_INO,
         name: "f".into(),
     });
+    assert_eq!(before, t.st);
+}
+
+#[test]
+fn exhausted_inode_numbers_are_enospc_not_reused() {
+    let mut t = T::new();
+    t.st.next_ino = u64::MAX;
+    let before = t.st.clone();
+    let r = t.w(MetaRequest::Create {
+        parent: ROOT_INO,
+        name: "f".into(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        exclusive: true,
+    });
+    assert_eq!(errno_of(r), ENOSPC);
+    let r = t.w(MetaRequest::Mkdir {
+        parent: ROOT_INO,
+        name: "d".into(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    });
+    assert_eq!(errno_of(r), ENOSPC);
     assert_eq!(before, t.st);
 }

@@ -1,7 +1,8 @@
 //! Round trips of every request and reply, and malformed input.
 
 use super::*;
-use crate::meta::errno;
+use crate::meta::*;
+use crate::metadata_capnp as mc;
 
 fn rt_req(req: MetaRequest) {
     let mut msg = capnp::message::Builder::new_default();
@@ -267,6 +268,9 @@ fn malformed_input_is_an_error_not_a_panic() {
     }
     let r = msg.get_root_as_reader::<mc::request::Reader>().unwrap();
     assert!(read_request(r).is_err());
+    // The error names the field.
+    let e = read_request(r).unwrap_err();
+    assert!(e.to_string().contains("lookup.name"), "{e}");
 
     // Missing required struct.
     let mut msg = capnp::message::Builder::new_default();

@@ -1,0 +1,121 @@
+//! File layouts: reading one, committing written stripes, and cutting one
+//! down on truncation. Only regular files have a layout; asking it of a
+//! directory is EISDIR and of a symlink EINVAL.
+
+use std::collections::BTreeSet;
+
+use torchfs_proto::meta::{errno, Attr, Ino, Layout, MetaError, MetaReply, StripeEntry};
+
+use super::{fs, Body, Outcome, State};
+
+/// The error for a file-only operation on `body`, which is not a file.
+fn not_a_file(ino: Ino, body: &Body) -> MetaError {
+    match body {
+        Body::Dir { .. } => fs(errno::EISDIR, format!("inode {ino} is a directory")),
+        Body::File { .. } | Body::Symlink { .. } => {
+            fs(errno::EINVAL, format!("inode {ino} is a symlink"))
+        }
+    }
+}
+
+impl State {
+    /// A regular file's attributes and layout.
+    pub(super) fn file(&self, ino: Ino) -> Result<(&Attr, &Layout), MetaError> {
+        let node = self.inode(ino)?;
+        match &node.body {
+            Body::File { layout } => Ok((&node.attr, layout)),
+            other => Err(not_a_file(ino, other)),
+        }
+    }
+
+    /// [`State::file`], mutable.
+    pub(super) fn file_mut(&mut self, ino: Ino) -> Result<(&mut Attr, &mut Layout), MetaError> {
+        let node = self.inode_mut(ino)?;
+        match &mut node.body {
+            Body::File { layout } => Ok((&mut node.attr, layout)),
+            other => Err(not_a_file(ino, other)),
+        }
+    }
+
+    pub(super) fn get_layout(&self, ino: Ino) -> Outcome {
+        let (attr, layout) = self.file(ino)?;
+        Ok(MetaReply::Layout {
+            attr: attr.clone(),
+            layout: layout.clone(),
+        })
+    }
+
+    /// Replaces the given stripes of a file's layout (inserting new ones in
+    /// stripe order) and sets its size; answers the stripes replaced.
+    pub(super) fn commit_layout(
+        &mut self,
+        ino: Ino,
+        size: u64,
+        stripes: &[StripeEntry],
+        now: i64,
+    ) -> Outcome {
+        let (attr, layout) = self.file_mut(ino)?;
+        let width = layout.config.width();
+        let stripe_bytes = layout.config.stripe_bytes();
+        let mut seen = BTreeSet::new();
+        for s in stripes {
+            if s.crcs.len() != width {
+                return Err(MetaError::Invalid(format!(
+                    "stripe {} has {} checksums, the layout has {width} fragments",
+                    s.stripe,
+                    s.crcs.len()
+                )));
+            }
+            if s.valid_bytes > s.encoded_bytes || s.encoded_bytes as u64 > stripe_bytes {
+                return Err(MetaError::Invalid(format!(
+                    "stripe {}: valid {} / encoded {} bytes, stripe holds {stripe_bytes}",
+                    s.stripe, s.valid_bytes, s.encoded_bytes
+                )));
+            }
+            if !seen.insert(s.stripe) {
+                return Err(MetaError::Invalid(format!(
+                    "stripe {} given twice",
+                    s.stripe
+                )));
+            }
+        }
+        let mut replaced = Vec::new();
+        for s in stripes {
+            match layout.stripes.binary_search_by_key(&s.stripe, |e| e.stripe) {
+                Ok(i) => replaced.push(std::mem::replace(&mut layout.stripes[i], s.clone())),
+                Err(i) => layout.stripes.insert(i, s.clone()),
+            }
+        }
+        attr.size = size;
+        attr.mtime_ns = now;
+        attr.ctime_ns = now;
+        Ok(MetaReply::Committed {
+            attr: attr.clone(),
+            replaced,
+        })
+    }
+}
+
+/// Cuts a layout down to `size` bytes: stripes wholly past it are dropped
+/// (returned, to be freed) and the boundary stripe's `valid_bytes` clamped.
+pub(super) fn truncate_layout(layout: &mut Layout, size: u64) -> Vec<StripeEntry> {
+    let stripe_bytes = layout.config.stripe_bytes();
+    if stripe_bytes == 0 {
+        return Vec::new();
+    }
+    let mut freed = Vec::new();
+    layout.stripes.retain_mut(|s| {
+        let start = s.stripe.saturating_mul(stripe_bytes);
+        if start >= size {
+            freed.push(s.clone());
+            return false;
+        }
+        // start < size, and the clamp only lowers valid_bytes (a u32).
+        let keep = size - start;
+        if keep < u64::from(s.valid_bytes) {
+            s.valid_bytes = keep as u32;
+        }
+        true
+    });
+    freed
+}

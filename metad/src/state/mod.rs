@@ -1,0 +1,286 @@
+//! The namespace state machine: inodes, directory entries, file layouts,
+//! the storage-node registry and placement groups.
+//!
+//! `apply` must be deterministic: every voter applies the same log and must
+//! end in the same state, so the leader stamps the time into each
+//! [`Command`] before proposing it and nothing here reads a clock, a random
+//! source or a hash map's iteration order (all maps are `BTreeMap`).
+//!
+//! Errors are answers (ENOENT ...), not failures of the state machine: every
+//! command runs all of its checks before its first change, so the state is
+//! unchanged when one is returned.
+//!
+//! Layout of the module:
+//! - this file: the [`State`] and its data, lookups shared by the others,
+//!   and the dispatch of reads ([`State::read`]) and commands
+//!   ([`State::apply`]).
+//! - `namespace`: the directory tree (create, mkdir, symlink, link, unlink,
+//!   rmdir, rename) and setattr.
+//! - `layout`: file layouts (commit, truncation).
+//! - `nodes`: the storage-node registry and [`placement_groups`].
+
+mod layout;
+mod namespace;
+mod nodes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use torchfs_proto::meta::{
+    errno, Attr, DirEntry, FileKind, Ino, Layout, MetaError, MetaReply, MetaRequest, NodeId,
+    NodeInfo, PlacementGroup, StripeConfig, NAME_BYTES_MAX, ROOT_INO,
+};
+
+pub use nodes::placement_groups;
+
+/// One entry of the Raft log: a mutating request and the leader's clock when
+/// it was proposed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub now_ns: i64,
+    pub req: MetaRequest,
+}
+
+/// What `apply` answers for one command; this is also openraft's response type.
+pub type Outcome = Result<MetaReply, MetaError>;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+enum Body {
+    File {
+        layout: Layout,
+    },
+    /// `parent` of the root is the root itself.
+    Dir {
+        parent: Ino,
+        entries: BTreeMap<String, Ino>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct Inode {
+    attr: Attr,
+    body: Body,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    config: StripeConfig,
+    inodes: BTreeMap<Ino, Inode>,
+    next_ino: Ino,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    groups: Vec<PlacementGroup>,
+    /// Bumped whenever nodes or groups change.
+    epoch: u64,
+}
+
+fn fs(errno: i32, what: impl Into<String>) -> MetaError {
+    MetaError::fs(errno, what)
+}
+
+fn check_name(name: &str) -> Result<(), MetaError> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(fs(
+            errno::ENAMETOOLONG,
+            format!("name is {} bytes, at most {NAME_BYTES_MAX}", name.len()),
+        ));
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(fs(errno::EINVAL, format!("invalid name {name:?}")));
+    }
+    Ok(())
+}
+
+impl State {
+    /// A fresh namespace: only the root directory (ino 1, mode 0o755).
+    pub fn new(config: StripeConfig) -> Self {
+        let root = Inode {
+            attr: Attr {
+                ino: ROOT_INO,
+                kind: FileKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                nlink: 2,
+                atime_ns: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            },
+            body: Body::Dir {
+                parent: ROOT_INO,
+                entries: BTreeMap::new(),
+            },
+        };
+        Self {
+            config,
+            inodes: BTreeMap::from([(ROOT_INO, root)]),
+            next_ino: ROOT_INO + 1,
+            nodes: BTreeMap::new(),
+            groups: Vec::new(),
+            epoch: 0,
+        }
+    }
+
+    pub fn config(&self) -> StripeConfig {
+        self.config
+    }
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeInfo> {
+        &self.nodes
+    }
+    pub fn groups(&self) -> &[PlacementGroup] {
+        &self.groups
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn file_count(&self) -> u64 {
+        self.inodes.len() as u64
+    }
+
+    // ------------------------------------------------------------- reads
+
+    /// Answers a read-only namespace request. Cluster-level reads (statfs,
+    /// cluster map/status, heartbeat) need the leader's volatile node
+    /// liveness and are answered by the service.
+    pub fn read(&self, req: &MetaRequest) -> Outcome {
+        match req {
+            MetaRequest::Lookup { parent, name } => {
+                check_name(name)?;
+                let ino = self.entry(*parent, name)?;
+                Ok(MetaReply::Attr(self.inode(ino)?.attr.clone()))
+            }
+            MetaRequest::GetAttr { ino } => Ok(MetaReply::Attr(self.inode(*ino)?.attr.clone())),
+            MetaRequest::ReadDir { ino, after, limit } => self.readdir(*ino, after, *limit),
+            MetaRequest::ReadLink { ino } => match &self.inode(*ino)?.body {
+                Body::Symlink { target } => Ok(MetaReply::Link(target.clone())),
+                _ => Err(fs(errno::EINVAL, format!("inode {ino} is not a symlink"))),
+            },
+            MetaRequest::GetLayout { ino } => self.get_layout(*ino),
+            other => Err(MetaError::Invalid(format!(
+                "not a namespace read: {other:?}"
+            ))),
+        }
+    }
+
+    fn inode(&self, ino: Ino) -> Result<&Inode, MetaError> {
+        self.inodes
+            .get(&ino)
+            .ok_or_else(|| fs(errno::ENOENT, format!("no inode {ino}")))
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode, MetaError> {
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| fs(errno::ENOENT, format!("no inode {ino}")))
+    }
+
+    fn dir_entries(&self, ino: Ino) -> Result<&BTreeMap<String, Ino>, MetaError> {
+        match &self.inode(ino)?.body {
+            Body::Dir { entries, .. } => Ok(entries),
+            _ => Err(fs(
+                errno::ENOTDIR,
+                format!("inode {ino} is not a directory"),
+            )),
+        }
+    }
+
+    fn dir_entries_mut(&mut self, ino: Ino) -> Result<&mut BTreeMap<String, Ino>, MetaError> {
+        match &mut self.inode_mut(ino)?.body {
+            Body::Dir { entries, .. } => Ok(entries),
+            _ => Err(fs(
+                errno::ENOTDIR,
+                format!("inode {ino} is not a directory"),
+            )),
+        }
+    }
+
+    fn entry(&self, parent: Ino, name: &str) -> Result<Ino, MetaError> {
+        self.dir_entries(parent)?.get(name).copied().ok_or_else(|| {
+            fs(
+                errno::ENOENT,
+                format!("no entry {name:?} in inode {parent}"),
+            )
+        })
+    }
+
+    fn readdir(&self, ino: Ino, after: &str, limit: u32) -> Outcome {
+        let entries = self.dir_entries(ino)?;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.to_string())
+        };
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        let mut out = Vec::new();
+        for (name, child) in entries.range((start, Bound::Unbounded)).take(limit) {
+            out.push(DirEntry {
+                name: name.clone(),
+                ino: *child,
+                kind: self.inode(*child)?.attr.kind,
+            });
+        }
+        Ok(MetaReply::Entries(out))
+    }
+
+    // ------------------------------------------------------------ writes
+
+    /// Applies one committed command. Errors are answers (ENOENT ...), not
+    /// failures of the state machine: the state is unchanged when one is
+    /// returned, because every check runs before the first change.
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        let now = cmd.now_ns;
+        match &cmd.req {
+            MetaRequest::SetAttr { ino, set } => self.setattr(*ino, set, now),
+            MetaRequest::Create {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                exclusive,
+            } => self.create(*parent, name, *mode, *uid, *gid, *exclusive, now),
+            MetaRequest::Mkdir {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+            } => self.mkdir(*parent, name, *mode, *uid, *gid, now),
+            MetaRequest::Unlink { parent, name } => self.unlink(*parent, name, now),
+            MetaRequest::Rmdir { parent, name } => self.rmdir(*parent, name, now),
+            MetaRequest::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+            } => self.rename(*parent, name, *new_parent, new_name, now),
+            MetaRequest::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => self.link(*ino, *new_parent, new_name, now),
+            MetaRequest::Symlink {
+                parent,
+                name,
+                target,
+                uid,
+                gid,
+            } => self.symlink(*parent, name, target, *uid, *gid, now),
+            MetaRequest::CommitLayout { ino, size, stripes } => {
+                self.commit_layout(*ino, *size, stripes, now)
+            }
+            MetaRequest::RegisterNode { info } => self.register_node(info),
+            other => Err(MetaError::Invalid(format!("not a log command: {other:?}"))),
+        }
+    }
+}

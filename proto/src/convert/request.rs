@@ -1,0 +1,228 @@
+//! Requests: [`write_request`] and [`read_request`], one arm per
+//! `MetaRequest` variant.
+
+use crate::meta::MetaRequest;
+use crate::metadata_capnp as mc;
+
+use super::types::{
+    read_node_info, read_set_attr, read_stripes, write_node_info, write_set_attr, write_stripes,
+};
+use super::{need, text, Result};
+
+/// Writes `req` into an (empty) `Request` struct.
+pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
+    match req {
+        MetaRequest::Lookup { parent, name } => {
+            let mut g = b.init_lookup();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+        }
+        MetaRequest::GetAttr { ino } => b.init_get_attr().set_ino(*ino),
+        MetaRequest::SetAttr { ino, set } => {
+            let mut g = b.init_set_attr();
+            g.set_ino(*ino);
+            write_set_attr(set, g.init_set());
+        }
+        MetaRequest::ReadDir { ino, after, limit } => {
+            let mut g = b.init_read_dir();
+            g.set_ino(*ino);
+            g.set_after(after.as_str());
+            g.set_limit(*limit);
+        }
+        MetaRequest::Create {
+            parent,
+            name,
+            mode,
+            uid,
+            gid,
+            exclusive,
+        } => {
+            let mut g = b.init_create();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+            g.set_mode(*mode);
+            g.set_uid(*uid);
+            g.set_gid(*gid);
+            g.set_exclusive(*exclusive);
+        }
+        MetaRequest::Mkdir {
+            parent,
+            name,
+            mode,
+            uid,
+            gid,
+        } => {
+            let mut g = b.init_mkdir();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+            g.set_mode(*mode);
+            g.set_uid(*uid);
+            g.set_gid(*gid);
+        }
+        MetaRequest::Unlink { parent, name } => {
+            let mut g = b.init_unlink();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+        }
+        MetaRequest::Rmdir { parent, name } => {
+            let mut g = b.init_rmdir();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+        }
+        MetaRequest::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+        } => {
+            let mut g = b.init_rename();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+            g.set_new_parent(*new_parent);
+            g.set_new_name(new_name.as_str());
+        }
+        MetaRequest::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => {
+            let mut g = b.init_link();
+            g.set_ino(*ino);
+            g.set_new_parent(*new_parent);
+            g.set_new_name(new_name.as_str());
+        }
+        MetaRequest::Symlink {
+            parent,
+            name,
+            target,
+            uid,
+            gid,
+        } => {
+            let mut g = b.init_symlink();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+            g.set_target(target.as_str());
+            g.set_uid(*uid);
+            g.set_gid(*gid);
+        }
+        MetaRequest::ReadLink { ino } => b.init_read_link().set_ino(*ino),
+        MetaRequest::StatFs => {
+            let mut b = b;
+            b.set_stat_fs(())
+        }
+        MetaRequest::GetLayout { ino } => b.init_get_layout().set_ino(*ino),
+        MetaRequest::CommitLayout { ino, size, stripes } => {
+            let mut g = b.init_commit_layout();
+            g.set_ino(*ino);
+            g.set_size(*size);
+            write_stripes(stripes, |n| g.init_stripes(n));
+        }
+        MetaRequest::RegisterNode { info } => {
+            write_node_info(info, b.init_register_node().init_info())
+        }
+        MetaRequest::Heartbeat {
+            id,
+            used_bytes,
+            capacity_bytes,
+        } => {
+            let mut g = b.init_heartbeat();
+            g.set_id(*id);
+            g.set_used_bytes(*used_bytes);
+            g.set_capacity_bytes(*capacity_bytes);
+        }
+        MetaRequest::ClusterMap => {
+            let mut b = b;
+            b.set_cluster_map(())
+        }
+        MetaRequest::ClusterStatus => {
+            let mut b = b;
+            b.set_cluster_status(())
+        }
+    }
+}
+
+/// Reads a `Request`; malformed input is an error.
+pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
+    use mc::request::Which as W;
+    Ok(match r.which()? {
+        W::Lookup(g) => MetaRequest::Lookup {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "lookup.name")?,
+        },
+        W::GetAttr(g) => MetaRequest::GetAttr { ino: g.get_ino() },
+        W::SetAttr(g) => {
+            need(g.has_set(), "setAttr.set")?;
+            MetaRequest::SetAttr {
+                ino: g.get_ino(),
+                set: read_set_attr(g.get_set()?)?,
+            }
+        }
+        W::ReadDir(g) => MetaRequest::ReadDir {
+            ino: g.get_ino(),
+            after: text(g.get_after(), "readDir.after")?,
+            limit: g.get_limit(),
+        },
+        W::Create(g) => MetaRequest::Create {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "create.name")?,
+            mode: g.get_mode(),
+            uid: g.get_uid(),
+            gid: g.get_gid(),
+            exclusive: g.get_exclusive(),
+        },
+        W::Mkdir(g) => MetaRequest::Mkdir {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "mkdir.name")?,
+            mode: g.get_mode(),
+            uid: g.get_uid(),
+            gid: g.get_gid(),
+        },
+        W::Unlink(g) => MetaRequest::Unlink {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "unlink.name")?,
+        },
+        W::Rmdir(g) => MetaRequest::Rmdir {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "rmdir.name")?,
+        },
+        W::Rename(g) => MetaRequest::Rename {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "rename.name")?,
+            new_parent: g.get_new_parent(),
+            new_name: text(g.get_new_name(), "rename.newName")?,
+        },
+        W::Link(g) => MetaRequest::Link {
+            ino: g.get_ino(),
+            new_parent: g.get_new_parent(),
+            new_name: text(g.get_new_name(), "link.newName")?,
+        },
+        W::Symlink(g) => MetaRequest::Symlink {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "symlink.name")?,
+            target: text(g.get_target(), "symlink.target")?,
+            uid: g.get_uid(),
+            gid: g.get_gid(),
+        },
+        W::ReadLink(g) => MetaRequest::ReadLink { ino: g.get_ino() },
+        W::StatFs(()) => MetaRequest::StatFs,
+        W::GetLayout(g) => MetaRequest::GetLayout { ino: g.get_ino() },
+        W::CommitLayout(g) => MetaRequest::CommitLayout {
+            ino: g.get_ino(),
+            size: g.get_size(),
+            stripes: read_stripes(g.get_stripes())?,
+        },
+        W::RegisterNode(g) => {
+            need(g.has_info(), "registerNode.info")?;
+            MetaRequest::RegisterNode {
+                info: read_node_info(g.get_info()?)?,
+            }
+        }
+        W::Heartbeat(g) => MetaRequest::Heartbeat {
+            id: g.get_id(),
+            used_bytes: g.get_used_bytes(),
+            capacity_bytes: g.get_capacity_bytes(),
+        },
+        W::ClusterMap(()) => MetaRequest::ClusterMap,
+        W::ClusterStatus(()) => MetaRequest::ClusterStatus,
+    })
+}

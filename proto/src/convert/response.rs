@@ -1,0 +1,182 @@
+//! Responses: [`write_response`] and [`read_response`], one arm per
+//! `MetaReply` variant, plus the `MetaError` a response may carry instead.
+
+use crate::meta::{DirEntry, MetaError, MetaReply, StatFs};
+use crate::metadata_capnp as mc;
+
+use super::types::{
+    read_attr, read_cluster_map, read_cluster_status, read_kind, read_layout, read_stripes,
+    write_attr, write_cluster_map, write_cluster_status, write_kind, write_layout, write_stripes,
+};
+use super::{enum_field, indexed, len_u32, need, text, Result};
+
+fn write_error(e: &MetaError, mut b: mc::error::Builder<'_>) {
+    match e {
+        MetaError::Fs { errno, message } => {
+            b.set_kind(mc::ErrorKind::Fs);
+            b.set_errno(*errno);
+            b.set_message(message.as_str());
+        }
+        MetaError::NotLeader {
+            leader_id,
+            leader_addr,
+        } => {
+            b.set_kind(mc::ErrorKind::NotLeader);
+            // The schema has no optional here: 0 is not a valid voter id
+            // (openraft ids are user-chosen, torchfs reserves 0 for "none").
+            b.set_leader_id(leader_id.unwrap_or(0));
+            b.set_leader_addr(leader_addr.as_deref().unwrap_or(""));
+        }
+        MetaError::Unavailable(m) => {
+            b.set_kind(mc::ErrorKind::Unavailable);
+            b.set_message(m.as_str());
+        }
+        MetaError::Invalid(m) => {
+            b.set_kind(mc::ErrorKind::Invalid);
+            b.set_message(m.as_str());
+        }
+    }
+}
+
+fn read_error(r: mc::error::Reader<'_>) -> Result<MetaError> {
+    let message = text(r.get_message(), "error.message")?;
+    let kind = enum_field(r.get_kind(), "error.kind")?;
+    Ok(match kind {
+        mc::ErrorKind::Fs => MetaError::Fs {
+            errno: r.get_errno(),
+            message,
+        },
+        mc::ErrorKind::NotLeader => {
+            let id = r.get_leader_id();
+            let addr = text(r.get_leader_addr(), "error.leaderAddr")?;
+            MetaError::NotLeader {
+                leader_id: (id != 0).then_some(id),
+                leader_addr: (!addr.is_empty()).then_some(addr),
+            }
+        }
+        mc::ErrorKind::Unavailable => MetaError::Unavailable(message),
+        mc::ErrorKind::Invalid => MetaError::Invalid(message),
+    })
+}
+
+/// Writes a reply or an error into an (empty) `Response` struct.
+pub fn write_response(
+    resp: &std::result::Result<MetaReply, MetaError>,
+    b: mc::response::Builder<'_>,
+) {
+    let mut b = b;
+    let reply = match resp {
+        Err(e) => return write_error(e, b.init_error()),
+        Ok(r) => r,
+    };
+    match reply {
+        MetaReply::Attr(a) => write_attr(a, b.init_attr()),
+        MetaReply::Entries(es) => {
+            let mut l = b.init_entries(len_u32(es.len()));
+            for (i, e) in indexed(es) {
+                let mut eb = l.reborrow().get(i);
+                eb.set_name(e.name.as_str());
+                eb.set_ino(e.ino);
+                eb.set_kind(write_kind(e.kind));
+            }
+        }
+        MetaReply::Unit => b.set_unit(()),
+        MetaReply::Freed(s) => write_stripes(s, |n| b.init_freed(n)),
+        MetaReply::Link(t) => b.set_link(t.as_str()),
+        MetaReply::StatFs(s) => {
+            let mut sb = b.init_stat_fs();
+            sb.set_total_bytes(s.total_bytes);
+            sb.set_used_bytes(s.used_bytes);
+            sb.set_files(s.files);
+        }
+        MetaReply::Layout { attr, layout } => {
+            let mut g = b.init_layout();
+            write_attr(attr, g.reborrow().init_attr());
+            write_layout(layout, g.init_layout());
+        }
+        MetaReply::Committed { attr, replaced } => {
+            let mut g = b.init_committed();
+            write_attr(attr, g.reborrow().init_attr());
+            write_stripes(replaced, |n| g.init_replaced(n));
+        }
+        MetaReply::AttrFreed { attr, freed } => {
+            let mut g = b.init_attr_freed();
+            write_attr(attr, g.reborrow().init_attr());
+            write_stripes(freed, |n| g.init_freed(n));
+        }
+        MetaReply::ClusterMap(m) => write_cluster_map(m, b.init_cluster_map()),
+        MetaReply::ClusterStatus(s) => write_cluster_status(s, b.init_cluster_status()),
+    }
+}
+
+/// Reads a `Response`: the outer error is a malformed message, the inner
+/// result is what metad answered.
+pub fn read_response(
+    r: mc::response::Reader<'_>,
+) -> Result<std::result::Result<MetaReply, MetaError>> {
+    use mc::response::Which as W;
+    Ok(Ok(match r.which()? {
+        W::Error(e) => {
+            need(r.has_error(), "response.error")?;
+            let e = e?;
+            return Ok(Err(read_error(e)?));
+        }
+        W::Attr(a) => {
+            need(r.has_attr(), "response.attr")?;
+            MetaReply::Attr(read_attr(a?)?)
+        }
+        W::Entries(es) => MetaReply::Entries(
+            es?.iter()
+                .map(|e| {
+                    Ok(DirEntry {
+                        name: text(e.get_name(), "entries.name")?,
+                        ino: e.get_ino(),
+                        kind: read_kind(e.get_kind(), "entries.kind")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        W::Unit(()) => MetaReply::Unit,
+        W::Freed(s) => MetaReply::Freed(read_stripes(s)?),
+        W::Link(t) => MetaReply::Link(text(t, "response.link")?),
+        W::StatFs(s) => {
+            need(r.has_stat_fs(), "response.statFs")?;
+            let s = s?;
+            MetaReply::StatFs(StatFs {
+                total_bytes: s.get_total_bytes(),
+                used_bytes: s.get_used_bytes(),
+                files: s.get_files(),
+            })
+        }
+        W::Layout(g) => {
+            need(g.has_attr(), "layout.attr")?;
+            need(g.has_layout(), "layout.layout")?;
+            MetaReply::Layout {
+                attr: read_attr(g.get_attr()?)?,
+                layout: read_layout(g.get_layout()?)?,
+            }
+        }
+        W::Committed(g) => {
+            need(g.has_attr(), "committed.attr")?;
+            MetaReply::Committed {
+                attr: read_attr(g.get_attr()?)?,
+                replaced: read_stripes(g.get_replaced())?,
+            }
+        }
+        W::AttrFreed(g) => {
+            need(g.has_attr(), "attrFreed.attr")?;
+            MetaReply::AttrFreed {
+                attr: read_attr(g.get_attr()?)?,
+                freed: read_stripes(g.get_freed())?,
+            }
+        }
+        W::ClusterMap(m) => {
+            need(r.has_cluster_map(), "response.clusterMap")?;
+            MetaReply::ClusterMap(read_cluster_map(m?)?)
+        }
+        W::ClusterStatus(s) => {
+            need(r.has_cluster_status(), "response.clusterStatus")?;
+            MetaReply::ClusterStatus(read_cluster_status(s?)?)
+        }
+    }))
+}

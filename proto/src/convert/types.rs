@@ -1,0 +1,313 @@
+//! The structs and enums that requests and replies are made of: file kinds
+//! and attributes, stripe configs, stripes and layouts, setattr's optional
+//! values, node info, and the cluster map and status.
+
+use crate::meta::{
+    Attr, ClusterMap, ClusterStatus, FileKind, Layout, NodeInfo, NodeState, NodeStatus,
+    PlacementGroup, SetAttr, SetTime, StripeConfig, StripeEntry, Voter,
+};
+use crate::metadata_capnp as mc;
+
+use super::{enum_field, indexed, len_u32, need, optional, text, Result};
+
+pub(super) fn write_kind(k: FileKind) -> mc::FileKind {
+    match k {
+        FileKind::File => mc::FileKind::File,
+        FileKind::Dir => mc::FileKind::Dir,
+        FileKind::Symlink => mc::FileKind::Symlink,
+    }
+}
+
+/// Reads a `FileKind` field (`what` names it in an error).
+pub(super) fn read_kind(
+    k: std::result::Result<mc::FileKind, capnp::NotInSchema>,
+    what: &str,
+) -> Result<FileKind> {
+    Ok(match enum_field(k, what)? {
+        mc::FileKind::File => FileKind::File,
+        mc::FileKind::Dir => FileKind::Dir,
+        mc::FileKind::Symlink => FileKind::Symlink,
+    })
+}
+
+pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
+    b.set_ino(a.ino);
+    b.set_kind(write_kind(a.kind));
+    b.set_mode(a.mode);
+    b.set_uid(a.uid);
+    b.set_gid(a.gid);
+    b.set_size(a.size);
+    b.set_nlink(a.nlink);
+    b.set_atime_ns(a.atime_ns);
+    b.set_mtime_ns(a.mtime_ns);
+    b.set_ctime_ns(a.ctime_ns);
+}
+
+pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
+    Ok(Attr {
+        ino: r.get_ino(),
+        kind: read_kind(r.get_kind(), "attr.kind")?,
+        mode: r.get_mode(),
+        uid: r.get_uid(),
+        gid: r.get_gid(),
+        size: r.get_size(),
+        nlink: r.get_nlink(),
+        atime_ns: r.get_atime_ns(),
+        mtime_ns: r.get_mtime_ns(),
+        ctime_ns: r.get_ctime_ns(),
+    })
+}
+
+fn write_stripe_config(c: &StripeConfig, mut b: mc::stripe_config::Builder<'_>) {
+    b.set_k(c.k);
+    b.set_m(c.m);
+    b.set_unit_bytes(c.unit_bytes);
+}
+
+fn read_stripe_config(r: mc::stripe_config::Reader<'_>) -> StripeConfig {
+    StripeConfig {
+        k: r.get_k(),
+        m: r.get_m(),
+        unit_bytes: r.get_unit_bytes(),
+    }
+}
+
+fn write_stripe(s: &StripeEntry, mut b: mc::stripe_entry::Builder<'_>) {
+    b.set_stripe(s.stripe);
+    b.set_generation(s.generation);
+    b.set_encoded_bytes(s.encoded_bytes);
+    b.set_valid_bytes(s.valid_bytes);
+    let mut crcs = b.init_crcs(len_u32(s.crcs.len()));
+    for (i, c) in indexed(&s.crcs) {
+        crcs.set(i, *c);
+    }
+}
+
+fn read_stripe(r: mc::stripe_entry::Reader<'_>) -> Result<StripeEntry> {
+    Ok(StripeEntry {
+        stripe: r.get_stripe(),
+        generation: r.get_generation(),
+        encoded_bytes: r.get_encoded_bytes(),
+        valid_bytes: r.get_valid_bytes(),
+        crcs: r.get_crcs()?.iter().collect(),
+    })
+}
+
+/// Writes `s` into a list field; `init` is given the length to allocate.
+pub(super) fn write_stripes<'a>(
+    s: &[StripeEntry],
+    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::stripe_entry::Owned>,
+) {
+    let mut b = init(len_u32(s.len()));
+    for (i, e) in indexed(s) {
+        write_stripe(e, b.reborrow().get(i));
+    }
+}
+
+pub(super) fn read_stripes(
+    r: capnp::Result<capnp::struct_list::Reader<'_, mc::stripe_entry::Owned>>,
+) -> Result<Vec<StripeEntry>> {
+    r?.iter().map(read_stripe).collect()
+}
+
+pub(super) fn write_layout(l: &Layout, mut b: mc::layout::Builder<'_>) {
+    write_stripe_config(&l.config, b.reborrow().init_config());
+    write_stripes(&l.stripes, |n| b.init_stripes(n));
+}
+
+pub(super) fn read_layout(r: mc::layout::Reader<'_>) -> Result<Layout> {
+    need(r.has_config(), "layout.config")?;
+    Ok(Layout {
+        config: read_stripe_config(r.get_config()?),
+        stripes: read_stripes(r.get_stripes())?,
+    })
+}
+
+fn write_opt_u32(v: Option<u32>, mut b: mc::opt_u32::Builder<'_>) {
+    match v {
+        None => b.set_none(()),
+        Some(v) => b.set_some(v),
+    }
+}
+
+fn read_opt_u32(r: mc::opt_u32::Reader<'_>) -> Result<Option<u32>> {
+    Ok(match r.which()? {
+        mc::opt_u32::None(()) => None,
+        mc::opt_u32::Some(v) => Some(v),
+    })
+}
+
+fn write_opt_u64(v: Option<u64>, mut b: mc::opt_u64::Builder<'_>) {
+    match v {
+        None => b.set_none(()),
+        Some(v) => b.set_some(v),
+    }
+}
+
+fn read_opt_u64(r: mc::opt_u64::Reader<'_>) -> Result<Option<u64>> {
+    Ok(match r.which()? {
+        mc::opt_u64::None(()) => None,
+        mc::opt_u64::Some(v) => Some(v),
+    })
+}
+
+fn write_opt_time(v: Option<SetTime>, mut b: mc::opt_time::Builder<'_>) {
+    match v {
+        None => b.set_none(()),
+        Some(SetTime::Now) => b.set_now(()),
+        Some(SetTime::Ns(ns)) => b.set_ns(ns),
+    }
+}
+
+fn read_opt_time(r: mc::opt_time::Reader<'_>) -> Result<Option<SetTime>> {
+    Ok(match r.which()? {
+        mc::opt_time::None(()) => None,
+        mc::opt_time::Now(()) => Some(SetTime::Now),
+        mc::opt_time::Ns(ns) => Some(SetTime::Ns(ns)),
+    })
+}
+
+pub(super) fn write_set_attr(s: &SetAttr, mut b: mc::set_attr::Builder<'_>) {
+    write_opt_u32(s.mode, b.reborrow().init_mode());
+    write_opt_u32(s.uid, b.reborrow().init_uid());
+    write_opt_u32(s.gid, b.reborrow().init_gid());
+    write_opt_u64(s.size, b.reborrow().init_size());
+    write_opt_time(s.atime, b.reborrow().init_atime());
+    write_opt_time(s.mtime, b.init_mtime());
+}
+
+/// Absent optional fields mean "leave unchanged" (an old writer may not know
+/// a newer field), so a null `OptX` reads as `None`.
+pub(super) fn read_set_attr(r: mc::set_attr::Reader<'_>) -> Result<SetAttr> {
+    Ok(SetAttr {
+        mode: optional(r.has_mode(), || r.get_mode(), read_opt_u32)?,
+        uid: optional(r.has_uid(), || r.get_uid(), read_opt_u32)?,
+        gid: optional(r.has_gid(), || r.get_gid(), read_opt_u32)?,
+        size: optional(r.has_size(), || r.get_size(), read_opt_u64)?,
+        atime: optional(r.has_atime(), || r.get_atime(), read_opt_time)?,
+        mtime: optional(r.has_mtime(), || r.get_mtime(), read_opt_time)?,
+    })
+}
+
+pub(super) fn write_node_info(n: &NodeInfo, mut b: mc::node_info::Builder<'_>) {
+    b.set_id(n.id);
+    b.set_host(n.host.as_str());
+    let mut ports = b.reborrow().init_shard_ports(len_u32(n.shard_ports.len()));
+    for (i, p) in indexed(&n.shard_ports) {
+        ports.set(i, *p);
+    }
+    b.set_capacity_bytes(n.capacity_bytes);
+    b.set_used_bytes(n.used_bytes);
+    b.set_cores(n.cores);
+    let mut ts = b.init_transports(len_u32(n.transports.len()));
+    for (i, t) in indexed(&n.transports) {
+        ts.set(i, t.as_str());
+    }
+}
+
+pub(super) fn read_node_info(r: mc::node_info::Reader<'_>) -> Result<NodeInfo> {
+    Ok(NodeInfo {
+        id: r.get_id(),
+        host: text(r.get_host(), "nodeInfo.host")?,
+        shard_ports: r.get_shard_ports()?.iter().collect(),
+        capacity_bytes: r.get_capacity_bytes(),
+        used_bytes: r.get_used_bytes(),
+        cores: r.get_cores(),
+        transports: r
+            .get_transports()?
+            .iter()
+            .map(|t| text(t, "nodeInfo.transports"))
+            .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+pub(super) fn write_cluster_map(m: &ClusterMap, mut b: mc::cluster_map::Builder<'_>) {
+    b.set_epoch(m.epoch);
+    write_stripe_config(&m.config, b.reborrow().init_config());
+    let mut nodes = b.reborrow().init_nodes(len_u32(m.nodes.len()));
+    for (i, n) in indexed(&m.nodes) {
+        let mut nb = nodes.reborrow().get(i);
+        write_node_info(&n.info, nb.reborrow().init_info());
+        nb.set_state(match n.state {
+            NodeState::Up => mc::NodeState::Up,
+            NodeState::Down => mc::NodeState::Down,
+        });
+        write_opt_u64(n.last_heartbeat_ms_ago, nb.init_last_heartbeat_ms_ago());
+    }
+    let mut groups = b.init_groups(len_u32(m.groups.len()));
+    for (i, g) in indexed(&m.groups) {
+        let mut gb = groups.reborrow().get(i);
+        gb.set_id(g.id);
+        let mut ids = gb.init_nodes(len_u32(g.nodes.len()));
+        for (j, id) in indexed(&g.nodes) {
+            ids.set(j, *id);
+        }
+    }
+}
+
+pub(super) fn read_cluster_map(r: mc::cluster_map::Reader<'_>) -> Result<ClusterMap> {
+    need(r.has_config(), "clusterMap.config")?;
+    let mut nodes = Vec::new();
+    for n in r.get_nodes()?.iter() {
+        need(n.has_info(), "nodeStatus.info")?;
+        nodes.push(NodeStatus {
+            info: read_node_info(n.get_info()?)?,
+            state: match enum_field(n.get_state(), "nodeStatus.state")? {
+                mc::NodeState::Up => NodeState::Up,
+                mc::NodeState::Down => NodeState::Down,
+            },
+            last_heartbeat_ms_ago: optional(
+                n.has_last_heartbeat_ms_ago(),
+                || n.get_last_heartbeat_ms_ago(),
+                read_opt_u64,
+            )?,
+        });
+    }
+    let mut groups = Vec::new();
+    for g in r.get_groups()?.iter() {
+        groups.push(PlacementGroup {
+            id: g.get_id(),
+            nodes: g.get_nodes()?.iter().collect(),
+        });
+    }
+    Ok(ClusterMap {
+        epoch: r.get_epoch(),
+        config: read_stripe_config(r.get_config()?),
+        nodes,
+        groups,
+    })
+}
+
+pub(super) fn write_cluster_status(s: &ClusterStatus, mut b: mc::cluster_status::Builder<'_>) {
+    write_opt_u64(s.leader, b.reborrow().init_leader());
+    b.set_term(s.term);
+    b.set_last_applied(s.last_applied);
+    let mut voters = b.reborrow().init_voters(len_u32(s.voters.len()));
+    for (i, v) in indexed(&s.voters) {
+        let mut vb = voters.reborrow().get(i);
+        vb.set_id(v.id);
+        vb.set_addr(v.addr.as_str());
+    }
+    write_cluster_map(&s.map, b.init_map());
+}
+
+pub(super) fn read_cluster_status(r: mc::cluster_status::Reader<'_>) -> Result<ClusterStatus> {
+    need(r.has_map(), "clusterStatus.map")?;
+    let voters = r
+        .get_voters()?
+        .iter()
+        .map(|v| {
+            Ok(Voter {
+                id: v.get_id(),
+                addr: text(v.get_addr(), "voter.addr")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ClusterStatus {
+        leader: optional(r.has_leader(), || r.get_leader(), read_opt_u64)?,
+        term: r.get_term(),
+        last_applied: r.get_last_applied(),
+        voters,
+        map: read_cluster_map(r.get_map()?)?,
+    })
+}
