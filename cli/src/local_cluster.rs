@@ -29,6 +29,8 @@ pub struct ClusterSpec {
     pub storage_base_port: Option<u16>,
     pub shards_per_node: usize,
     pub node_down_after_ms: u64,
+    /// Passed to every storage node as `--io-memory-bytes` when set.
+    pub io_memory_bytes_per_shard: Option<usize>,
 }
 
 impl ClusterSpec {
@@ -42,6 +44,7 @@ impl ClusterSpec {
             storage_base_port: None,
             shards_per_node: 2,
             node_down_after_ms: 3_000,
+            io_memory_bytes_per_shard: shared_io_memory_bytes(6 * 2),
         })
     }
 
@@ -51,6 +54,30 @@ impl ClusterSpec {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect()
     }
+}
+
+/// Registered-buffer memory per executor when `executors` storage-node
+/// executors of one unprivileged user share its RLIMIT_MEMLOCK (io_uring
+/// charges registered buffers to the user). None for root, which is exempt
+/// (CAP_IPC_LOCK), or when there is no limit.
+pub fn shared_io_memory_bytes(executors: usize) -> Option<usize> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return None;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    // Half the limit, split evenly; glommio falls back to unregistered
+    // aligned buffers when its pool runs dry, so small pools cost little.
+    Some((lim.rlim_cur as usize / 2 / executors.max(1)).max(64 << 10))
 }
 
 /// Ports free right now on 127.0.0.1 (the OS picks them; they are released
@@ -188,7 +215,7 @@ impl LocalCluster {
             .spec
             .storage_base_port
             .map_or(0, |base| base + (index as u16) * 16);
-        let args = vec![
+        let mut args = vec![
             "storage".into(),
             "--node-id".into(),
             id.to_string(),
@@ -201,6 +228,9 @@ impl LocalCluster {
             "--shards".into(),
             self.spec.shards_per_node.to_string(),
         ];
+        if let Some(bytes) = self.spec.io_memory_bytes_per_shard {
+            args.extend(["--io-memory-bytes".into(), bytes.to_string()]);
+        }
         self.storage[index] = Some(self.spawn(&format!("storage-{id}"), args, env)?);
         Ok(())
     }

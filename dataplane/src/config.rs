@@ -19,6 +19,11 @@ pub struct StorageConfig {
     pub heartbeat_ms: u64,
     /// Default: the size of the filesystem holding `data_dir`.
     pub capacity_bytes: Option<u64>,
+    /// Registered (locked) O_DIRECT buffer memory per executor. Default:
+    /// a share of RLIMIT_MEMLOCK, which io_uring charges to the user, not
+    /// the process (root with CAP_IPC_LOCK is exempt). Set it lower when
+    /// one unprivileged user runs several nodes on a host.
+    pub io_memory_bytes: Option<usize>,
 }
 
 impl Default for StorageConfig {
@@ -33,6 +38,7 @@ impl Default for StorageConfig {
             metad: Vec::new(),
             heartbeat_ms: 1_000,
             capacity_bytes: None,
+            io_memory_bytes: None,
         }
     }
 }

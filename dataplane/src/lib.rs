@@ -375,7 +375,9 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
     }
 
     let faults = faults::Faults::for_dir(&config.data_dir);
-    let io_memory = io_memory_bytes(shards);
+    let io_memory = config
+        .io_memory_bytes
+        .unwrap_or_else(|| io_memory_bytes(shards));
     let mut senders = Vec::with_capacity(shards);
     let mut executors = Vec::with_capacity(shards);
     let mut ready = Vec::with_capacity(shards);

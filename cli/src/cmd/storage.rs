@@ -41,6 +41,10 @@ pub struct StorageArgs {
     /// Capacity to advertise (default: the size of the data dir's filesystem).
     #[arg(long)]
     pub capacity_bytes: Option<u64>,
+    /// Registered O_DIRECT buffer memory per shard (default: a share of
+    /// RLIMIT_MEMLOCK; io_uring charges it to the user, root is exempt).
+    #[arg(long)]
+    pub io_memory_bytes: Option<usize>,
     /// TOML file with defaults for these flags (table [storage]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -68,6 +72,7 @@ impl StorageArgs {
             metad: self.metad.clone(),
             heartbeat_ms: self.heartbeat_ms,
             capacity_bytes: self.capacity_bytes,
+            io_memory_bytes: self.io_memory_bytes,
         })
     }
 }

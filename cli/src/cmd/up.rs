@@ -90,6 +90,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         storage_base_port: Some(storage_base as u16),
         shards_per_node: args.shards,
         node_down_after_ms: 5_000,
+        io_memory_bytes_per_shard: torchfs_cli::local_cluster::shared_io_memory_bytes(
+            args.storage_nodes * args.shards,
+        ),
     };
     let metad = spec.metad_addrs();
     println!(

@@ -4,6 +4,7 @@
 
 mod attr;
 mod dirs;
+mod readahead;
 
 use std::ffi::OsStr;
 use std::io;
@@ -80,7 +81,9 @@ pub fn mount(
         dirs: DirStreams::default(),
         next_dir_handle: AtomicU64::new(1),
     };
-    fuser::spawn_mount(fs, mountpoint, &config)
+    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    readahead::raise(mountpoint, options.request_bytes_max);
+    Ok(session)
 }
 
 struct TorchFs {
