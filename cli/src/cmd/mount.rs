@@ -35,11 +35,37 @@ pub struct MountArgs {
 pub struct Mounted {
     session: Option<torchfs_client::fuse::MountSession>,
     mountpoint: PathBuf,
+    client: Client,
     // Dropped after the session: FUSE threads call into it until unmount.
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Mounted {
+    /// Gives a root directory still owned by root (a new cluster) to the
+    /// calling user, so a cluster that user started is writable for them
+    /// (the kernel checks modes: `default_permissions`).
+    pub fn adopt_new_root(&self) -> Result<()> {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let runtime = &self.runtime;
+        let root = torchfs_proto::meta::ROOT_INO;
+        let attr = runtime
+            .block_on(self.client.getattr(root))
+            .context("stat the root directory")?;
+        if uid == 0 || attr.uid != 0 {
+            return Ok(());
+        }
+        let set = torchfs_proto::meta::SetAttr {
+            uid: Some(uid),
+            gid: Some(gid),
+            ..Default::default()
+        };
+        runtime
+            .block_on(self.client.setattr(root, set))
+            .context("give the root directory to this user")?;
+        Ok(())
+    }
+
     /// Unmounts and waits for the FUSE threads to finish.
     pub fn unmount(mut self) -> Result<()> {
         if let Some(session) = self.session.take() {
@@ -79,18 +105,23 @@ pub fn mount(metad: &[String], mountpoint: &Path, options: &FuseOptions) -> Resu
             metad.join(",")
         )
     })?;
-    let session =
-        torchfs_client::fuse::mount(client, runtime.handle().clone(), mountpoint, options)
-            .with_context(|| {
-                format!(
-                "mount on {} (is /dev/fuse there, and are you root or is fusermount3 installed?)",
-                mountpoint.display()
-            )
-            })?;
+    let session = torchfs_client::fuse::mount(
+        client.clone(),
+        runtime.handle().clone(),
+        mountpoint,
+        options,
+    )
+    .with_context(|| {
+        format!(
+            "mount on {} (is /dev/fuse there, and are you root or is fusermount3 installed?)",
+            mountpoint.display()
+        )
+    })?;
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
-        _runtime: runtime,
+        client,
+        runtime,
     })
 }
 

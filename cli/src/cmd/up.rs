@@ -105,6 +105,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let status = cluster.wait_ready(args.storage_nodes, Duration::from_secs(60))?;
     print!("{}", super::status::render(&status));
     let mounted = super::mount::mount(&metad, &mountpoint, &FuseOptions::default())?;
+    mounted.adopt_new_root()?;
     println!("torchfs: mounted on {}", mountpoint.display());
     if !args.no_demo {
         if let Err(e) = demo(&mountpoint) {
