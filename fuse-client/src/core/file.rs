@@ -55,6 +55,21 @@ impl FileState {
         })
     }
 
+    /// A fingerprint of the committed content (size and every stripe's
+    /// generation and extent): cached data is keyed by it, so data of a
+    /// file changed elsewhere is not served once this client reopens it.
+    /// Stripes get a new random generation on every write.
+    pub fn version(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.size.hash(&mut h);
+        self.config.unit_bytes.hash(&mut h);
+        for e in self.committed.values() {
+            (e.stripe, e.generation, e.encoded_bytes, e.valid_bytes).hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// Whether this client holds changes metad has not seen.
     pub fn pending(&self) -> bool {
         !self.dirty.is_empty() || !self.uploaded.is_empty()
@@ -335,6 +350,25 @@ mod tests {
         st.record_commit();
         assert!(st.uploaded.is_empty());
         assert_eq!(st.committed[&1].valid_bytes, 5);
+    }
+
+    #[test]
+    fn version_follows_content_changes() {
+        let st = state(45, vec![entry(0, 20), entry(1, 20), entry(2, 5)]);
+        let v = st.version();
+        assert_eq!(
+            v,
+            state(45, vec![entry(0, 20), entry(1, 20), entry(2, 5)]).version()
+        );
+        let mut other = entry(1, 20);
+        other.generation = 2;
+        assert_ne!(
+            v,
+            state(45, vec![entry(0, 20), other, entry(2, 5)]).version()
+        );
+        let mut cut = state(45, vec![entry(0, 20), entry(1, 20), entry(2, 5)]);
+        cut.truncate(44);
+        assert_ne!(v, cut.version());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use torchfs_proto::meta::Ino;
 
+use super::cache::Readahead;
 use super::file::FileState;
 use super::{lock, ClientError, FileHandle};
 
@@ -22,6 +23,8 @@ pub(crate) struct OpenFile {
     /// The size including unflushed writes, readable without the state
     /// lock (getattr must not wait behind an upload).
     pending_size: AtomicU64,
+    /// Sequential-read detection for readahead (files no plan names).
+    pub readahead: Mutex<Readahead>,
 }
 
 impl OpenFile {
@@ -85,6 +88,7 @@ impl Handles {
                     ino,
                     state: tokio::sync::Mutex::new(make()),
                     pending_size: AtomicU64::new(NO_PENDING_SIZE),
+                    readahead: Mutex::new(Readahead::default()),
                 });
                 t.files.insert(ino, (file.clone(), 1));
                 (file, true)

@@ -11,8 +11,13 @@
 //! - [`file`]: per-inode state (layout, dirty stripe buffers, uploaded
 //!   entries): the pure logic of buffering, read-modify-write and truncation.
 //! - [`handles`]: open file handles and the per-inode state they share.
+//! - [`cache`]: the epoch cache (plans, prefetching, memory and disk
+//!   tiers, Belady/LRU eviction) in front of the read path.
+//! - [`control`]: the `.torchfs/` control files (plan intake, stats).
 //! - `namespace`, `read`, `write`: the operations.
 
+pub mod cache;
+pub mod control;
 mod file;
 mod handles;
 mod map;
@@ -25,6 +30,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -37,6 +43,9 @@ use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 use crate::codec::{CodecError, ReedSolomon};
 use crate::stripe::StripeError;
 
+pub use cache::{CacheConfig, ReadBuf};
+use cache::{EpochCache, PlanError};
+use control::ControlHandles;
 use handles::Handles;
 use map::MapCache;
 use meta_cache::MetaCache;
@@ -61,6 +70,8 @@ pub struct ClientConfig {
     /// How often the cluster map is refreshed in the background.
     pub map_refresh_ms: u64,
     pub transport: TcpOptions,
+    /// The epoch cache (memory and disk tiers, prefetching).
+    pub cache: CacheConfig,
 }
 
 impl Default for ClientConfig {
@@ -72,6 +83,7 @@ impl Default for ClientConfig {
             dirty_stripes_max: 8,
             map_refresh_ms: 2_000,
             transport: TcpOptions::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -142,6 +154,15 @@ pub enum ClientError {
     Codec(#[from] CodecError),
     #[error("offset {offset} + {len_bytes} bytes is past the largest file size")]
     TooLarge { offset: u64, len_bytes: u64 },
+    #[error("plan rejected: {0}")]
+    Plan(#[from] PlanError),
+    #[error("torchfs control file: {reason}")]
+    Control { reason: &'static str },
+    #[error("cache disk tier at {dir}: {source}")]
+    CacheDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -172,6 +193,9 @@ impl ClientError {
                 libc::ENOSPC
             }
             ClientError::TooLarge { .. } => libc::EFBIG,
+            ClientError::Plan(PlanError::TooLarge { .. }) => libc::EFBIG,
+            ClientError::Plan(_) => libc::EINVAL,
+            ClientError::Control { .. } => libc::EPERM,
             ClientError::UnexpectedReply { .. }
             | ClientError::NodeDown { .. }
             | ClientError::UnknownNode { .. }
@@ -179,6 +203,7 @@ impl ClientError {
             | ClientError::Transport { .. }
             | ClientError::Unrecoverable { .. }
             | ClientError::Layout { .. }
+            | ClientError::CacheDir { .. }
             | ClientError::Codec(_) => libc::EIO,
         }
     }
@@ -211,7 +236,7 @@ impl<M: MetaService, T: Transport> Clone for Client<M, T> {
     }
 }
 
-struct Inner<M, T> {
+pub(crate) struct Inner<M, T> {
     config: ClientConfig,
     meta: M,
     transport: T,
@@ -223,6 +248,10 @@ struct Inner<M, T> {
     io_slots: Semaphore,
     /// Wakes the background map refresher early (after a transport failure).
     map_refresh: Arc<Notify>,
+    data_cache: EpochCache,
+    control: ControlHandles,
+    /// Bytes asked of storage nodes (demand reads, prefetch, readahead).
+    storage_read_bytes: AtomicU64,
 }
 
 impl Client {
@@ -265,6 +294,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Duration::from_millis(config.entry_ttl_ms),
             META_CACHE_ENTRIES_MAX,
         );
+        let (data_cache, disk_work) =
+            EpochCache::new(config.cache.clone()).map_err(|source| ClientError::CacheDir {
+                dir: config.cache.disk_dir.clone().unwrap_or_default(),
+                source,
+            })?;
         let inner = Arc::new(Inner {
             map: MapCache::new(first_map),
             cache: Mutex::new(cache),
@@ -272,6 +306,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             codecs: Mutex::new(HashMap::new()),
             io_slots: Semaphore::new(FRAGMENT_REQUESTS_IN_FLIGHT_MAX),
             map_refresh: Arc::new(Notify::new()),
+            data_cache,
+            control: ControlHandles::default(),
+            storage_read_bytes: AtomicU64::new(0),
             config,
             meta,
             transport,
@@ -280,6 +317,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Arc::downgrade(&inner),
             inner.map_refresh.clone(),
         ));
+        if inner.data_cache.enabled() {
+            tokio::spawn(cache::prefetch_loop(Arc::downgrade(&inner)));
+        }
+        if let Some(work) = disk_work {
+            tokio::spawn(cache::disk_loop(Arc::downgrade(&inner), work));
+        }
         Ok(Self { inner })
     }
 

@@ -9,11 +9,28 @@ use torchfs_proto::meta::{
 };
 use torchfs_rdma::Transport;
 
+use super::control::{is_control_fh, is_control_ino, CONTROL_DIR_NAME};
 use super::file::FileState;
 use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
 
+/// Refuses namespace changes inside `.torchfs/` or of the name `.torchfs`
+/// in the root.
+fn guard_name(parent: Ino, name: &str) -> Result<(), ClientError> {
+    if is_control_ino(parent)
+        || (parent == torchfs_proto::meta::ROOT_INO && name == CONTROL_DIR_NAME)
+    {
+        return Err(ClientError::Control {
+            reason: "the .torchfs directory is reserved",
+        });
+    }
+    Ok(())
+}
+
 impl<M: MetaService, T: Transport> Client<M, T> {
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, ClientError> {
+        if let Some(result) = self.control_lookup(parent, name) {
+            return result;
+        }
         if let Some(attr) = lock(&self.inner.cache).lookup(parent, name, Instant::now()) {
             return Ok(self.overlay(attr));
         }
@@ -32,6 +49,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Attributes; the size includes this client's unflushed writes.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, ClientError> {
+        if is_control_ino(ino) {
+            return self.control_getattr(ino);
+        }
         if let Some(attr) = lock(&self.inner.cache).attr(ino, Instant::now()) {
             return Ok(self.overlay(attr));
         }
@@ -45,6 +65,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// committed layout and here to this client's buffers and uncommitted
     /// uploads; freed fragments are deleted in the background.
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr, ClientError> {
+        if is_control_ino(ino) {
+            let size_only = set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+            return self.control_setattr(ino, size_only);
+        }
+        if set.size.is_some() {
+            self.inner.data_cache.invalidate(ino);
+        }
         let open = self.inner.handles.file_of(ino);
         let (Some(size), Some(file)) = (set.size, open) else {
             let reply = self.meta_call(MetaRequest::SetAttr { ino, set }).await?;
@@ -77,6 +104,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         after: &str,
         limit: u32,
     ) -> Result<Vec<DirEntry>, ClientError> {
+        if is_control_ino(ino) {
+            return self.control_readdir(ino, after);
+        }
         match self
             .meta_call(MetaRequest::ReadDir {
                 ino,
@@ -99,6 +129,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         gid: u32,
         exclusive: bool,
     ) -> Result<Attr, ClientError> {
+        guard_name(parent, name)?;
         let req = MetaRequest::Create {
             parent,
             name: name.to_string(),
@@ -119,6 +150,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, ClientError> {
+        guard_name(parent, name)?;
         let attr = self
             .attr_reply(
                 "Mkdir",
@@ -142,6 +174,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         uid: u32,
         gid: u32,
     ) -> Result<Attr, ClientError> {
+        guard_name(parent, name)?;
         let req = MetaRequest::Symlink {
             parent,
             name: name.to_string(),
@@ -159,6 +192,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         new_parent: Ino,
         new_name: &str,
     ) -> Result<Attr, ClientError> {
+        guard_name(new_parent, new_name)?;
+        if is_control_ino(ino) {
+            return Err(ClientError::Control {
+                reason: "control files cannot be linked",
+            });
+        }
         let req = MetaRequest::Link {
             ino,
             new_parent,
@@ -171,6 +210,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// Removes a name; when it was the last link, the file's fragments are
     /// deleted in the background.
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
+        guard_name(parent, name)?;
         // metad answers with the freed stripes but not their inode, which
         // fragment keys need: learn it first unless cached.
         let victim = self.ino_of(parent, name).await;
@@ -181,10 +221,14 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             })
             .await;
         self.forget_name(parent, name, victim);
+        if let Some(ino) = victim {
+            self.inner.data_cache.invalidate(ino);
+        }
         self.freed_reply("Unlink", reply?, victim)
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
+        guard_name(parent, name)?;
         let reply = self
             .meta_call(MetaRequest::Rmdir {
                 parent,
@@ -208,6 +252,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         new_parent: Ino,
         new_name: &str,
     ) -> Result<(), ClientError> {
+        guard_name(parent, name)?;
+        guard_name(new_parent, new_name)?;
         let victim = self.ino_of(new_parent, new_name).await;
         let req = MetaRequest::Rename {
             parent,
@@ -219,6 +265,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let moved = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, moved);
         self.forget_name(new_parent, new_name, victim);
+        if let Some(ino) = victim {
+            self.inner.data_cache.invalidate(ino);
+        }
         self.freed_reply("Rename", reply?, victim)
     }
 
@@ -245,6 +294,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         write: bool,
         truncate: bool,
     ) -> Result<FileHandle, ClientError> {
+        if is_control_ino(ino) {
+            return self.control_open(ino, write);
+        }
         let (attr, layout) = match self.meta_call(MetaRequest::GetLayout { ino }).await? {
             MetaReply::Layout { attr, layout } => (attr, layout),
             other => return Err(unexpected("GetLayout", other)),
@@ -256,6 +308,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
         let fresh = FileState::from_layout(ino, attr.size, layout)
             .map_err(|source| ClientError::Layout { ino, source })?;
+        // Close-to-open: cached data of any other version is stale now.
+        self.inner.data_cache.validate(ino, fresh.version());
         self.cache_attr(attr);
         let mut fresh = Some(fresh);
         let (fh, file, created) = self
@@ -286,6 +340,40 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             }
         }
         Ok(fh)
+    }
+
+    /// For FUSE passthrough: the disk-tier file holding all of a file
+    /// opened read-only, when the cache has it at the open version. The
+    /// caller hands it to the kernel, whose reads then bypass this client
+    /// (the open counts as one disk-tier hit).
+    pub async fn backing_file(&self, fh: FileHandle) -> Option<std::fs::File> {
+        if is_control_fh(fh) {
+            return None;
+        }
+        let (file, writable) = self.inner.handles.get(fh).ok()?;
+        if writable {
+            return None;
+        }
+        let (version, size) = {
+            let st = file.state.lock().await;
+            if st.pending() {
+                return None;
+            }
+            (st.version(), st.size)
+        };
+        let path = self
+            .inner
+            .data_cache
+            .backing_path(file.ino, version, size)?;
+        std::fs::File::open(&path)
+            .inspect_err(|e| tracing::debug!("passthrough file {}: {e}", path.display()))
+            .ok()
+    }
+
+    /// Whether an inode is one of the `.torchfs/` control files (front-ends
+    /// serve them without a page cache).
+    pub fn is_control(&self, ino: Ino) -> bool {
+        is_control_ino(ino)
     }
 
     async fn attr_reply(

@@ -4,11 +4,17 @@
 //! checksum mismatch) fetch the same column of any k other fragments and
 //! decode it (DESIGN.md §2, degraded read).
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures::stream::{self, StreamExt, TryStreamExt};
 use torchfs_proto::fragment::FragmentKey;
 use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
+use super::cache::{read_cache_file, Lookup, Piece, ReadBuf};
+use super::control::is_control_fh;
 use super::file::FileState;
 use super::handles::OpenFile;
 use super::map::{locate, resolve};
@@ -17,6 +23,9 @@ use crate::stripe::{self, FragmentPiece, StripePiece};
 
 /// Fragment pieces one read request keeps in flight.
 const READ_PIECES_IN_FLIGHT_MAX: usize = 16;
+/// Cache lookups one read makes at most (each wait for a fetch in flight
+/// is followed by one more); past it the read goes to storage.
+const CACHE_LOOKUPS_MAX: usize = 4;
 
 /// Which fragments a degraded read of one column of fragment `want` uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,24 +63,136 @@ pub(crate) fn plan_degraded(
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Reads up to `size` bytes at `offset`; short at the end of the file.
+    /// Served from the epoch cache when it holds the range (a hit on one
+    /// cached buffer is returned without copying), else from storage.
     pub async fn read(
         &self,
         fh: FileHandle,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, ClientError> {
+    ) -> Result<ReadBuf, ClientError> {
+        if is_control_fh(fh) {
+            return self.control_read(fh, offset, size).map(ReadBuf::Owned);
+        }
         let (file, _) = self.inner.handles.get(fh)?;
-        match self.read_once(&file, offset, size).await {
+        if self.inner.data_cache.enabled() {
+            if let Some(buf) = self.read_cached(&file, offset, size).await? {
+                return Ok(buf);
+            }
+        }
+        let (data, _) = self.read_uncached(&file, offset, size).await?;
+        Ok(ReadBuf::Owned(data))
+    }
+
+    /// The cache's part of a read; None when the cache cannot be used
+    /// (this client holds unflushed changes to the file).
+    async fn read_cached(
+        &self,
+        file: &Arc<OpenFile>,
+        offset: u64,
+        size: u32,
+    ) -> Result<Option<ReadBuf>, ClientError> {
+        let (version, file_size) = {
+            let st = file.state.lock().await;
+            if st.pending() {
+                return Ok(None);
+            }
+            (st.version(), st.size)
+        };
+        let end = offset.saturating_add(size as u64).min(file_size);
+        if offset >= end {
+            return Ok(Some(ReadBuf::Owned(Vec::new())));
+        }
+        let cache = &self.inner.data_cache;
+        let started = Instant::now();
+        let mut waited = false;
+        let mut found = None;
+        for attempt in 0..CACHE_LOOKUPS_MAX {
+            match cache.lookup(file.ino, version, offset, end, attempt == 0) {
+                Lookup::Hit(pieces) => {
+                    match self.assemble(pieces, (end - offset) as usize).await {
+                        Ok(buf) => found = Some(buf),
+                        // A disk-tier file evicted under the read: go to storage.
+                        Err(e) => tracing::debug!("disk tier read of inode {}: {e}", file.ino),
+                    }
+                    break;
+                }
+                Lookup::Wait(mut done) => {
+                    waited = true;
+                    let _ = done.wait_for(|d| *d).await;
+                }
+                Lookup::Miss => break,
+            }
+        }
+        let buf = match found {
+            Some(buf) => {
+                if waited {
+                    cache.note_stall(started.elapsed(), true);
+                }
+                buf
+            }
+            None => {
+                let (data, read_version) = self.read_uncached(file, offset, size).await?;
+                cache.note_stall(started.elapsed(), waited);
+                if read_version == version {
+                    cache.fill(file.ino, version, offset, data)
+                } else {
+                    ReadBuf::Owned(data)
+                }
+            }
+        };
+        self.readahead(file, version, offset, end, file_size);
+        Ok(Some(buf))
+    }
+
+    /// Joins cached pieces into one buffer (no copy for a single memory
+    /// piece).
+    async fn assemble(&self, mut pieces: Vec<Piece>, len: usize) -> std::io::Result<ReadBuf> {
+        if pieces.len() == 1 && matches!(pieces[0], Piece::Mem { .. }) {
+            if let Some(Piece::Mem { data, from, to }) = pieces.pop() {
+                return Ok(ReadBuf::Shared {
+                    data,
+                    start: from,
+                    end: to,
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        for piece in pieces {
+            match piece {
+                Piece::Mem { data, from, to } => out.extend_from_slice(&data[from..to]),
+                Piece::Disk { path, offset, len } => {
+                    let bytes =
+                        tokio::task::spawn_blocking(move || read_cache_file(&path, offset, len))
+                            .await
+                            .map_err(std::io::Error::other)??;
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        Ok(ReadBuf::Owned(out))
+    }
+
+    /// Reads from storage (or this client's buffers), retrying once with a
+    /// fresh layout when stripes were replaced under the open file.
+    /// Returns the data and the layout version it was read at.
+    async fn read_uncached(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        match self.read_once(file, offset, size).await {
             // Another client may have replaced (and deleted) the stripes
             // this one opened: with no local changes, refetch the layout
             // and try once more before reporting EIO.
             Err(e @ (ClientError::Unrecoverable { .. } | ClientError::Transport { .. })) => {
-                if self.revalidate_layout(&file).await? {
+                if self.revalidate_layout(file).await? {
                     tracing::info!(
                         "inode {}: layout changed under an open file, read retried",
                         file.ino
                     );
-                    self.read_once(&file, offset, size).await
+                    self.read_once(file, offset, size).await
                 } else {
                     Err(e)
                 }
@@ -80,17 +201,30 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
+    /// `[start, end)` of an open file as of now, with its version
+    /// (readahead).
+    pub(super) async fn read_versioned(
+        &self,
+        file: &OpenFile,
+        start: u64,
+        end: u64,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        let size = u32::try_from(end.saturating_sub(start)).unwrap_or(u32::MAX);
+        self.read_once(file, start, size).await
+    }
+
     async fn read_once(
         &self,
         file: &OpenFile,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, ClientError> {
-        let (mut out, plan, cfg) = {
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        let (mut out, plan, cfg, version) = {
             let st = file.state.lock().await;
+            let version = if st.pending() { 0 } else { st.version() };
             let end = offset.saturating_add(size as u64).min(st.size);
             if offset >= end {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), version));
             }
             let mut out = vec![0u8; (end - offset) as usize];
             let plan = st
@@ -99,9 +233,33 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     ino: st.ino,
                     source,
                 })?;
-            (out, plan, st.config)
+            (out, plan, st.config, version)
         };
         self.fetch_pieces(file.ino, &cfg, &plan.entries, &plan.pieces, &mut out)
+            .await?;
+        Ok((out, version))
+    }
+
+    /// `len` bytes at `offset` of a file state not shared with any handle
+    /// (prefetch), clipped to its size.
+    pub(super) async fn fetch_range(
+        &self,
+        st: &FileState,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let end = offset.saturating_add(len).min(st.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let plan = st
+            .plan_read(offset, &mut out)
+            .map_err(|source| ClientError::Layout {
+                ino: st.ino,
+                source,
+            })?;
+        self.fetch_pieces(st.ino, &st.config, &plan.entries, &plan.pieces, &mut out)
             .await?;
         Ok(out)
     }
@@ -182,8 +340,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             consumed = piece.buf_offset + piece.len_bytes as usize;
             jobs.push((*piece, &entries[*e], mine));
         }
-        stream::iter(jobs)
+        // The futures are made before the stream (not by a closure inside
+        // it), so the whole read stays Send for spawned prefetch tasks.
+        let fetches: Vec<_> = jobs
+            .into_iter()
             .map(|(piece, entry, buf)| self.fetch_piece(ino, cfg, entry, piece, buf))
+            .collect();
+        stream::iter(fetches)
             .buffer_unordered(READ_PIECES_IN_FLIGHT_MAX)
             .try_collect::<()>()
             .await
@@ -242,6 +405,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
         let addr = resolve(&target).await?;
         let crc = entry.crcs.get(key.index as usize).copied().unwrap_or(0);
+        self.inner
+            .storage_read_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         let result = {
             let _slot = self.inner.io_slots.acquire().await;
             self.inner.transport.get(addr, key, offset, crc, buf).await

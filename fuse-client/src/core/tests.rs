@@ -14,7 +14,7 @@ use torchfs_rdma::{Transport, TransportError};
 use super::map::tests::test_map;
 use super::*;
 
-const CFG: StripeConfig = StripeConfig {
+pub(crate) const CFG: StripeConfig = StripeConfig {
     k: 4,
     m: 2,
     unit_bytes: 16,
@@ -22,7 +22,7 @@ const CFG: StripeConfig = StripeConfig {
 const STRIPE: u64 = 64;
 
 #[derive(Default)]
-struct MetaState {
+pub(crate) struct MetaState {
     map: ClusterMap,
     files: HashMap<Ino, (Attr, Layout)>,
     names: HashMap<(Ino, String), Ino>,
@@ -30,10 +30,10 @@ struct MetaState {
 }
 
 #[derive(Clone)]
-struct FakeMeta(Arc<Mutex<MetaState>>);
+pub(crate) struct FakeMeta(pub(crate) Arc<Mutex<MetaState>>);
 
 impl FakeMeta {
-    fn new(nodes: u64) -> Self {
+    pub(crate) fn new(nodes: u64) -> Self {
         let st = MetaState {
             map: test_map(CFG, nodes),
             next_ino: 100,
@@ -156,11 +156,13 @@ impl MetaService for FakeMeta {
 type Fragments = HashMap<(SocketAddr, FragmentKey), Vec<u8>>;
 
 #[derive(Clone, Default)]
-struct FakeStore {
+pub(crate) struct FakeStore {
     fragments: Arc<Mutex<Fragments>>,
     /// Shard addresses that refuse connections.
     down: Arc<Mutex<HashSet<SocketAddr>>>,
-    gets: Arc<AtomicUsize>,
+    pub(crate) gets: Arc<AtomicUsize>,
+    /// Delay of every get, to keep fetches in flight (ms).
+    pub(crate) get_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeStore {
@@ -223,6 +225,7 @@ impl Transport for FakeStore {
             code,
             message: message.into(),
         };
+        let delay_ms = self.get_delay_ms.load(Ordering::Relaxed);
         let result = self.check_up(addr).and_then(|()| {
             let frags = self.fragments.lock().unwrap();
             let data = frags
@@ -238,7 +241,12 @@ impl Transport for FakeStore {
             buf.copy_from_slice(src);
             Ok(())
         });
-        async move { result }
+        async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            }
+            result
+        }
     }
 
     fn delete(
@@ -253,12 +261,18 @@ impl Transport for FakeStore {
     }
 }
 
-type TestClient = Client<FakeMeta, FakeStore>;
+pub(crate) type TestClient = Client<FakeMeta, FakeStore>;
 
 async fn client(meta: &FakeMeta, store: &FakeStore, dirty_stripes_max: usize) -> TestClient {
+    // These tests are about the storage path: no epoch cache in front of
+    // it (cache/tests.rs covers the cache).
     let config = ClientConfig {
         dirty_stripes_max,
         map_refresh_ms: 60_000,
+        cache: CacheConfig {
+            mem_bytes: 0,
+            ..CacheConfig::default()
+        },
         ..ClientConfig::default()
     };
     Client::with_parts(config, meta.clone(), store.clone())
@@ -266,18 +280,18 @@ async fn client(meta: &FakeMeta, store: &FakeStore, dirty_stripes_max: usize) ->
         .unwrap()
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
 }
 
-async fn read_all(c: &TestClient, fh: FileHandle) -> Vec<u8> {
-    c.read(fh, 0, 1 << 20).await.unwrap()
+pub(crate) async fn read_all(c: &TestClient, fh: FileHandle) -> Vec<u8> {
+    c.read(fh, 0, 1 << 20).await.unwrap().to_vec()
 }
 
 /// Lets background deletes run.
-async fn settle() {
+pub(crate) async fn settle() {
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
@@ -396,7 +410,7 @@ async fn degraded_reads_of_full_stripes() {
         store.set_node_down(a, true);
         store.set_node_down(b, true);
         assert_eq!(read_all(&c, fh).await, data, "nodes {a} and {b} down");
-        assert_eq!(c.read(fh, 13, 77).await.unwrap(), &data[13..90]);
+        assert_eq!(*c.read(fh, 13, 77).await.unwrap(), data[13..90]);
         store.set_node_down(a, false);
         store.set_node_down(b, false);
     }

@@ -13,6 +13,7 @@ use torchfs_proto::fragment::FragmentKey;
 use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
+use super::control::is_control_fh;
 use super::file::FileState;
 use super::handles::OpenFile;
 use super::map::{locate, resolve};
@@ -33,7 +34,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, ClientError> {
+        if is_control_fh(fh) {
+            return self.control_write(fh, offset, data);
+        }
         let file = self.inner.handles.writable(fh)?;
+        // Cached bytes of this inode are stale from here on.
+        self.inner.data_cache.invalidate(file.ino);
         let len_bytes = data.len() as u64;
         // Refuse before buffering anything: the end must be a file offset.
         offset
@@ -83,6 +89,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Uploads remaining dirty stripes and commits the layout.
     pub async fn flush(&self, fh: FileHandle) -> Result<(), ClientError> {
+        if is_control_fh(fh) {
+            return self.control_flush(fh);
+        }
         let (file, _) = self.inner.handles.get(fh)?;
         self.flush_file(&file).await
     }
@@ -90,6 +99,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// Same as [`Self::flush`]: fragments are durable once stored (the
     /// storage nodes write them O_DIRECT) and the commit goes through Raft.
     pub async fn fsync(&self, fh: FileHandle) -> Result<(), ClientError> {
+        if is_control_fh(fh) {
+            return Ok(());
+        }
         self.flush(fh).await
     }
 
@@ -97,6 +109,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// handle is gone even when the flush fails; the error is returned so
     /// close(2) can report it.
     pub async fn release(&self, fh: FileHandle) -> Result<(), ClientError> {
+        if is_control_fh(fh) {
+            return self.control_release(fh);
+        }
         let (file, _) = self.inner.handles.get(fh)?;
         let result = self.flush_file(&file).await;
         self.inner.handles.close(fh)?;

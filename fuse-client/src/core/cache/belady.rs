@@ -1,0 +1,668 @@
+//! What the plans say about the future, and the eviction order built on it.
+//!
+//! [`Plans`] holds, per rank, up to two accepted plans (the epoch being read
+//! and the next one) laid end to end on that rank's *virtual time*: item `i`
+//! of a plan sits at position `base + i`, and the next epoch's plan starts
+//! where the current one ends. A rank's cursor is the first position not
+//! yet read. Ranks of a data-parallel job advance in lockstep (every step
+//! waits for all of them), so positions of different ranks are compared
+//! directly; a rank that starts late is aligned to the furthest cursor.
+//!
+//! The next use of a cached range is the smallest unread position of any
+//! planned item overlapping it ([`NO_USE`] when none). [`Order`] sorts
+//! cache entries by it: the victim is the entry needed furthest in the
+//! future (Belady's MIN), and among entries with no known use the least
+//! recently used one (so with no plan at all this is plain LRU).
+//!
+//! Admission ("do no harm"): a range needed at position `p` may only evict
+//! entries needed after `p`; a range with no known use may only evict other
+//! ranges with no known use. For unit-size items and demand fetching this
+//! is exactly MIN with bypass, which the tests check against a brute-force
+//! optimum.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use torchfs_proto::meta::Ino;
+
+use super::plan::{Plan, PlanItem};
+
+/// "Not needed by any known plan."
+pub(crate) const NO_USE: u64 = u64::MAX;
+/// End of a whole-file item: overlaps every range of its file.
+pub(crate) const WHOLE_FILE_END: u64 = u64::MAX;
+/// Plans kept per rank: the epoch being read and the next one.
+const PLANS_PER_RANK_MAX: usize = 2;
+/// Reads arrive out of order by up to the data loader's reorder window
+/// (workers x prefetch factor x batch size). An item not read by the time
+/// reads are this far past it is taken as skipped, so the cursor (and the
+/// prefetch window with it) never sticks behind an item nobody reads.
+pub(crate) const STRAGGLER_ITEMS: u64 = 4096;
+
+/// What resolving an item's path gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Unresolved,
+    /// Missing, not a regular file, or empty: nothing to fetch or wait for.
+    Void,
+    /// Bytes `[start, end)` of `ino`; `end` is [`WHOLE_FILE_END`] for a
+    /// whole file, whose size is `size_bytes` as last seen.
+    Resolved {
+        ino: Ino,
+        start: u64,
+        end: u64,
+        size_bytes: u64,
+    },
+}
+
+impl Slot {
+    /// Bytes the item occupies in the cache.
+    pub fn len_bytes(&self) -> u64 {
+        match *self {
+            Slot::Resolved {
+                start,
+                end,
+                size_bytes,
+                ..
+            } => end.min(size_bytes).saturating_sub(start),
+            _ => 0,
+        }
+    }
+}
+
+/// A plan item as the resolver needs it: its path and byte range.
+pub(crate) type ItemRef = (Arc<str>, Option<(u64, u64)>);
+
+/// One planned read of a resolved item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Occurrence {
+    pub rank: u32,
+    pub position: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+pub(crate) fn overlaps(a_start: u64, a_end: u64, b_start: u64, b_end: u64) -> bool {
+    a_start < b_end && b_start < a_end
+}
+
+pub(crate) struct ActivePlan {
+    pub epoch: u64,
+    pub base: u64,
+    pub digest: u64,
+    pub items: Vec<PlanItem>,
+    pub slots: Vec<Slot>,
+}
+
+impl ActivePlan {
+    pub fn end(&self) -> u64 {
+        self.base + self.items.len() as u64
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct RankState {
+    /// Oldest first.
+    pub plans: VecDeque<ActivePlan>,
+    /// First position not read (nor skipped).
+    pub cursor: u64,
+    /// Positions at or past the cursor already read (out of order).
+    consumed: BTreeSet<u64>,
+    /// Where the prefetcher's scan goes on from (>= cursor when used).
+    pub frontier: u64,
+    /// Epoch and items of the last plan read to its end (for stats).
+    pub finished: Option<(u64, u64)>,
+}
+
+impl RankState {
+    pub fn is_consumed(&self, position: u64) -> bool {
+        position < self.cursor || self.consumed.contains(&position)
+    }
+
+    /// The plan and index holding `position`.
+    pub fn locate(&self, position: u64) -> Option<(&ActivePlan, usize)> {
+        self.plans
+            .iter()
+            .find(|p| position >= p.base && position < p.end())
+            .map(|p| (p, (position - p.base) as usize))
+    }
+
+    /// One past the furthest position read.
+    pub fn head(&self) -> u64 {
+        self.consumed
+            .last()
+            .map_or(self.cursor, |p| (p + 1).max(self.cursor))
+    }
+
+    pub fn end(&self) -> u64 {
+        self.plans.back().map_or(self.cursor, |p| p.end())
+    }
+
+    /// Moves the cursor over read and void positions.
+    fn advance(&mut self) {
+        loop {
+            if self.consumed.remove(&self.cursor) {
+                self.cursor += 1;
+                continue;
+            }
+            match self.locate(self.cursor) {
+                Some((plan, i)) if plan.slots[i] == Slot::Void => self.cursor += 1,
+                _ => break,
+            }
+        }
+        self.frontier = self.frontier.max(self.cursor);
+    }
+}
+
+/// What installing a plan did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Installed {
+    /// The same plan (rank, epoch, items) was already held.
+    Unchanged,
+    /// Accepted at `base`; `dropped` plans went (finished or superseded).
+    New { base: u64, dropped: usize },
+}
+
+#[derive(Default)]
+pub(crate) struct Plans {
+    pub ranks: BTreeMap<u32, RankState>,
+    by_ino: HashMap<Ino, Vec<Occurrence>>,
+}
+
+impl Plans {
+    /// Accepts a plan for (rank, epoch). It replaces a different plan of the
+    /// same or a later epoch of that rank, and plans older than the epoch
+    /// before it; it follows the previous epoch's plan when that is held.
+    pub fn install(&mut self, plan: Plan) -> Installed {
+        let leader = self.ranks.values().map(|r| r.cursor).max().unwrap_or(0);
+        let rank_state = self.ranks.entry(plan.rank).or_default();
+        if rank_state.plans.is_empty() && rank_state.cursor < leader {
+            rank_state.cursor = leader;
+            rank_state.frontier = leader;
+        }
+        if rank_state
+            .plans
+            .iter()
+            .any(|p| p.epoch == plan.epoch && p.digest == plan.digest)
+        {
+            return Installed::Unchanged;
+        }
+        let mut dropped = Vec::new();
+        let mut kept = VecDeque::new();
+        for p in rank_state.plans.drain(..) {
+            if p.epoch >= plan.epoch || p.epoch + 1 < plan.epoch {
+                dropped.push(p);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        while kept.len() >= PLANS_PER_RANK_MAX {
+            dropped.extend(kept.pop_front());
+        }
+        let base = match kept.back() {
+            Some(prev) => prev.end(),
+            None => rank_state.cursor,
+        };
+        rank_state.plans = kept;
+        if rank_state.plans.is_empty() {
+            rank_state.cursor = base;
+            rank_state.consumed.clear();
+        }
+        let len = plan.items.len();
+        rank_state.plans.push_back(ActivePlan {
+            epoch: plan.epoch,
+            base,
+            digest: plan.digest,
+            items: plan.items,
+            slots: vec![Slot::Unresolved; len],
+        });
+        rank_state.frontier = rank_state.cursor;
+        let rank = plan.rank;
+        let n = dropped.len();
+        for p in dropped {
+            self.forget(rank, &p);
+        }
+        Installed::New { base, dropped: n }
+    }
+
+    fn forget(&mut self, rank: u32, plan: &ActivePlan) {
+        for slot in &plan.slots {
+            if let Slot::Resolved { ino, .. } = slot {
+                if let Some(occ) = self.by_ino.get_mut(ino) {
+                    occ.retain(|o| {
+                        o.rank != rank || o.position < plan.base || o.position >= plan.end()
+                    });
+                    if occ.is_empty() {
+                        self.by_ino.remove(ino);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The item path at a position, if that plan is still held.
+    pub fn path_at(&self, rank: u32, position: u64) -> Option<ItemRef> {
+        let (plan, i) = self.ranks.get(&rank)?.locate(position)?;
+        let item = &plan.items[i];
+        Some((
+            item.path.clone(),
+            item.range.map(|r| (r.offset, r.offset + r.len_bytes)),
+        ))
+    }
+
+    /// Records the resolution of the item at `position`; false when that
+    /// plan is gone (replaced meanwhile).
+    pub fn resolve(&mut self, rank: u32, position: u64, slot: Slot) -> bool {
+        let Some(state) = self.ranks.get_mut(&rank) else {
+            return false;
+        };
+        let Some(plan) = state
+            .plans
+            .iter_mut()
+            .find(|p| position >= p.base && position < p.end())
+        else {
+            return false;
+        };
+        let i = (position - plan.base) as usize;
+        if plan.slots[i] != Slot::Unresolved {
+            return true;
+        }
+        plan.slots[i] = slot;
+        if let Slot::Resolved {
+            ino, start, end, ..
+        } = slot
+        {
+            self.by_ino.entry(ino).or_default().push(Occurrence {
+                rank,
+                position,
+                start,
+                end,
+            });
+        }
+        state.advance();
+        true
+    }
+
+    fn consumed(&self, o: &Occurrence) -> bool {
+        self.ranks
+            .get(&o.rank)
+            .is_none_or(|r| r.is_consumed(o.position))
+    }
+
+    /// The next unread position at which a plan reads any of `[start, end)`
+    /// of `ino`.
+    pub fn next_use(&self, ino: Ino, start: u64, end: u64) -> u64 {
+        self.by_ino.get(&ino).map_or(NO_USE, |occ| {
+            occ.iter()
+                .filter(|o| overlaps(o.start, o.end, start, end) && !self.consumed(o))
+                .map(|o| o.position)
+                .min()
+                .unwrap_or(NO_USE)
+        })
+    }
+
+    pub fn is_planned(&self, ino: Ino) -> bool {
+        self.by_ino.contains_key(&ino)
+    }
+
+    /// A read of `[start, end)` of `ino` consumes the earliest unread
+    /// planned item that begins inside it (an item read in several pieces
+    /// is consumed by the piece holding its first byte), if that item is
+    /// within reach of its rank's cursor. Returns the item's range.
+    pub fn consume(&mut self, ino: Ino, start: u64, end: u64) -> Option<(u64, u64)> {
+        let occ = self.by_ino.get(&ino)?;
+        let found = occ
+            .iter()
+            .filter(|o| o.start >= start && o.start < end.max(start + 1))
+            .filter(|o| {
+                self.ranks.get(&o.rank).is_some_and(|r| {
+                    !r.is_consumed(o.position)
+                        && o.position < r.head().max(r.cursor) + 2 * STRAGGLER_ITEMS
+                })
+            })
+            .min_by_key(|o| o.position)
+            .copied()?;
+        let rank = self.ranks.get_mut(&found.rank)?;
+        rank.consumed.insert(found.position);
+        if found.position > rank.cursor + STRAGGLER_ITEMS {
+            // Everything this far behind was skipped (or served without
+            // reaching this client, e.g. from the kernel's page cache).
+            let floor = found.position - STRAGGLER_ITEMS;
+            rank.consumed = rank.consumed.split_off(&floor);
+            rank.cursor = floor;
+        }
+        rank.advance();
+        self.drop_finished(found.rank);
+        Some((found.start, found.end))
+    }
+
+    /// Marks a whole-file read that bypasses this client's read path (a
+    /// passthrough open) as done.
+    pub fn consume_whole(&mut self, ino: Ino) -> bool {
+        self.consume(ino, 0, 1).is_some()
+    }
+
+    /// Drops plans the rank's cursor has passed.
+    fn drop_finished(&mut self, rank: u32) {
+        let Some(state) = self.ranks.get_mut(&rank) else {
+            return;
+        };
+        let mut done = Vec::new();
+        while state.plans.front().is_some_and(|p| p.end() <= state.cursor) {
+            if let Some(p) = state.plans.pop_front() {
+                state.finished = Some((p.epoch, p.items.len() as u64));
+                done.push(p);
+            }
+        }
+        for p in done {
+            self.forget(rank, &p);
+        }
+    }
+}
+
+/// Cache entries in eviction order: the last is the next victim.
+#[derive(Default)]
+pub(crate) struct Order {
+    set: BTreeSet<(u64, Reverse<u64>, u64)>,
+}
+
+/// What the eviction order needs to know of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rank {
+    pub next_use: u64,
+    pub last_access: u64,
+    pub id: u64,
+}
+
+impl Order {
+    pub fn insert(&mut self, r: Rank) {
+        self.set.insert((r.next_use, Reverse(r.last_access), r.id));
+    }
+
+    pub fn remove(&mut self, r: Rank) {
+        self.set.remove(&(r.next_use, Reverse(r.last_access), r.id));
+    }
+
+    /// Victims to free `need` bytes for a range needed at `next_use`, in
+    /// eviction order, or None when only entries needed no later than it
+    /// could be evicted. `size` gives each entry's bytes.
+    pub fn victims(&self, need: u64, next_use: u64, size: impl Fn(u64) -> u64) -> Option<Vec<u64>> {
+        let mut freed = 0;
+        let mut out = Vec::new();
+        for &(use_at, _, id) in self.set.iter().rev() {
+            if freed >= need {
+                break;
+            }
+            let evictable = use_at > next_use || (use_at == NO_USE && next_use == NO_USE);
+            if !evictable {
+                return None;
+            }
+            freed += size(id);
+            out.push(id);
+        }
+        (freed >= need).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::cache::plan::parse_plan;
+    use crate::core::cache::plan::render_plan;
+    use rand::{Rng, SeedableRng};
+
+    fn plan(rank: u32, epoch: u64, paths: &[&str]) -> Plan {
+        let items: Vec<_> = paths.iter().map(|p| (p.to_string(), None)).collect();
+        parse_plan(render_plan(epoch, rank, &items).as_bytes()).unwrap()
+    }
+
+    /// Resolves every item of a rank's plans: path "fN" is ino N.
+    fn resolve_all(plans: &mut Plans, rank: u32) {
+        let positions: Vec<(u64, Arc<str>)> = plans.ranks[&rank]
+            .plans
+            .iter()
+            .flat_map(|p| {
+                p.items
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, it)| (p.base + i as u64, it.path.clone()))
+            })
+            .collect();
+        for (pos, path) in positions {
+            let ino = path[1..].parse().unwrap();
+            let slot = Slot::Resolved {
+                ino,
+                start: 0,
+                end: WHOLE_FILE_END,
+                size_bytes: 1,
+            };
+            plans.resolve(rank, pos, slot);
+        }
+    }
+
+    #[test]
+    fn next_epoch_follows_and_old_plans_go() {
+        let mut p = Plans::default();
+        assert_eq!(
+            p.install(plan(0, 1, &["f1", "f2"])),
+            Installed::New {
+                base: 0,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            p.install(plan(0, 2, &["f2", "f3"])),
+            Installed::New {
+                base: 2,
+                dropped: 0
+            }
+        );
+        assert_eq!(p.install(plan(0, 2, &["f2", "f3"])), Installed::Unchanged);
+        resolve_all(&mut p, 0);
+        assert_eq!(p.next_use(2, 0, 1), 1);
+        assert_eq!(p.next_use(3, 0, 1), 3);
+        assert_eq!(p.consume(2, 0, 10), Some((0, WHOLE_FILE_END)));
+        assert_eq!(p.next_use(2, 0, 1), 2, "the next epoch's read");
+        assert_eq!(p.ranks[&0].cursor, 0, "f1 not read yet");
+        assert!(p.consume(1, 0, 10).is_some());
+        assert_eq!(p.ranks[&0].cursor, 2);
+        assert_eq!(p.ranks[&0].plans.len(), 1, "epoch 1 is over");
+        assert_eq!(p.next_use(1, 0, 1), NO_USE);
+        // A different plan for epoch 2 replaces it and starts at the cursor.
+        assert!(matches!(
+            p.install(plan(0, 2, &["f9"])),
+            Installed::New {
+                base: 2,
+                dropped: 1
+            }
+        ));
+        assert_eq!(p.next_use(3, 0, 1), NO_USE);
+        // Epoch 4 while 2 is held: 2 is too old to be the one before.
+        assert!(matches!(
+            p.install(plan(0, 4, &["f1"])),
+            Installed::New { dropped: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn stragglers_do_not_hold_the_cursor() {
+        let mut p = Plans::default();
+        let names: Vec<String> = (0..4 * STRAGGLER_ITEMS).map(|i| format!("f{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        p.install(plan(0, 0, &refs));
+        resolve_all(&mut p, 0);
+        // Item 0 is never read; everything after it is.
+        for i in 1..(STRAGGLER_ITEMS + 10) {
+            assert!(p.consume(i, 0, 1).is_some(), "item {i}");
+        }
+        let r = &p.ranks[&0];
+        assert!(r.cursor > 0, "cursor moved past the skipped item");
+        assert_eq!(r.cursor, STRAGGLER_ITEMS + 10);
+        // Reads far ahead of the cursor are not matched to the plan.
+        assert_eq!(p.consume(4 * STRAGGLER_ITEMS - 1, 0, 1), None);
+    }
+
+    #[test]
+    fn ranges_are_consumed_by_the_read_of_their_first_byte() {
+        let mut p = Plans::default();
+        let items = vec![
+            (
+                "f7".to_string(),
+                Some(super::super::plan::ByteRange {
+                    offset: 100,
+                    len_bytes: 50,
+                }),
+            ),
+            (
+                "f7".to_string(),
+                Some(super::super::plan::ByteRange {
+                    offset: 0,
+                    len_bytes: 100,
+                }),
+            ),
+        ];
+        p.install(parse_plan(render_plan(0, 0, &items).as_bytes()).unwrap());
+        for (pos, (s, e)) in [(0u64, (100u64, 150u64)), (1, (0, 100))] {
+            p.resolve(
+                0,
+                pos,
+                Slot::Resolved {
+                    ino: 7,
+                    start: s,
+                    end: e,
+                    size_bytes: 150,
+                },
+            );
+        }
+        assert_eq!(p.next_use(7, 120, 130), 0);
+        assert_eq!(p.next_use(7, 0, 10), 1);
+        assert_eq!(p.consume(7, 110, 150), None, "not the first byte");
+        assert_eq!(p.consume(7, 96, 150), Some((100, 150)));
+        assert_eq!(p.next_use(7, 0, 150), 1);
+    }
+
+    /// Misses of demand paging with `capacity` unit-size slots, using the
+    /// cache's own plan index, order and admission rule.
+    fn policy_misses(seq: &[u64], capacity: u64) -> usize {
+        let names: Vec<String> = seq.iter().map(|x| format!("f{x}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut plans = Plans::default();
+        plans.install(plan(0, 0, &refs));
+        resolve_all(&mut plans, 0);
+        let mut order = Order::default();
+        let mut cached: HashMap<u64, Rank> = HashMap::new();
+        let mut misses = 0;
+        for (tick, &x) in seq.iter().enumerate() {
+            plans.consume(x, 0, 1);
+            let rank = Rank {
+                next_use: plans.next_use(x, 0, 1),
+                last_access: tick as u64,
+                id: x,
+            };
+            if let Some(old) = cached.remove(&x) {
+                order.remove(old);
+                order.insert(rank);
+                cached.insert(x, rank);
+                continue;
+            }
+            misses += 1;
+            let free = capacity - cached.len() as u64;
+            let victims = if free >= 1 {
+                Some(Vec::new())
+            } else {
+                order.victims(1, rank.next_use, |_| 1)
+            };
+            if let Some(victims) = victims {
+                for v in victims {
+                    order.remove(cached.remove(&v).unwrap());
+                }
+                order.insert(rank);
+                cached.insert(x, rank);
+            }
+        }
+        misses
+    }
+
+    /// The fewest misses any policy (with bypass) can have.
+    fn optimal_misses(seq: &[u64], capacity: usize) -> usize {
+        fn go(
+            seq: &[u64],
+            pos: usize,
+            cache: Vec<u64>,
+            capacity: usize,
+            memo: &mut HashMap<(usize, Vec<u64>), usize>,
+        ) -> usize {
+            if pos == seq.len() {
+                return 0;
+            }
+            if let Some(&m) = memo.get(&(pos, cache.clone())) {
+                return m;
+            }
+            let x = seq[pos];
+            let best = if cache.contains(&x) {
+                go(seq, pos + 1, cache.clone(), capacity, memo)
+            } else {
+                let mut best = go(seq, pos + 1, cache.clone(), capacity, memo);
+                let mut options = Vec::new();
+                if cache.len() < capacity {
+                    let mut c = cache.clone();
+                    c.push(x);
+                    options.push(c);
+                } else {
+                    for i in 0..cache.len() {
+                        let mut c = cache.clone();
+                        c[i] = x;
+                        options.push(c);
+                    }
+                }
+                for mut c in options {
+                    c.sort_unstable();
+                    best = best.min(go(seq, pos + 1, c, capacity, memo));
+                }
+                1 + best
+            };
+            memo.insert((pos, cache), best);
+            best
+        }
+        go(seq, 0, Vec::new(), capacity, &mut HashMap::new())
+    }
+
+    #[test]
+    fn belady_matches_the_brute_force_optimum() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for round in 0..400 {
+            let len = rng.gen_range(1..=13);
+            let alphabet = rng.gen_range(1..=6u64);
+            let capacity = rng.gen_range(1..=3u64);
+            let seq: Vec<u64> = (0..len).map(|_| rng.gen_range(1..=alphabet)).collect();
+            assert_eq!(
+                policy_misses(&seq, capacity),
+                optimal_misses(&seq, capacity as usize),
+                "round {round}: {seq:?} with capacity {capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_plans_the_order_is_lru() {
+        let mut order = Order::default();
+        for (id, t) in [(1, 5), (2, 3), (3, 9)] {
+            order.insert(Rank {
+                next_use: NO_USE,
+                last_access: t,
+                id,
+            });
+        }
+        assert_eq!(order.victims(2, NO_USE, |_| 1), Some(vec![2, 1]));
+        // A planned range may evict unplanned ones, never the reverse.
+        order.insert(Rank {
+            next_use: 4,
+            last_access: 0,
+            id: 9,
+        });
+        assert_eq!(order.victims(4, 3, |_| 1), Some(vec![2, 1, 3, 9]));
+        assert_eq!(order.victims(4, 4, |_| 1), None);
+        assert_eq!(order.victims(1, 10, |_| 1), Some(vec![2]));
+    }
+}

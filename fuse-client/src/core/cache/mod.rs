@@ -1,0 +1,286 @@
+//! The epoch cache (DESIGN.md §4): file data kept in this client ahead of
+//! the reads a plan announces, in a memory tier and an optional local-disk
+//! tier, evicted by next use (Belady) when plans are known and by LRU when
+//! not.
+//!
+//! - [`plan`]: the plan format and its parser.
+//! - [`belady`]: accepted plans on each rank's virtual time, next-use
+//!   queries, and the eviction order / admission rule.
+//! - [`tiers`]: per-tier byte accounting and the disk tier's files.
+//! - [`stats`]: counters and the JSON document of `.torchfs/stats`.
+//! - `prefetch`: the client tasks that resolve plans and fetch along them.
+//!
+//! Entries are byte ranges of one inode at one layout *version* (a hash of
+//! the committed layout and size, [`crate::core::file`]): an entry is only
+//! served to a reader whose open file has the same version, so data
+//! another client replaced is never served after this client reopens the
+//! file (close-to-open), and this client's own writes, truncations and
+//! unlinks drop the inode's entries outright. An entry is in flight, in
+//! memory, moving to disk, or on disk. Cached plus in-flight bytes never
+//! exceed the memory budget: room is made before a fetch is issued, and a
+//! fetch that arrives bigger than reserved is dropped.
+//!
+//! One mutex guards the whole state: every operation under it is a few
+//! map updates (no I/O, no await), and reads spend their time copying data
+//! out, which happens after the lock is released.
+
+pub mod plan;
+
+mod belady;
+mod entries;
+mod prefetch;
+mod stats;
+mod tiers;
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use torchfs_proto::meta::Ino;
+
+pub(crate) use belady::{Installed, Slot, WHOLE_FILE_END};
+use entries::CacheState;
+pub(crate) use entries::{Job, Lookup, Piece};
+pub use plan::{parse_plan, render_plan, ByteRange, Plan, PlanError, PlanItem};
+pub(crate) use prefetch::{disk_loop, prefetch_loop, Readahead};
+pub use stats::STATS_FORMAT;
+pub(crate) use tiers::read_file as read_cache_file;
+use tiers::DiskDir;
+
+/// How the epoch cache behaves; set at mount time.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Memory tier budget (cached plus in-flight bytes). 0 turns the cache
+    /// (and prefetching) off.
+    pub mem_bytes: u64,
+    /// Directory of the local-disk tier; None: no disk tier.
+    pub disk_dir: Option<PathBuf>,
+    pub disk_bytes: u64,
+    /// How far ahead of the furthest read item the prefetcher may go.
+    pub window_items: u64,
+    /// Bytes the prefetcher (and readahead) keeps in flight at most.
+    pub inflight_bytes_max: u64,
+    /// Fetches in flight at most.
+    pub inflight_requests_max: u64,
+    /// Largest sequential readahead window (no plan).
+    pub readahead_bytes_max: u64,
+}
+
+/// Default memory tier: 1 GiB.
+pub const DEFAULT_CACHE_MEM_BYTES: u64 = 1 << 30;
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            mem_bytes: DEFAULT_CACHE_MEM_BYTES,
+            disk_dir: None,
+            disk_bytes: 0,
+            window_items: 16_384,
+            inflight_bytes_max: 64 << 20,
+            inflight_requests_max: 32,
+            readahead_bytes_max: 8 << 20,
+        }
+    }
+}
+
+/// Data a read returns: its own buffer, or a slice of a cached one.
+#[derive(Debug, Clone)]
+pub enum ReadBuf {
+    Owned(Vec<u8>),
+    Shared {
+        data: Arc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBuf::Owned(v) => v,
+            ReadBuf::Shared { data, start, end } => &data[*start..*end],
+        }
+    }
+}
+
+impl PartialEq<[u8]> for ReadBuf {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+/// Work for the disk tier's blocking thread.
+pub(crate) enum DiskWork {
+    Demote {
+        id: u64,
+        path: PathBuf,
+        data: Arc<Vec<u8>>,
+    },
+    Remove(PathBuf),
+}
+
+/// The epoch cache of one client.
+pub(crate) struct EpochCache {
+    pub config: CacheConfig,
+    state: Mutex<CacheState>,
+    /// Wakes the prefetcher (plan accepted, cursor moved, room freed).
+    pub wake: Arc<Notify>,
+    disk_work: Option<mpsc::UnboundedSender<DiskWork>>,
+}
+
+impl EpochCache {
+    /// Builds the cache; with a disk tier, also the receiving end of its
+    /// work queue (drained by a blocking task the client spawns).
+    pub fn new(
+        config: CacheConfig,
+    ) -> std::io::Result<(Self, Option<mpsc::UnboundedReceiver<DiskWork>>)> {
+        let disk = match &config.disk_dir {
+            Some(dir) if config.disk_bytes > 0 && config.mem_bytes > 0 => Some(DiskDir::open(dir)?),
+            _ => None,
+        };
+        let (tx, rx) = match disk {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let state = CacheState::new(&config, disk);
+        Ok((
+            Self {
+                config,
+                state: Mutex::new(state),
+                wake: Arc::new(Notify::new()),
+                disk_work: tx,
+            },
+            rx,
+        ))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.mem_bytes > 0
+    }
+
+    pub fn disk_enabled(&self) -> bool {
+        self.disk_work.is_some()
+    }
+
+    /// Runs `f` on the state, then hands the disk work it produced to the
+    /// disk thread and wakes the prefetcher if it asked.
+    fn with<R>(&self, f: impl FnOnce(&mut CacheState) -> R) -> R {
+        let (r, work, wake) = {
+            let mut st = super::lock(&self.state);
+            let r = f(&mut st);
+            #[cfg(test)]
+            st.check_bounds();
+            (
+                r,
+                std::mem::take(&mut st.disk_work),
+                std::mem::take(&mut st.wake),
+            )
+        };
+        if let Some(tx) = &self.disk_work {
+            for w in work {
+                // The receiver lives as long as the client; a send after
+                // shutdown loses nothing that matters.
+                let _ = tx.send(w);
+            }
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// Looks `[start, end)` of `ino` at `version` up; `first` marks a
+    /// read's first attempt (it counts the read and consumes plan items).
+    pub fn lookup(&self, ino: Ino, version: u64, start: u64, end: u64, first: bool) -> Lookup {
+        self.with(|st| st.lookup(ino, version, start, end, first))
+    }
+
+    /// Counts a read that waited (for a fetch in flight, or a miss).
+    pub fn note_stall(&self, waited: std::time::Duration, inflight: bool) {
+        self.with(|st| st.note_stall(waited, inflight))
+    }
+
+    /// After a miss: counts it and keeps the data when worth it.
+    pub fn fill(&self, ino: Ino, version: u64, start: u64, data: Vec<u8>) -> ReadBuf {
+        self.with(|st| st.fill(ino, version, start, data))
+    }
+
+    /// Drops every entry of `ino` (this client changed or removed it).
+    pub fn invalidate(&self, ino: Ino) {
+        if self.enabled() {
+            self.with(|st| st.invalidate(ino, None))
+        }
+    }
+
+    /// Drops entries of `ino` at a version other than `version` (the file
+    /// was changed elsewhere: found at open).
+    pub fn validate(&self, ino: Ino, version: u64) {
+        if self.enabled() {
+            self.with(|st| st.invalidate(ino, Some(version)))
+        }
+    }
+
+    pub fn install_plan(&self, plan: Plan) -> Installed {
+        self.with(|st| st.install_plan(plan))
+    }
+
+    pub fn note_plan_rejected(&self, err: &PlanError) {
+        self.with(|st| st.note_plan_rejected(err))
+    }
+
+    pub fn path_at(&self, rank: u32, position: u64) -> Option<belady::ItemRef> {
+        super::lock(&self.state).plans.path_at(rank, position)
+    }
+
+    pub fn resolve(&self, rank: u32, position: u64, slot: Slot) -> bool {
+        self.with(|st| st.resolve(rank, position, slot))
+    }
+
+    pub fn next_job(&self) -> Option<Job> {
+        self.with(|st| st.next_job())
+    }
+
+    /// Reserves room for readahead of `[start, end)` (None: no room, or
+    /// already cached or in flight).
+    pub fn reserve_readahead(&self, ino: Ino, version: u64, start: u64, end: u64) -> Option<Job> {
+        self.with(|st| st.reserve_readahead(ino, version, start, end))
+    }
+
+    /// A fetch finished: `Ok((version, data))` or failed.
+    pub fn complete(&self, job: &Job, result: Result<(u64, Vec<u8>), ()>) {
+        self.with(|st| st.complete(job, result))
+    }
+
+    pub fn demoted(&self, id: u64, ok: bool) {
+        self.with(|st| st.demoted(id, ok))
+    }
+
+    /// Whether reads of `ino` should not trigger readahead (a plan covers it).
+    pub fn is_planned(&self, ino: Ino) -> bool {
+        super::lock(&self.state).plans.is_planned(ino)
+    }
+
+    /// The disk-tier file holding all of `ino` at `version` (`size_bytes`
+    /// long), for FUSE passthrough; counts the open as a disk hit and
+    /// consumes its plan item.
+    pub fn backing_path(&self, ino: Ino, version: u64, size_bytes: u64) -> Option<PathBuf> {
+        if !self.disk_enabled() || size_bytes == 0 {
+            return None;
+        }
+        self.with(|st| st.backing_path(ino, version, size_bytes))
+    }
+
+    pub fn render_stats(&self, storage_read_bytes: u64) -> String {
+        let mut snap = super::lock(&self.state).snapshot();
+        snap.storage_read_bytes = storage_read_bytes;
+        snap.render()
+    }
+}
+
+#[cfg(test)]
+mod tests;

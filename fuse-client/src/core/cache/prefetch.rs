@@ -1,0 +1,260 @@
+//! The client's tasks around the epoch cache: resolving plan paths to
+//! inodes, fetching along the plans through the ordinary read path
+//! (layout from metad, fragments from the storage nodes, degraded reads
+//! included), sequential readahead for files no plan names, and the disk
+//! tier's writes. All bounds live in [`super::entries`]: a fetch is only
+//! issued once its bytes are reserved there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use torchfs_proto::meta::{FileKind, Ino, MetaReply, MetaRequest, ROOT_INO};
+use torchfs_rdma::Transport;
+
+use super::super::control::is_control_ino;
+use super::super::file::FileState;
+use super::super::handles::OpenFile;
+use super::super::{lock, unexpected, Client, ClientError, Inner, MetaService};
+use super::{tiers, DiskWork, Installed, Job, Plan, Slot, WHOLE_FILE_END};
+
+/// Path resolutions in flight per plan (lookups are cheap and pipelined).
+const RESOLVE_BATCH: u64 = 64;
+/// The prefetcher re-checks its queue at least this often, so a lost wake
+/// costs a little latency, not progress.
+const PREFETCH_TICK: Duration = Duration::from_millis(200);
+/// Readahead works in chunks of this size (one erasure-coding unit at the
+/// default config), so its entries line up with later reads.
+const READAHEAD_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Per-open-inode readahead state (no plan).
+#[derive(Debug)]
+pub(crate) struct Readahead {
+    last_end: u64,
+    window_bytes: u64,
+    issued_to: u64,
+}
+
+impl Default for Readahead {
+    fn default() -> Self {
+        Self {
+            last_end: u64::MAX,
+            window_bytes: 0,
+            issued_to: 0,
+        }
+    }
+}
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Takes an accepted plan and starts resolving its paths.
+    pub(crate) fn accept_plan(&self, plan: Plan) {
+        let (rank, len) = (plan.rank, plan.items.len() as u64);
+        if let Installed::New { base, .. } = self.inner.data_cache.install_plan(plan) {
+            let client = self.clone();
+            tokio::spawn(async move { client.resolve_plan(rank, base, len).await });
+        }
+    }
+
+    /// Resolves the items at `[base, base + len)` of `rank`, in plan order,
+    /// a batch at a time; stops when the plan is replaced.
+    async fn resolve_plan(&self, rank: u32, base: u64, len: u64) {
+        let mut memo: HashMap<Arc<str>, Option<(Ino, u64)>> = HashMap::new();
+        let mut pos = base;
+        while pos < base + len {
+            let batch_end = (pos + RESOLVE_BATCH).min(base + len);
+            let mut items = Vec::new();
+            for p in pos..batch_end {
+                match self.inner.data_cache.path_at(rank, p) {
+                    Some(item) => items.push((p, item)),
+                    None => return,
+                }
+            }
+            let mut todo: Vec<Arc<str>> = items
+                .iter()
+                .map(|(_, (path, _))| path.clone())
+                .filter(|p| !memo.contains_key(p))
+                .collect();
+            todo.sort();
+            todo.dedup();
+            let found = futures::future::join_all(todo.iter().map(|p| self.resolve_path(p))).await;
+            memo.extend(todo.into_iter().zip(found));
+            for (p, (path, range)) in items {
+                let slot = match (memo.get(&path).copied().flatten(), range) {
+                    (Some((ino, size)), None) if size > 0 => Slot::Resolved {
+                        ino,
+                        start: 0,
+                        end: WHOLE_FILE_END,
+                        size_bytes: size,
+                    },
+                    (Some((ino, size)), Some((start, end))) if start < size => Slot::Resolved {
+                        ino,
+                        start,
+                        end,
+                        size_bytes: size,
+                    },
+                    _ => Slot::Void,
+                };
+                if !self.inner.data_cache.resolve(rank, p, slot) {
+                    return;
+                }
+            }
+            pos = batch_end;
+        }
+    }
+
+    /// A plan path's inode and size, if it names a regular file.
+    async fn resolve_path(&self, path: &str) -> Option<(Ino, u64)> {
+        let mut parent = ROOT_INO;
+        let mut last = None;
+        for name in path.split('/') {
+            let attr = match self.lookup(parent, name).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("plan path {path:?}: {name:?}: {e}");
+                    return None;
+                }
+            };
+            parent = attr.ino;
+            last = Some(attr);
+        }
+        let attr = last?;
+        (attr.kind == FileKind::File && !is_control_ino(attr.ino)).then_some((attr.ino, attr.size))
+    }
+
+    /// Fetches one planned range: the layout fresh from metad (its version
+    /// keys the entry), then the bytes through the read path.
+    async fn fetch_planned(&self, job: &Job) -> Result<(u64, Vec<u8>), ClientError> {
+        let (attr, layout) = match self
+            .meta_call(MetaRequest::GetLayout { ino: job.ino })
+            .await?
+        {
+            MetaReply::Layout { attr, layout } => (attr, layout),
+            other => return Err(unexpected("GetLayout", other)),
+        };
+        if attr.kind != FileKind::File {
+            return Err(ClientError::NotFile { ino: job.ino });
+        }
+        let st = FileState::from_layout(job.ino, attr.size, layout).map_err(|source| {
+            ClientError::Layout {
+                ino: job.ino,
+                source,
+            }
+        })?;
+        let end = if job.whole {
+            st.size
+        } else {
+            job.end.min(st.size)
+        };
+        let data = if job.start >= end {
+            Vec::new()
+        } else {
+            self.fetch_range(&st, job.start, end - job.start).await?
+        };
+        Ok((st.version(), data))
+    }
+
+    async fn run_job(&self, job: Job) {
+        let result = self.fetch_planned(&job).await;
+        if let Err(e) = &result {
+            tracing::debug!("prefetch of inode {} failed: {e}", job.ino);
+        }
+        self.inner.data_cache.complete(&job, result.map_err(|_| ()));
+    }
+
+    /// After a read of `[offset, end)` through an open file with no plan:
+    /// when reads are sequential, fetches ahead (window doubling up to the
+    /// configured maximum).
+    pub(crate) fn readahead(
+        &self,
+        file: &Arc<OpenFile>,
+        version: u64,
+        offset: u64,
+        end: u64,
+        size: u64,
+    ) {
+        let cache = &self.inner.data_cache;
+        let max = cache.config.readahead_bytes_max;
+        if max == 0 || cache.is_planned(file.ino) {
+            return;
+        }
+        let mut ra = lock(&file.readahead);
+        let sequential = ra.last_end == offset && offset > 0;
+        ra.last_end = end;
+        if !sequential {
+            ra.window_bytes = 0;
+            ra.issued_to = 0;
+            return;
+        }
+        ra.window_bytes = (ra.window_bytes * 2).clamp(READAHEAD_CHUNK_BYTES, max.max(1));
+        let mut from = ra.issued_to.max(end);
+        let to = end.saturating_add(ra.window_bytes).min(size);
+        while from < to {
+            let chunk_end = ((from / READAHEAD_CHUNK_BYTES + 1) * READAHEAD_CHUNK_BYTES).min(to);
+            let Some(job) = cache.reserve_readahead(file.ino, version, from, chunk_end) else {
+                break;
+            };
+            let (client, file) = (self.clone(), file.clone());
+            tokio::spawn(async move {
+                let result = client.read_versioned(&file, job.start, job.end).await;
+                let result = match result {
+                    Ok((data, v)) if v == version => Ok((v, data)),
+                    _ => Err(()),
+                };
+                client.inner.data_cache.complete(&job, result);
+            });
+            from = chunk_end;
+        }
+        ra.issued_to = from;
+    }
+}
+
+/// Issues prefetches whenever woken (plan accepted, reads moved the
+/// cursor, room was freed). Holds the client only weakly while idle.
+pub(crate) async fn prefetch_loop<M: MetaService, T: Transport>(inner: Weak<Inner<M, T>>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let client = Client { inner: strong };
+        while let Some(job) = client.inner.data_cache.next_job() {
+            let c = client.clone();
+            tokio::spawn(async move { c.run_job(job).await });
+        }
+        let wake = client.inner.data_cache.wake.clone();
+        drop(client);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(PREFETCH_TICK) => {}
+        }
+    }
+}
+
+/// Writes demoted entries to the disk tier and removes evicted ones, one
+/// at a time on a blocking thread (its queue holds only entries already
+/// counted against the budgets).
+pub(crate) async fn disk_loop<M: MetaService, T: Transport>(
+    inner: Weak<Inner<M, T>>,
+    mut work: mpsc::UnboundedReceiver<DiskWork>,
+) {
+    while let Some(w) = work.recv().await {
+        match w {
+            DiskWork::Demote { id, path, data } => {
+                let ok = tokio::task::spawn_blocking(move || tiers::write_file(&path, &data))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = &ok {
+                    tracing::warn!("disk tier: write of entry {id} failed: {e}");
+                }
+                match inner.upgrade() {
+                    Some(i) => i.data_cache.demoted(id, ok.is_ok()),
+                    None => return,
+                }
+            }
+            DiskWork::Remove(path) => {
+                let _ = tokio::task::spawn_blocking(move || tiers::remove_file(&path)).await;
+            }
+        }
+    }
+}
