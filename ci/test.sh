@@ -7,3 +7,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+
+# The benchmark harness end to end at tiny sizes: every workload against
+# torchfs, the local disk and the FUSE ceiling (checks that it runs, not how
+# fast). With root and /dev/fuse every target must work (--strict).
+perf_out=$(mktemp -d)
+strict=()
+if [ "$(id -u)" -eq 0 ] && [ -e /dev/fuse ]; then
+  strict=(--strict)
+fi
+cargo run -p torchfs-perf -- --quick --out "$perf_out" --work-dir "$perf_out/work" "${strict[@]}"
+rm -rf "$perf_out"

@@ -1,0 +1,238 @@
+//! The command line of a benchmark run and the sizes it resolves to
+//! (defaults, or tiny ones with `--quick`). The resolved [`Config`] goes into
+//! the results file as is, so a run can be reproduced from it.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::units::bytes_arg;
+
+/// Which filesystems to run the workloads against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetChoice {
+    /// torchfs: a cluster and mount the harness starts (`torchfs up`), or
+    /// `--torchfs-mount`.
+    Torchfs,
+    /// A plain directory on the local disk (`--local-dir`).
+    Local,
+    /// GlusterFS disperse 4+2 on 6 local bricks (perf/scripts/gluster-up.sh).
+    Gluster,
+    /// An in-memory FUSE filesystem served by the same FUSE library: the
+    /// FUSE ceiling.
+    FuseNull,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Every workload at tiny sizes, one repeat, no GlusterFS unless named
+    /// in --targets (what CI runs; well under a minute).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the results go (JSON, Markdown, plots, logs).
+    #[arg(long, default_value = "perf-out")]
+    pub out: PathBuf,
+    /// Scratch space for the targets: torchfs's data, the local-disk
+    /// directory, GlusterFS bricks, mount points. Emptied first.
+    #[arg(long, default_value = "/tmp/torchfs-perf")]
+    pub work_dir: PathBuf,
+    /// Targets, comma-separated [default: torchfs,local,gluster,fuse-null;
+    /// with --quick: torchfs,local,fuse-null].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub targets: Option<Vec<TargetChoice>>,
+    /// Workloads, comma-separated (see the list below) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Option<Vec<String>>,
+    /// Skip the physical-limit probes (fio, loopback TCP).
+    #[arg(long)]
+    pub no_probes: bool,
+    /// Use this existing torchfs mount instead of starting a cluster (the
+    /// degraded-read workload then has no nodes to kill and is skipped).
+    #[arg(long)]
+    pub torchfs_mount: Option<PathBuf>,
+    /// The `torchfs` binary [default: next to this one, else on PATH].
+    #[arg(long)]
+    pub torchfs_bin: Option<PathBuf>,
+    /// First port for the cluster the harness starts (metad on +1..+3,
+    /// storage nodes on +10..); the next free block is used if it is busy.
+    #[arg(long, default_value_t = 17400)]
+    pub torchfs_base_port: u16,
+    /// The local-disk directory [default: <work-dir>/local].
+    #[arg(long)]
+    pub local_dir: Option<PathBuf>,
+    /// Repeats of each measurement (min/median/max are reported).
+    #[arg(long)]
+    pub repeats: Option<usize>,
+    /// Size of the large file written and read sequentially.
+    #[arg(long, value_parser = bytes_arg)]
+    pub large_file_bytes: Option<u64>,
+    /// Request size for sequential I/O.
+    #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
+    pub request_bytes: u64,
+    /// Files in the data-loader dataset.
+    #[arg(long)]
+    pub loader_files: Option<usize>,
+    /// Median size of a data-loader file.
+    #[arg(long, value_parser = bytes_arg, default_value = "100KiB")]
+    pub loader_file_bytes: u64,
+    /// Spread of file sizes: sigma of a log-normal around the median
+    /// (0 = all files the same size; 0.5 is a broad image dataset).
+    #[arg(long, default_value_t = 0.0)]
+    pub loader_size_sigma: f64,
+    /// Worker processes reading in parallel (like DataLoader num_workers).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Data-loader rounds; each is a cold epoch (caches dropped) and a warm one.
+    #[arg(long)]
+    pub loader_rounds: Option<usize>,
+    /// Record files ("shards") for the shuffled-chunk workload.
+    #[arg(long)]
+    pub shard_files: Option<usize>,
+    /// Size of each shard.
+    #[arg(long, value_parser = bytes_arg)]
+    pub shard_file_bytes: Option<u64>,
+    /// Chunk (record) size read at shuffled offsets.
+    #[arg(long, value_parser = bytes_arg, default_value = "256KiB")]
+    pub chunk_bytes: u64,
+    /// Files created, stat'ed, listed and unlinked by the metadata workload.
+    #[arg(long)]
+    pub meta_files: Option<usize>,
+    /// Fragment size for the erasure-code benchmark (torchfs's unit).
+    #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
+    pub codec_fragment_bytes: u64,
+    /// Seconds per erasure-code measurement.
+    #[arg(long)]
+    pub codec_seconds: Option<f64>,
+    /// Storage nodes (GlusterFS: bricks) killed for the degraded read.
+    #[arg(long, default_value_t = 2)]
+    pub fail_nodes: usize,
+    /// Seconds per fio probe.
+    #[arg(long)]
+    pub probe_seconds: Option<u64>,
+    /// Seed for file sizes, shuffles and file contents.
+    #[arg(long, default_value_t = 0x7f4a_7c15)]
+    pub seed: u64,
+    /// Do not drop the page cache before cold phases (figures are then
+    /// marked as such; dropping needs root).
+    #[arg(long)]
+    pub no_drop_caches: bool,
+    /// Keep the work directory's contents after the run (for debugging).
+    #[arg(long)]
+    pub keep_work_dir: bool,
+}
+
+/// Every size and count a run uses, resolved from the flags.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub quick: bool,
+    pub out: PathBuf,
+    pub work_dir: PathBuf,
+    pub targets: Vec<TargetChoice>,
+    pub workloads: Vec<String>,
+    pub probes: bool,
+    pub torchfs_mount: Option<PathBuf>,
+    pub torchfs_bin: Option<PathBuf>,
+    pub torchfs_base_port: u16,
+    pub local_dir: PathBuf,
+    pub repeats: usize,
+    pub large_file_bytes: u64,
+    pub request_bytes: u64,
+    pub loader_files: usize,
+    pub loader_file_bytes: u64,
+    pub loader_size_sigma: f64,
+    pub workers: usize,
+    pub loader_rounds: usize,
+    pub shard_files: usize,
+    pub shard_file_bytes: u64,
+    pub chunk_bytes: u64,
+    pub meta_files: usize,
+    pub codec_fragment_bytes: u64,
+    pub codec_seconds: f64,
+    pub fail_nodes: usize,
+    pub probe_seconds: u64,
+    pub seed: u64,
+    pub drop_caches: bool,
+    pub keep_work_dir: bool,
+}
+
+impl Config {
+    /// Applies the defaults (full or quick) to what the flags left open.
+    pub fn resolve(args: RunArgs, all_workloads: &[&str]) -> anyhow::Result<Config> {
+        let q = args.quick;
+        let pick = |quick: u64, full: u64| if q { quick } else { full };
+        let targets = args.targets.unwrap_or_else(|| {
+            let mut t = vec![TargetChoice::Torchfs, TargetChoice::Local];
+            if !q {
+                t.push(TargetChoice::Gluster);
+            }
+            t.push(TargetChoice::FuseNull);
+            t
+        });
+        let mut deduped = Vec::new();
+        for t in targets {
+            if !deduped.contains(&t) {
+                deduped.push(t);
+            }
+        }
+        let workloads = match args.workloads {
+            None => all_workloads.iter().map(|w| w.to_string()).collect(),
+            Some(list) => {
+                for w in &list {
+                    if !all_workloads.contains(&w.as_str()) {
+                        anyhow::bail!(
+                            "unknown workload {w:?}: choose from {}",
+                            all_workloads.join(", ")
+                        );
+                    }
+                }
+                list
+            }
+        };
+        let request_bytes = args.request_bytes.max(4096);
+        let config = Config {
+            quick: q,
+            local_dir: args
+                .local_dir
+                .unwrap_or_else(|| args.work_dir.join("local")),
+            out: args.out,
+            work_dir: args.work_dir,
+            targets: deduped,
+            workloads,
+            probes: !args.no_probes,
+            torchfs_mount: args.torchfs_mount,
+            torchfs_bin: args.torchfs_bin,
+            torchfs_base_port: args.torchfs_base_port,
+            repeats: args.repeats.unwrap_or(pick(1, 3) as usize).max(1),
+            large_file_bytes: args
+                .large_file_bytes
+                .unwrap_or(pick(16 << 20, 1 << 30))
+                .max(request_bytes),
+            request_bytes,
+            loader_files: args
+                .loader_files
+                .unwrap_or(pick(200, 20_000) as usize)
+                .max(1),
+            loader_file_bytes: args.loader_file_bytes.max(1),
+            loader_size_sigma: args.loader_size_sigma.max(0.0),
+            workers: args.workers.clamp(1, 64),
+            loader_rounds: args.loader_rounds.unwrap_or(pick(1, 2) as usize).max(1),
+            shard_files: args.shard_files.unwrap_or(pick(2, 4) as usize).max(1),
+            shard_file_bytes: args
+                .shard_file_bytes
+                .unwrap_or(pick(4 << 20, 256 << 20))
+                .max(args.chunk_bytes),
+            chunk_bytes: args.chunk_bytes.max(1),
+            meta_files: args.meta_files.unwrap_or(pick(100, 2_000) as usize).max(1),
+            codec_fragment_bytes: args.codec_fragment_bytes.max(64),
+            codec_seconds: args.codec_seconds.unwrap_or(if q { 0.2 } else { 1.0 }),
+            fail_nodes: args.fail_nodes,
+            probe_seconds: args.probe_seconds.unwrap_or(pick(1, 5)).max(1),
+            seed: args.seed,
+            drop_caches: !args.no_drop_caches,
+            keep_work_dir: args.keep_work_dir,
+        };
+        Ok(config)
+    }
+}

@@ -1,0 +1,201 @@
+//! The peer: GlusterFS with a disperse 4+2 volume on 6 local bricks (the
+//! same code shape as torchfs's k=4 m=2), set up and torn down by
+//! perf/scripts/gluster-{up,down}.sh. The scripts are compiled into the
+//! binary and written out at run time, so the harness works from any
+//! directory. For the degraded read, brick processes (glusterfsd) are
+//! killed by the pids `gluster volume status` lists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::Target;
+use crate::model::{TargetInfo, TargetKind};
+
+const UP_SCRIPT: &str = include_str!("../../scripts/gluster-up.sh");
+const DOWN_SCRIPT: &str = include_str!("../../scripts/gluster-down.sh");
+const VOLUME: &str = "torchfsperf";
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Gluster {
+    dir: PathBuf,
+    root: PathBuf,
+    details: BTreeMap<String, String>,
+    killed_bricks: Vec<usize>,
+}
+
+impl Gluster {
+    pub fn start(dir: &Path) -> Result<Gluster> {
+        let scripts = dir.join("scripts");
+        std::fs::create_dir_all(&scripts)
+            .with_context(|| format!("create {}", scripts.display()))?;
+        for (name, text) in [
+            ("gluster-up.sh", UP_SCRIPT),
+            ("gluster-down.sh", DOWN_SCRIPT),
+        ] {
+            let path = scripts.join(name);
+            std::fs::write(&path, text)?;
+            let mut perms = std::fs::metadata(&path)?.permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&path, perms)?;
+        }
+        let out = run_script(&scripts.join("gluster-up.sh"), dir)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            bail!("gluster-up.sh failed: {}", stderr.trim());
+        }
+        let mountpoint = dir.join("mnt");
+        let root = mountpoint.join("bench");
+        std::fs::create_dir(&root).with_context(|| format!("mkdir {}", root.display()))?;
+        let mut details = BTreeMap::new();
+        details.insert(
+            "volume".into(),
+            format!(
+                "{VOLUME}: disperse 6 redundancy 2 (4+2), 6 bricks on this host, default options"
+            ),
+        );
+        details.insert("bricks".into(), dir.join("bricks").display().to_string());
+        details.insert(
+            "mount".into(),
+            format!(
+                "mount -t glusterfs 127.0.0.1:/{VOLUME} {}",
+                mountpoint.display()
+            ),
+        );
+        Ok(Gluster {
+            dir: dir.to_path_buf(),
+            root,
+            details,
+            killed_bricks: Vec::new(),
+        })
+    }
+
+    /// Brick index (1-based) to glusterfsd pid, from `gluster volume status`.
+    fn brick_pids(&self) -> Result<Vec<(usize, libc::pid_t)>> {
+        let out = Command::new("gluster")
+            .args(["--mode=script", "volume", "status", VOLUME])
+            .output()
+            .context("gluster volume status")?;
+        Ok(parse_brick_pids(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Lines like `Brick vm:/x/bricks/b3   52625  0  Y  1769`.
+fn parse_brick_pids(status: &str) -> Vec<(usize, libc::pid_t)> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("Brick "))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let path = fields.get(1)?;
+            let index: usize = path.rsplit_once("/b")?.1.parse().ok()?;
+            let pid: libc::pid_t = fields.last()?.parse().ok()?;
+            Some((index, pid))
+        })
+        .collect()
+}
+
+/// Runs a script with a deadline; stdout and stderr are captured.
+fn run_script(script: &Path, dir: &Path) -> Result<Output> {
+    let mut child = Command::new("bash")
+        .arg(script)
+        .arg(VOLUME)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", script.display()))?;
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "{} took over {} s",
+                script.display(),
+                SCRIPT_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+impl Target for Gluster {
+    fn name(&self) -> &str {
+        "gluster"
+    }
+
+    fn kind(&self) -> TargetKind {
+        TargetKind::Peer
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn info(&self) -> TargetInfo {
+        let mut details = self.details.clone();
+        if !self.killed_bricks.is_empty() {
+            details.insert("killed bricks".into(), format!("{:?}", self.killed_bricks));
+        }
+        TargetInfo {
+            name: self.name().into(),
+            kind: self.kind(),
+            path: self.root.display().to_string(),
+            status: "ok".into(),
+            details,
+        }
+    }
+
+    fn nodes_killable(&self) -> usize {
+        2
+    }
+
+    fn kill_nodes(&mut self, n: usize) -> Result<String> {
+        let pids = self.brick_pids()?;
+        let mut said = Vec::new();
+        for brick in 1..=n {
+            let Some((_, pid)) = pids.iter().find(|(i, _)| *i == brick) else {
+                bail!("brick b{brick} has no pid in `gluster volume status`");
+            };
+            // SAFETY: a glusterfsd of our own volume.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            self.killed_bricks.push(brick);
+            said.push(format!("brick b{brick} (pid {pid})"));
+        }
+        Ok(format!("SIGKILLed {}", said.join(", ")))
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let out = run_script(&self.dir.join("scripts/gluster-down.sh"), &self.dir)?;
+        if !out.status.success() {
+            bail!(
+                "gluster-down.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brick_pids_from_volume_status() {
+        let status = "\
+Status of volume: torchfsperf
+Gluster process                             TCP Port  RDMA Port  Online  Pid
+------------------------------------------------------------------------------
+Brick vm:/tmp/torchfs-perf/gluster/bricks/b1 52625 0          Y       1737
+Brick vm:/tmp/torchfs-perf/gluster/bricks/b2 54340 0          Y       1753
+Self-heal Daemon on localhost               N/A       N/A        Y       1834
+";
+        assert_eq!(parse_brick_pids(status), vec![(1, 1737), (2, 1753)]);
+    }
+}

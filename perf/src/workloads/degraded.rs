@@ -1,0 +1,121 @@
+//! Degraded read: the data-loader dataset read again (cold epochs) after
+//! `--fail-nodes` (default m=2) storage nodes were SIGKILLed: torchfs's
+//! storage nodes, GlusterFS's brick processes. Every read then has to be
+//! served by the remaining nodes, decoding where a needed fragment is lost.
+//! Targets without nodes to kill (local disk, FUSE ceiling) are skipped.
+//! Destructive: runs last, and the targets stay degraded until teardown.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::loader::{ensure_dataset, epoch_metrics, read_epoch, record_epoch};
+use super::{live_targets, Workload};
+use crate::ctx::{Ctx, Metric};
+use crate::model::Bound;
+use crate::targets::Target;
+
+pub struct Degraded;
+
+const NAME: &str = "degraded";
+/// torchfs up marks a node down after 5 s without heartbeats; reads are
+/// measured after that, in the steady degraded state, not the transition.
+const SETTLE: Duration = Duration::from_secs(6);
+
+impl Workload for Degraded {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn describe(&self) -> &'static str {
+        "the data-loader epochs again with m storage nodes killed (torchfs nodes, GlusterFS bricks)"
+    }
+
+    fn destructive(&self) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &mut Ctx, targets: &mut [Box<dyn Target>]) -> Result<()> {
+        let fail = ctx.config.fail_nodes;
+        let [samples, mb] = epoch_metrics("cold epoch", true);
+        let label = format!("cold epoch, {fail} nodes down");
+        let metrics = [
+            rename(samples, &label, "cold epoch"),
+            rename(mb, &format!("{label} MB/s"), "cold epoch MB/s"),
+        ];
+        let mut degraded = Vec::new();
+        for i in live_targets(ctx, targets) {
+            let name = targets[i].name().to_string();
+            let killable = targets[i].nodes_killable();
+            if killable == 0 {
+                if targets[i].kind() == crate::model::TargetKind::System {
+                    ctx.note(format!(
+                        "{name}: degraded read skipped (no storage nodes the harness can kill)"
+                    ));
+                }
+                continue;
+            }
+            if fail > killable {
+                ctx.note(format!(
+                    "{name}: degraded read skipped (--fail-nodes {fail} > {killable} it can lose)"
+                ));
+                continue;
+            }
+            // The dataset must be complete before nodes go.
+            if let Err(e) = ensure_dataset(ctx, &*targets[i]) {
+                ctx.failed(&metrics[0], &name, &e.context("write the dataset"));
+                continue;
+            }
+            match targets[i].kill_nodes(fail) {
+                Ok(said) => {
+                    ctx.log(format!("[{NAME}] {name}: {said}"));
+                    degraded.push(i);
+                }
+                Err(e) => ctx.failed(&metrics[0], &name, &e.context("kill storage nodes")),
+            }
+        }
+        if degraded.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(SETTLE);
+        for round in 0..ctx.config.loader_rounds {
+            for &i in &degraded {
+                ctx.check_interrupted()?;
+                let name = targets[i].name().to_string();
+                if ctx.is_dead(&name) {
+                    continue;
+                }
+                let key = format!("{}/{name}", super::loader::NAME);
+                let Some(manifest) = ctx.shared.get(&key).cloned() else {
+                    continue;
+                };
+                ctx.drop_caches();
+                // Epochs after the loader's own, so orders are new ones.
+                let epoch = 1000 + round as u64;
+                let bar_label = format!("{name} degraded epoch {}", round + 1);
+                match read_epoch(ctx, &manifest, epoch, &bar_label) {
+                    Ok(out) => record_epoch(ctx, &metrics, NAME, "cold", &name, &out),
+                    Err(e) => ctx.failed(&metrics[0], &name, &e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The loader's metric under this workload's name, bounded by the healthy
+/// read on the FUSE ceiling (it has no nodes to lose) and by the disk.
+fn rename(mut m: Metric, name: &str, healthy: &str) -> Metric {
+    m.workload = NAME;
+    m.name = name.to_string();
+    for b in m.bounded_by.iter_mut() {
+        if let Bound::SameMetricOn(target) = b {
+            *b = Bound::Figure {
+                workload: super::loader::NAME.into(),
+                metric: healthy.into(),
+                target: target.clone(),
+            };
+        }
+    }
+    m
+}
