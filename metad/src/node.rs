@@ -1,7 +1,9 @@
 //! What a voter does with one client request: redirect when not the leader,
-//! propose writes through Raft (stamped with the leader's clock), serve
-//! reads after a read-index check, and keep storage-node liveness (volatile,
-//! leader-local: heartbeats never go through the log).
+//! propose writes through Raft (stamped with the leader's clock and carrying
+//! the client's write id), answer a retried write that was already applied
+//! from the session table, serve reads after a read-index check, and keep
+//! storage-node liveness (volatile, leader-local: heartbeats never go
+//! through the log).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,7 +13,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
 use torchfs_proto::meta::{
     errno, ClusterMap, ClusterStatus, MetaError, MetaReply, MetaRequest, NodeId, NodeState,
-    NodeStatus, StatFs, Voter,
+    NodeStatus, StatFs, Voter, WriteId,
 };
 
 use crate::state::{Command, Outcome};
@@ -89,8 +91,9 @@ impl Node {
         }
     }
 
-    /// Answers one request (any voter; followers redirect).
-    pub async fn execute(&self, req: MetaRequest) -> Outcome {
+    /// Answers one request (any voter; followers redirect). `write_id`
+    /// matters only for writes (reads and heartbeats are idempotent).
+    pub async fn execute(&self, req: MetaRequest, write_id: Option<WriteId>) -> Outcome {
         let (leader, term, is_leader) = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -104,9 +107,18 @@ impl Node {
             return Err(self.not_leader(leader));
         }
         if req.is_write() {
+            if let Some(id) = &write_id {
+                id.check()?;
+                // A retry of a write already applied: its answer is
+                // committed, so no new log entry is needed.
+                if let Some(done) = self.read_sm().state.sessions().answered(id) {
+                    return done.clone();
+                }
+            }
             let cmd = Command {
                 now_ns: now_ns(),
                 req,
+                write_id,
             };
             return match self.raft.client_write(cmd).await {
                 Ok(resp) => resp.data,

@@ -14,7 +14,7 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::Future;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use torchfs_proto::convert::{read_request, write_response};
+use torchfs_proto::convert::{read_request, read_write_id, write_response};
 use torchfs_proto::meta::MetaError;
 use torchfs_proto::metadata_capnp as mc;
 use torchfs_proto::rpc::two_party;
@@ -145,9 +145,9 @@ impl mc::metadata::Server for MetadataImpl {
         let req = params
             .get()
             .and_then(|p| p.get_request())
-            .and_then(read_request);
+            .and_then(|r| Ok((read_request(r)?, read_write_id(r)?)));
         let outcome = match req {
-            Ok(req) => self.node.execute(req).await,
+            Ok((req, write_id)) => self.node.execute(req, write_id).await,
             Err(e) => Err(MetaError::Invalid(e.to_string())),
         };
         write_response(&outcome, results.get().init_response());

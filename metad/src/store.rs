@@ -411,6 +411,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
             },
+            write_id: None,
         })
     }
 
@@ -484,6 +485,56 @@ mod tests {
                 name: "b".into()
             })
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn session_table_survives_snapshot_reopen_and_install() {
+        use torchfs_proto::meta::WriteId;
+        let id = WriteId {
+            client_id: 77,
+            seq: 1,
+            lowest_outstanding_seq: 1,
+        };
+        let with_id = |p: EntryPayload<TypeConfig>| match p {
+            EntryPayload::Normal(cmd) => EntryPayload::Normal(Command {
+                write_id: Some(id),
+                ..cmd
+            }),
+            other => other,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = {
+            let db = Arc::new(open_db(&dir.path().join("a.redb")).unwrap());
+            let mut sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
+            let out = sm.apply([entry(1, with_id(mkdir("a")))]).await.unwrap();
+            assert!(out[0].is_ok());
+            sm.build_snapshot().await.unwrap()
+        };
+        // A restart: the table comes back from the stored snapshot, and the
+        // retry (a second log entry with the same id) is not applied.
+        let db = Arc::new(open_db(&dir.path().join("a.redb")).unwrap());
+        let mut sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
+        let first = sm
+            .data
+            .read()
+            .unwrap()
+            .state
+            .sessions()
+            .answered(&id)
+            .cloned();
+        assert!(matches!(first, Some(Ok(MetaReply::Attr(_)))), "{first:?}");
+        let out = sm.apply([entry(2, with_id(mkdir("a")))]).await.unwrap();
+        assert_eq!(Some(&out[0]), first.as_ref());
+        // A new voter installing the snapshot gets the table too.
+        let db = Arc::new(open_db(&dir.path().join("b.redb")).unwrap());
+        let mut fresh = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
+        fresh
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let out = fresh.apply([entry(2, with_id(mkdir("a")))]).await.unwrap();
+        assert_eq!(Some(&out[0]), first.as_ref());
+        assert_eq!(fresh.data.read().unwrap().state.file_count(), 2);
     }
 
     #[tokio::test]

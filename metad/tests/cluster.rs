@@ -1,122 +1,25 @@
 //! A real 3-voter cluster on loopback: writes and reads through MetaClient,
 //! leader failover, and a full restart from the same data dirs.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::thread::JoinHandle;
+mod common;
+
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tokio::sync::oneshot;
 use torchfs_metad::{run_blocking, MetadConfig};
-use torchfs_proto::client::{MetaClient, MetaClientOptions};
 use torchfs_proto::meta::{errno, MetaError, MetaReply, MetaRequest, NodeInfo, ROOT_INO};
 
-struct Voter {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), torchfs_metad::MetadError>>>,
-}
-
-impl Voter {
-    fn start(id: u64, addrs: &[(u64, String)], dir: &Path) -> Voter {
-        let listen: SocketAddr = addrs[(id - 1) as usize].1.parse().unwrap();
-        let mut cfg = MetadConfig::new(id, listen, dir.join(format!("v{id}")), addrs.to_vec());
-        cfg.heartbeat_interval_ms = 50;
-        cfg.election_timeout_min_ms = 300;
-        cfg.election_timeout_max_ms = 600;
-        cfg.snapshot_every_logs = 20;
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            run_blocking(cfg, async move {
-                let _ = stop_rx.await;
-            })
-        });
-        Voter {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .map_err(|_| anyhow::anyhow!("voter thread panicked"))??;
-        }
-        Ok(())
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-async fn leader(client: &MetaClient) -> Result<u64> {
-    match client.call(MetaRequest::ClusterStatus).await? {
-        MetaReply::ClusterStatus(s) => s.leader.context("no leader"),
-        other => bail!("unexpected {other:?}"),
-    }
-}
-
-async fn create(client: &MetaClient, name: &str) -> Result<u64> {
-    match client
-        .call(MetaRequest::Create {
-            parent: ROOT_INO,
-            name: name.into(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            exclusive: true,
-        })
-        .await?
-    {
-        MetaReply::Attr(a) => Ok(a.ino),
-        other => bail!("unexpected {other:?}"),
-    }
-}
-
-async fn lookup(client: &MetaClient, name: &str) -> Result<u64> {
-    match client
-        .call(MetaRequest::Lookup {
-            parent: ROOT_INO,
-            name: name.into(),
-        })
-        .await?
-    {
-        MetaReply::Attr(a) => Ok(a.ino),
-        other => bail!("unexpected {other:?}"),
-    }
-}
+use common::{client_of, create, leader, lookup, runtime, start_all, voter_addrs, Voter};
 
 #[test]
 fn three_voters_failover_and_restart() -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
-    let addrs: Vec<(u64, String)> = free_ports(3)
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
-        .collect();
-    let mut voters: Vec<Voter> = (1..=3)
-        .map(|id| Voter::start(id, &addrs, dir.path()))
-        .collect();
-    let client = MetaClient::new(
-        addrs.iter().map(|(_, a)| a.clone()).collect(),
-        MetaClientOptions {
-            retry_for_ms: 10_000,
-            request_timeout_ms: 1_000,
-        },
-    )?;
-    // A multi-thread runtime, as callers will have.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let addrs = voter_addrs(3);
+    let mut voters = start_all(&addrs, dir.path());
+    let client = client_of(&addrs)?;
+    let rt = runtime()?;
 
     rt.block_on(async {
         let ino = create(&client, "a").await?;
@@ -190,9 +93,7 @@ fn three_voters_failover_and_restart() -> Result<()> {
     for v in &mut voters {
         v.stop()?;
     }
-    let mut voters: Vec<Voter> = (1..=3)
-        .map(|id| Voter::start(id, &addrs, dir.path()))
-        .collect();
+    let mut voters = start_all(&addrs, dir.path());
     rt.block_on(async {
         for name in ["a", "b", "c", "f0", "f39"] {
             lookup(&client, name)

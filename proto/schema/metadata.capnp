@@ -114,6 +114,15 @@ struct StatFs {
   files @2 :UInt64;
 }
 
+# Names one write so that metad applies it exactly once however often the
+# client retries it (client sessions, Raft thesis §6.3). Writes only; reads
+# and heartbeats carry none.
+struct WriteId {
+  clientId @0 :UInt64;              # random per client, never 0
+  seq @1 :UInt64;                   # the client's number for this write, from 1; the same on every retry
+  lowestOutstandingSeq @2 :UInt64;  # the lowest seq the client still waits on (<= seq): results below it may be forgotten
+}
+
 struct Request {
   union {
     lookup :group { parent @0 :UInt64; name @1 :Text; }
@@ -136,6 +145,7 @@ struct Request {
     clusterMap @45 :Void;
     clusterStatus @46 :Void;
   }
+  writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
 
 enum ErrorKind {
@@ -143,6 +153,7 @@ enum ErrorKind {
   notLeader @1;    # ask `leaderAddr` instead (empty when no leader is known yet)
   unavailable @2;  # no quorum, shutting down, storage failure: retry later
   invalid @3;      # malformed request
+  sessionExpired @4;  # metad no longer knows `clientId`'s session: write `seq` was not applied
 }
 
 struct Error {
@@ -151,6 +162,8 @@ struct Error {
   message @2 :Text;
   leaderId @3 :UInt64;
   leaderAddr @4 :Text;
+  clientId @5 :UInt64;    # sessionExpired only
+  seq @6 :UInt64;         # sessionExpired only
 }
 
 struct Response {

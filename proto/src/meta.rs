@@ -321,6 +321,40 @@ impl MetaRequest {
     }
 }
 
+/// Names one write of one client so that metad applies it exactly once
+/// however often it is retried (client sessions, Raft thesis §6.3): metad
+/// keeps the results of each client's recent writes and answers a retry
+/// with the stored result instead of applying it again.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WriteId {
+    /// Random per client (one per `MetaClient`); 0 is not a valid id.
+    pub client_id: u64,
+    /// The client's number for this write, from 1; the same on every retry.
+    pub seq: u64,
+    /// The lowest seq this client still waits on (at most `seq`): metad may
+    /// forget the results of every lower one.
+    pub lowest_outstanding_seq: u64,
+}
+
+impl WriteId {
+    /// Checks the ids are well formed: a non-zero client id, a seq from 1,
+    /// and a lowest outstanding seq in 1..=seq (this write is outstanding).
+    pub fn check(&self) -> Result<(), MetaError> {
+        if self.client_id == 0 {
+            return Err(MetaError::Invalid(
+                "write id: client id 0 is reserved".into(),
+            ));
+        }
+        if self.lowest_outstanding_seq == 0 || self.lowest_outstanding_seq > self.seq {
+            return Err(MetaError::Invalid(format!(
+                "write id of client {:#018x}: lowest outstanding seq {} must be in 1..={} (this write's seq)",
+                self.client_id, self.lowest_outstanding_seq, self.seq
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MetaReply {
     Attr(Attr),
@@ -367,6 +401,14 @@ pub enum MetaError {
     /// The request was malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// metad no longer knows this client's session (it was idle past the
+    /// expiry window, or evicted to bound the table), so it cannot tell a
+    /// retry from a new write: write `seq` was not applied. `MetaClient`
+    /// starts a new session and sends the write again.
+    #[error(
+        "client session {client_id:#018x} expired or was evicted; write {seq} was not applied (start a new session)"
+    )]
+    SessionExpired { client_id: u64, seq: u64 },
 }
 
 impl MetaError {
@@ -382,7 +424,9 @@ impl MetaError {
         match self {
             MetaError::Fs { errno, .. } => *errno,
             MetaError::Invalid(_) => errno::EINVAL,
-            MetaError::NotLeader { .. } | MetaError::Unavailable(_) => errno::EIO,
+            MetaError::NotLeader { .. }
+            | MetaError::Unavailable(_)
+            | MetaError::SessionExpired { .. } => errno::EIO,
         }
     }
 }
@@ -420,6 +464,20 @@ mod tests {
         for c in counts {
             assert!((800..1200).contains(&c), "uneven placement {counts:?}");
         }
+    }
+
+    #[test]
+    fn write_ids_are_checked() {
+        let id = |client_id, seq, lowest_outstanding_seq| WriteId {
+            client_id,
+            seq,
+            lowest_outstanding_seq,
+        };
+        assert!(id(7, 1, 1).check().is_ok());
+        assert!(id(7, 9, 3).check().is_ok());
+        assert!(id(0, 1, 1).check().is_err());
+        assert!(id(7, 0, 0).check().is_err());
+        assert!(id(7, 3, 4).check().is_err());
     }
 
     #[test]

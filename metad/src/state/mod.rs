@@ -18,10 +18,13 @@
 //!   rmdir, rename) and setattr.
 //! - `layout`: file layouts (commit, truncation).
 //! - `nodes`: the storage-node registry and [`placement_groups`].
+//! - `sessions`: client sessions, which make retried writes exactly-once
+//!   ([`Sessions`]).
 
 mod layout;
 mod namespace;
 mod nodes;
+mod sessions;
 #[cfg(test)]
 mod tests;
 
@@ -31,17 +34,22 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
     errno, Attr, DirEntry, FileKind, Ino, Layout, MetaError, MetaReply, MetaRequest, NodeId,
-    NodeInfo, PlacementGroup, StripeConfig, NAME_BYTES_MAX, ROOT_INO,
+    NodeInfo, PlacementGroup, StripeConfig, WriteId, NAME_BYTES_MAX, ROOT_INO,
 };
 
 pub use nodes::placement_groups;
+pub use sessions::{Sessions, RESULTS_PER_SESSION_MAX, SESSIONS_MAX, SESSION_IDLE_EXPIRY_NS};
 
-/// One entry of the Raft log: a mutating request and the leader's clock when
-/// it was proposed.
+use sessions::Admit;
+
+/// One entry of the Raft log: a mutating request, the leader's clock when
+/// it was proposed, and the client's id for the write (None from a client
+/// without sessions: then it is applied as often as it arrives).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub now_ns: i64,
     pub req: MetaRequest,
+    pub write_id: Option<WriteId>,
 }
 
 /// What `apply` answers for one command; this is also openraft's response type.
@@ -77,6 +85,7 @@ pub struct State {
     groups: Vec<PlacementGroup>,
     /// Bumped whenever nodes or groups change.
     epoch: u64,
+    sessions: Sessions,
 }
 
 fn fs(errno: i32, what: impl Into<String>) -> MetaError {
@@ -124,6 +133,7 @@ impl State {
             nodes: BTreeMap::new(),
             groups: Vec::new(),
             epoch: 0,
+            sessions: Sessions::default(),
         }
     }
 
@@ -141,6 +151,9 @@ impl State {
     }
     pub fn file_count(&self) -> u64 {
         self.inodes.len() as u64
+    }
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     // ------------------------------------------------------------- reads
@@ -235,11 +248,27 @@ impl State {
     // ------------------------------------------------------------ writes
 
     /// Applies one committed command. Errors are answers (ENOENT ...), not
-    /// failures of the state machine: the state is unchanged when one is
-    /// returned, because every check runs before the first change.
+    /// failures of the state machine: the namespace is unchanged when one is
+    /// returned, because every check runs before the first change. A write
+    /// already applied under the same write id is answered with its stored
+    /// result and not applied again.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
-        let now = cmd.now_ns;
-        match &cmd.req {
+        self.sessions.tick(cmd.now_ns);
+        let Some(id) = &cmd.write_id else {
+            return self.apply_request(&cmd.req, cmd.now_ns);
+        };
+        match self.sessions.admit(id) {
+            Admit::Answer(outcome) => outcome,
+            Admit::Apply => {
+                let outcome = self.apply_request(&cmd.req, cmd.now_ns);
+                self.sessions.record(id, &outcome);
+                outcome
+            }
+        }
+    }
+
+    fn apply_request(&mut self, req: &MetaRequest, now: i64) -> Outcome {
+        match req {
             MetaRequest::SetAttr { ino, set } => self.setattr(*ino, set, now),
             MetaRequest::Create {
                 parent,

@@ -8,6 +8,13 @@
 //! channel and awaits a oneshot reply, which works from any runtime and
 //! needs no timer from the caller's. The thread ends when the last clone is
 //! dropped.
+//!
+//! Writes are exactly-once: every `MetaClient` (all its clones) is one
+//! client session with a random id, each write gets a sequence number that
+//! every retry of it reuses, and metad answers a retry it has already
+//! applied from its session table (see `session`). If metad has forgotten
+//! the session (idle past its expiry window) it says so without applying
+//! the write, and the client sends it again under a new session.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,15 +26,23 @@ use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty};
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::convert::{read_response, write_request};
-use crate::meta::{MetaError, MetaReply, MetaRequest};
+use crate::convert::{read_response, write_request, write_write_id};
+use crate::meta::{MetaError, MetaReply, MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 use crate::rpc::{is_host_port, two_party};
+
+use session::Session;
+
+mod session;
+#[cfg(test)]
+mod tests;
 
 #[derive(Clone, Debug)]
 pub struct MetaClientOptions {
     /// How long `call` keeps retrying (redirects, elections, dead voters)
-    /// before it gives up with `MetaError::Unavailable`.
+    /// before it gives up with `MetaError::Unavailable`. Keep it far below
+    /// metad's session expiry (10 minutes): a retry that finds its session
+    /// expired cannot be told from a new write.
     pub retry_for_ms: u64,
     /// Per-attempt limit for one RPC.
     pub request_timeout_ms: u64,
@@ -53,6 +68,9 @@ const REDIRECTS_BEFORE_PAUSE: u32 = 3;
 
 struct Command {
     req: MetaRequest,
+    /// A write id chosen by the caller (tests replaying a retry); None: the
+    /// client numbers writes itself.
+    write_id: Option<WriteId>,
     reply: oneshot::Sender<Result<MetaReply, MetaError>>,
 }
 
@@ -107,12 +125,42 @@ impl MetaClient {
 
     /// Sends `req` to the leader, following redirects and retrying
     /// `Unavailable` and connection failures until `retry_for_ms` passes.
-    /// `Fs` and `Invalid` errors come back at once.
+    /// `Fs` and `Invalid` errors come back at once. A write is applied at
+    /// most once however many attempts it takes (its write id is the same
+    /// on each); one that gives up with `Unavailable` may or may not have
+    /// been applied, as with any timeout.
     pub async fn call(&self, req: MetaRequest) -> Result<MetaReply, MetaError> {
         let stopped = || MetaError::Unavailable("metad client thread stopped".into());
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command { req, reply })
+            .send(Command {
+                req,
+                write_id: None,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// [`MetaClient::call`] with a write id chosen by the caller, sent
+    /// unchanged on every attempt (no new session when metad answers
+    /// `SessionExpired`): lets a test send "the same write again" as a
+    /// retry after a lost answer would.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn call_with_write_id(
+        &self,
+        req: MetaRequest,
+        write_id: WriteId,
+    ) -> Result<MetaReply, MetaError> {
+        let stopped = || MetaError::Unavailable("metad client thread stopped".into());
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command {
+                req,
+                write_id: Some(write_id),
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -127,11 +175,12 @@ async fn actor(mut rx: mpsc::Receiver<Command>, addrs: Vec<String>, opts: MetaCl
         leader: RefCell::new(None),
         next_addr: Cell::new(0),
         next_conn_id: Cell::new(0),
+        session: RefCell::new(Session::new()),
     });
     while let Some(cmd) = rx.recv().await {
         let state = state.clone();
         tokio::task::spawn_local(async move {
-            let result = state.call(cmd.req).await;
+            let result = state.call(cmd.req, cmd.write_id).await;
             let _ = cmd.reply.send(result);
         });
     }
@@ -154,6 +203,8 @@ struct Actor {
     leader: RefCell<Option<String>>,
     next_addr: Cell<usize>,
     next_conn_id: Cell<u64>,
+    /// The session new writes are numbered in.
+    session: RefCell<Rc<Session>>,
 }
 
 /// Why one attempt failed without an answer from metad.
@@ -162,7 +213,48 @@ enum AttemptError {
 }
 
 impl Actor {
-    async fn call(self: &Rc<Self>, req: MetaRequest) -> Result<MetaReply, MetaError> {
+    /// One call: numbers a write (unless the caller chose its id) and sends
+    /// it with retries. If metad has forgotten this client's session it did
+    /// not apply the write, so it is sent once more under a new session.
+    async fn call(
+        self: &Rc<Self>,
+        req: MetaRequest,
+        write_id: Option<WriteId>,
+    ) -> Result<MetaReply, MetaError> {
+        if write_id.is_some() || !req.is_write() {
+            return self.call_with(&req, || write_id).await;
+        }
+        let ticket = self.session.borrow().begin();
+        let result = self.call_with(&req, || Some(ticket.write_id())).await;
+        let Err(MetaError::SessionExpired { client_id, seq }) = result else {
+            return result;
+        };
+        drop(ticket);
+        self.renew_session(client_id);
+        let ticket = self.session.borrow().begin();
+        tracing::debug!(
+            "metad forgot client session {client_id:#018x} (write {seq}); sending it again as {:?}",
+            ticket.write_id()
+        );
+        self.call_with(&req, || Some(ticket.write_id())).await
+    }
+
+    /// Starts a new session unless another call already replaced
+    /// `expired_client_id` (every write in flight under it hears the same).
+    fn renew_session(&self, expired_client_id: u64) {
+        let mut session = self.session.borrow_mut();
+        if session.client_id() == expired_client_id {
+            *session = Session::new();
+        }
+    }
+
+    /// Sends `req` to the leader with the write id `write_id()` gives at
+    /// each attempt, following redirects and retrying until `retry_for_ms`.
+    async fn call_with(
+        self: &Rc<Self>,
+        req: &MetaRequest,
+        write_id: impl Fn() -> Option<WriteId>,
+    ) -> Result<MetaReply, MetaError> {
         let started = Instant::now();
         let retry_for = Duration::from_millis(self.opts.retry_for_ms);
         let attempt_limit = Duration::from_millis(self.opts.request_timeout_ms.max(1));
@@ -172,12 +264,17 @@ impl Actor {
         let mut last_error;
         loop {
             let addr = target.take().unwrap_or_else(|| self.rotate());
-            match tokio::time::timeout(attempt_limit, self.attempt(&addr, &req)).await {
+            let attempt = self.attempt(&addr, req, write_id());
+            match tokio::time::timeout(attempt_limit, attempt).await {
                 Ok(Ok(Ok(reply))) => {
                     *self.leader.borrow_mut() = Some(addr);
                     return Ok(reply);
                 }
-                Ok(Ok(Err(e @ (MetaError::Fs { .. } | MetaError::Invalid(_))))) => {
+                Ok(Ok(Err(
+                    e @ (MetaError::Fs { .. }
+                    | MetaError::Invalid(_)
+                    | MetaError::SessionExpired { .. }),
+                ))) => {
                     *self.leader.borrow_mut() = Some(addr);
                     return Err(e);
                 }
@@ -237,13 +334,18 @@ impl Actor {
         self: &Rc<Self>,
         addr: &str,
         req: &MetaRequest,
+        write_id: Option<WriteId>,
     ) -> Result<Result<MetaReply, MetaError>, AttemptError> {
         let client = self
             .connection(addr)
             .await
             .map_err(AttemptError::Transport)?;
         let mut request = client.execute_request();
-        write_request(req, request.get().init_request());
+        let mut r = request.get().init_request();
+        write_request(req, r.reborrow());
+        if let Some(id) = &write_id {
+            write_write_id(id, r);
+        }
         let t = |e: capnp::Error| AttemptError::Transport(e.to_string());
         let response = request.send().promise.await.map_err(t)?;
         let results = response.get().map_err(t)?;
@@ -343,51 +445,4 @@ async fn connect(
     });
     // Pipelined: the first execute goes out without waiting for this.
     Ok(service.metadata_request().send().pipeline.get_metadata())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejects_bad_address_lists() {
-        assert!(MetaClient::new(vec![], MetaClientOptions::default()).is_err());
-        assert!(MetaClient::new(vec!["nohost".into()], MetaClientOptions::default()).is_err());
-        assert!(MetaClient::new(vec![":80".into()], MetaClientOptions::default()).is_err());
-        assert!(MetaClient::new(vec!["h:99999".into()], MetaClientOptions::default()).is_err());
-    }
-
-    fn assert_send_sync<T: Send + Sync + Clone>() {}
-
-    #[test]
-    fn client_is_send_sync_clone() {
-        assert_send_sync::<MetaClient>();
-    }
-
-    #[test]
-    fn gives_up_with_unavailable_when_nothing_listens() {
-        // Bind then drop to get a port that (very likely) refuses connections.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let client = MetaClient::new(
-            vec![format!("127.0.0.1:{port}")],
-            MetaClientOptions {
-                retry_for_ms: 300,
-                request_timeout_ms: 100,
-            },
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        let r = rt.block_on(client.call(MetaRequest::StatFs));
-        assert!(matches!(r, Err(MetaError::Unavailable(_))), "{r:?}");
-        assert!(started.elapsed() < Duration::from_secs(3));
-    }
 }

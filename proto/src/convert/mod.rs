@@ -11,7 +11,8 @@
 //! - this file: the helpers every reader uses.
 //! - `types`: the structs inside requests and replies (attributes, layouts,
 //!   stripes, setattr, node info, cluster map and status).
-//! - `request`: [`write_request`] and [`read_request`].
+//! - `request`: [`write_request`] and [`read_request`], and the write id
+//!   beside the request union ([`write_write_id`], [`read_write_id`]).
 //! - `response`: [`write_response`] and [`read_response`] (replies and
 //!   errors).
 
@@ -23,7 +24,7 @@ mod types;
 
 use capnp::Error;
 
-pub use request::{read_request, write_request};
+pub use request::{read_request, read_write_id, write_request, write_write_id};
 pub use response::{read_response, write_response};
 pub use types::{read_attr, write_attr};
 

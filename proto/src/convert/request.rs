@@ -1,7 +1,8 @@
 //! Requests: [`write_request`] and [`read_request`], one arm per
-//! `MetaRequest` variant.
+//! `MetaRequest` variant, and the [`WriteId`] beside the union
+//! ([`write_write_id`], [`read_write_id`]).
 
-use crate::meta::MetaRequest;
+use crate::meta::{MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 
 use super::types::{
@@ -225,4 +226,28 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
         W::ClusterMap(()) => MetaRequest::ClusterMap,
         W::ClusterStatus(()) => MetaRequest::ClusterStatus,
     })
+}
+
+/// Sets the `writeId` of a `Request` (beside its union, which
+/// [`write_request`] fills).
+pub fn write_write_id(id: &WriteId, b: mc::request::Builder<'_>) {
+    let mut w = b.init_write_id();
+    w.set_client_id(id.client_id);
+    w.set_seq(id.seq);
+    w.set_lowest_outstanding_seq(id.lowest_outstanding_seq);
+}
+
+/// The `writeId` of a `Request`; None when absent (a read, or a client
+/// older than sessions). Its values are checked by [`WriteId::check`] where
+/// it is used, not here.
+pub fn read_write_id(r: mc::request::Reader<'_>) -> Result<Option<WriteId>> {
+    if !r.has_write_id() {
+        return Ok(None);
+    }
+    let w = r.get_write_id()?;
+    Ok(Some(WriteId {
+        client_id: w.get_client_id(),
+        seq: w.get_seq(),
+        lowest_outstanding_seq: w.get_lowest_outstanding_seq(),
+    }))
 }

@@ -35,6 +35,11 @@ fn write_error(e: &MetaError, mut b: mc::error::Builder<'_>) {
             b.set_kind(mc::ErrorKind::Invalid);
             b.set_message(m.as_str());
         }
+        MetaError::SessionExpired { client_id, seq } => {
+            b.set_kind(mc::ErrorKind::SessionExpired);
+            b.set_client_id(*client_id);
+            b.set_seq(*seq);
+        }
     }
 }
 
@@ -56,6 +61,10 @@ fn read_error(r: mc::error::Reader<'_>) -> Result<MetaError> {
         }
         mc::ErrorKind::Unavailable => MetaError::Unavailable(message),
         mc::ErrorKind::Invalid => MetaError::Invalid(message),
+        mc::ErrorKind::SessionExpired => MetaError::SessionExpired {
+            client_id: r.get_client_id(),
+            seq: r.get_seq(),
+        },
     })
 }
 

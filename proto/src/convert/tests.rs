@@ -252,9 +252,43 @@ fn every_reply_round_trips() {
         }),
         Err(MetaError::Unavailable("no quorum".into())),
         Err(MetaError::Invalid("bad".into())),
+        Err(MetaError::SessionExpired {
+            client_id: u64::MAX,
+            seq: 12,
+        }),
     ] {
         rt_resp(resp);
     }
+}
+
+#[test]
+fn write_id_rides_beside_the_request() {
+    let id = WriteId {
+        client_id: 0xdead_beef_0000_0001,
+        seq: 7,
+        lowest_outstanding_seq: 5,
+    };
+    let req = MetaRequest::Unlink {
+        parent: 1,
+        name: "a".into(),
+    };
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut b = msg.init_root::<mc::request::Builder>();
+        write_request(&req, b.reborrow());
+        write_write_id(&id, b);
+    }
+    let words = capnp::serialize::write_message_to_words(&msg);
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    let root = reader.get_root::<mc::request::Reader>().unwrap();
+    assert_eq!(read_request(root).unwrap(), req);
+    assert_eq!(read_write_id(root).unwrap(), Some(id));
+
+    // A request without one (a read, or an older client) reads as None.
+    let mut msg = capnp::message::Builder::new_default();
+    write_request(&req, msg.init_root());
+    let root = msg.get_root_as_reader::<mc::request::Reader>().unwrap();
+    assert_eq!(read_write_id(root).unwrap(), None);
 }
 
 #[test]

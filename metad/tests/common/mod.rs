@@ -1,0 +1,141 @@
+//! A loopback cluster of metad voters for the integration tests: start and
+//! stop voters (each on a thread of its own, as `torchfs metad` runs one),
+//! and the few client calls the tests share.
+
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::oneshot;
+use torchfs_metad::{run_blocking, MetadConfig};
+use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::meta::{MetaReply, MetaRequest, ROOT_INO};
+
+pub struct Voter {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), torchfs_metad::MetadError>>>,
+}
+
+impl Voter {
+    /// Starts voter `id` (1-based index into `addrs`) with fast elections
+    /// and a snapshot every 20 log entries, its data under `dir`.
+    pub fn start(id: u64, addrs: &[(u64, String)], dir: &Path) -> Voter {
+        let listen: SocketAddr = addrs[(id - 1) as usize].1.parse().unwrap();
+        let mut cfg = MetadConfig::new(id, listen, dir.join(format!("v{id}")), addrs.to_vec());
+        cfg.heartbeat_interval_ms = 50;
+        cfg.election_timeout_min_ms = 300;
+        cfg.election_timeout_max_ms = 600;
+        cfg.snapshot_every_logs = 20;
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            run_blocking(cfg, async move {
+                let _ = stop_rx.await;
+            })
+        });
+        Voter {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("voter thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+/// (id, "127.0.0.1:port") for voters 1..=n, on ports free a moment ago.
+pub fn voter_addrs(n: usize) -> Vec<(u64, String)> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                i as u64 + 1,
+                format!("127.0.0.1:{}", l.local_addr().unwrap().port()),
+            )
+        })
+        .collect()
+}
+
+/// Starts every voter of `addrs`.
+pub fn start_all(addrs: &[(u64, String)], dir: &Path) -> Vec<Voter> {
+    addrs
+        .iter()
+        .map(|(id, _)| Voter::start(*id, addrs, dir))
+        .collect()
+}
+
+pub fn client_of(addrs: &[(u64, String)]) -> Result<MetaClient> {
+    Ok(MetaClient::new(
+        addrs.iter().map(|(_, a)| a.clone()).collect(),
+        MetaClientOptions {
+            retry_for_ms: 10_000,
+            request_timeout_ms: 1_000,
+        },
+    )?)
+}
+
+/// A multi-thread runtime, as callers will have.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub async fn leader(client: &MetaClient) -> Result<u64> {
+    match client.call(MetaRequest::ClusterStatus).await? {
+        MetaReply::ClusterStatus(s) => s.leader.context("no leader"),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+pub async fn create(client: &MetaClient, name: &str) -> Result<u64> {
+    match client
+        .call(MetaRequest::Create {
+            parent: ROOT_INO,
+            name: name.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+        })
+        .await?
+    {
+        MetaReply::Attr(a) => Ok(a.ino),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+pub async fn lookup(client: &MetaClient, name: &str) -> Result<u64> {
+    match client
+        .call(MetaRequest::Lookup {
+            parent: ROOT_INO,
+            name: name.into(),
+        })
+        .await?
+    {
+        MetaReply::Attr(a) => Ok(a.ino),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+pub async fn files(client: &MetaClient) -> Result<u64> {
+    match client.call(MetaRequest::StatFs).await? {
+        MetaReply::StatFs(s) => Ok(s.files),
+        other => bail!("statfs: {other:?}"),
+    }
+}
