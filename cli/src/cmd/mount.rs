@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use torchfs_client::core::{Client, ClientConfig};
+use torchfs_client::core::{CacheConfig, Client, ClientConfig};
 use torchfs_client::fuse::FuseOptions;
 
 #[derive(Args)]
@@ -26,9 +26,88 @@ pub struct MountArgs {
     /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf for non-root).
     #[arg(long)]
     pub allow_other: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// TOML file with defaults for these flags (table [mount]).
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// The epoch cache's flags (shared by `mount` and `up`). Byte counts take
+/// binary suffixes: 512M, 4GiB, 64K.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CacheArgs {
+    /// Memory tier budget (cached plus in-flight bytes); 0 turns the cache
+    /// and prefetching off [default: 1G or an eighth of RAM, the smaller].
+    #[arg(long, value_parser = parse_bytes)]
+    pub cache_mem_bytes: Option<u64>,
+    /// Directory of the local-disk tier (files go in <dir>/torchfs-cache-v1;
+    /// hits are served by FUSE passthrough). No disk tier without it.
+    #[arg(long)]
+    pub cache_disk_dir: Option<PathBuf>,
+    /// Disk tier budget.
+    #[arg(long, value_parser = parse_bytes, default_value = "10G")]
+    pub cache_disk_bytes: u64,
+    /// How many plan items the prefetcher may run ahead of the reads.
+    #[arg(long, default_value_t = CacheConfig::default().window_items)]
+    pub prefetch_window_items: u64,
+    /// Bytes the prefetcher keeps in flight at most.
+    #[arg(long, value_parser = parse_bytes, default_value = "64M")]
+    pub prefetch_inflight_bytes: u64,
+}
+
+impl CacheArgs {
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig {
+            mem_bytes: self.cache_mem_bytes.unwrap_or_else(default_cache_mem_bytes),
+            disk_dir: self.cache_disk_dir.clone(),
+            disk_bytes: self.cache_disk_bytes,
+            window_items: self.prefetch_window_items,
+            inflight_bytes_max: self.prefetch_inflight_bytes,
+            ..CacheConfig::default()
+        }
+    }
+}
+
+/// 1 GiB, or an eighth of the machine's memory when that is less.
+fn default_cache_mem_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 when unknown.
+    let (pages, page_bytes) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = (pages.max(0) as u64).saturating_mul(page_bytes.max(0) as u64);
+    match total {
+        0 => torchfs_client::core::cache::DEFAULT_CACHE_MEM_BYTES,
+        t => (t / 8).min(torchfs_client::core::cache::DEFAULT_CACHE_MEM_BYTES),
+    }
+}
+
+/// Parses a byte count: digits with an optional K, M, G or T suffix
+/// (powers of 1024; `KiB`, `KB` and `k` read the same).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte count (e.g. 1073741824, 512M, 4GiB)"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use K, M, G or T)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// A live mount and the runtime its client runs on.
@@ -86,7 +165,12 @@ impl Drop for Mounted {
 }
 
 /// Checks the mount point, connects to the cluster and mounts it.
-pub fn mount(metad: &[String], mountpoint: &Path, options: &FuseOptions) -> Result<Mounted> {
+pub fn mount(
+    metad: &[String],
+    mountpoint: &Path,
+    options: &FuseOptions,
+    cache: &CacheConfig,
+) -> Result<Mounted> {
     super::check_metad_addrs(metad)?;
     check_mountpoint(mountpoint)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -95,10 +179,18 @@ pub fn mount(metad: &[String], mountpoint: &Path, options: &FuseOptions) -> Resu
         .enable_all()
         .build()
         .context("start runtime")?;
+    if let Some(dir) = &cache.disk_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create cache disk-tier directory {}", dir.display()))?;
+    }
     let config = ClientConfig {
         metad: metad.to_vec(),
+        cache: cache.clone(),
         ..ClientConfig::default()
     };
+    let mut options = options.clone();
+    options.passthrough = cache.disk_dir.is_some() && cache.mem_bytes > 0;
+    let options = &options;
     let client = runtime.block_on(Client::connect(config)).with_context(|| {
         format!(
             "connect to metad at {} (is the cluster running?)",
@@ -167,7 +259,12 @@ pub fn run(args: MountArgs) -> Result<()> {
         allow_other: args.allow_other,
         ..FuseOptions::default()
     };
-    let mounted = mount(&args.metad, &args.mountpoint, &options)?;
+    let mounted = mount(
+        &args.metad,
+        &args.mountpoint,
+        &options,
+        &args.cache.config(),
+    )?;
     eprintln!(
         "torchfs: mounted on {} (stop with Ctrl-C or `umount {}`)",
         args.mountpoint.display(),
@@ -184,6 +281,22 @@ pub fn run(args: MountArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(parse_bytes("1234"), Ok(1234));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4g"), Ok(4 << 30));
+        assert!(parse_bytes("1.5G").is_err());
+        assert!(parse_bytes("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+        let d = default_cache_mem_bytes();
+        assert!(d > 0 && d <= 1 << 30);
+    }
 
     #[test]
     fn mountpoint_checks_name_the_problem() {

@@ -39,6 +39,8 @@ pub struct UpArgs {
     /// Stop everything after the demonstration instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit_after_demo: bool,
+    #[command(flatten)]
+    pub cache: super::mount::CacheArgs,
     /// TOML file with defaults for these flags (table [up]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -104,7 +106,12 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mut cluster = LocalCluster::start(spec)?;
     let status = cluster.wait_ready(args.storage_nodes, Duration::from_secs(60))?;
     print!("{}", super::status::render(&status));
-    let mounted = super::mount::mount(&metad, &mountpoint, &FuseOptions::default())?;
+    let mounted = super::mount::mount(
+        &metad,
+        &mountpoint,
+        &FuseOptions::default(),
+        &args.cache.config(),
+    )?;
     mounted.adopt_new_root()?;
     println!("torchfs: mounted on {}", mountpoint.display());
     if !args.no_demo {

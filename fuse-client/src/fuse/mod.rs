@@ -4,12 +4,13 @@
 
 mod attr;
 mod dirs;
+mod passthrough;
 mod readahead;
 
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub use fuser::BackgroundSession as MountSession;
@@ -25,6 +26,7 @@ use torchfs_proto::meta::{SetAttr, SetTime, NAME_BYTES_MAX};
 use crate::core::{Client, ClientError};
 use attr::file_attr;
 use dirs::DirStreams;
+use passthrough::{IoModes, OpenAs};
 
 /// How the mount behaves; set at mount time.
 #[derive(Clone, Debug)]
@@ -39,6 +41,10 @@ pub struct FuseOptions {
     pub allow_other: bool,
     /// Largest read/write request the kernel sends (bytes).
     pub request_bytes_max: u32,
+    /// Ask the kernel for FUSE passthrough, so that files the epoch cache's
+    /// disk tier holds whole are read by the kernel directly. Only useful
+    /// with a disk tier; off if the kernel refuses it.
+    pub passthrough: bool,
 }
 
 impl Default for FuseOptions {
@@ -49,6 +55,7 @@ impl Default for FuseOptions {
             attr_ttl: Duration::from_secs(1),
             allow_other: false,
             request_bytes_max: 1 << 20,
+            passthrough: false,
         }
     }
 }
@@ -80,6 +87,8 @@ pub fn mount(
         options: options.clone(),
         dirs: DirStreams::default(),
         next_dir_handle: AtomicU64::new(1),
+        passthrough: AtomicBool::new(false),
+        io_modes: IoModes::default(),
     };
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
     readahead::raise(mountpoint, options.request_bytes_max);
@@ -92,6 +101,9 @@ struct TorchFs {
     options: FuseOptions,
     dirs: DirStreams,
     next_dir_handle: AtomicU64,
+    /// Whether the kernel granted passthrough at init.
+    passthrough: AtomicBool,
+    io_modes: IoModes,
 }
 
 fn errno(err: &ClientError) -> Errno {
@@ -140,6 +152,14 @@ impl Filesystem for TorchFs {
         let _ = config.set_max_write(self.options.request_bytes_max);
         let _ = config.set_max_readahead(self.options.request_bytes_max);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ);
+        if self.options.passthrough {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                tracing::warn!("the kernel does not offer FUSE passthrough: disk-tier hits go through this process");
+            }
+            self.passthrough.store(granted, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -344,12 +364,34 @@ impl Filesystem for TorchFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self
+        let fh = match self
             .runtime
             .block_on(self.client.open(ino.0, write, truncate))
         {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // Control files: no page cache (their size is 0, stats change at
+        // every open, and plan writes must reach the core as written).
+        if self.client.is_control(ino.0) {
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
+        let answer = self.io_modes.open(ino.0, fh, !write, || {
+            let file = self.runtime.block_on(self.client.backing_file(fh))?;
+            reply
+                .open_backing(&file)
+                .inspect_err(|e| tracing::warn!("passthrough of inode {}: {e}", ino.0))
+                .ok()
+        });
+        match answer {
+            OpenAs::Cached => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            OpenAs::Direct => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            OpenAs::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
         }
     }
 
@@ -365,7 +407,7 @@ impl Filesystem for TorchFs {
         reply: ReplyData,
     ) {
         match self.runtime.block_on(self.client.read(fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(&data[..]),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -409,6 +451,7 @@ impl Filesystem for TorchFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.io_modes.release(fh.0);
         Self::reply_empty(self.runtime.block_on(self.client.release(fh.0)), reply);
     }
 
@@ -564,13 +607,21 @@ impl Filesystem for TorchFs {
             Ok::<_, ClientError>((attr, fh))
         });
         match result {
-            Ok((attr, fh)) => reply.created(
-                &self.options.entry_ttl,
-                &file_attr(&attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, fh)) => {
+                let mut flags = FopenFlags::empty();
+                if self.passthrough.load(Ordering::Relaxed) {
+                    if let OpenAs::Direct = self.io_modes.open(attr.ino, fh, false, || None) {
+                        flags = FopenFlags::FOPEN_DIRECT_IO;
+                    }
+                }
+                reply.created(
+                    &self.options.entry_ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    flags,
+                )
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
