@@ -5,6 +5,9 @@
 set -euo pipefail
 
 packages=(capnproto nasm autoconf automake libtool pkg-config fuse3)
+# The Python package's tests: Debian's CPU build of torch (~150 MB, in
+# Debian's own /usr/bin/python3) instead of PyPI's ~3 GB of CUDA wheels.
+packages+=(python3 python3-venv python3-pip python3-numpy python3-torch)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

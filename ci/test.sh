@@ -18,3 +18,18 @@ if [ "$(id -u)" -eq 0 ] && [ -e /dev/fuse ]; then
 fi
 cargo run -p torchfs-perf -- --quick --out "$perf_out" --work-dir "$perf_out/work" "${strict[@]}"
 rm -rf "$perf_out"
+
+# The Python package: unit tests (torch ones run where Debian's torch is
+# installed), then a pip install from the repository into a throwaway venv.
+python_tests() {
+  local py=/usr/bin/python3
+  [ -x "$py" ] || py=python3
+  "$py" -m unittest discover -s python/tests
+  local venv
+  venv="$(mktemp -d)"
+  "$py" -m venv --system-site-packages "$venv"
+  "$venv/bin/pip" install -q --no-build-isolation --no-deps --no-index ./python
+  (cd "$venv" && "$venv/bin/python" -c 'import torchfs; torchfs.PlanSampler')
+  rm -rf "$venv" python/build python/src/torchfs.egg-info
+}
+python_tests
