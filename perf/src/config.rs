@@ -96,6 +96,22 @@ pub struct RunArgs {
     /// Chunk (record) size read at shuffled offsets.
     #[arg(long, value_parser = bytes_arg, default_value = "256KiB")]
     pub chunk_bytes: u64,
+    /// Epoch cache: epochs per (case, cache size, mode).
+    #[arg(long)]
+    pub epoch_cache_epochs: Option<usize>,
+    /// Epoch cache: the client's memory cache as % of the dataset.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,100")]
+    pub epoch_cache_percents: Vec<u32>,
+    /// Epoch cache: samples per batch.
+    #[arg(long, default_value_t = 32)]
+    pub epoch_cache_batch: usize,
+    /// Epoch cache: the training step, ms of compute per batch in the
+    /// trainer (the data loader's consumer).
+    #[arg(long, default_value_t = 10.0)]
+    pub epoch_cache_step_ms: f64,
+    /// Epoch cache: chunk size of the large-file case.
+    #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
+    pub epoch_cache_chunk_bytes: u64,
     /// Files created, stat'ed, listed and unlinked by the metadata workload.
     #[arg(long)]
     pub meta_files: Option<usize>,
@@ -146,6 +162,11 @@ pub struct Config {
     pub loader_rounds: usize,
     pub shard_files: usize,
     pub shard_file_bytes: u64,
+    pub epoch_cache_epochs: usize,
+    pub epoch_cache_percents: Vec<u32>,
+    pub epoch_cache_batch: usize,
+    pub epoch_cache_step_ms: f64,
+    pub epoch_cache_chunk_bytes: u64,
     pub chunk_bytes: u64,
     pub meta_files: usize,
     pub codec_fragment_bytes: u64,
@@ -224,6 +245,19 @@ impl Config {
                 .unwrap_or(pick(4 << 20, 256 << 20))
                 .max(args.chunk_bytes),
             chunk_bytes: args.chunk_bytes.max(1),
+            epoch_cache_epochs: args
+                .epoch_cache_epochs
+                .unwrap_or(pick(2, 3) as usize)
+                .max(1),
+            epoch_cache_percents: args.epoch_cache_percents.clone(),
+            epoch_cache_batch: args.epoch_cache_batch.max(1),
+            epoch_cache_step_ms: args.epoch_cache_step_ms.max(0.0),
+            epoch_cache_chunk_bytes: if q {
+                args.epoch_cache_chunk_bytes.min(256 << 10)
+            } else {
+                args.epoch_cache_chunk_bytes
+            }
+            .max(4096),
             meta_files: args.meta_files.unwrap_or(pick(100, 2_000) as usize).max(1),
             codec_fragment_bytes: args.codec_fragment_bytes.max(64),
             codec_seconds: args.codec_seconds.unwrap_or(if q { 0.2 } else { 1.0 }),

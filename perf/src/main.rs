@@ -67,6 +67,8 @@ enum Internal {
     Worker { index: usize, count: usize },
     #[command(name = "__nullfs", hide = true)]
     Nullfs { mountpoint: PathBuf },
+    #[command(name = "__epoch_worker", hide = true)]
+    EpochWorker { spec: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
     let result = match cli.internal {
         Some(Internal::Worker { index, count }) => workers::serve(index, count),
         Some(Internal::Nullfs { mountpoint }) => nullfs::serve(&mountpoint),
+        Some(Internal::EpochWorker { spec }) => workloads::epoch_cache::serve_worker(&spec),
         None => run(cli.run, cli.strict),
     };
     match result {

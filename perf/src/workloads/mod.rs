@@ -13,6 +13,7 @@
 pub mod chunks;
 pub mod codec;
 pub mod degraded;
+pub mod epoch_cache;
 pub mod large_file;
 pub mod loader;
 pub mod metadata;
@@ -46,6 +47,7 @@ pub fn registry() -> Vec<Box<dyn Workload>> {
         Box::new(chunks::Chunks),
         Box::new(loader::Loader),
         Box::new(metadata::Metadata),
+        Box::new(epoch_cache::EpochCache),
         Box::new(degraded::Degraded),
     ]
 }
