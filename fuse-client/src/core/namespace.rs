@@ -376,6 +376,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         is_control_ino(ino)
     }
 
+    /// Whether front-ends should bypass their page cache for `ino`: a plan
+    /// reads it by byte ranges. The kernel's readahead would otherwise read
+    /// past each range into neighbouring planned ranges (consuming them
+    /// out of plan order and reading bytes the cache already holds), and
+    /// its pages are dropped at the next open anyway.
+    pub fn prefers_direct_io(&self, ino: Ino) -> bool {
+        is_control_ino(ino) || self.inner.data_cache.has_planned_ranges(ino)
+    }
+
     async fn attr_reply(
         &self,
         request: &'static str,

@@ -376,8 +376,19 @@ impl Filesystem for TorchFs {
         if self.client.is_control(ino.0) {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
+        // Files a plan reads by ranges: no kernel readahead across ranges.
+        let direct = self.client.prefers_direct_io(ino.0);
         if !self.passthrough.load(Ordering::Relaxed) {
-            return reply.opened(FileHandle(fh), FopenFlags::empty());
+            let flags = if direct {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::empty()
+            };
+            return reply.opened(FileHandle(fh), flags);
+        }
+        if direct {
+            self.io_modes.open_direct(ino.0, fh);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
         let answer = self.io_modes.open(ino.0, fh, !write, || {
             let file = self.runtime.block_on(self.client.backing_file(fh))?;

@@ -82,6 +82,13 @@ impl IoModes {
         answer
     }
 
+    /// Records an open answered with `FOPEN_DIRECT_IO` (it takes no part
+    /// in the kernel's per-inode I/O mode).
+    pub(super) fn open_direct(&self, ino: u64, fh: u64) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.insert(fh, (ino, Mode::Direct));
+    }
+
     /// Forgets a released handle (dropping its backing id reference).
     pub(super) fn release(&self, fh: u64) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -302,6 +302,13 @@ impl Plans {
         })
     }
 
+    /// Whether a plan reads byte ranges of `ino` (not the whole file).
+    pub fn has_ranges(&self, ino: Ino) -> bool {
+        self.by_ino
+            .get(&ino)
+            .is_some_and(|occ| occ.iter().any(|o| o.end != WHOLE_FILE_END))
+    }
+
     pub fn is_planned(&self, ino: Ino) -> bool {
         self.by_ino.contains_key(&ino)
     }

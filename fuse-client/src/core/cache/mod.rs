@@ -265,6 +265,11 @@ impl EpochCache {
         super::lock(&self.state).plans.is_planned(ino)
     }
 
+    /// Whether a plan reads `ino` by byte ranges.
+    pub fn has_planned_ranges(&self, ino: Ino) -> bool {
+        super::lock(&self.state).plans.has_ranges(ino)
+    }
+
     /// The disk-tier file holding all of `ino` at `version` (`size_bytes`
     /// long), for FUSE passthrough; counts the open as a disk hit and
     /// consumes its plan item.

@@ -1,6 +1,6 @@
 //! Counters of the epoch cache and their rendering as the JSON document
-//! served by `<mount>/.torchfs/stats` (format 1, documented in
-//! docs/EPOCH_CACHE.md). Counters only grow from mount time; a reader takes
+//! served by `<mount>/.torchfs/stats` (format 1: its fields are listed in
+//! the README's epoch-cache section). Counters only grow from mount time; a reader takes
 //! two snapshots and subtracts to measure an interval (an epoch).
 
 use std::fmt::Write;
