@@ -8,7 +8,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::Path;
 
-use glommio::io::{DmaBuffer, DmaFile, ReadResult};
+use glommio::io::{Directory, DmaBuffer, DmaFile, ReadResult};
 use glommio::GlommioError;
 
 use crate::faults::Faults;
@@ -29,18 +29,31 @@ pub trait DiskIo {
     type WriteBuf: AsRef<[u8]> + AsMut<[u8]>;
     /// Bytes read from disk.
     type ReadBuf: Deref<Target = [u8]>;
+    /// A file open for reading; several reads of it may be in flight.
+    type File;
+    /// A directory open for syncing, kept open across puts.
+    type Dir;
 
     /// A block-aligned buffer of `len_bytes` (a multiple of [`BLOCK_BYTES`]).
     fn alloc(&self, len_bytes: usize) -> Self::WriteBuf;
     /// Creates `path` (which must not be in use), writes `buf` at offset 0
     /// and makes it durable (fdatasync) before returning.
     async fn write_new(&self, path: &Path, buf: Self::WriteBuf) -> io::Result<()>;
-    /// Reads the whole of `path` (its size must be block-aligned).
-    async fn read_all(&self, path: &Path) -> io::Result<Self::ReadBuf>;
+    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Reads exactly `len_bytes` at `offset_bytes` (both block-aligned);
+    /// fewer bytes in the file is an `UnexpectedEof` error.
+    async fn read_at(
+        &self,
+        file: &Self::File,
+        offset_bytes: u64,
+        len_bytes: usize,
+    ) -> io::Result<Self::ReadBuf>;
+    async fn close(&self, file: Self::File);
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     async fn remove(&self, path: &Path) -> io::Result<()>;
-    /// Makes renames and removals in `dir` durable.
-    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    async fn open_dir(&self, path: &Path) -> io::Result<Self::Dir>;
+    /// Makes renames and removals in `dir` done before the call durable.
+    async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()>;
 }
 
 /// Keeps the OS error number (ENOSPC must stay recognisable): glommio's
@@ -72,6 +85,8 @@ impl GlommioDisk {
 impl DiskIo for GlommioDisk {
     type WriteBuf = DmaBuffer;
     type ReadBuf = ReadResult;
+    type File = DmaFile;
+    type Dir = Directory;
 
     fn alloc(&self, len_bytes: usize) -> DmaBuffer {
         glommio::allocate_dma_buffer(len_bytes)
@@ -97,33 +112,37 @@ impl DiskIo for GlommioDisk {
         written.and(closed)
     }
 
-    async fn read_all(&self, path: &Path) -> io::Result<ReadResult> {
+    async fn open(&self, path: &Path) -> io::Result<DmaFile> {
         self.faults.on_read()?;
-        let file = DmaFile::open(path).await.map_err(os_error)?;
-        let read = async {
-            let size_bytes = file.file_size().await.map_err(os_error)?;
-            if size_bytes % BLOCK_BYTES as u64 != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} has {size_bytes} bytes, not a whole number of blocks",
-                        path.display()
-                    ),
-                ));
-            }
-            let size = usize::try_from(size_bytes).map_err(io::Error::other)?;
-            let data = file.read_at_aligned(0, size).await.map_err(os_error)?;
-            if data.len() != size {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{}: read {} of {size} bytes", path.display(), data.len()),
-                ));
-            }
-            Ok(data)
+        DmaFile::open(path).await.map_err(os_error)
+    }
+
+    async fn read_at(
+        &self,
+        file: &DmaFile,
+        offset_bytes: u64,
+        len_bytes: usize,
+    ) -> io::Result<ReadResult> {
+        let data = file
+            .read_at_aligned(offset_bytes, len_bytes)
+            .await
+            .map_err(os_error)?;
+        if data.len() != len_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: read {} of {len_bytes} bytes at offset {offset_bytes}",
+                    file.path()
+                        .map_or_else(String::new, |p| p.display().to_string()),
+                    data.len()
+                ),
+            ));
         }
-        .await;
+        Ok(data)
+    }
+
+    async fn close(&self, file: DmaFile) {
         let _ = file.close().await;
-        read
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -134,10 +153,11 @@ impl DiskIo for GlommioDisk {
         glommio::io::remove(path).await.map_err(os_error)
     }
 
-    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let d = glommio::io::Directory::open(dir).await.map_err(os_error)?;
-        let synced = d.sync().await.map_err(os_error);
-        let _ = d.close().await;
-        synced
+    async fn open_dir(&self, path: &Path) -> io::Result<Directory> {
+        Directory::open(path).await.map_err(os_error)
+    }
+
+    async fn sync_dir(&self, dir: &Directory) -> io::Result<()> {
+        dir.sync().await.map_err(os_error)
     }
 }

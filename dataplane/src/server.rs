@@ -207,9 +207,12 @@ where
                 length,
                 expected_crc32c,
             } => {
+                // A ranged get reads the chunks around its range: up to
+                // one more chunk on each side.
+                let read_bytes = length.saturating_add(2 * format::CHUNK_BYTES_MIN);
                 let _permit = shard
                     .budget
-                    .acquire_permit(budget_kib(length))
+                    .acquire_permit(budget_kib(read_bytes))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 match shard.store.get(key, offset, length, expected_crc32c).await {

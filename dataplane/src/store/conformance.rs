@@ -20,6 +20,43 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The (expected, actual) whole-fragment CRCs of a checksum refusal.
+fn checksum_refusal(e: &StoreError) -> Option<(u32, u32)> {
+    match e {
+        StoreError::ChecksumMismatch {
+            expected, actual, ..
+        }
+        | StoreError::ChunkChecksumMismatch {
+            expected, actual, ..
+        } => Some((*expected, *actual)),
+        _ => None,
+    }
+}
+
+/// A get of `offset..offset + length` of the damaged `key` must be
+/// refused, naming the expected CRC and another one.
+async fn assert_caught<S: FragmentStore>(
+    store: &S,
+    key: FragmentKey,
+    offset: u32,
+    length: u32,
+    crc: u32,
+) {
+    match store.get(key, offset, length, crc).await {
+        Err(e) => match checksum_refusal(&e) {
+            Some((expected, actual)) => {
+                assert_eq!(expected, crc, "{e}");
+                assert_ne!(actual, crc, "{e}");
+            }
+            None => panic!("corrupt fragment, range {offset}+{length}: {e}"),
+        },
+        Ok(b) => panic!(
+            "corrupt fragment, range {offset}+{length}: served {} bytes",
+            b.len()
+        ),
+    }
+}
+
 async fn put<S: FragmentStore>(store: &S, key: FragmentKey, data: &[u8]) -> Result<(), StoreError> {
     let mut buf = store.put_buffer(data.len() as u32);
     buf.as_mut().copy_from_slice(data);
@@ -43,7 +80,7 @@ pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usiz
     ));
 
     // Round trips at awkward sizes, whole and ranged.
-    let sizes = [0usize, 1, 4095, 4096, 4097, 100_000];
+    let sizes = [0usize, 1, 4095, 4096, 4097, 100_000, 300_000];
     for (i, len) in sizes.iter().enumerate() {
         let data = pattern(*len, i as u8);
         let crc = crc32c::crc32c(&data);
@@ -62,6 +99,30 @@ pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usiz
             let mid = store.get(key(i as u8), 3, 7, crc).await.unwrap();
             assert_eq!(&*mid, &data[3..10]);
         }
+        // Ranges across (and ending at) 4 KiB and 64 KiB boundaries.
+        for (offset, length) in [
+            (4090usize, 20usize),
+            (65_530, 20),
+            (65_536, 4096),
+            (131_000, 1000),
+        ] {
+            if offset + length <= *len {
+                let got = store
+                    .get(key(i as u8), offset as u32, length as u32, crc)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    &*got,
+                    &data[offset..offset + length],
+                    "{len}: {offset}+{length}"
+                );
+            }
+        }
+        let tail = store
+            .get(key(i as u8), (*len as u32).saturating_sub(5), 100, crc)
+            .await
+            .unwrap();
+        assert_eq!(&*tail, &data[len.saturating_sub(5)..]);
         let at_end = store.get(key(i as u8), *len as u32, 10, crc).await.unwrap();
         assert!(at_end.is_empty());
         let err = store
@@ -125,22 +186,39 @@ pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usiz
     );
     assert_eq!(store.list().len(), sizes.len());
 
-    // A flipped byte anywhere is caught, also by a get of another range.
+    // A flipped byte is caught by every get that covers it. A get of
+    // another range may not notice it, but then serves right bytes.
     corrupt(key(5), 4000);
-    for (offset, length) in [(0u32, 4097u32), (0, 10), (4090, 7)] {
-        match store.get(key(5), offset, length, new_crc).await {
-            Err(StoreError::ChecksumMismatch {
-                expected, actual, ..
-            }) => {
-                assert_eq!(expected, new_crc);
-                assert_ne!(actual, new_crc);
-            }
-            other => panic!(
-                "corrupt fragment, range {offset}+{length}: {:?}",
-                other.map(|b| b.len())
-            ),
+    for (offset, length) in [(0u32, 4097u32), (3995, 10), (4000, 1)] {
+        assert_caught(store, key(5), offset, length, new_crc).await;
+    }
+    let big = pattern(300_000, 6);
+    let big_crc = crc32c::crc32c(&big);
+    corrupt(key(6), 200_000);
+    for (offset, length) in [
+        (0u32, 300_000u32),
+        (0, u32::MAX),
+        (199_990, 20),
+        (200_000, 1),
+    ] {
+        assert_caught(store, key(6), offset, length, big_crc).await;
+    }
+    for (offset, length) in [(0usize, 10usize), (4096, 4096), (290_000, 10_000)] {
+        match store
+            .get(key(6), offset as u32, length as u32, big_crc)
+            .await
+        {
+            Ok(b) => assert_eq!(&*b, &big[offset..offset + length]),
+            Err(e) => assert!(checksum_refusal(&e).is_some(), "{e}"),
         }
     }
+    // The expected CRC is still checked when the range reads nothing.
+    let err = store
+        .get(key(6), 300_000, 10, big_crc ^ 2)
+        .await
+        .err()
+        .expect("a wrong expected CRC at the end");
+    assert!(checksum_refusal(&err).is_some(), "{err}");
 
     // Delete, and everything is gone.
     for k in keys {

@@ -1,24 +1,47 @@
 //! [`DmaStore`]: fragments as files on local disk, one directory per shard,
-//! `<dir>/<key>.frag` in the format of [`super::format`], written and read
-//! whole with O_DIRECT through a [`DiskIo`].
+//! `<dir>/<key>.frag` in the format of [`super::format`], read and written
+//! with O_DIRECT through a [`DiskIo`].
 //!
-//! A put writes a uniquely named temp file, fdatasyncs it, renames it into
-//! place and fsyncs the directory: a crash or a full disk at any point
-//! leaves either the old fragment or the new one, never a torn one. Temp
-//! files left by a crash are removed by [`scan`] at start.
+//! **Put.** The data is checked against the sender's CRC32C (computed from
+//! the chunk CRCs, one pass), written to a uniquely named temp file and
+//! fdatasync'd, renamed into place, and the directory is fsync'd: a crash
+//! or a full disk at any point leaves either the old fragment or the new
+//! one, never a torn one, and a put is acknowledged only once its data and
+//! its name are durable. The directory fsync is shared by the puts in
+//! flight on the shard ([`GroupSync`]): one fsync covers every rename done
+//! before it started. Temp files left by a crash are removed by [`scan`]
+//! at start.
+//!
+//! **Get.** Reads the header block and, at the same time, the chunks the
+//! requested range touches (one read when the range starts in the first
+//! chunk), guessing the chunk size from the file size; the header then
+//! says whether the guess holds, and another read fetches what it says
+//! when it does not. Before serving:
+//! - the whole-fragment CRC, combined from the chunk CRCs without reading
+//!   the data, must equal the caller's `expected_crc32c` (a stale or
+//!   misdirected fragment is refused whatever range is asked);
+//! - every chunk read must match its CRC. A flipped byte in a chunk the
+//!   range does not touch is not noticed by that get: it is caught by any
+//!   get that covers it (a whole-fragment read, a degraded read, a repair).
+//!
+//! Version-1 fragments (no chunk CRCs) are read and checked whole, as
+//! before chunks existed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use torchfs_proto::fragment::FragmentKey;
 
-use super::format::{self, FragmentHeader, HEADER_BLOCK_BYTES};
-use super::{FragmentStore, Slice, StoreError};
-use crate::io::{align_up, is_no_space, DiskIo};
+use super::format::{self, Checksums, FragmentHeader, HeaderError, HEADER_BLOCK_BYTES};
+use super::group_sync::GroupSync;
+use super::{crc, FragmentStore, Slice, StoreError};
+use crate::io::{align_up, is_no_space, DiskIo, BLOCK_BYTES};
 
 /// Space accounting shared by all shards of a node and its control thread
 /// (atomics, no locks).
@@ -38,6 +61,9 @@ pub struct ScanResult {
 }
 
 const TEMP_MARK: &str = ".frag.tmp";
+/// The most data bytes a fragment file is read for: the largest
+/// block-aligned u32, so aligned lengths never overflow.
+const ROOM_BYTES_MAX: u32 = u32::MAX / BLOCK_BYTES as u32 * BLOCK_BYTES as u32;
 
 /// Lists a shard directory (creating it if needed) and removes leftover
 /// temp files. Runs at start, before the executor serves.
@@ -80,6 +106,31 @@ pub struct DmaStore<I: DiskIo> {
     node: Arc<NodeUsage>,
     /// Makes temp names unique, so concurrent puts of one key do not collide.
     temp_seq: Cell<u64>,
+    /// The shard directory, opened on the first put and kept open.
+    dir_handle: RefCell<Option<Rc<I::Dir>>>,
+    dir_sync: GroupSync,
+}
+
+/// Data bytes `start..end` of a fragment, held in `buf` from index `at`.
+struct Extent<B> {
+    buf: B,
+    at: usize,
+    start: u32,
+    end: u32,
+}
+
+impl<B: std::ops::Deref<Target = [u8]>> Extent<B> {
+    fn covers(&self, range: &Range<u32>) -> bool {
+        range.is_empty() || (self.start <= range.start && range.end <= self.end)
+    }
+
+    /// Where `range` (which must be covered) sits in `buf`.
+    fn index(&self, range: &Range<u32>) -> Range<usize> {
+        if range.is_empty() {
+            return 0..0;
+        }
+        self.at + (range.start - self.start) as usize..self.at + (range.end - self.start) as usize
+    }
 }
 
 impl<I: DiskIo> DmaStore<I> {
@@ -94,7 +145,14 @@ impl<I: DiskIo> DmaStore<I> {
             used_bytes: Cell::new(used),
             node,
             temp_seq: Cell::new(0),
+            dir_handle: RefCell::new(None),
+            dir_sync: GroupSync::new(),
         }
+    }
+
+    /// Directory syncs run and puts they served (group commit figures).
+    pub fn dir_syncs(&self) -> (u64, u64) {
+        (self.dir_sync.syncs(), self.dir_sync.callers())
     }
 
     pub fn path_of(&self, key: &FragmentKey) -> PathBuf {
@@ -106,6 +164,239 @@ impl<I: DiskIo> DmaStore<I> {
             .set(self.used_bytes.get() - old_bytes + new_bytes);
         self.node.used_bytes.fetch_add(new_bytes, Ordering::Relaxed);
         self.node.used_bytes.fetch_sub(old_bytes, Ordering::Relaxed);
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let open = self.dir_handle.borrow().clone();
+        let dir = match open {
+            Some(dir) => dir,
+            None => {
+                let dir = Rc::new(self.io.open_dir(&self.dir).await?);
+                *self.dir_handle.borrow_mut() = Some(dir.clone());
+                dir
+            }
+        };
+        self.io.sync_dir(&dir).await
+    }
+
+    /// Reads data bytes `range` (block-aligned start) of an open fragment.
+    async fn read_extent(
+        &self,
+        key: FragmentKey,
+        file: &I::File,
+        range: Range<u32>,
+    ) -> Result<Extent<I::ReadBuf>, StoreError> {
+        let len_bytes = align_up((range.end - range.start) as usize);
+        let buf = self
+            .io
+            .read_at(
+                file,
+                (HEADER_BLOCK_BYTES as u64) + u64::from(range.start),
+                len_bytes,
+            )
+            .await
+            .map_err(read_error(key))?;
+        Ok(Extent {
+            buf,
+            at: 0,
+            start: range.start,
+            end: range.start + len_bytes as u32,
+        })
+    }
+
+    /// The header and the data range most likely needed for a get of
+    /// `offset..offset + length`, read together. The guess takes the chunk
+    /// size this node writes for a fragment filling the file; the header
+    /// read alongside decides.
+    async fn read_header_and_guess(
+        &self,
+        key: FragmentKey,
+        file: &I::File,
+        room_bytes: u32,
+        offset: u32,
+        length: u32,
+    ) -> Result<(FragmentHeader, Extent<I::ReadBuf>), StoreError> {
+        let end = offset.saturating_add(length).min(room_bytes);
+        let guess = format::covering_chunks(
+            offset.min(end),
+            end,
+            format::chunk_bytes_for(room_bytes),
+            room_bytes,
+        );
+        let corrupt = |source| StoreError::CorruptHeader { key, source };
+        if guess.start == 0 {
+            // Header and data are contiguous: one read.
+            let data_bytes = align_up(guess.end as usize);
+            let buf = self
+                .io
+                .read_at(file, 0, HEADER_BLOCK_BYTES + data_bytes)
+                .await
+                .map_err(read_error(key))?;
+            let header = FragmentHeader::decode(&buf).map_err(corrupt)?;
+            let extent = Extent {
+                buf,
+                at: HEADER_BLOCK_BYTES,
+                start: 0,
+                end: data_bytes as u32,
+            };
+            return Ok((header, extent));
+        }
+        let (block, extent) = futures::join!(
+            self.io.read_at(file, 0, HEADER_BLOCK_BYTES),
+            self.read_extent(key, file, guess)
+        );
+        let block = block.map_err(read_error(key))?;
+        let header = FragmentHeader::decode(&block).map_err(corrupt)?;
+        Ok((header, extent?))
+    }
+
+    /// The checked bytes `offset..offset + length` of an open fragment
+    /// whose file is `file_bytes` long (see the module docs).
+    async fn read_checked(
+        &self,
+        key: FragmentKey,
+        file: &I::File,
+        file_bytes: u64,
+        offset: u32,
+        length: u32,
+        expected_crc32c: u32,
+    ) -> Result<Slice<I::ReadBuf>, StoreError> {
+        // Data bytes the file has room for, block-aligned and within u32
+        // (a larger file is not one this node wrote: its header will say
+        // more data than the room, or the reads come up short).
+        let room_bytes = file_bytes
+            .saturating_sub(HEADER_BLOCK_BYTES as u64)
+            .min(u64::from(ROOM_BYTES_MAX)) as u32;
+        let (header, mut extent) = self
+            .read_header_and_guess(key, file, room_bytes, offset, length)
+            .await?;
+        let corrupt = |source| StoreError::CorruptHeader { key, source };
+        if header.key != key {
+            return Err(corrupt(HeaderError::WrongKey { found: header.key }));
+        }
+        let length_bytes = header.length_bytes;
+        if length_bytes > room_bytes {
+            return Err(corrupt(HeaderError::PastEndOfFile {
+                length_bytes,
+                room_bytes: u64::from(room_bytes),
+            }));
+        }
+        if matches!(header.checksums, Checksums::Chunks { .. }) && header.crc32c != expected_crc32c
+        {
+            return Err(StoreError::ChecksumMismatch {
+                key,
+                expected: expected_crc32c,
+                actual: header.crc32c,
+            });
+        }
+        let in_range = offset <= length_bytes;
+        let end = if in_range {
+            (u64::from(offset) + u64::from(length)).min(u64::from(length_bytes)) as u32
+        } else {
+            offset
+        };
+        let need = match header.checksums {
+            Checksums::Whole => 0..length_bytes,
+            Checksums::Chunks { .. } if in_range => header.covering(offset, end),
+            Checksums::Chunks { .. } => 0..0,
+        };
+        if !extent.covers(&need) {
+            extent = self.read_extent(key, file, need.clone()).await?;
+        }
+        match &header.checksums {
+            Checksums::Whole => {
+                let actual = crc32c::crc32c(&extent.buf[extent.index(&need)]);
+                if actual != header.crc32c || actual != expected_crc32c {
+                    return Err(StoreError::ChecksumMismatch {
+                        key,
+                        expected: expected_crc32c,
+                        actual,
+                    });
+                }
+            }
+            Checksums::Chunks {
+                chunk_bytes,
+                crc32cs,
+            } => verify_chunks(
+                key,
+                &header,
+                *chunk_bytes,
+                crc32cs,
+                &extent,
+                &need,
+                expected_crc32c,
+            )?,
+        }
+        if !in_range {
+            return Err(StoreError::BadRange {
+                key,
+                offset,
+                length_bytes,
+            });
+        }
+        let served = extent.index(&(offset..end));
+        Ok(Slice::new(extent.buf, served.start, served.end))
+    }
+}
+
+/// Checks every chunk of `need` (chunk-aligned, within the data) in
+/// `extent` against its stored CRC.
+fn verify_chunks<B: std::ops::Deref<Target = [u8]>>(
+    key: FragmentKey,
+    header: &FragmentHeader,
+    chunk_bytes: u32,
+    crc32cs: &[u32],
+    extent: &Extent<B>,
+    need: &Range<u32>,
+    expected_crc32c: u32,
+) -> Result<(), StoreError> {
+    if need.is_empty() {
+        return Ok(());
+    }
+    let first = (need.start / chunk_bytes) as usize;
+    for (i, stored) in crc32cs.iter().enumerate().skip(first) {
+        let start = i as u64 * u64::from(chunk_bytes);
+        if start >= u64::from(need.end) {
+            break;
+        }
+        let end = (start + u64::from(chunk_bytes)).min(u64::from(header.length_bytes)) as u32;
+        let chunk = start as u32..end;
+        let computed = crc32c::crc32c(&extent.buf[extent.index(&chunk)]);
+        if computed != *stored {
+            return Err(StoreError::ChunkChecksumMismatch {
+                key,
+                chunk: i as u32,
+                start_bytes: chunk.start,
+                end_bytes: chunk.end,
+                stored: *stored,
+                computed,
+                expected: expected_crc32c,
+                // What the whole fragment hashes to with this chunk as
+                // read (and the others as stored): never the expected CRC.
+                actual: crc::substitute(
+                    header.crc32c,
+                    *stored,
+                    computed,
+                    u64::from(header.length_bytes - end),
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A failed read of `key`'s file as a store error.
+fn read_error(key: FragmentKey) -> impl Fn(io::Error) -> StoreError {
+    move |source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            StoreError::NotFound { key }
+        } else {
+            StoreError::Io {
+                key,
+                op: "read",
+                source,
+            }
+        }
     }
 }
 
@@ -128,12 +419,12 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
         crc32c: u32,
     ) -> Result<(), StoreError> {
         let length_bytes = data.length_bytes as u32;
-        let actual = crc32c::crc32c(data.as_mut());
-        if actual != crc32c {
+        let header = FragmentHeader::for_data(key, data.as_mut());
+        if header.crc32c != crc32c {
             return Err(StoreError::ChecksumMismatch {
                 key,
                 expected: crc32c,
-                actual,
+                actual: header.crc32c,
             });
         }
         let needed_bytes = format::file_bytes(length_bytes);
@@ -150,12 +441,7 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
         }
 
         let image = data.image.as_mut();
-        FragmentHeader {
-            key,
-            length_bytes,
-            crc32c,
-        }
-        .encode(image);
+        header.encode(image);
         // Padding goes to disk too: zero it rather than leak old memory.
         image[HEADER_BLOCK_BYTES + data.length_bytes..].fill(0);
 
@@ -194,8 +480,8 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
             .insert(key, needed_bytes)
             .unwrap_or(0);
         self.account(old_bytes, needed_bytes);
-        self.io
-            .sync_dir(&self.dir)
+        self.dir_sync
+            .run(|| self.sync_dir())
             .await
             .map_err(|source| StoreError::Io {
                 key,
@@ -211,64 +497,19 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
         length: u32,
         expected_crc32c: u32,
     ) -> Result<Self::GetBuf, StoreError> {
-        if !self.index.borrow().contains_key(&key) {
+        let Some(file_bytes) = self.index.borrow().get(&key).copied() else {
             return Err(StoreError::NotFound { key });
-        }
-        let image = self
+        };
+        let file = self
             .io
-            .read_all(&self.path_of(&key))
+            .open(&self.path_of(&key))
             .await
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::NotFound {
-                    StoreError::NotFound { key }
-                } else {
-                    StoreError::Io {
-                        key,
-                        op: "read",
-                        source,
-                    }
-                }
-            })?;
-        let header = FragmentHeader::decode(&image)
-            .map_err(|message| StoreError::CorruptHeader { key, message })?;
-        if header.key != key {
-            return Err(StoreError::CorruptHeader {
-                key,
-                message: format!("the file holds fragment {}", header.key),
-            });
-        }
-        let data_end = HEADER_BLOCK_BYTES + header.length_bytes as usize;
-        if data_end > image.len() {
-            let message = format!(
-                "says {} data bytes, the file has {}",
-                header.length_bytes,
-                image.len()
-            );
-            return Err(StoreError::CorruptHeader { key, message });
-        }
-        // The whole fragment, on every get: a flipped byte outside the
-        // requested range still means the fragment is bad.
-        let actual = crc32c::crc32c(&image[HEADER_BLOCK_BYTES..data_end]);
-        if actual != header.crc32c || actual != expected_crc32c {
-            return Err(StoreError::ChecksumMismatch {
-                key,
-                expected: expected_crc32c,
-                actual,
-            });
-        }
-        if offset > header.length_bytes {
-            return Err(StoreError::BadRange {
-                key,
-                offset,
-                length_bytes: header.length_bytes,
-            });
-        }
-        let end = (u64::from(offset) + u64::from(length)).min(u64::from(header.length_bytes));
-        Ok(Slice::new(
-            image,
-            HEADER_BLOCK_BYTES + offset as usize,
-            HEADER_BLOCK_BYTES + end as usize,
-        ))
+            .map_err(read_error(key))?;
+        let result = self
+            .read_checked(key, &file, file_bytes, offset, length, expected_crc32c)
+            .await;
+        self.io.close(file).await;
+        result
     }
 
     async fn delete(&self, key: FragmentKey) -> Result<(), StoreError> {
@@ -296,191 +537,4 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::faults::Faults;
-    use crate::io::GlommioDisk;
-    use std::io::{Read, Seek, SeekFrom, Write};
-
-    pub(crate) fn run_local<F: std::future::Future<Output = ()> + 'static>(
-        f: impl FnOnce() -> F + Send + 'static,
-    ) {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(f)
-            .expect("start a glommio executor")
-            .join()
-            .expect("executor ran");
-    }
-
-    fn open(dir: &Path, capacity_bytes: u64) -> DmaStore<GlommioDisk> {
-        let scanned = scan(dir).unwrap();
-        let used: u64 = scanned.fragments.values().sum();
-        let node = Arc::new(NodeUsage {
-            used_bytes: AtomicU64::new(used),
-            capacity_bytes,
-        });
-        DmaStore::new(
-            dir.to_path_buf(),
-            GlommioDisk::new(Faults::for_dir(dir)),
-            scanned,
-            node,
-        )
-    }
-
-    /// Flips one data byte of a stored fragment, behind the store's back.
-    pub(crate) fn flip_data_byte(path: &Path, at: usize) {
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        let pos = (HEADER_BLOCK_BYTES + at) as u64;
-        let mut b = [0u8; 1];
-        f.seek(SeekFrom::Start(pos)).unwrap();
-        f.read_exact(&mut b).unwrap();
-        b[0] ^= 0x01;
-        f.seek(SeekFrom::Start(pos)).unwrap();
-        f.write_all(&b).unwrap();
-        f.sync_all().unwrap();
-    }
-
-    #[test]
-    fn conformance() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        run_local(move || async move {
-            let store = open(&path, u64::MAX);
-            let p = path.clone();
-            super::super::conformance::run(&store, move |key, at| {
-                flip_data_byte(&p.join(format::file_name(&key)), at)
-            })
-            .await;
-        });
-    }
-
-    #[test]
-    fn restart_serves_what_was_stored_and_drops_temp_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        let key = FragmentKey {
-            ino: 1,
-            stripe: 0,
-            generation: 1,
-            index: 0,
-        };
-        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let crc = crc32c::crc32c(&data);
-        let (p, d) = (path.clone(), data.clone());
-        run_local(move || async move {
-            let store = open(&p, u64::MAX);
-            let mut buf = store.put_buffer(d.len() as u32);
-            buf.as_mut().copy_from_slice(&d);
-            store.put(key, buf, crc).await.unwrap();
-        });
-        std::fs::write(path.join(format!("{key}{TEMP_MARK}.7")), b"half").unwrap();
-        run_local(move || async move {
-            let store = open(&path, u64::MAX);
-            assert_eq!(store.list(), vec![key]);
-            assert_eq!(store.used_bytes(), format::file_bytes(data.len() as u32));
-            assert_eq!(&*store.get(key, 0, u32::MAX, crc).await.unwrap(), &data[..]);
-            let names: Vec<_> = std::fs::read_dir(&path)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names.len(), 1, "{names:?}");
-        });
-    }
-
-    #[test]
-    fn capacity_limit_is_no_space_and_keeps_old_fragment() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        run_local(move || async move {
-            let store = open(&path, 3 * 4096);
-            let key = FragmentKey {
-                ino: 1,
-                stripe: 0,
-                generation: 1,
-                index: 0,
-            };
-            let mut buf = store.put_buffer(100);
-            buf.as_mut().fill(7);
-            let crc = crc32c::crc32c(&[7u8; 100]);
-            store.put(key, buf, crc).await.unwrap();
-            let mut big = store.put_buffer(3 * 4096);
-            big.as_mut().fill(1);
-            let big_crc = crc32c::crc32c(&vec![1u8; 3 * 4096]);
-            let err = store.put(key, big, big_crc).await.unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    StoreError::NoSpace {
-                        needed_bytes: 16384,
-                        ..
-                    }
-                ),
-                "{err}"
-            );
-            assert_eq!(
-                &*store.get(key, 0, 100, crc).await.unwrap(),
-                &[7u8; 100][..]
-            );
-        });
-    }
-
-    #[cfg(feature = "testing")]
-    #[test]
-    fn disk_full_is_no_space_and_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        run_local(move || async move {
-            let store = open(&path, u64::MAX);
-            let key = FragmentKey {
-                ino: 1,
-                stripe: 0,
-                generation: 1,
-                index: 0,
-            };
-            let old_crc = crc32c::crc32c(&[3u8; 10]);
-            let mut buf = store.put_buffer(10);
-            buf.as_mut().fill(3);
-            store.put(key, buf, old_crc).await.unwrap();
-
-            crate::faults::set(
-                &path,
-                crate::faults::FaultSet {
-                    put_no_space: true,
-                    get_io: false,
-                },
-            );
-            let mut buf = store.put_buffer(10);
-            buf.as_mut().fill(4);
-            let err = store
-                .put(key, buf, crc32c::crc32c(&[4u8; 10]))
-                .await
-                .unwrap_err();
-            assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
-            let names: Vec<_> = std::fs::read_dir(&path)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names.len(), 1, "temp file removed: {names:?}");
-            assert_eq!(
-                &*store.get(key, 0, 10, old_crc).await.unwrap(),
-                &[3u8; 10][..]
-            );
-
-            crate::faults::set(
-                &path,
-                crate::faults::FaultSet {
-                    put_no_space: false,
-                    get_io: true,
-                },
-            );
-            let err = store.get(key, 0, 10, old_crc).await.err().unwrap();
-            assert!(matches!(err, StoreError::Io { op: "read", .. }), "{err}");
-            crate::faults::set(&path, crate::faults::FaultSet::default());
-        });
-    }
-}
+mod tests;

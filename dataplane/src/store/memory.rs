@@ -1,6 +1,7 @@
 //! [`MemoryStore`]: fragments in memory. Used to isolate unit tests (of the
 //! server, of the protocol) from the disk; passes the same conformance
-//! suite as the disk store.
+//! suite as the disk store. It checks the whole fragment on every get,
+//! which the contract allows (it only requires the bytes served).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

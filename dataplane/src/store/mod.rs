@@ -7,18 +7,25 @@
 //! - `put` checks the data against the sender's CRC32C before storing
 //!   anything, and replaces a fragment atomically (a failed put leaves the
 //!   old one intact).
-//! - `get` checks the CRC32C of the whole stored fragment against both the
-//!   stored CRC and the caller's `expected_crc32c` on every read, ranged or
-//!   not, and clamps the range to the fragment's end (`offset` past the end
-//!   is an error).
+//! - `get`, ranged or not, refuses a fragment whose stored whole-fragment
+//!   CRC32C differs from the caller's `expected_crc32c` (a stale or
+//!   misdirected fragment), checks every byte it serves against stored
+//!   CRCs (a flipped byte in the range is always caught; one outside it
+//!   may go unnoticed by that get: the disk store checks only the chunks
+//!   the range touches), and clamps the range to the fragment's end
+//!   (`offset` past the end is an error).
 
 use std::ops::Deref;
 
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey, FragmentResponse};
 
+use format::HeaderError;
+
 pub mod conformance;
+pub mod crc;
 pub mod dma;
 pub mod format;
+mod group_sync;
 pub mod memory;
 
 /// Why a store refused or failed a request.
@@ -29,6 +36,20 @@ pub enum StoreError {
     #[error("fragment {key}: CRC32C mismatch: expected {expected:#010x}, computed {actual:#010x}")]
     ChecksumMismatch {
         key: FragmentKey,
+        expected: u32,
+        actual: u32,
+    },
+    /// One chunk of the data does not match its stored CRC. `expected` is
+    /// the caller's whole-fragment CRC, `actual` what the whole fragment
+    /// hashes to with this chunk as read.
+    #[error("fragment {key}: chunk {chunk} (bytes {start_bytes}..{end_bytes}): CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    ChunkChecksumMismatch {
+        key: FragmentKey,
+        chunk: u32,
+        start_bytes: u32,
+        end_bytes: u32,
+        stored: u32,
+        computed: u32,
         expected: u32,
         actual: u32,
     },
@@ -48,8 +69,11 @@ pub enum StoreError {
         length_bytes: u32,
     },
     /// The stored header block is damaged or belongs to another fragment.
-    #[error("fragment {key}: stored header is corrupt: {message}")]
-    CorruptHeader { key: FragmentKey, message: String },
+    #[error("fragment {key}: stored header is corrupt: {source}")]
+    CorruptHeader {
+        key: FragmentKey,
+        source: HeaderError,
+    },
     #[error("fragment {key}: {op}: {source}")]
     Io {
         key: FragmentKey,
@@ -64,9 +88,9 @@ impl StoreError {
             StoreError::NotFound { .. } => FragmentErrorCode::NotFound,
             // A damaged header is as bad as damaged data: the client
             // treats both like a missing fragment and repairs.
-            StoreError::ChecksumMismatch { .. } | StoreError::CorruptHeader { .. } => {
-                FragmentErrorCode::ChecksumMismatch
-            }
+            StoreError::ChecksumMismatch { .. }
+            | StoreError::ChunkChecksumMismatch { .. }
+            | StoreError::CorruptHeader { .. } => FragmentErrorCode::ChecksumMismatch,
             StoreError::NoSpace { .. } => FragmentErrorCode::NoSpace,
             StoreError::BadRange { .. } => FragmentErrorCode::BadRequest,
             StoreError::Io { .. } => FragmentErrorCode::Io,
@@ -77,6 +101,9 @@ impl StoreError {
     pub fn to_response(&self) -> FragmentResponse {
         let (expected, actual) = match self {
             StoreError::ChecksumMismatch {
+                expected, actual, ..
+            }
+            | StoreError::ChunkChecksumMismatch {
                 expected, actual, ..
             } => (*expected, *actual),
             _ => (0, 0),
@@ -131,8 +158,8 @@ pub trait FragmentStore {
         data: Self::PutBuf,
         crc32c: u32,
     ) -> Result<(), StoreError>;
-    /// Bytes `offset..min(offset + length, end)` of `key`, after checking
-    /// the whole fragment (see the module docs).
+    /// Bytes `offset..min(offset + length, end)` of `key`, after the
+    /// checks of the module docs.
     async fn get(
         &self,
         key: FragmentKey,
