@@ -94,8 +94,9 @@ pub trait Transport: Send + Sync + 'static {
         key: FragmentKey,
         data: &[u8],
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
-    /// Read `buf.len()` bytes at `offset` of fragment `key` into `buf`; the
-    /// node verifies the whole fragment against `expected_crc32c`.
+    /// Read `buf.len()` bytes at `offset` of fragment `key` into `buf`. The
+    /// node refuses a fragment whose whole CRC32C is not `expected_crc32c`
+    /// and checks the CRC of every chunk the range covers.
     fn get(
         &self,
         addr: SocketAddr,
