@@ -121,7 +121,11 @@ fn plan(epoch: u64, order: &[usize]) -> String {
     text
 }
 
-fn wait_for(mnt: &Path, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+fn wait_for(
+    mnt: &Path,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = stats(mnt)?;
@@ -204,21 +208,32 @@ fn a_plan_drives_prefetching_through_a_real_mount() -> Result<()> {
     let reads = num(&after0, &["reads"]) - num(&before, &["reads"]);
     let hits = num(&after0, &["hits"]) - num(&before, &["hits"]);
     assert!(reads >= FILES as u64, "{after0}");
-    assert!(hits * 10 >= reads * 9, "epoch 0: {hits} hits of {reads} reads: {after0}");
+    assert!(
+        hits * 10 >= reads * 9,
+        "epoch 0: {hits} hits of {reads} reads: {after0}"
+    );
     assert_eq!(num(&after0, &["plans", "0", "epoch"]), 1, "{after0}");
 
     // Epoch 1: what epoch 0 left in memory and on disk is served from there.
     tc.drop_caches();
-    wait_for(&mnt, "epoch 1 lead", |s| num(s, &["plans", "0", "lead_items"]) >= 4)?;
+    wait_for(&mnt, "epoch 1 lead", |s| {
+        num(s, &["plans", "0", "lead_items"]) >= 4
+    })?;
     for &i in &epoch1 {
         let got = std::fs::read(mnt.join(format!("ds/f{i:03}")))?;
         assert!(got == data[i], "ds/f{i:03} differs in epoch 1");
     }
     let after1 = stats(&mnt)?;
     let misses = num(&after1, &["misses"]) - num(&after0, &["misses"]);
-    assert!(misses <= (FILES / 10) as u64, "epoch 1: {misses} misses: {after1}");
+    assert!(
+        misses <= (FILES / 10) as u64,
+        "epoch 1: {misses} misses: {after1}"
+    );
     assert!(num(&after1, &["tiers", "disk", "hits"]) > 0, "{after1}");
-    assert!(num(&after1, &["tiers", "disk", "passthrough_opens"]) > 0, "{after1}");
+    assert!(
+        num(&after1, &["tiers", "disk", "passthrough_opens"]) > 0,
+        "{after1}"
+    );
     assert!(num(&after1, &["prefetch", "bytes_in_flight_high_water"]) <= 64 << 20);
 
     python_publishes_a_plan(&mnt)?;
