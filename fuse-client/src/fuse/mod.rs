@@ -110,6 +110,17 @@ fn errno(err: &ClientError) -> Errno {
     Errno::from_i32(err.errno())
 }
 
+/// A request's name as text, or the request answered with the errno that
+/// says why it cannot be one.
+macro_rules! name_or_reply {
+    ($name:expr, $reply:ident) => {
+        match name_str($name) {
+            Ok(n) => n,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
 /// Names arrive as bytes; torchfs names are UTF-8 (metad stores text).
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     if name.len() > NAME_BYTES_MAX {
@@ -164,10 +175,7 @@ impl Filesystem for TorchFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         let result = self.runtime.block_on(self.client.lookup(parent.0, name));
         self.reply_entry(result, reply);
     }
@@ -233,10 +241,7 @@ impl Filesystem for TorchFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         let perm = mode & !umask & 0o7777;
         let result = self.runtime.block_on(self.client.create(
             parent.0,
@@ -258,10 +263,7 @@ impl Filesystem for TorchFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         let perm = mode & !umask & 0o7777;
         let result =
             self.runtime.block_on(
@@ -272,10 +274,7 @@ impl Filesystem for TorchFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         Self::reply_empty(
             self.runtime.block_on(self.client.unlink(parent.0, name)),
             reply,
@@ -283,10 +282,7 @@ impl Filesystem for TorchFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         Self::reply_empty(
             self.runtime.block_on(self.client.rmdir(parent.0, name)),
             reply,
@@ -301,10 +297,7 @@ impl Filesystem for TorchFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let name = match name_str(link_name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(link_name, reply);
         let Some(target) = target.to_str() else {
             return reply.error(Errno::EINVAL);
         };
@@ -351,10 +344,7 @@ impl Filesystem for TorchFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let newname = match name_str(newname) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let newname = name_or_reply!(newname, reply);
         let result = self
             .runtime
             .block_on(self.client.link(ino.0, newparent.0, newname));
@@ -602,10 +592,7 @@ impl Filesystem for TorchFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+        let name = name_or_reply!(name, reply);
         let perm = mode & !umask & 0o7777;
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
