@@ -54,6 +54,12 @@ pub struct CacheArgs {
     /// Bytes the prefetcher keeps in flight at most.
     #[arg(long, value_parser = parse_bytes, default_value = "64M")]
     pub prefetch_inflight_bytes: u64,
+    /// For immutable datasets: read-only opens of files prefetched less
+    /// than this many ms ago skip revalidation with metad (0: always
+    /// revalidate, close-to-open). Other clients' changes can go unseen
+    /// for that long.
+    #[arg(long, default_value_t = 0)]
+    pub cache_trust_ms: u64,
 }
 
 impl CacheArgs {
@@ -64,6 +70,7 @@ impl CacheArgs {
             disk_bytes: self.cache_disk_bytes,
             window_items: self.prefetch_window_items,
             inflight_bytes_max: self.prefetch_inflight_bytes,
+            trust_layout_ms: self.cache_trust_ms,
             ..CacheConfig::default()
         }
     }

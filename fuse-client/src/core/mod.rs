@@ -319,6 +319,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         ));
         if inner.data_cache.enabled() {
             tokio::spawn(cache::prefetch_loop(Arc::downgrade(&inner)));
+            tokio::spawn(cache::names_loop(Arc::downgrade(&inner)));
         }
         if let Some(work) = disk_work {
             tokio::spawn(cache::disk_loop(Arc::downgrade(&inner), work));

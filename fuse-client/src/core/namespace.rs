@@ -34,6 +34,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if let Some(attr) = lock(&self.inner.cache).lookup(parent, name, Instant::now()) {
             return Ok(self.overlay(attr));
         }
+        self.lookup_fresh(parent, name).await
+    }
+
+    /// A lookup from metad (never the cache), cached for the entry TTL.
+    pub(super) async fn lookup_fresh(&self, parent: Ino, name: &str) -> Result<Attr, ClientError> {
         let attr = self
             .attr_reply(
                 "Lookup",
@@ -297,9 +302,17 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if is_control_ino(ino) {
             return self.control_open(ino, write);
         }
-        let (attr, layout) = match self.meta_call(MetaRequest::GetLayout { ino }).await? {
-            MetaReply::Layout { attr, layout } => (attr, layout),
-            other => return Err(unexpected("GetLayout", other)),
+        let trusted = if write || truncate {
+            None
+        } else {
+            self.inner.data_cache.trusted_layout(ino)
+        };
+        let (attr, layout) = match trusted {
+            Some(known) => known,
+            None => match self.meta_call(MetaRequest::GetLayout { ino }).await? {
+                MetaReply::Layout { attr, layout } => (attr, layout),
+                other => return Err(unexpected("GetLayout", other)),
+            },
         };
         match attr.kind {
             FileKind::File => {}

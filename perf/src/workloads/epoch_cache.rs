@@ -51,6 +51,9 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 enum Mode {
     Plan,
+    /// Plans, and opens of prefetched files trust the prefetched layout
+    /// (`--cache-trust-ms`: no metad round trip per open).
+    PlanTrust,
     NoPlan,
     Local,
 }
@@ -59,6 +62,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Plan => "torchfs, plans",
+            Mode::PlanTrust => "torchfs, plans + trust",
             Mode::NoPlan => "torchfs, no plan",
             Mode::Local => "local disk",
         }
@@ -167,10 +171,17 @@ impl Workload for EpochCache {
                 write_case(ctx, &case, local)?;
             }
             for &pct in &ctx.config.epoch_cache_percents.clone() {
-                for mode in [Mode::Plan, Mode::NoPlan] {
+                for mode in [Mode::Plan, Mode::PlanTrust, Mode::NoPlan] {
                     let budget = case.bytes() * pct as u64 / 100;
-                    let mount =
-                        Mount::start(Path::new(bin), &metad, &mnt, budget, ctx.config.workers)?;
+                    let trust = mode == Mode::PlanTrust;
+                    let mount = Mount::start(
+                        Path::new(bin),
+                        &metad,
+                        &mnt,
+                        budget,
+                        ctx.config.workers,
+                        trust,
+                    )?;
                     ctx.drop_caches();
                     let result = run_epochs(
                         ctx,
@@ -221,30 +232,42 @@ fn mount_root_of(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Files written in parallel (creates are metadata round trips).
+const WRITE_THREADS: usize = 8;
+
 fn write_case(ctx: &Ctx, case: &Case, root: &Path) -> Result<()> {
     let started = Instant::now();
-    let buf = pattern(
-        case.files
-            .iter()
-            .map(|f| f.1)
-            .max()
-            .unwrap_or(0)
-            .min(64 << 20) as usize,
-        ctx.config.seed,
-    );
-    for (path, bytes) in &case.files {
-        let p = root.join(path);
-        if let Some(dir) = p.parent() {
+    let largest = case.files.iter().map(|f| f.1).max().unwrap_or(0);
+    let buf = pattern(largest.min(64 << 20) as usize, ctx.config.seed);
+    for (path, _) in &case.files {
+        if let Some(dir) = root.join(path).parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = File::create(&p).with_context(|| format!("create {}", p.display()))?;
-        let mut left = *bytes as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            f.write_all(&buf[..n])?;
-            left -= n;
-        }
     }
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..WRITE_THREADS)
+            .map(|t| {
+                let buf = &buf;
+                s.spawn(move || -> Result<()> {
+                    for (path, bytes) in case.files.iter().skip(t).step_by(WRITE_THREADS) {
+                        let p = root.join(path);
+                        let mut f =
+                            File::create(&p).with_context(|| format!("create {}", p.display()))?;
+                        let mut left = *bytes as usize;
+                        while left > 0 {
+                            let n = left.min(buf.len());
+                            f.write_all(&buf[..n])?;
+                            left -= n;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?)
+    })?;
     ctx.log(format!(
         "[{NAME}] wrote {} ({} files, {:.0} MB) under {} in {:.1} s",
         case.name,
@@ -269,6 +292,7 @@ impl Mount {
         path: &Path,
         cache_bytes: u64,
         threads: usize,
+        trust: bool,
     ) -> Result<Mount> {
         let log = File::create(path.with_extension("log"))?;
         let mut child = Command::new(bin)
@@ -280,6 +304,8 @@ impl Mount {
             .arg(threads.max(2).to_string())
             .arg("--cache-mem-bytes")
             .arg(cache_bytes.max(1).to_string())
+            .arg("--cache-trust-ms")
+            .arg(if trust { "600000" } else { "0" })
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -338,7 +364,7 @@ fn run_epochs(
     let mut rows = Vec::new();
     for epoch in 0..cfg.epoch_cache_epochs {
         let order = permutation(case.samples.len(), cfg.seed, epoch as u64);
-        if mode == Mode::Plan {
+        if matches!(mode, Mode::Plan | Mode::PlanTrust) {
             if let Some(m) = mnt {
                 for e in [epoch, epoch + 1] {
                     publish(

@@ -111,6 +111,8 @@ pub(crate) struct RankState {
     consumed: BTreeSet<u64>,
     /// Where the prefetcher's scan goes on from (>= cursor when used).
     pub frontier: u64,
+    /// How far names have been looked up again just ahead of the reads.
+    pub names_fresh_to: u64,
     /// Epoch and items of the last plan read to its end (for stats).
     pub finished: Option<(u64, u64)>,
 }
@@ -249,6 +251,24 @@ impl Plans {
             item.path.clone(),
             item.range.map(|r| (r.offset, r.offset + r.len_bytes)),
         ))
+    }
+
+    /// Paths of the items in `[head, head + ahead)` of every rank not yet
+    /// handed out by an earlier call: their names are about to be opened.
+    pub fn names_ahead(&mut self, ahead: u64) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for r in self.ranks.values_mut() {
+            let from = r.names_fresh_to.max(r.head());
+            let to = (r.head() + ahead).min(r.end());
+            for p in from..to {
+                if let Some((plan, i)) = r.locate(p) {
+                    out.push(plan.items[i].path.clone());
+                }
+            }
+            r.names_fresh_to = r.names_fresh_to.max(to);
+        }
+        out.dedup();
+        out
     }
 
     /// Records the resolution of the item at `position`; false when that

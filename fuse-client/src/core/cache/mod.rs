@@ -32,18 +32,20 @@ mod prefetch;
 mod stats;
 mod tiers;
 
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
-use torchfs_proto::meta::Ino;
+use torchfs_proto::meta::{Attr, Ino, Layout};
 
 pub(crate) use belady::{Installed, Slot, WHOLE_FILE_END};
 use entries::CacheState;
 pub(crate) use entries::{Job, Lookup, Piece};
 pub use plan::{parse_plan, render_plan, ByteRange, Plan, PlanError, PlanItem};
-pub(crate) use prefetch::{disk_loop, prefetch_loop, Readahead};
+pub(crate) use prefetch::{disk_loop, names_loop, prefetch_loop, Readahead};
 pub use stats::STATS_FORMAT;
 pub(crate) use tiers::read_file as read_cache_file;
 use tiers::DiskDir;
@@ -65,6 +67,12 @@ pub struct CacheConfig {
     pub inflight_requests_max: u64,
     /// Largest sequential readahead window (no plan).
     pub readahead_bytes_max: u64,
+    /// Opt-in relaxation of close-to-open for immutable datasets: a
+    /// read-only open of a file the prefetcher fetched the layout of less
+    /// than this long ago uses that layout instead of asking metad again
+    /// (0, the default: every open revalidates). Changes made by other
+    /// clients can then stay unseen for up to this long.
+    pub trust_layout_ms: u64,
 }
 
 /// Default memory tier: 1 GiB.
@@ -80,6 +88,7 @@ impl Default for CacheConfig {
             inflight_bytes_max: 64 << 20,
             inflight_requests_max: 32,
             readahead_bytes_max: 8 << 20,
+            trust_layout_ms: 0,
         }
     }
 }
@@ -128,7 +137,12 @@ pub(crate) struct EpochCache {
     /// Wakes the prefetcher (plan accepted, cursor moved, room freed).
     pub wake: Arc<Notify>,
     disk_work: Option<mpsc::UnboundedSender<DiskWork>>,
+    /// Layouts the prefetcher fetched, for `trust_layout_ms`.
+    layouts: Mutex<HashMap<Ino, (Attr, Layout, Instant)>>,
 }
+
+/// Prefetched layouts remembered at most (then the memo starts over).
+const TRUSTED_LAYOUTS_MAX: usize = 1 << 18;
 
 impl EpochCache {
     /// Builds the cache; with a disk tier, also the receiving end of its
@@ -154,6 +168,7 @@ impl EpochCache {
                 state: Mutex::new(state),
                 wake: Arc::new(Notify::new()),
                 disk_work: tx,
+                layouts: Mutex::new(HashMap::new()),
             },
             rx,
         ))
@@ -210,8 +225,32 @@ impl EpochCache {
         self.with(|st| st.fill(ino, version, start, data))
     }
 
+    /// Remembers a layout the prefetcher fetched (only with a trust window).
+    pub fn note_layout(&self, attr: &Attr, layout: &Layout) {
+        if self.config.trust_layout_ms == 0 {
+            return;
+        }
+        let mut memo = super::lock(&self.layouts);
+        if memo.len() >= TRUSTED_LAYOUTS_MAX {
+            memo.clear();
+        }
+        memo.insert(attr.ino, (attr.clone(), layout.clone(), Instant::now()));
+    }
+
+    /// A prefetched layout of `ino` young enough to open with.
+    pub fn trusted_layout(&self, ino: Ino) -> Option<(Attr, Layout)> {
+        let window = Duration::from_millis(self.config.trust_layout_ms);
+        if window.is_zero() {
+            return None;
+        }
+        let memo = super::lock(&self.layouts);
+        let (attr, layout, at) = memo.get(&ino)?;
+        (at.elapsed() < window).then(|| (attr.clone(), layout.clone()))
+    }
+
     /// Drops every entry of `ino` (this client changed or removed it).
     pub fn invalidate(&self, ino: Ino) {
+        super::lock(&self.layouts).remove(&ino);
         if self.enabled() {
             self.with(|st| st.invalidate(ino, None))
         }
@@ -235,6 +274,10 @@ impl EpochCache {
 
     pub fn path_at(&self, rank: u32, position: u64) -> Option<belady::ItemRef> {
         super::lock(&self.state).plans.path_at(rank, position)
+    }
+
+    pub fn names_ahead(&self, ahead: u64) -> Vec<Arc<str>> {
+        super::lock(&self.state).plans.names_ahead(ahead)
     }
 
     pub fn resolve(&self, rank: u32, position: u64, slot: Slot) -> bool {

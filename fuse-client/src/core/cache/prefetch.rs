@@ -135,6 +135,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if attr.kind != FileKind::File {
             return Err(ClientError::NotFile { ino: job.ino });
         }
+        self.inner.data_cache.note_layout(&attr, &layout);
         let st = FileState::from_layout(job.ino, attr.size, layout).map_err(|source| {
             ClientError::Layout {
                 ino: job.ino,
@@ -227,6 +228,47 @@ pub(crate) async fn prefetch_loop<M: MetaService, T: Transport>(inner: Weak<Inne
             _ = wake.notified() => {}
             _ = tokio::time::sleep(PREFETCH_TICK) => {}
         }
+    }
+}
+
+/// Items just ahead of the reads whose names are looked up again, so the
+/// open that follows finds its name in the entry cache (one metadata round
+/// trip per sample instead of two: open still revalidates the layout).
+const NAMES_AHEAD_ITEMS: u64 = 256;
+/// How often the names ahead are refreshed (well inside the entry TTL).
+const NAMES_TICK: Duration = Duration::from_millis(50);
+
+/// Looks up again, shortly before they are opened, the names the plans
+/// read next (entries cached for the entry TTL, as any lookup's).
+pub(crate) async fn names_loop<M: MetaService, T: Transport>(inner: Weak<Inner<M, T>>) {
+    loop {
+        tokio::time::sleep(NAMES_TICK).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let client = Client { inner: strong };
+        let paths = client.inner.data_cache.names_ahead(NAMES_AHEAD_ITEMS);
+        let lookups = paths.iter().map(|p| client.refresh_name(p));
+        futures::future::join_all(lookups).await;
+    }
+}
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Re-fetches the last component of a plan path (its parents come from
+    /// the entry cache as usual).
+    async fn refresh_name(&self, path: &str) {
+        let (dirs, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (Some(d), n),
+            None => (None, path),
+        };
+        let mut parent = ROOT_INO;
+        for d in dirs.into_iter().flat_map(|d| d.split('/')) {
+            match self.lookup(parent, d).await {
+                Ok(a) => parent = a.ino,
+                Err(_) => return,
+            }
+        }
+        let _ = self.lookup_fresh(parent, name).await;
     }
 }
 

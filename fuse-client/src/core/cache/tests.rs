@@ -387,3 +387,29 @@ async fn the_disk_tier_keeps_what_the_next_epoch_needs() {
     );
     assert_eq!(s["tiers"]["disk"]["enabled"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_window_opens_prefetched_files_without_metad() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let files = write_files(&meta, &store, &[100]).await;
+    let cache = CacheConfig {
+        trust_layout_ms: 60_000,
+        ..mem_only(1 << 20)
+    };
+    let c = client_with(&meta, &store, cache).await;
+    publish(&c, &render_plan(0, 0, &whole_files(&[0])))
+        .await
+        .unwrap();
+    wait_for(&c, "prefetch", |s| s["plans"][0]["lead_items"] == 1).await;
+    // Another client's change inside the window is not seen (the opt-in
+    // trade-off); this client's own write ends the trust at once.
+    let w = client_with(&meta, &store, mem_only(0)).await;
+    let fh = w.open(files[0].0, true, true).await.unwrap();
+    w.write(fh, 0, b"changed").await.unwrap();
+    w.release(fh).await.unwrap();
+    assert_eq!(read_file(&c, files[0].0).await, files[0].1);
+    let fh = c.open(files[0].0, true, false).await.unwrap();
+    c.write(fh, 0, b"mine").await.unwrap();
+    c.release(fh).await.unwrap();
+    assert_eq!(&read_file(&c, files[0].0).await[..4], b"mine");
+}
