@@ -279,11 +279,14 @@ impl LocalCluster {
                 );
             }
             if let Ok(status) = self.status(left.min(Duration::from_secs(2))) {
+                // A node counts once this leader has heard from it: a new
+                // leader reports registered nodes as up for a grace period,
+                // with the addresses they had before a restart.
                 let up = status
                     .map
                     .nodes
                     .iter()
-                    .filter(|n| n.state == NodeState::Up)
+                    .filter(|n| n.state == NodeState::Up && n.last_heartbeat_ms_ago.is_some())
                     .count();
                 if status.leader.is_some() && up >= nodes_up && !status.map.groups.is_empty() {
                     return Ok(status);

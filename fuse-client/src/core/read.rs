@@ -193,6 +193,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                         file.ino
                     );
                     self.read_once(file, offset, size).await
+                } else if self.refresh_map_now().await {
+                    // Nodes that restarted may listen elsewhere now.
+                    tracing::info!("inode {}: read retried with a newer cluster map", file.ino);
+                    self.read_once(file, offset, size).await
                 } else {
                     Err(e)
                 }
