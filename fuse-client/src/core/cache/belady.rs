@@ -166,10 +166,20 @@ pub(crate) enum Installed {
     New { base: u64, dropped: usize },
 }
 
+/// Path resolutions remembered at most (then the memo starts over).
+const PATH_MEMO_MAX: usize = 1 << 22;
+
 #[derive(Default)]
 pub(crate) struct Plans {
     pub ranks: BTreeMap<u32, RankState>,
     by_ino: HashMap<Ino, Vec<Occurrence>>,
+    /// Path -> (inode, size) as last resolved or looked up, so that the
+    /// next epoch's plan (the same files in another order) is resolved
+    /// without a metadata round trip per item. A stale resolution costs a
+    /// wasted prefetch at most, never wrong data (entries are keyed by
+    /// inode and layout version); the lookups made just ahead of the
+    /// reads keep it current.
+    path_memo: HashMap<Arc<str>, (Ino, u64)>,
 }
 
 impl Plans {
@@ -271,6 +281,17 @@ impl Plans {
         out
     }
 
+    pub fn known_path(&self, path: &str) -> Option<(Ino, u64)> {
+        self.path_memo.get(path).copied()
+    }
+
+    pub fn note_path(&mut self, path: Arc<str>, ino: Ino, size_bytes: u64) {
+        if self.path_memo.len() >= PATH_MEMO_MAX {
+            self.path_memo.clear();
+        }
+        self.path_memo.insert(path, (ino, size_bytes));
+    }
+
     /// Records the resolution of the item at `position`; false when that
     /// plan is gone (replaced meanwhile).
     pub fn resolve(&mut self, rank: u32, position: u64, slot: Slot) -> bool {
@@ -289,6 +310,16 @@ impl Plans {
             return true;
         }
         plan.slots[i] = slot;
+        if let Slot::Resolved {
+            ino, size_bytes, ..
+        } = slot
+        {
+            let path = plan.items[i].path.clone();
+            if self.path_memo.len() >= PATH_MEMO_MAX {
+                self.path_memo.clear();
+            }
+            self.path_memo.insert(path, (ino, size_bytes));
+        }
         if let Slot::Resolved {
             ino, start, end, ..
         } = slot

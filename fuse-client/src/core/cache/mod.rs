@@ -276,6 +276,17 @@ impl EpochCache {
         super::lock(&self.state).plans.path_at(rank, position)
     }
 
+    /// A path's inode and size as last resolved (see `Plans::path_memo`).
+    pub fn known_path(&self, path: &str) -> Option<(Ino, u64)> {
+        super::lock(&self.state).plans.known_path(path)
+    }
+
+    pub fn note_path(&self, path: Arc<str>, ino: Ino, size_bytes: u64) {
+        super::lock(&self.state)
+            .plans
+            .note_path(path, ino, size_bytes)
+    }
+
     pub fn names_ahead(&self, ahead: u64) -> Vec<Arc<str>> {
         super::lock(&self.state).plans.names_ahead(ahead)
     }

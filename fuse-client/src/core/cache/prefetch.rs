@@ -70,6 +70,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     None => return,
                 }
             }
+            for (_, (path, _)) in &items {
+                if !memo.contains_key(path) {
+                    if let Some(known) = self.inner.data_cache.known_path(path) {
+                        memo.insert(path.clone(), Some(known));
+                    }
+                }
+            }
             let mut todo: Vec<Arc<str>> = items
                 .iter()
                 .map(|(_, (path, _))| path.clone())
@@ -248,7 +255,7 @@ pub(crate) async fn names_loop<M: MetaService, T: Transport>(inner: Weak<Inner<M
         };
         let client = Client { inner: strong };
         let paths = client.inner.data_cache.names_ahead(NAMES_AHEAD_ITEMS);
-        let lookups = paths.iter().map(|p| client.refresh_name(p));
+        let lookups = paths.into_iter().map(|p| client.refresh_name(p));
         futures::future::join_all(lookups).await;
     }
 }
@@ -256,7 +263,8 @@ pub(crate) async fn names_loop<M: MetaService, T: Transport>(inner: Weak<Inner<M
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Re-fetches the last component of a plan path (its parents come from
     /// the entry cache as usual).
-    async fn refresh_name(&self, path: &str) {
+    async fn refresh_name(&self, full: Arc<str>) {
+        let path: &str = &full;
         let (dirs, name) = match path.rsplit_once('/') {
             Some((d, n)) => (Some(d), n),
             None => (None, path),
@@ -268,7 +276,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 Err(_) => return,
             }
         }
-        let _ = self.lookup_fresh(parent, name).await;
+        if let Ok(attr) = self.lookup_fresh(parent, name).await {
+            if attr.kind == FileKind::File {
+                self.inner
+                    .data_cache
+                    .note_path(full.clone(), attr.ino, attr.size);
+            }
+        }
     }
 }
 
