@@ -95,6 +95,7 @@ pub struct Ctx {
     /// Shared state between workloads, e.g. a dataset written once per
     /// target and read by several (key: "workload/target").
     pub shared: HashMap<String, PathBuf>,
+    started: std::time::Instant,
 }
 
 impl Ctx {
@@ -117,15 +118,22 @@ impl Ctx {
             caches_droppable: None,
             dead: BTreeSet::new(),
             shared: HashMap::new(),
+            started: std::time::Instant::now(),
         }
     }
 
-    /// A line on stderr (above the bars on a terminal).
+    /// A line on stderr (above the bars on a terminal), stamped with the
+    /// seconds since the run started.
     pub fn log(&self, msg: impl AsRef<str>) {
+        let line = format!(
+            "[{:>6.1}s] {}",
+            self.started.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
         if self.tty {
-            let _ = self.progress.println(msg.as_ref());
+            let _ = self.progress.println(line);
         } else {
-            eprintln!("{}", msg.as_ref());
+            eprintln!("{line}");
         }
     }
 

@@ -41,8 +41,9 @@ use targets::Target;
     version,
     about = "Benchmark torchfs side by side with the local disk, GlusterFS and physical limits",
     long_about = "Benchmark torchfs side by side with the local disk, GlusterFS and physical limits.\n\n\
-        One run brings up every target (torchfs via `torchfs up`, a local directory, a GlusterFS \
-        disperse 4+2 volume, an in-memory FUSE filesystem), probes the disk and loopback TCP, runs \
+        One run brings up every target (torchfs via `torchfs up`, a local directory, an in-memory \
+        FUSE filesystem and, with --gluster, a GlusterFS disperse 4+2 volume), probes the disk and \
+        loopback TCP, runs \
         each workload on every target with the same bytes, order and cache state, and writes \
         <out>/<date>-<host>.json, .md (ratio table) and PNG plots. Figures are medians of \
         repeats, reported with min and max. Needs root for FUSE mounts, GlusterFS and dropping \
@@ -58,6 +59,10 @@ struct Cli {
     /// measurement failed (CI).
     #[arg(long)]
     strict: bool,
+    /// Measure nothing: render the report and plots of this results file
+    /// (an earlier run's JSON) into --out.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
 }
 
 /// Internal roles of the same binary; not for people.
@@ -89,7 +94,10 @@ fn main() -> ExitCode {
         Some(Internal::Worker { index, count }) => workers::serve(index, count),
         Some(Internal::Nullfs { mountpoint }) => nullfs::serve(&mountpoint),
         Some(Internal::EpochWorker { spec }) => workloads::epoch_cache::serve_worker(&spec),
-        None => run(cli.run, cli.strict),
+        None => match cli.render {
+            Some(json) => render(&json, &cli.run.out),
+            None => run(cli.run, cli.strict),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +174,18 @@ fn run(args: RunArgs, strict: bool) -> Result<()> {
     outcome?;
     if strict {
         check_strict(&results)?;
+    }
+    Ok(())
+}
+
+/// Re-renders an earlier run's report and plots.
+fn render(json: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+    let results: Results =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", json.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    for p in write_results(&results, out)? {
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

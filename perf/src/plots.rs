@@ -115,6 +115,9 @@ fn rows_for(results: &Results, targets: &[String], wanted: fn(&str) -> bool) -> 
             }),
         }
     }
+    // A bar with nothing beside it compares nothing (such figures, e.g. the
+    // epoch cache's per-mode ones, are in the report's tables).
+    rows.retain(|r| r.bars.len() > 1);
     rows
 }
 
@@ -124,7 +127,14 @@ fn bars(path: &Path, title: &str, rows: &[Row], targets: &[String]) -> Result<()
         .collect();
     let slots = used.len().max(1);
     let height = 110 + rows.len() as u32 * (slots as u32 * 12 + 14);
-    let root = BitMapBackend::new(path, (1100, height)).into_drawing_area();
+    // Room for the longest label (about 7 px a character at 13 px).
+    let chars_max = rows
+        .iter()
+        .map(|r| r.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_px = (chars_max as u32 * 7 + 24).clamp(120, 640);
+    let root = BitMapBackend::new(path, (780 + label_px, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let values = rows
         .iter()
@@ -141,8 +151,9 @@ fn bars(path: &Path, title: &str, rows: &[Row], targets: &[String]) -> Result<()
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FAMILY, 20))
         .margin(12)
+        .margin_right(48)
         .x_label_area_size(30)
-        .y_label_area_size(330)
+        .y_label_area_size(label_px)
         .build_cartesian_2d((lo..hi).log_scale(), 0f64..n)
         .map_err(|e| anyhow!("{e}"))?;
     chart

@@ -73,29 +73,13 @@ impl Gluster {
         })
     }
 
-    /// Brick index (1-based) to glusterfsd pid, from `gluster volume status`.
-    fn brick_pids(&self) -> Result<Vec<(usize, libc::pid_t)>> {
-        let out = Command::new("gluster")
-            .args(["--mode=script", "volume", "status", VOLUME])
-            .output()
-            .context("gluster volume status")?;
-        Ok(parse_brick_pids(&String::from_utf8_lossy(&out.stdout)))
+    /// The glusterfsd serving brick `index` (1-based), found by its
+    /// `--brick-name` argument (`gluster volume status` wraps long paths).
+    fn brick_pids(&self, index: usize) -> Vec<libc::pid_t> {
+        let brick = self.dir.join("bricks").join(format!("b{index}"));
+        let brick = brick.as_os_str().as_encoded_bytes();
+        super::find_pids(|argv| super::has_arg(argv, "--brick-name", brick))
     }
-}
-
-/// Lines like `Brick vm:/x/bricks/b3   52625  0  Y  1769`.
-fn parse_brick_pids(status: &str) -> Vec<(usize, libc::pid_t)> {
-    status
-        .lines()
-        .filter(|l| l.starts_with("Brick "))
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let path = fields.get(1)?;
-            let index: usize = path.rsplit_once("/b")?.1.parse().ok()?;
-            let pid: libc::pid_t = fields.last()?.parse().ok()?;
-            Some((index, pid))
-        })
-        .collect()
 }
 
 /// Runs a script with a deadline; stdout and stderr are captured.
@@ -156,18 +140,43 @@ impl Target for Gluster {
     }
 
     fn kill_nodes(&mut self, n: usize) -> Result<String> {
-        let pids = self.brick_pids()?;
         let mut said = Vec::new();
         for brick in 1..=n {
-            let Some((_, pid)) = pids.iter().find(|(i, _)| *i == brick) else {
-                bail!("brick b{brick} has no pid in `gluster volume status`");
-            };
-            // SAFETY: a glusterfsd of our own volume.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            let pids = self.brick_pids(brick);
+            if pids.is_empty() {
+                bail!("no glusterfsd process serves brick b{brick}");
+            }
+            for pid in &pids {
+                // SAFETY: a glusterfsd of our own volume's brick.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
             self.killed_bricks.push(brick);
-            said.push(format!("brick b{brick} (pid {pid})"));
+            said.push(format!("brick b{brick} (pid {pids:?})"));
         }
         Ok(format!("SIGKILLed {}", said.join(", ")))
+    }
+
+    fn drop_caches(&mut self) -> Result<Option<String>> {
+        // The FUSE client (glusterfs) keeps metadata and, with its
+        // performance translators, data: remount it, as torchfs's client is
+        // restarted.
+        let mnt = self.dir.join("mnt");
+        let status = Command::new("umount").arg(&mnt).status()?;
+        if !status.success() {
+            bail!("umount {} failed ({status})", mnt.display());
+        }
+        let status = Command::new("mount")
+            .args(["-t", "glusterfs"])
+            .arg(format!("127.0.0.1:/{VOLUME}"))
+            .arg(&mnt)
+            .status()?;
+        if !status.success() || super::mount_at(&mnt).is_none() {
+            bail!(
+                "mount -t glusterfs 127.0.0.1:/{VOLUME} {} failed",
+                mnt.display()
+            );
+        }
+        Ok(None)
     }
 
     fn teardown(&mut self) -> Result<()> {
@@ -179,23 +188,5 @@ impl Target for Gluster {
             );
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn brick_pids_from_volume_status() {
-        let status = "\
-Status of volume: torchfsperf
-Gluster process                             TCP Port  RDMA Port  Online  Pid
-------------------------------------------------------------------------------
-Brick vm:/tmp/torchfs-perf/gluster/bricks/b1 52625 0          Y       1737
-Brick vm:/tmp/torchfs-perf/gluster/bricks/b2 54340 0          Y       1753
-Self-heal Daemon on localhost               N/A       N/A        Y       1834
-";
-        assert_eq!(parse_brick_pids(status), vec![(1, 1737), (2, 1753)]);
     }
 }

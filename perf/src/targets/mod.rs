@@ -8,6 +8,7 @@ pub mod gluster;
 pub mod local;
 pub mod nullfs;
 pub mod torchfs;
+pub mod torchfs_client;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,6 +36,13 @@ pub trait Target {
     /// Kills `n` storage nodes; says which.
     fn kill_nodes(&mut self, n: usize) -> Result<String> {
         bail!("{} cannot lose {n} storage nodes", self.name())
+    }
+    /// Empties the target's own caches, beyond the kernel's (torchfs and
+    /// GlusterFS restart their clients); called before every cold phase,
+    /// before the kernel's caches are dropped. Some(text) is a note for the
+    /// report (e.g. that it could not be done).
+    fn drop_caches(&mut self) -> Result<Option<String>> {
+        Ok(None)
     }
     /// Errors if the target has died under the run (its processes exited).
     fn check(&mut self) -> Result<()> {
@@ -196,6 +204,33 @@ pub fn fresh_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }
 
+/// Pids of the processes whose argv (split at NULs) `matches`.
+pub fn find_pids(matches: impl Fn(&[&[u8]]) -> bool) -> Vec<libc::pid_t> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if matches(&argv) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `argv` has `flag` immediately followed by `value`.
+pub fn has_arg(argv: &[&[u8]], flag: &str, value: &[u8]) -> bool {
+    argv.windows(2)
+        .any(|w| w[0] == flag.as_bytes() && w[1] == value)
+}
+
 /// Last lines of a log file, for error messages.
 pub fn log_tail(path: &Path, lines_max: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -224,6 +259,27 @@ garbage line
             PathBuf::from("/tmp/torchfs-perf/nullfs mnt")
         );
         assert_eq!(m[1].fs_type, "fuse.torchfs-null");
+    }
+
+    #[test]
+    fn argv_flags_match_exactly() {
+        let argv: Vec<&[u8]> = vec![
+            b"torchfs",
+            b"storage",
+            b"--node-id",
+            b"1",
+            b"--data-dir",
+            b"/d/storage-1",
+        ];
+        assert!(has_arg(&argv, "--node-id", b"1"));
+        assert!(!has_arg(&argv, "--node-id", b"11"));
+        assert!(has_arg(&argv, "--data-dir", b"/d/storage-1"));
+        assert!(!has_arg(&argv, "--data-dir", b"/d/storage-10"));
+        // This process is found by its own argv[0].
+        let me = std::fs::read("/proc/self/cmdline").unwrap();
+        let arg0 = me.split(|b| *b == 0).next().unwrap().to_vec();
+        assert!(find_pids(|a| a.first() == Some(&arg0.as_slice()))
+            .contains(&(std::process::id() as libc::pid_t)));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The system under test. By default the harness runs `torchfs up --no-demo`
-//! (3 metad voters, 6 storage nodes, a FUSE mount: real processes on
-//! loopback) in the background, waits for the mount, and stops it with
-//! SIGINT at the end, which unmounts and stops every process. Or it uses an
-//! existing mount (`--torchfs-mount`), creating its files in a subdirectory.
+//! (3 metad voters, 6 storage nodes: real processes on loopback) in the
+//! background for the cluster, and the workloads go through a second client,
+//! a `torchfs mount` of that cluster which the harness restarts before every
+//! cold phase (see [`super::torchfs_client`]). At the end `up` gets SIGINT,
+//! which unmounts and stops every process. Or it uses an existing mount
+//! (`--torchfs-mount`), creating its files in a subdirectory; its client
+//! cache cannot be emptied then.
 //!
 //! Storage nodes are killed for the degraded read by pid, found in /proc by
 //! their command line (`torchfs storage --node-id N --data-dir <dir>/storage-N`):
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::torchfs_client::ClientMount;
 use super::{fresh_dir, log_tail, wait_for_mount, Target};
 use crate::model::{TargetInfo, TargetKind};
 
@@ -35,6 +39,10 @@ pub struct Torchfs {
     root: PathBuf,
     details: BTreeMap<String, String>,
     cluster: Option<Cluster>,
+    /// The client workloads use (None with `--torchfs-mount`).
+    client: Option<ClientMount>,
+    /// `drop_caches` was asked for without a client to restart (noted once).
+    cache_kept_noted: bool,
 }
 
 /// A cluster this harness started.
@@ -118,13 +126,25 @@ impl Torchfs {
             let _ = cluster.stop();
             return Err(e);
         }
-        let root = mountpoint.join("bench");
+        // The workloads' client: a second mount of the same cluster.
+        let metad: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+        let client_mnt = dir.join("client");
+        std::fs::create_dir_all(&client_mnt)?;
+        let client = match ClientMount::start(bin, metad, &client_mnt, &dir.join("mount.log")) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = cluster.stop();
+                return Err(e);
+            }
+        };
+        let root = client_mnt.join("bench");
         std::fs::create_dir(&root).with_context(|| format!("mkdir {}", root.display()))?;
         let mut details = BTreeMap::new();
         details.insert(
             "mode".into(),
-            "started by the harness: torchfs up (3 metad voters, 6 storage nodes x 2 shards, k=4 m=2, FUSE 2 threads)".into(),
+            "started by the harness: torchfs up (3 metad voters, 6 storage nodes x 2 shards, k=4 m=2); workloads use a `torchfs mount` of it with default settings, restarted before every cold phase".into(),
         );
+        // The epoch-cache workload mounts the same cluster with these two.
         details.insert("binary".into(), bin.display().to_string());
         details.insert("base port".into(), port.to_string());
         details.insert("data dir".into(), data_dir.display().to_string());
@@ -133,6 +153,8 @@ impl Torchfs {
             root,
             details,
             cluster: Some(cluster),
+            client: Some(client),
+            cache_kept_noted: false,
         })
     }
 
@@ -149,6 +171,8 @@ impl Torchfs {
             root,
             details,
             cluster: None,
+            client: None,
+            cache_kept_noted: false,
         })
     }
 }
@@ -226,28 +250,11 @@ fn storage_pids(data_dir: &Path, node_id: usize) -> Vec<libc::pid_t> {
     let want_dir = data_dir.join(format!("storage-{node_id}"));
     let want_dir = want_dir.as_os_str().as_encoded_bytes();
     let id = node_id.to_string();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let follows =
-            |flag: &[u8], value: &[u8]| argv.windows(2).any(|w| w[0] == flag && w[1] == value);
-        if argv.iter().any(|a| *a == b"storage")
-            && follows(b"--node-id", id.as_bytes())
-            && follows(b"--data-dir", want_dir)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    super::find_pids(|argv| {
+        argv.contains(&&b"storage"[..])
+            && super::has_arg(argv, "--node-id", id.as_bytes())
+            && super::has_arg(argv, "--data-dir", want_dir)
+    })
 }
 
 impl Target for Torchfs {
@@ -265,6 +272,9 @@ impl Target for Torchfs {
 
     fn info(&self) -> TargetInfo {
         let mut details = self.details.clone();
+        if let Some(m) = &self.client {
+            details.insert("client mounts".into(), m.starts.to_string());
+        }
         if let Some(c) = &self.cluster {
             if !c.killed_nodes.is_empty() {
                 details.insert(
@@ -313,7 +323,23 @@ impl Target for Torchfs {
         Ok(format!("SIGKILLed {}", said.join(", ")))
     }
 
+    fn drop_caches(&mut self) -> Result<Option<String>> {
+        match self.client.as_mut() {
+            Some(client) => client.restart().map(|()| None),
+            None if !self.cache_kept_noted => {
+                self.cache_kept_noted = true;
+                Ok(Some(
+                    "torchfs: an existing mount's client cache cannot be emptied: its cold figures may be warm".into(),
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn check(&mut self) -> Result<()> {
+        if let Some(m) = self.client.as_mut() {
+            m.alive()?;
+        }
         match self.cluster.as_mut() {
             Some(c) => c.alive(),
             None => Ok(()),
@@ -321,10 +347,12 @@ impl Target for Torchfs {
     }
 
     fn teardown(&mut self) -> Result<()> {
+        let client = self.client.take().map(|mut m| m.stop());
         match self.cluster.as_mut() {
-            Some(c) => c.stop(),
+            Some(c) => c.stop()?,
             None => std::fs::remove_dir_all(&self.root)
-                .with_context(|| format!("remove {}", self.root.display())),
+                .with_context(|| format!("remove {}", self.root.display()))?,
         }
+        client.unwrap_or(Ok(()))
     }
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Result};
 
-use super::{live_targets, mb_per_s, workload_dir, Workload};
+use super::{drop_caches, live_targets, mb_per_s, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::data::dataset;
 use crate::targets::{nullfs, Target};
@@ -35,7 +35,7 @@ impl Workload for Chunks {
         for round in 0..ctx.config.repeats {
             for i in live_targets(ctx, targets) {
                 ctx.check_interrupted()?;
-                let target = &*targets[i];
+                let target = &mut *targets[i];
                 let name = target.name().to_string();
                 if !manifests.contains_key(&name) {
                     match write_shards(ctx, target) {
@@ -49,7 +49,7 @@ impl Workload for Chunks {
                     }
                 }
                 let (path, tasks) = &manifests[&name];
-                ctx.drop_caches();
+                drop_caches(ctx, target);
                 let result = (|| {
                     let mut pool = Pool::spawn(&ctx.exe, ctx.config.workers)?;
                     pool.load(path)?;

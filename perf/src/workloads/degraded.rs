@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::loader::{ensure_dataset, epoch_metrics, read_epoch, record_epoch};
-use super::{live_targets, Workload};
+use super::{drop_caches, live_targets, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::model::Bound;
 use crate::targets::Target;
@@ -89,7 +89,7 @@ impl Workload for Degraded {
                 let Some(manifest) = ctx.shared.get(&key).cloned() else {
                     continue;
                 };
-                ctx.drop_caches();
+                drop_caches(ctx, &mut *targets[i]);
                 // Epochs after the loader's own, so orders are new ones.
                 let epoch = 1000 + round as u64;
                 let bar_label = format!("{name} degraded epoch {}", round + 1);

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
-use super::{live_targets, mb_per_s, workload_dir, Workload};
+use super::{drop_caches, live_targets, mb_per_s, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::data::{mix, Content};
 use crate::targets::{nullfs, Target};
@@ -53,12 +53,12 @@ impl Workload for LargeFile {
         for round in 0..repeats {
             for i in live_targets(ctx, targets) {
                 ctx.check_interrupted()?;
-                let target = &*targets[i];
+                let target = &mut *targets[i];
                 let name = target.name().to_string();
                 let dir = workload_dir(target, NAME)?;
                 let path = dir.join("large.bin");
                 let label = |phase: &str| format!("{name} {phase} {}/{}", round + 1, repeats);
-                ctx.drop_caches();
+                drop_caches(ctx, target);
                 let mut said = Vec::new();
                 let bar = ctx.bar(bytes >> 20, &label("write"));
                 let result = write_file(&path, id, bytes, request, &content, &bar);
@@ -75,7 +75,7 @@ impl Workload for LargeFile {
                 }
                 for (metric, drop) in [(&cold, true), (&hot, false)] {
                     if drop {
-                        ctx.drop_caches();
+                        drop_caches(ctx, target);
                     }
                     let bar = ctx.bar(bytes >> 20, &label(&metric.name));
                     let result = read_file(&path, bytes, request, &bar);

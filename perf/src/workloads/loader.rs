@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{live_targets, mb_per_s, workload_dir, Workload};
+use super::{drop_caches, live_targets, mb_per_s, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::data::{dataset, dirs_of, Content};
 use crate::targets::{nullfs, Target};
@@ -46,7 +46,7 @@ impl Workload for Loader {
             let (cold_epoch, warm_epoch) = epochs_of_round(round);
             for i in live_targets(ctx, targets) {
                 ctx.check_interrupted()?;
-                let target = &*targets[i];
+                let target = &mut *targets[i];
                 let name = target.name().to_string();
                 let manifest = match ensure_dataset(ctx, target) {
                     Ok(m) => m,
@@ -57,7 +57,7 @@ impl Workload for Loader {
                 };
                 for ((phase, metrics), epoch) in phases.iter().zip([cold_epoch, warm_epoch]) {
                     if *phase == "cold" {
-                        ctx.drop_caches();
+                        drop_caches(ctx, target);
                     }
                     let label = format!("{name} {phase} epoch {}", round + 1);
                     match read_epoch(ctx, &manifest, epoch, &label) {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::{live_targets, workload_dir, Workload};
+use super::{drop_caches, live_targets, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::targets::{nullfs, Target};
 
@@ -60,13 +60,13 @@ impl Workload for Metadata {
         for round in 0..ctx.config.repeats {
             for i in live_targets(ctx, targets) {
                 ctx.check_interrupted()?;
-                let target = &*targets[i];
+                let target = &mut *targets[i];
                 let name = target.name().to_string();
                 let dir = workload_dir(target, NAME)?;
                 let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("f{i:07}"))).collect();
                 let mut said = Vec::new();
                 for ((phase, label), metric) in PHASES.iter().zip(&metrics) {
-                    ctx.drop_caches();
+                    drop_caches(ctx, target);
                     let bar = ctx.bar(n as u64, &format!("{name} {label} {}", round + 1));
                     let started = Instant::now();
                     let result = run_phase(*phase, &dir, &paths, &bar);

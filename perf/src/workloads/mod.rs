@@ -71,6 +71,20 @@ pub fn live_targets(ctx: &mut Ctx, targets: &mut [Box<dyn Target>]) -> Vec<usize
     live
 }
 
+/// Before a cold phase on `target`: its own caches (client restart), then
+/// the kernel's. A failure is noted, and the phase runs anyway.
+pub fn drop_caches(ctx: &mut Ctx, target: &mut dyn Target) {
+    match target.drop_caches() {
+        Ok(None) => {}
+        Ok(Some(note)) => ctx.note(note),
+        Err(e) => {
+            let name = target.name().to_string();
+            ctx.note(format!("{name}: could not empty its client cache: {e:#}"));
+        }
+    }
+    ctx.drop_caches();
+}
+
 /// 10^6 bytes per second (the unit fio and most papers use).
 pub fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / 1e6 / seconds.max(1e-9)
