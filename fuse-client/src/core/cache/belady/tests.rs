@@ -54,7 +54,11 @@ fn next_epoch_follows_and_old_plans_go() {
     );
     assert_eq!(p.install(plan(0, 2, &["f2", "f3"])), Installed::Unchanged);
     resolve_all(&mut p, 0);
-    assert_eq!(p.known_path("f3"), Some((3, 1)), "remembered for later plans");
+    assert_eq!(
+        p.known_path("f3"),
+        Some((3, 1)),
+        "remembered for later plans"
+    );
     assert_eq!(p.next_use(2, 0, 1), 1);
     assert_eq!(p.next_use(3, 0, 1), 3);
     assert_eq!(p.consume(2, 0, 10), Some((0, WHOLE_FILE_END)));
