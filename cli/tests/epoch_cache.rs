@@ -9,77 +9,15 @@ mod common;
 
 use std::io::Write;
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::*;
-use torchfs_cli::local_cluster::log_tail;
 
 const FILES: usize = 48;
 const FILE_BYTES: usize = 64 << 10;
-
-/// A `torchfs mount` with cache flags, replacing the harness's own mount.
-struct CacheMount {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl CacheMount {
-    fn start(tc: &mut TestCluster, extra: &[&str]) -> Result<Self> {
-        tc.unmount()?;
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(tc.mount_log())?;
-        let child = Command::new(exe())
-            .arg("mount")
-            .arg(&tc.mnt)
-            .arg("--metad")
-            .arg(tc.cluster.metad_addrs().join(","))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start torchfs mount")?;
-        let mut m = CacheMount {
-            child,
-            mnt: tc.mnt.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(&m.mnt) {
-            if let Some(status) = m.child.try_wait()? {
-                bail!("mount exited ({status}):\n{}", log_tail(&tc.mount_log()));
-            }
-            if Instant::now() > deadline {
-                bail!("mount not live:\n{}", log_tail(&tc.mount_log()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(m)
-    }
-}
-
-impl Drop for CacheMount {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
-}
 
 fn stats(mnt: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read(mnt.join(".torchfs/stats")).context("read .torchfs/stats")?;
@@ -156,18 +94,17 @@ fn a_plan_drives_prefetching_through_a_real_mount() -> Result<()> {
     let disk = tc.dir.path().join("disk-tier");
     // Memory for a third of the files; the disk tier takes the rest.
     let mem = (FILES * FILE_BYTES / 3).to_string();
-    let m = CacheMount::start(
-        &mut tc,
-        &[
-            "--cache-mem-bytes",
-            &mem,
-            "--cache-disk-dir",
-            disk.to_str().context("utf-8 path")?,
-            "--cache-disk-bytes",
-            "64M",
-        ],
-    )?;
-    let mnt = m.mnt.clone();
+    // Replace the harness's mount with one that has the cache flags.
+    tc.unmount()?;
+    tc.mount_with(&[
+        "--cache-mem-bytes",
+        &mem,
+        "--cache-disk-dir",
+        disk.to_str().context("utf-8 path")?,
+        "--cache-disk-bytes",
+        "64M",
+    ])?;
+    let mnt = tc.mnt.clone();
 
     // The control directory: found by lookup, not listed in the root.
     assert!(mnt.join(".torchfs").is_dir());
@@ -237,7 +174,7 @@ fn a_plan_drives_prefetching_through_a_real_mount() -> Result<()> {
     assert!(num(&after1, &["prefetch", "bytes_in_flight_high_water"]) <= 64 << 20);
 
     python_publishes_a_plan(&mnt)?;
-    drop(m);
+    tc.unmount()?;
     Ok(())
 }
 

@@ -71,6 +71,11 @@ impl TestCluster {
 
     /// Starts `torchfs mount` and waits until the mount is live.
     pub fn mount(&mut self) -> Result<()> {
+        self.mount_with(&[])
+    }
+
+    /// Like [`TestCluster::mount`], with extra `torchfs mount` flags.
+    pub fn mount_with(&mut self, extra: &[&str]) -> Result<()> {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -80,6 +85,7 @@ impl TestCluster {
             .arg(&self.mnt)
             .arg("--metad")
             .arg(self.cluster.metad_addrs().join(","))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
