@@ -27,15 +27,16 @@ pub enum TargetChoice {
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Every workload at tiny sizes, one repeat (what CI runs; well under a
-    /// minute).
+    /// Every workload at tiny sizes, one repeat, no GlusterFS unless
+    /// --gluster (what CI runs; well under a minute).
     #[arg(long)]
     pub quick: bool,
-    /// Add the GlusterFS peer to the targets. Not in the default set: at the
-    /// default sizes it adds about 8 minutes (it creates ~90 files/s and
-    /// reads 50-130 MB/s here), which would take a default run past 10.
-    #[arg(long)]
+    /// Add the GlusterFS peer with --quick or --targets.
+    #[arg(long, conflicts_with = "no_gluster")]
     pub gluster: bool,
+    /// Leave the GlusterFS peer out of a full run.
+    #[arg(long)]
+    pub no_gluster: bool,
     /// Where the results go (JSON, Markdown, plots, logs).
     #[arg(long, default_value = "perf-out")]
     pub out: PathBuf,
@@ -43,8 +44,8 @@ pub struct RunArgs {
     /// directory, GlusterFS bricks, mount points. Emptied first.
     #[arg(long, default_value = "/tmp/torchfs-perf")]
     pub work_dir: PathBuf,
-    /// Targets, comma-separated [default: torchfs,local,fuse-null; plus
-    /// gluster with --gluster].
+    /// Targets, comma-separated [default: torchfs,local,gluster,fuse-null;
+    /// with --quick: torchfs,local,fuse-null].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<TargetChoice>>,
     /// Workloads, comma-separated (see the list below) [default: all].
@@ -195,6 +196,7 @@ impl Config {
     pub fn resolve(args: RunArgs, all_workloads: &[&str]) -> anyhow::Result<Config> {
         let q = args.quick;
         let pick = |quick: u64, full: u64| if q { quick } else { full };
+        let explicit = args.targets.is_some();
         let mut targets = args.targets.unwrap_or_else(|| {
             vec![
                 TargetChoice::Torchfs,
@@ -202,13 +204,18 @@ impl Config {
                 TargetChoice::FuseNull,
             ]
         });
-        if args.gluster {
+        // A full run measures the peer by default (about 3 of its 7-8
+        // minutes here); a quick one only when asked.
+        if args.gluster || (!q && !explicit && !args.no_gluster) {
             // Before the FUSE ceiling, so tables list systems, then limits.
             let at = targets
                 .iter()
                 .position(|t| *t == TargetChoice::FuseNull)
                 .unwrap_or(targets.len());
             targets.insert(at, TargetChoice::Gluster);
+        }
+        if args.no_gluster {
+            targets.retain(|t| *t != TargetChoice::Gluster);
         }
         let mut deduped = Vec::new();
         for t in targets {
@@ -287,5 +294,59 @@ impl Config {
             keep_work_dir: args.keep_work_dir,
         };
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn resolve(args: &[&str]) -> Config {
+        let cli = Cli::parse_from(std::iter::once("torchfs-perf").chain(args.iter().copied()));
+        Config::resolve(cli.run, &["codec", "loader"]).unwrap()
+    }
+
+    #[test]
+    fn gluster_is_in_full_runs_and_only_asked_for_in_quick_ones() {
+        use TargetChoice::*;
+        assert_eq!(resolve(&[]).targets, [Torchfs, Local, Gluster, FuseNull]);
+        assert_eq!(resolve(&["--quick"]).targets, [Torchfs, Local, FuseNull]);
+        assert_eq!(
+            resolve(&["--quick", "--gluster"]).targets,
+            [Torchfs, Local, Gluster, FuseNull]
+        );
+        assert_eq!(
+            resolve(&["--no-gluster"]).targets,
+            [Torchfs, Local, FuseNull]
+        );
+        assert_eq!(
+            resolve(&["--targets", "local,gluster,local"]).targets,
+            [Local, Gluster]
+        );
+        assert_eq!(resolve(&["--targets", "local"]).targets, [Local]);
+    }
+
+    #[test]
+    fn quick_sizes_are_tiny_and_flags_win() {
+        let q = resolve(&["--quick"]);
+        assert_eq!(
+            (q.repeats, q.loader_files, q.large_file_bytes),
+            (1, 200, 16 << 20)
+        );
+        let full = resolve(&[]);
+        assert_eq!((full.repeats, full.large_file_bytes), (3, 1 << 30));
+        let mine = resolve(&["--quick", "--repeats", "2", "--large-file-bytes", "64MiB"]);
+        assert_eq!((mine.repeats, mine.large_file_bytes), (2, 64 << 20));
+        assert_eq!(resolve(&["--workloads", "loader"]).workloads, ["loader"]);
+        let cli = Cli::parse_from(["x", "--workloads", "nope"]);
+        assert!(Config::resolve(cli.run, &["loader"]).is_err());
     }
 }

@@ -102,6 +102,11 @@ pub fn versions(torchfs_bin: Option<&Path>) -> BTreeMap<String, String> {
             tool_version(&bin.display().to_string(), &["--version"]),
         );
     }
+    // The checkout the binaries were (presumably) built from.
+    let git = tool_version("git", &["describe", "--always", "--dirty"]);
+    if !git.is_empty() && !git.starts_with("fatal") && git != "not installed" {
+        v.insert("git".into(), git);
+    }
     v.insert("fuser".into(), "0.18".into());
     v.insert(
         "build profile".into(),

@@ -134,6 +134,8 @@ fn run(args: RunArgs, strict: bool) -> Result<()> {
         ctx.note("not running as root: FUSE mounts, GlusterFS and dropping caches may fail");
     }
 
+    // Other work on the machine skews every figure: say how busy it was.
+    ctx.note(format!("load average at the start: {}", load_average()));
     let (mut live, mut infos) = start_targets(&mut ctx, &exe, torchfs_bin.as_deref());
     let outcome = measure(&mut ctx, &mut live);
     if let Err(e) = &outcome {
@@ -146,6 +148,7 @@ fn run(args: RunArgs, strict: bool) -> Result<()> {
         }
         infos.push(info);
     }
+    ctx.note(format!("load average at the end: {}", load_average()));
     let order = |k: TargetKind| k as usize;
     infos.sort_by_key(|i| order(i.kind));
     if !config.keep_work_dir {
@@ -288,7 +291,9 @@ fn write_results(results: &Results, out: &Path) -> Result<Vec<PathBuf>> {
         results.machine.hostname
     );
     let json = out.join(format!("{stem}.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(results)?)
+    // Compact: pretty-printing puts every CDF number on its own line and
+    // triples the file.
+    std::fs::write(&json, serde_json::to_string(results)?)
         .with_context(|| format!("write {}", json.display()))?;
     let plot_dir = out.join(&stem);
     let plots = match plots::render_all(results, &plot_dir) {
@@ -333,6 +338,14 @@ fn check_strict(results: &Results) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The command line as typed (arguments with spaces quoted).

@@ -34,7 +34,8 @@ pub fn baseline_columns(results: &Results) -> Vec<String> {
         .collect()
 }
 
-/// Rows for every (workload, metric) measured on any non-probe target, in
+/// Rows for every (workload, metric) measured on any non-probe target with
+/// something to compare (at least two of: torchfs, a baseline, a limit), in
 /// the order first measured.
 pub fn ratio_rows(results: &Results) -> Vec<RatioRow> {
     let columns = baseline_columns(results);
@@ -61,6 +62,14 @@ pub fn ratio_rows(results: &Results) -> Vec<RatioRow> {
             limit: limit_of(results, f),
         });
     }
+    // A figure with nothing to compare against has no ratio to show (it
+    // stays in "Every figure").
+    rows.retain(|r| {
+        let measured = r.baselines.iter().filter(|b| b.is_some()).count()
+            + usize::from(r.system.is_some())
+            + usize::from(r.limit.is_some());
+        measured >= 2
+    });
     rows
 }
 
