@@ -65,7 +65,9 @@ pub struct RunArgs {
     /// storage nodes on +10..); the next free block is used if it is busy.
     #[arg(long, default_value_t = 17400)]
     pub torchfs_base_port: u16,
-    /// The local-disk directory [default: <work-dir>/local].
+    /// The local-disk baseline's directory; files go in <dir>/torchfs-perf,
+    /// which is emptied first and removed at the end [default:
+    /// <work-dir>/local].
     #[arg(long)]
     pub local_dir: Option<PathBuf>,
     /// Repeats of each measurement (min/median/max are reported)

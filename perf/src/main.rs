@@ -118,6 +118,7 @@ fn run(args: RunArgs, strict: bool) -> Result<()> {
         .with_context(|| format!("create {}", config.out.display()))?;
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("create {}", config.work_dir.display()))?;
+    let _lock = lock_work_dir(&config.work_dir)?;
     let leftovers = targets::unmount_below(&config.work_dir);
     let scratch = config.work_dir.join("scratch");
     targets::fresh_dir(&scratch)?;
@@ -181,6 +182,23 @@ fn run(args: RunArgs, strict: bool) -> Result<()> {
     Ok(())
 }
 
+/// Holds an exclusive lock on the work directory for the run: a second run
+/// on the same directory would unmount and empty the first one's targets.
+fn lock_work_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".torchfs-perf.lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when `file` closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another torchfs-perf run is using {}: wait for it, or pass another --work-dir",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Re-renders an earlier run's report and plots.
 fn render(json: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
@@ -221,7 +239,12 @@ fn start_targets(
                     "no torchfs binary (build it: cargo build --release -p torchfs-cli; or pass --torchfs-bin)"
                 )),
             },
-            TargetChoice::Local => targets::local::LocalDir::setup(&cfg.local_dir, cfg.keep_work_dir)
+            // A subdirectory: --local-dir may name a directory that holds
+            // other files, and this one is emptied and removed.
+            TargetChoice::Local => targets::local::LocalDir::setup(
+                &cfg.local_dir.join("torchfs-perf"),
+                cfg.keep_work_dir,
+            )
                 .map(|t| Box::new(t) as _),
             TargetChoice::Gluster => {
                 targets::gluster::Gluster::start(&dir).map(|t| Box::new(t) as _)
