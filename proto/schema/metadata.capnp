@@ -22,6 +22,7 @@ struct Attr {
   atimeNs @7 :Int64;      # nanoseconds since the Unix epoch
   mtimeNs @8 :Int64;
   ctimeNs @9 :Int64;
+  frozen @10 :Bool;       # part of a frozen dataset version: nothing in it changes
 }
 
 struct StripeConfig {
@@ -47,6 +48,17 @@ struct DirEntry {
   name @0 :Text;
   ino @1 :UInt64;
   kind @2 :FileKind;
+}
+
+# One inode of a frozen tree, as `readFrozen` lists it: the entry naming
+# it (`parent`, `name`), its attributes, and its layout (files) or target
+# (symlinks).
+struct FrozenEntry {
+  parent @0 :UInt64;
+  name @1 :Text;
+  attr @2 :Attr;
+  layout @3 :Layout;      # files only
+  target @4 :Text;        # symlinks only
 }
 
 struct OptU32 { union { none @0 :Void; some @1 :UInt32; } }
@@ -144,6 +156,11 @@ struct Request {
     heartbeat :group { id @42 :UInt64; usedBytes @43 :UInt64; capacityBytes @44 :UInt64; }
     clusterMap @45 :Void;
     clusterStatus @46 :Void;
+    freeze :group { ino @48 :UInt64; }      # make a directory tree an immutable dataset version
+    unfreeze :group { ino @49 :UInt64; }    # the root of a frozen tree only
+    # Page through a frozen tree: its inodes below `ino` in depth-first
+    # order (each directory's entries in name order), skipping `offset`.
+    readFrozen :group { ino @50 :UInt64; offset @51 :UInt64; limit @52 :UInt32; }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -180,6 +197,9 @@ struct Response {
     clusterMap @11 :ClusterMap;
     clusterStatus @12 :ClusterStatus;
     attrFreed :group { attr @13 :Attr; freed @14 :List(StripeEntry); }  # setAttr truncation
+    # readFrozen: the tree's root now (a changed ctime means the tree changed
+    # between pages), one page of entries, and whether more follow.
+    frozen :group { root @15 :Attr; entries @16 :List(FrozenEntry); more @17 :Bool; }
   }
 }
 

@@ -33,6 +33,9 @@ pub struct Attr {
     pub atime_ns: i64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    /// Part of a frozen dataset version (DESIGN.md §3): metad refuses every
+    /// change to it, so clients may serve it from a table loaded once.
+    pub frozen: bool,
 }
 
 /// How files are cut into stripes: `k` data + `m` parity fragments of
@@ -93,6 +96,23 @@ pub struct Layout {
     pub config: StripeConfig,
     /// Sorted by `stripe`, no duplicates.
     pub stripes: Vec<StripeEntry>,
+}
+
+/// One inode of a frozen tree as [`MetaRequest::ReadFrozen`] lists it: the
+/// entry naming it, its attributes, and what reading it needs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FrozenEntry {
+    pub parent: Ino,
+    pub name: String,
+    pub attr: Attr,
+    pub body: FrozenBody,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum FrozenBody {
+    File(Layout),
+    Dir,
+    Symlink(String),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -301,7 +321,30 @@ pub enum MetaRequest {
     },
     ClusterMap,
     ClusterStatus,
+    /// Makes the directory `ino` and everything below it a frozen dataset
+    /// version: every later change to it is refused with EROFS. Freezing
+    /// a frozen inode changes nothing.
+    Freeze {
+        ino: Ino,
+    },
+    /// Thaws a frozen tree; `ino` must be its root (a frozen directory in
+    /// a directory that is not). Clients holding its table notice within
+    /// their check interval.
+    Unfreeze {
+        ino: Ino,
+    },
+    /// One page of the frozen tree below the directory `ino`: its inodes in
+    /// depth-first order (each directory's entries in name order), skipping
+    /// `offset`, at most `limit` (0: [`FROZEN_PAGE_ENTRIES_MAX`]).
+    ReadFrozen {
+        ino: Ino,
+        offset: u64,
+        limit: u32,
+    },
 }
+
+/// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
+pub const FROZEN_PAGE_ENTRIES_MAX: u32 = 8192;
 
 impl MetaRequest {
     /// Whether the request changes state (goes through the Raft log).
@@ -317,6 +360,7 @@ impl MetaRequest {
                 | MetaRequest::ClusterMap
                 | MetaRequest::ClusterStatus
                 | MetaRequest::Heartbeat { .. }
+                | MetaRequest::ReadFrozen { .. }
         )
     }
 }
@@ -380,6 +424,14 @@ pub enum MetaReply {
     },
     ClusterMap(ClusterMap),
     ClusterStatus(ClusterStatus),
+    /// A page of a frozen tree: its root as it is now (its `ctime_ns`
+    /// changes if the tree is thawed or refrozen between pages), the
+    /// entries, and whether more follow.
+    Frozen {
+        root: Attr,
+        entries: Vec<FrozenEntry>,
+        more: bool,
+    },
 }
 
 /// Why metad refused or could not answer a request.
@@ -445,6 +497,7 @@ pub mod errno {
     pub const EINVAL: i32 = 22;
     pub const EFBIG: i32 = 27;
     pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
     pub const EMLINK: i32 = 31;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;

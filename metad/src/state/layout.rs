@@ -54,6 +54,9 @@ impl State {
         stripes: &[StripeEntry],
         now: i64,
     ) -> Outcome {
+        self.check_thawed(ino, || {
+            format!("commit the layout of {} stripes", stripes.len())
+        })?;
         let (attr, layout) = self.file_mut(ino)?;
         let width = layout.config.width();
         let stripe_bytes = layout.config.stripe_bytes();

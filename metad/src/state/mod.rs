@@ -17,10 +17,13 @@
 //! - `namespace`: the directory tree (create, mkdir, symlink, link, unlink,
 //!   rmdir, rename) and setattr.
 //! - `layout`: file layouts (commit, truncation).
+//! - `frozen`: frozen dataset versions (freeze, unfreeze, the paged listing
+//!   of a frozen tree) and the EROFS check every change runs.
 //! - `nodes`: the storage-node registry and [`placement_groups`].
 //! - `sessions`: client sessions, which make retried writes exactly-once
 //!   ([`Sessions`]).
 
+mod frozen;
 mod layout;
 mod namespace;
 mod nodes;
@@ -120,6 +123,7 @@ impl State {
                 atime_ns: 0,
                 mtime_ns: 0,
                 ctime_ns: 0,
+                frozen: false,
             },
             body: Body::Dir {
                 parent: ROOT_INO,
@@ -175,6 +179,9 @@ impl State {
                 _ => Err(fs(errno::EINVAL, format!("inode {ino} is not a symlink"))),
             },
             MetaRequest::GetLayout { ino } => self.get_layout(*ino),
+            MetaRequest::ReadFrozen { ino, offset, limit } => {
+                self.read_frozen(*ino, *offset, *limit)
+            }
             other => Err(MetaError::Invalid(format!(
                 "not a namespace read: {other:?}"
             ))),
@@ -309,6 +316,8 @@ impl State {
                 self.commit_layout(*ino, *size, stripes, now)
             }
             MetaRequest::RegisterNode { info } => self.register_node(info),
+            MetaRequest::Freeze { ino } => self.freeze(*ino, now),
+            MetaRequest::Unfreeze { ino } => self.unfreeze(*ino, now),
             other => Err(MetaError::Invalid(format!("not a log command: {other:?}"))),
         }
     }

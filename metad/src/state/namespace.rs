@@ -35,6 +35,7 @@ fn new_attr(ino: Ino, kind: FileKind, mode: u32, uid: u32, gid: u32, now: i64) -
         atime_ns: now,
         mtime_ns: now,
         ctime_ns: now,
+        frozen: false,
     }
 }
 
@@ -113,6 +114,7 @@ impl State {
                 FileKind::Symlink => Err(fs(errno::EEXIST, format!("{name:?} is a symlink"))),
             };
         }
+        self.check_thawed(parent, || format!("create {name:?} in inode {parent}"))?;
         let layout = Layout {
             config: self.config,
             stripes: Vec::new(),
@@ -139,6 +141,7 @@ impl State {
         if self.check_new_entry(parent, name)?.is_some() {
             return Err(fs(errno::EEXIST, format!("{name:?} exists")));
         }
+        self.check_thawed(parent, || format!("mkdir {name:?} in inode {parent}"))?;
         let attr = self.alloc(
             |ino| new_attr(ino, FileKind::Dir, mode, uid, gid, now),
             Body::Dir {
@@ -177,6 +180,7 @@ impl State {
         if self.check_new_entry(parent, name)?.is_some() {
             return Err(fs(errno::EEXIST, format!("{name:?} exists")));
         }
+        self.check_thawed(parent, || format!("symlink {name:?} in inode {parent}"))?;
         let attr = self.alloc(
             |ino| Attr {
                 size: target.len() as u64,
@@ -199,6 +203,9 @@ impl State {
         if self.check_new_entry(new_parent, new_name)?.is_some() {
             return Err(fs(errno::EEXIST, format!("{new_name:?} exists")));
         }
+        let what = || format!("link inode {ino} as {new_name:?} in inode {new_parent}");
+        self.check_thawed(ino, what)?;
+        self.check_thawed(new_parent, what)?;
         self.dir_entries_mut(new_parent)?
             .insert(new_name.to_string(), ino);
         let node = self.inode_mut(ino)?;
@@ -232,6 +239,9 @@ impl State {
     pub(super) fn unlink(&mut self, parent: Ino, name: &str, now: i64) -> Outcome {
         check_name(name)?;
         let ino = self.entry(parent, name)?;
+        let what = || format!("unlink {name:?} (inode {ino}) in inode {parent}");
+        self.check_thawed(parent, what)?;
+        self.check_thawed(ino, what)?;
         if self.inode(ino)?.attr.kind == FileKind::Dir {
             return Err(fs(errno::EISDIR, format!("{name:?} is a directory")));
         }
@@ -243,6 +253,9 @@ impl State {
     pub(super) fn rmdir(&mut self, parent: Ino, name: &str, now: i64) -> Outcome {
         check_name(name)?;
         let ino = self.entry(parent, name)?;
+        let what = || format!("rmdir {name:?} (inode {ino}) in inode {parent}");
+        self.check_thawed(parent, what)?;
+        self.check_thawed(ino, what)?;
         match &self.inode(ino)?.body {
             Body::Dir { entries, .. } if !entries.is_empty() => {
                 return Err(fs(errno::ENOTEMPTY, format!("{name:?} is not empty")))
@@ -285,6 +298,14 @@ impl State {
         let src = self.entry(parent, name)?;
         let target = self.dir_entries(new_parent)?.get(new_name).copied();
         let src_is_dir = self.inode(src)?.attr.kind == FileKind::Dir;
+        let what =
+            || format!("rename {name:?} in inode {parent} to {new_name:?} in inode {new_parent}");
+        self.check_thawed(parent, what)?;
+        self.check_thawed(new_parent, what)?;
+        self.check_thawed(src, what)?;
+        if let Some(t) = target {
+            self.check_thawed(t, what)?;
+        }
         if target == Some(src) {
             // Same inode (same entry, or two hard links): POSIX says do nothing.
             return Ok(MetaReply::Freed(Vec::new()));
@@ -349,6 +370,7 @@ impl State {
     }
 
     pub(super) fn setattr(&mut self, ino: Ino, set: &SetAttr, now: i64) -> Outcome {
+        self.check_thawed(ino, || "setattr".to_string())?;
         if set.size.is_some() {
             // Only a regular file has a size to set (EISDIR, EINVAL).
             self.file(ino)?;

@@ -135,6 +135,14 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             let mut b = b;
             b.set_cluster_map(())
         }
+        MetaRequest::Freeze { ino } => b.init_freeze().set_ino(*ino),
+        MetaRequest::Unfreeze { ino } => b.init_unfreeze().set_ino(*ino),
+        MetaRequest::ReadFrozen { ino, offset, limit } => {
+            let mut g = b.init_read_frozen();
+            g.set_ino(*ino);
+            g.set_offset(*offset);
+            g.set_limit(*limit);
+        }
         MetaRequest::ClusterStatus => {
             let mut b = b;
             b.set_cluster_status(())
@@ -225,6 +233,13 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
         },
         W::ClusterMap(()) => MetaRequest::ClusterMap,
         W::ClusterStatus(()) => MetaRequest::ClusterStatus,
+        W::Freeze(g) => MetaRequest::Freeze { ino: g.get_ino() },
+        W::Unfreeze(g) => MetaRequest::Unfreeze { ino: g.get_ino() },
+        W::ReadFrozen(g) => MetaRequest::ReadFrozen {
+            ino: g.get_ino(),
+            offset: g.get_offset(),
+            limit: g.get_limit(),
+        },
     })
 }
 

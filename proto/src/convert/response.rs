@@ -5,8 +5,9 @@ use crate::meta::{DirEntry, MetaError, MetaReply, StatFs};
 use crate::metadata_capnp as mc;
 
 use super::types::{
-    read_attr, read_cluster_map, read_cluster_status, read_kind, read_layout, read_stripes,
-    write_attr, write_cluster_map, write_cluster_status, write_kind, write_layout, write_stripes,
+    read_attr, read_cluster_map, read_cluster_status, read_frozen_entry, read_kind, read_layout,
+    read_stripes, write_attr, write_cluster_map, write_cluster_status, write_frozen_entry,
+    write_kind, write_layout, write_stripes,
 };
 use super::{enum_field, indexed, len_u32, need, text, Result};
 
@@ -115,6 +116,19 @@ pub fn write_response(
         }
         MetaReply::ClusterMap(m) => write_cluster_map(m, b.init_cluster_map()),
         MetaReply::ClusterStatus(s) => write_cluster_status(s, b.init_cluster_status()),
+        MetaReply::Frozen {
+            root,
+            entries,
+            more,
+        } => {
+            let mut g = b.init_frozen();
+            write_attr(root, g.reborrow().init_root());
+            g.set_more(*more);
+            let mut l = g.init_entries(len_u32(entries.len()));
+            for (i, e) in indexed(entries) {
+                write_frozen_entry(e, l.reborrow().get(i));
+            }
+        }
     }
 }
 
@@ -186,6 +200,18 @@ pub fn read_response(
         W::ClusterStatus(s) => {
             need(r.has_cluster_status(), "response.clusterStatus")?;
             MetaReply::ClusterStatus(read_cluster_status(s?)?)
+        }
+        W::Frozen(g) => {
+            need(g.has_root(), "frozen.root")?;
+            MetaReply::Frozen {
+                root: read_attr(g.get_root()?)?,
+                entries: g
+                    .get_entries()?
+                    .iter()
+                    .map(read_frozen_entry)
+                    .collect::<Result<Vec<_>>>()?,
+                more: g.get_more(),
+            }
         }
     }))
 }

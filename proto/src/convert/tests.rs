@@ -34,6 +34,7 @@ fn attr() -> Attr {
         atime_ns: -5,
         mtime_ns: 1_700_000_000_000_000_000,
         ctime_ns: 7,
+        frozen: false,
     }
 }
 
@@ -168,6 +169,13 @@ fn every_request_round_trips() {
         },
         MetaRequest::ClusterMap,
         MetaRequest::ClusterStatus,
+        MetaRequest::Freeze { ino: 9 },
+        MetaRequest::Unfreeze { ino: 10 },
+        MetaRequest::ReadFrozen {
+            ino: 11,
+            offset: 1 << 33,
+            limit: 500,
+        },
     ] {
         rt_req(req);
     }
@@ -218,6 +226,49 @@ fn every_reply_round_trips() {
             freed: vec![],
         }),
         Ok(MetaReply::ClusterMap(map())),
+        Ok(MetaReply::Frozen {
+            root: Attr {
+                kind: FileKind::Dir,
+                frozen: true,
+                ..attr()
+            },
+            entries: vec![
+                FrozenEntry {
+                    parent: 42,
+                    name: "f".into(),
+                    attr: Attr {
+                        kind: FileKind::File,
+                        frozen: true,
+                        ..attr()
+                    },
+                    body: FrozenBody::File(Layout {
+                        config: StripeConfig::DEFAULT,
+                        stripes: vec![stripe(0), stripe(1)],
+                    }),
+                },
+                FrozenEntry {
+                    parent: 42,
+                    name: "d".into(),
+                    attr: Attr {
+                        kind: FileKind::Dir,
+                        ..attr()
+                    },
+                    body: FrozenBody::Dir,
+                },
+                FrozenEntry {
+                    parent: 43,
+                    name: "s".into(),
+                    attr: attr(),
+                    body: FrozenBody::Symlink("../f".into()),
+                },
+            ],
+            more: true,
+        }),
+        Ok(MetaReply::Frozen {
+            root: attr(),
+            entries: vec![],
+            more: false,
+        }),
         Ok(MetaReply::ClusterStatus(ClusterStatus {
             leader: Some(2),
             term: 5,

@@ -3,7 +3,7 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, FileKind, Layout, NodeInfo, NodeState, NodeStatus,
+    Attr, ClusterMap, FrozenBody, FrozenEntry, ClusterStatus, FileKind, Layout, NodeInfo, NodeState, NodeStatus,
     PlacementGroup, SetAttr, SetTime, StripeConfig, StripeEntry, Voter,
 };
 use crate::metadata_capnp as mc;
@@ -41,6 +41,7 @@ pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
     b.set_atime_ns(a.atime_ns);
     b.set_mtime_ns(a.mtime_ns);
     b.set_ctime_ns(a.ctime_ns);
+    b.set_frozen(a.frozen);
 }
 
 pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
@@ -55,6 +56,37 @@ pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
         atime_ns: r.get_atime_ns(),
         mtime_ns: r.get_mtime_ns(),
         ctime_ns: r.get_ctime_ns(),
+        frozen: r.get_frozen(),
+    })
+}
+
+pub(super) fn write_frozen_entry(e: &FrozenEntry, mut b: mc::frozen_entry::Builder<'_>) {
+    b.set_parent(e.parent);
+    b.set_name(e.name.as_str());
+    write_attr(&e.attr, b.reborrow().init_attr());
+    match &e.body {
+        FrozenBody::File(layout) => write_layout(layout, b.init_layout()),
+        FrozenBody::Dir => {}
+        FrozenBody::Symlink(target) => b.set_target(target.as_str()),
+    }
+}
+
+pub(super) fn read_frozen_entry(r: mc::frozen_entry::Reader<'_>) -> Result<FrozenEntry> {
+    need(r.has_attr(), "frozenEntry.attr")?;
+    let attr = read_attr(r.get_attr()?)?;
+    let body = match attr.kind {
+        FileKind::File => {
+            need(r.has_layout(), "frozenEntry.layout")?;
+            FrozenBody::File(read_layout(r.get_layout()?)?)
+        }
+        FileKind::Dir => FrozenBody::Dir,
+        FileKind::Symlink => FrozenBody::Symlink(text(r.get_target(), "frozenEntry.target")?),
+    };
+    Ok(FrozenEntry {
+        parent: r.get_parent(),
+        name: text(r.get_name(), "frozenEntry.name")?,
+        attr,
+        body,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Namespace semantics: every errno the state machine gives, rename cases,
-//! and the shared harness; layouts and nodes have test modules of their own.
+//! and the shared harness; layouts, nodes, sessions and frozen trees have
+//! test modules of their own.
 
+mod frozen;
 mod layout;
 mod nodes;
 mod sessions;
