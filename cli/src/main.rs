@@ -36,6 +36,11 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Show the cluster: leader, voters, storage nodes and their state.
     Status(cmd::status::StatusArgs),
+    /// Make a directory tree an immutable dataset version: mounts then serve
+    /// its metadata from a table loaded once, with no metad round trips.
+    Freeze(cmd::freeze::FreezeArgs),
+    /// Thaw a frozen tree (its root) so it can change again.
+    Unfreeze(cmd::freeze::FreezeArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
         Command::Storage(a) => cmd::storage::run(a),
         Command::Mount(a) => cmd::mount::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Freeze(a) => cmd::freeze::run(a, true),
+        Command::Unfreeze(a) => cmd::freeze::run(a, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

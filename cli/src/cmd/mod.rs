@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: logging, address lists
 //! and waiting for a stop signal.
 
+pub mod freeze;
 pub mod metad;
 pub mod mount;
 pub mod status;

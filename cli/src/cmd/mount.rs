@@ -60,9 +60,28 @@ pub struct CacheArgs {
     /// for that long.
     #[arg(long, default_value_t = 0)]
     pub cache_trust_ms: u64,
+    /// How often a loaded frozen dataset's root is rechecked with metad
+    /// (`torchfs unfreeze` is seen within this long).
+    #[arg(long, default_value_t = ClientConfig::default().frozen_check_ms)]
+    pub frozen_check_ms: u64,
+    /// Largest frozen tree (inodes) loaded as an in-memory table (about
+    /// 350 bytes each); 0: never load, ask metad as for any directory.
+    #[arg(long, default_value_t = ClientConfig::default().frozen_entries_max)]
+    pub frozen_entries_max: usize,
 }
 
 impl CacheArgs {
+    /// The client's configuration: these flags over the defaults.
+    pub fn client_config(&self, metad: &[String]) -> ClientConfig {
+        ClientConfig {
+            metad: metad.to_vec(),
+            cache: self.config(),
+            frozen_check_ms: self.frozen_check_ms,
+            frozen_entries_max: self.frozen_entries_max,
+            ..ClientConfig::default()
+        }
+    }
+
     pub fn config(&self) -> CacheConfig {
         CacheConfig {
             mem_bytes: self.cache_mem_bytes.unwrap_or_else(default_cache_mem_bytes),
@@ -172,12 +191,9 @@ impl Drop for Mounted {
 }
 
 /// Checks the mount point, connects to the cluster and mounts it.
-pub fn mount(
-    metad: &[String],
-    mountpoint: &Path,
-    options: &FuseOptions,
-    cache: &CacheConfig,
-) -> Result<Mounted> {
+pub fn mount(config: &ClientConfig, mountpoint: &Path, options: &FuseOptions) -> Result<Mounted> {
+    let metad = &config.metad;
+    let cache = &config.cache;
     super::check_metad_addrs(metad)?;
     check_mountpoint(mountpoint)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,20 +206,17 @@ pub fn mount(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create cache disk-tier directory {}", dir.display()))?;
     }
-    let config = ClientConfig {
-        metad: metad.to_vec(),
-        cache: cache.clone(),
-        ..ClientConfig::default()
-    };
     let mut options = options.clone();
     options.passthrough = cache.disk_dir.is_some() && cache.mem_bytes > 0;
     let options = &options;
-    let client = runtime.block_on(Client::connect(config)).with_context(|| {
-        format!(
-            "connect to metad at {} (is the cluster running?)",
-            metad.join(",")
-        )
-    })?;
+    let client = runtime
+        .block_on(Client::connect(config.clone()))
+        .with_context(|| {
+            format!(
+                "connect to metad at {} (is the cluster running?)",
+                metad.join(",")
+            )
+        })?;
     let session = torchfs_client::fuse::mount(
         client.clone(),
         runtime.handle().clone(),
@@ -267,10 +280,9 @@ pub fn run(args: MountArgs) -> Result<()> {
         ..FuseOptions::default()
     };
     let mounted = mount(
-        &args.metad,
+        &args.cache.client_config(&args.metad),
         &args.mountpoint,
         &options,
-        &args.cache.config(),
     )?;
     eprintln!(
         "torchfs: mounted on {} (stop with Ctrl-C or `umount {}`)",

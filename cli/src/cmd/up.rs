@@ -107,10 +107,9 @@ pub fn run(args: UpArgs) -> Result<()> {
     let status = cluster.wait_ready(args.storage_nodes, Duration::from_secs(60))?;
     print!("{}", super::status::render(&status));
     let mounted = super::mount::mount(
-        &metad,
+        &args.cache.client_config(&metad),
         &mountpoint,
         &FuseOptions::default(),
-        &args.cache.config(),
     )?;
     mounted.adopt_new_root()?;
     println!("torchfs: mounted on {}", mountpoint.display());

@@ -79,6 +79,7 @@ fn control_attr(ino: Ino) -> Attr {
         atime_ns: 0,
         mtime_ns: 0,
         ctime_ns: 0,
+        frozen: false,
     }
 }
 
@@ -160,7 +161,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 text: self
                     .inner
                     .data_cache
-                    .render_stats(self.inner.storage_read_bytes.load(Ordering::Relaxed))
+                    .render_stats(
+                        self.inner.storage_read_bytes.load(Ordering::Relaxed),
+                        self.inner.meta_requests.load(Ordering::Relaxed),
+                        self.frozen_stats(),
+                    )
                     .into_bytes(),
             },
             _ => return Err(not_found(&format!("inode {ino}"))),

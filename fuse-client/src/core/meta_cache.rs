@@ -114,6 +114,7 @@ mod tests {
             atime_ns: 0,
             mtime_ns: 0,
             ctime_ns: 0,
+            frozen: false,
         }
     }
 

@@ -14,11 +14,14 @@
 //! - [`cache`]: the epoch cache (plans, prefetching, memory and disk
 //!   tiers, Belady/LRU eviction) in front of the read path.
 //! - [`control`]: the `.torchfs/` control files (plan intake, stats).
+//! - [`frozen`]: tables of frozen dataset versions, loaded once, that
+//!   answer metadata calls inside them without metad.
 //! - `namespace`, `read`, `write`: the operations.
 
 pub mod cache;
 pub mod control;
 mod file;
+pub mod frozen;
 mod handles;
 mod map;
 mod meta_cache;
@@ -46,6 +49,7 @@ use crate::stripe::StripeError;
 pub use cache::{CacheConfig, ReadBuf};
 use cache::{EpochCache, PlanError};
 use control::ControlHandles;
+use frozen::{FrozenState, FrozenTableError};
 use handles::Handles;
 use map::MapCache;
 use meta_cache::MetaCache;
@@ -72,6 +76,12 @@ pub struct ClientConfig {
     pub transport: TcpOptions,
     /// The epoch cache (memory and disk tiers, prefetching).
     pub cache: CacheConfig,
+    /// How often a loaded frozen tree's root is rechecked with metad (an
+    /// unfreeze is seen within this long).
+    pub frozen_check_ms: u64,
+    /// Inodes a frozen tree may have to be loaded as a table (0: never
+    /// load tables); larger trees are served by metad as usual.
+    pub frozen_entries_max: usize,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +94,8 @@ impl Default for ClientConfig {
             map_refresh_ms: 2_000,
             transport: TcpOptions::default(),
             cache: CacheConfig::default(),
+            frozen_check_ms: 1_000,
+            frozen_entries_max: 1_000_000,
         }
     }
 }
@@ -158,6 +170,8 @@ pub enum ClientError {
     Plan(#[from] PlanError),
     #[error("torchfs control file: {reason}")]
     Control { reason: &'static str },
+    #[error(transparent)]
+    FrozenTable(#[from] FrozenTableError),
     #[error("cache disk tier at {dir}: {source}")]
     CacheDir {
         dir: std::path::PathBuf,
@@ -204,6 +218,7 @@ impl ClientError {
             | ClientError::Unrecoverable { .. }
             | ClientError::Layout { .. }
             | ClientError::CacheDir { .. }
+            | ClientError::FrozenTable(_)
             | ClientError::Codec(_) => libc::EIO,
         }
     }
@@ -250,8 +265,12 @@ pub(crate) struct Inner<M, T> {
     map_refresh: Arc<Notify>,
     data_cache: EpochCache,
     control: ControlHandles,
+    frozen: FrozenState,
     /// Bytes asked of storage nodes (demand reads, prefetch, readahead).
     storage_read_bytes: AtomicU64,
+    /// Requests sent to metad for file operations (not the background
+    /// cluster-map refresh).
+    meta_requests: AtomicU64,
 }
 
 impl Client {
@@ -308,7 +327,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             map_refresh: Arc::new(Notify::new()),
             data_cache,
             control: ControlHandles::default(),
+            frozen: FrozenState::default(),
             storage_read_bytes: AtomicU64::new(0),
+            meta_requests: AtomicU64::new(0),
             config,
             meta,
             transport,
@@ -339,6 +360,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     async fn meta_call(&self, req: MetaRequest) -> Result<MetaReply, ClientError> {
+        self.inner
+            .meta_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.inner.meta.call(req).await?)
     }
 

@@ -31,6 +31,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if let Some(result) = self.control_lookup(parent, name) {
             return result;
         }
+        if let Some(found) = self
+            .frozen(parent)
+            .await
+            .and_then(|t| t.lookup(parent, name))
+        {
+            return Ok(found?);
+        }
+        if let Some(root) = self.frozen_root_lookup(parent, name).await {
+            return Ok(root);
+        }
         if let Some(attr) = lock(&self.inner.cache).lookup(parent, name, Instant::now()) {
             return Ok(self.overlay(attr));
         }
@@ -49,6 +59,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             )
             .await?;
         lock(&self.inner.cache).put_entry(parent, name, attr.ino, Instant::now());
+        self.note_frozen(&attr, Some((parent, name))).await;
         Ok(self.cache_attr(attr))
     }
 
@@ -57,12 +68,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if is_control_ino(ino) {
             return self.control_getattr(ino);
         }
+        if let Some(attr) = self.frozen(ino).await.and_then(|t| t.attr(ino)) {
+            return Ok(attr);
+        }
         if let Some(attr) = lock(&self.inner.cache).attr(ino, Instant::now()) {
             return Ok(self.overlay(attr));
         }
         let attr = self
             .attr_reply("GetAttr", MetaRequest::GetAttr { ino })
             .await?;
+        self.note_frozen(&attr, None).await;
         Ok(self.cache_attr(attr))
     }
 
@@ -111,6 +126,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     ) -> Result<Vec<DirEntry>, ClientError> {
         if is_control_ino(ino) {
             return self.control_readdir(ino, after);
+        }
+        if let Some(entries) = self
+            .frozen(ino)
+            .await
+            .and_then(|t| t.readdir(ino, after, limit))
+        {
+            return Ok(entries);
         }
         match self
             .meta_call(MetaRequest::ReadDir {
@@ -277,6 +299,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     pub async fn readlink(&self, ino: Ino) -> Result<String, ClientError> {
+        if let Some(target) = self.frozen(ino).await.and_then(|t| t.target(ino)) {
+            return Ok(target);
+        }
         match self.meta_call(MetaRequest::ReadLink { ino }).await? {
             MetaReply::Link(target) => Ok(target),
             other => Err(unexpected("ReadLink", other)),
@@ -292,7 +317,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Opens a regular file. Always revalidates with metad (close-to-open:
     /// the layout and size are fetched fresh) unless this client holds
-    /// unflushed changes to it, which then stay authoritative.
+    /// unflushed changes to it, which then stay authoritative, or the file
+    /// is in a loaded frozen tree (it cannot have changed).
     pub async fn open(
         &self,
         ino: Ino,
@@ -305,7 +331,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let trusted = if write || truncate {
             None
         } else {
-            self.inner.data_cache.trusted_layout(ino)
+            match self.frozen_layout(ino).await {
+                Some(known) => Some(known),
+                None => self.inner.data_cache.trusted_layout(ino),
+            }
         };
         let (attr, layout) = match trusted {
             Some(known) => known,
@@ -314,6 +343,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 other => return Err(unexpected("GetLayout", other)),
             },
         };
+        if attr.frozen && (write || truncate) {
+            return Err(MetaError::fs(
+                torchfs_proto::meta::errno::EROFS,
+                format!("inode {ino} is in a frozen dataset version"),
+            )
+            .into());
+        }
         match attr.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(ClientError::IsDir { ino }),
@@ -470,8 +506,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
-    /// Caches what a create-like call returned.
+    /// Caches what a create-like call returned. metad took a new entry in
+    /// `parent`, so a frozen table holding it is out of date (thawed).
     fn created(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
+        self.frozen_changed(parent);
         let mut cache = lock(&self.inner.cache);
         let now = Instant::now();
         cache.invalidate_attr(parent);

@@ -275,12 +275,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if st.pending() {
             return Ok(false);
         }
-        let (attr, layout) = match self
-            .meta_call(MetaRequest::GetLayout { ino: file.ino })
-            .await?
-        {
-            MetaReply::Layout { attr, layout } => (attr, layout),
-            other => return Err(unexpected("GetLayout", other)),
+        let (attr, layout) = match self.frozen_layout(file.ino).await {
+            Some(known) => known,
+            None => match self
+                .meta_call(MetaRequest::GetLayout { ino: file.ino })
+                .await?
+            {
+                MetaReply::Layout { attr, layout } => (attr, layout),
+                other => return Err(unexpected("GetLayout", other)),
+            },
         };
         let fresh = FileState::from_layout(file.ino, attr.size, layout).map_err(|source| {
             ClientError::Layout {

@@ -68,6 +68,7 @@ impl FakeMeta {
                     atime_ns: 0,
                     mtime_ns: 0,
                     ctime_ns: 0,
+                    frozen: false,
                 };
                 st.names.insert((parent, name), ino);
                 st.files.insert(

@@ -76,6 +76,7 @@ mod tests {
             atime_ns: 0,
             mtime_ns: 0,
             ctime_ns: 0,
+            frozen: false,
         };
         let fa = file_attr(&attr);
         assert_eq!(fa.kind, FileType::Symlink);

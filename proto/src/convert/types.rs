@@ -3,8 +3,8 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, FrozenBody, FrozenEntry, ClusterStatus, FileKind, Layout, NodeInfo, NodeState, NodeStatus,
-    PlacementGroup, SetAttr, SetTime, StripeConfig, StripeEntry, Voter,
+    Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Layout, NodeInfo,
+    NodeState, NodeStatus, PlacementGroup, SetAttr, SetTime, StripeConfig, StripeEntry, Voter,
 };
 use crate::metadata_capnp as mc;
 

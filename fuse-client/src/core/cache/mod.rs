@@ -334,9 +334,16 @@ impl EpochCache {
         self.with(|st| st.backing_path(ino, version, size_bytes))
     }
 
-    pub fn render_stats(&self, storage_read_bytes: u64) -> String {
+    pub fn render_stats(
+        &self,
+        storage_read_bytes: u64,
+        meta_requests: u64,
+        frozen: super::frozen::FrozenStats,
+    ) -> String {
         let mut snap = super::lock(&self.state).snapshot();
         snap.storage_read_bytes = storage_read_bytes;
+        snap.meta_requests = meta_requests;
+        snap.frozen = frozen;
         snap.render()
     }
 }

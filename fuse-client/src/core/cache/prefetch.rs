@@ -129,15 +129,19 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         (attr.kind == FileKind::File && !is_control_ino(attr.ino)).then_some((attr.ino, attr.size))
     }
 
-    /// Fetches one planned range: the layout fresh from metad (its version
-    /// keys the entry), then the bytes through the read path.
+    /// Fetches one planned range: the layout fresh from metad or a frozen
+    /// table (its version keys the entry), then the bytes through the read
+    /// path.
     async fn fetch_planned(&self, job: &Job) -> Result<(u64, Vec<u8>), ClientError> {
-        let (attr, layout) = match self
-            .meta_call(MetaRequest::GetLayout { ino: job.ino })
-            .await?
-        {
-            MetaReply::Layout { attr, layout } => (attr, layout),
-            other => return Err(unexpected("GetLayout", other)),
+        let (attr, layout) = match self.frozen_layout(job.ino).await {
+            Some(known) => known,
+            None => match self
+                .meta_call(MetaRequest::GetLayout { ino: job.ino })
+                .await?
+            {
+                MetaReply::Layout { attr, layout } => (attr, layout),
+                other => return Err(unexpected("GetLayout", other)),
+            },
         };
         if attr.kind != FileKind::File {
             return Err(ClientError::NotFile { ino: job.ino });

@@ -88,6 +88,8 @@ pub(crate) struct Snapshot {
     pub inflight_requests: u64,
     pub window_items: u64,
     pub storage_read_bytes: u64,
+    pub meta_requests: u64,
+    pub frozen: crate::core::frozen::FrozenStats,
     pub ranks: Vec<RankGauges>,
     /// Why the last plan written was refused (cleared by an accepted one).
     pub last_plan_error: Option<String>,
@@ -151,7 +153,8 @@ impl Snapshot {
             out,
             "{{\"format\":{STATS_FORMAT},\"reads\":{},\"hits\":{hits},\"hit_ratio\":{ratio:.4},\
              \"misses\":{},\"miss_bytes\":{},\"stalls\":{},\"stall_seconds\":{:.6},\
-             \"inflight_waits\":{},\"storage_read_bytes\":{},",
+             \"inflight_waits\":{},\"storage_read_bytes\":{},\"meta_requests\":{},\
+             \"frozen\":{{\"tables\":{},\"entries\":{},\"hits\":{},\"checks\":{}}},",
             c.reads,
             c.misses,
             c.miss_bytes,
@@ -159,6 +162,11 @@ impl Snapshot {
             c.stall_ns as f64 / 1e9,
             c.inflight_waits,
             self.storage_read_bytes,
+            self.meta_requests,
+            self.frozen.tables,
+            self.frozen.entries,
+            self.frozen.hits,
+            self.frozen.checks,
         );
         out.push_str("\"tiers\":{");
         tier(&mut out, "memory", &self.mem, &c.mem, &[]);
@@ -245,6 +253,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["last_plan_error"], "line 2: \"x\"\t\\");
         assert_eq!(v["plans"][0]["rank"], 1);
+        s.meta_requests = 9;
+        s.frozen.tables = 2;
+        s.frozen.hits = 40;
+        let v: serde_json::Value = serde_json::from_str(&s.render()).unwrap();
+        assert_eq!(v["meta_requests"], 9);
+        assert_eq!(
+            (v["frozen"]["tables"].clone(), v["frozen"]["hits"].clone()),
+            (2.into(), 40.into())
+        );
         // Balanced braces and brackets: a cheap well-formedness check (the
         // integration test parses it for real).
         let depth = text.chars().fold(0i32, |d, c| match c {

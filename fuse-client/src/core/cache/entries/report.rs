@@ -105,6 +105,8 @@ impl CacheState {
             inflight_requests: self.inflight_requests,
             window_items: self.window_items,
             storage_read_bytes: 0,
+            meta_requests: 0,
+            frozen: Default::default(),
             ranks,
             last_plan_error: self.last_plan_error.clone(),
         }
