@@ -10,6 +10,27 @@ use serde::Serialize;
 use crate::units::bytes_arg;
 
 /// Which filesystems to run the workloads against.
+/// Which versions of a dataset a workload reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetVersions {
+    /// The files as written.
+    AsWritten,
+    /// The directory frozen with `torchfs freeze`.
+    Frozen,
+    Both,
+}
+
+impl DatasetVersions {
+    pub fn as_written(self) -> bool {
+        matches!(self, DatasetVersions::AsWritten | DatasetVersions::Both)
+    }
+
+    pub fn frozen(self) -> bool {
+        matches!(self, DatasetVersions::Frozen | DatasetVersions::Both)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetChoice {
@@ -126,6 +147,10 @@ pub struct RunArgs {
     /// Epoch cache: chunk size of the large-file case.
     #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
     pub epoch_cache_chunk_bytes: u64,
+    /// Epoch cache: which versions of the dataset the torchfs modes read:
+    /// as written, frozen (`torchfs freeze`), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub epoch_cache_versions: DatasetVersions,
     /// Files created, stat'ed, listed and unlinked by the metadata workload
     /// [default: 1,000; 100 with --quick].
     #[arg(long)]
@@ -182,6 +207,7 @@ pub struct Config {
     pub epoch_cache_batch: usize,
     pub epoch_cache_step_ms: f64,
     pub epoch_cache_chunk_bytes: u64,
+    pub epoch_cache_versions: DatasetVersions,
     pub chunk_bytes: u64,
     pub meta_files: usize,
     pub codec_fragment_bytes: u64,
@@ -279,6 +305,7 @@ impl Config {
                 .max(1),
             epoch_cache_percents: args.epoch_cache_percents.clone(),
             epoch_cache_batch: args.epoch_cache_batch.max(1),
+            epoch_cache_versions: args.epoch_cache_versions,
             epoch_cache_step_ms: args.epoch_cache_step_ms.max(0.0),
             epoch_cache_chunk_bytes: if q {
                 args.epoch_cache_chunk_bytes.min(256 << 10)

@@ -459,6 +459,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         state.write().remove(root);
     }
 
+    /// Whether a loaded table holds `ino` (no recheck, no hit counted).
+    pub(super) fn in_frozen_table(&self, ino: Ino) -> bool {
+        self.inner.frozen.read().get(ino).is_some()
+    }
+
     /// The layout of a frozen file from its table, if one holds it.
     pub(super) async fn frozen_layout(&self, ino: Ino) -> Option<(Attr, Layout)> {
         self.frozen(ino).await?.layout(ino)

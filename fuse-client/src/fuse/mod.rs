@@ -366,6 +366,13 @@ impl Filesystem for TorchFs {
         if self.client.is_control(ino.0) {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
+        // A read-only handle has nothing to flush at close (and torchfs has
+        // no POSIX locks to drop): spare the kernel that round trip.
+        let no_flush = if write {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        };
         // Files a plan reads by ranges: no kernel readahead across ranges.
         let direct = self.client.prefers_direct_io(ino.0);
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -374,11 +381,11 @@ impl Filesystem for TorchFs {
             } else {
                 FopenFlags::empty()
             };
-            return reply.opened(FileHandle(fh), flags);
+            return reply.opened(FileHandle(fh), flags | no_flush);
         }
         if direct {
             self.io_modes.open_direct(ino.0, fh);
-            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | no_flush);
         }
         let answer = self.io_modes.open(ino.0, fh, !write, || {
             let file = self.runtime.block_on(self.client.backing_file(fh))?;
@@ -388,11 +395,9 @@ impl Filesystem for TorchFs {
                 .ok()
         });
         match answer {
-            OpenAs::Cached => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            OpenAs::Direct => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            OpenAs::Passthrough(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-            }
+            OpenAs::Cached => reply.opened(FileHandle(fh), no_flush),
+            OpenAs::Direct => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | no_flush),
+            OpenAs::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), no_flush, &id),
         }
     }
 

@@ -280,6 +280,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 Err(_) => return,
             }
         }
+        if self.in_frozen_table(parent) {
+            // A frozen directory's names cannot change.
+            return;
+        }
         if let Ok(attr) = self.lookup_fresh(parent, name).await {
             if attr.kind == FileKind::File {
                 self.inner

@@ -187,10 +187,12 @@ impl Workload for EpochCache {
             if let Some(local) = &local_root {
                 write_case(ctx, &case, local)?;
             }
-            for modes in [
-                [Mode::Plan, Mode::NoPlan],
-                [Mode::FrozenPlan, Mode::FrozenNoPlan],
-            ] {
+            let versions = ctx.config.epoch_cache_versions;
+            let mode_sets = [
+                (versions.as_written(), [Mode::Plan, Mode::NoPlan]),
+                (versions.frozen(), [Mode::FrozenPlan, Mode::FrozenNoPlan]),
+            ];
+            for (_, modes) in mode_sets.into_iter().filter(|(wanted, _)| *wanted) {
                 // Thawed again when dropped, so the dataset can be removed.
                 let _frozen = (modes[0] == Mode::FrozenPlan)
                     .then(|| Frozen::freeze(Path::new(bin), &metad, &rel_root.join(case.dir)))
