@@ -259,38 +259,69 @@ pub(crate) async fn names_loop<M: MetaService, T: Transport>(inner: Weak<Inner<M
         };
         let client = Client { inner: strong };
         let paths = client.inner.data_cache.names_ahead(NAMES_AHEAD_ITEMS);
-        let lookups = paths.into_iter().map(|p| client.refresh_name(p));
-        futures::future::join_all(lookups).await;
+        if !paths.is_empty() {
+            client.refresh_names(&paths).await;
+        }
     }
 }
 
+/// A plan path's directory part ("" for a name in the root) and name.
+fn split_path(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
 impl<M: MetaService, T: Transport> Client<M, T> {
-    /// Re-fetches the last component of a plan path (its parents come from
-    /// the entry cache as usual).
-    async fn refresh_name(&self, full: Arc<str>) {
-        let path: &str = &full;
-        let (dirs, name) = match path.rsplit_once('/') {
-            Some((d, n)) => (Some(d), n),
-            None => (None, path),
-        };
-        let mut parent = ROOT_INO;
-        for d in dirs.into_iter().flat_map(|d| d.split('/')) {
-            match self.lookup(parent, d).await {
-                Ok(a) => parent = a.ino,
-                Err(_) => return,
-            }
-        }
-        if self.in_frozen_table(parent) {
-            // A frozen directory's names cannot change.
-            return;
-        }
-        if let Ok(attr) = self.lookup_fresh(parent, name).await {
-            if attr.kind == FileKind::File {
-                self.inner
+    /// Re-fetches the last component of each plan path. Each distinct
+    /// directory is walked once, one after another (through the entry
+    /// cache as usual), so an expired entry of a directory above many
+    /// names costs one metad lookup, not one per name.
+    async fn refresh_names(&self, paths: &[Arc<str>]) {
+        let paths: Vec<&Arc<str>> = paths
+            .iter()
+            .filter(|p| {
+                // A frozen file's name cannot change: nothing to refresh.
+                !self
+                    .inner
                     .data_cache
-                    .note_path(full.clone(), attr.ino, attr.size);
+                    .known_path(p)
+                    .is_some_and(|(ino, _)| self.in_frozen_table(ino))
+            })
+            .collect();
+        let mut dirs: Vec<&str> = paths.iter().map(|p| split_path(p).0).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut parents = HashMap::with_capacity(dirs.len());
+        for dir in dirs {
+            if let Some(ino) = self.resolve_dir(dir).await {
+                // A frozen directory's names cannot change either.
+                if !self.in_frozen_table(ino) {
+                    parents.insert(dir, ino);
+                }
             }
         }
+        let lookups = paths.into_iter().filter_map(|full| {
+            let (dir, name) = split_path(full);
+            let parent = *parents.get(dir)?;
+            Some(async move {
+                if let Ok(attr) = self.lookup_fresh(parent, name).await {
+                    if attr.kind == FileKind::File {
+                        self.inner
+                            .data_cache
+                            .note_path(full.clone(), attr.ino, attr.size);
+                    }
+                }
+            })
+        });
+        futures::future::join_all(lookups).await;
+    }
+
+    /// The inode of a directory path ("" is the root), if it resolves.
+    async fn resolve_dir(&self, dir: &str) -> Option<Ino> {
+        let mut parent = ROOT_INO;
+        for d in dir.split('/').filter(|d| !d.is_empty()) {
+            parent = self.lookup(parent, d).await.ok()?.ino;
+        }
+        Some(parent)
     }
 }
 
