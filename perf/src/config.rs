@@ -151,6 +151,11 @@ pub struct RunArgs {
     /// as written, frozen (`torchfs freeze`), or both.
     #[arg(long, value_enum, default_value = "both")]
     pub epoch_cache_versions: DatasetVersions,
+    /// Epoch cache: extra `torchfs mount` flags for every torchfs mode,
+    /// one argument per value (e.g. `--epoch-cache-mount-arg=--prefetch-inflight-bytes
+    /// --epoch-cache-mount-arg=256M`).
+    #[arg(long = "epoch-cache-mount-arg", allow_hyphen_values = true)]
+    pub epoch_cache_mount_args: Vec<String>,
     /// Files created, stat'ed, listed and unlinked by the metadata workload
     /// [default: 1,000; 100 with --quick].
     #[arg(long)]
@@ -208,6 +213,7 @@ pub struct Config {
     pub epoch_cache_step_ms: f64,
     pub epoch_cache_chunk_bytes: u64,
     pub epoch_cache_versions: DatasetVersions,
+    pub epoch_cache_mount_args: Vec<String>,
     pub chunk_bytes: u64,
     pub meta_files: usize,
     pub codec_fragment_bytes: u64,
@@ -306,6 +312,7 @@ impl Config {
             epoch_cache_percents: args.epoch_cache_percents.clone(),
             epoch_cache_batch: args.epoch_cache_batch.max(1),
             epoch_cache_versions: args.epoch_cache_versions,
+            epoch_cache_mount_args: args.epoch_cache_mount_args.clone(),
             epoch_cache_step_ms: args.epoch_cache_step_ms.max(0.0),
             epoch_cache_chunk_bytes: if q {
                 args.epoch_cache_chunk_bytes.min(256 << 10)

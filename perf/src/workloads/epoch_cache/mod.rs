@@ -200,8 +200,14 @@ impl Workload for EpochCache {
                 for &pct in &ctx.config.epoch_cache_percents.clone() {
                     for mode in modes {
                         let budget = case.bytes() * pct as u64 / 100;
-                        let mount =
-                            Mount::start(Path::new(bin), &metad, &mnt, budget, ctx.config.workers)?;
+                        let mount = Mount::start(
+                            Path::new(bin),
+                            &metad,
+                            &mnt,
+                            budget,
+                            ctx.config.workers,
+                            &ctx.config.epoch_cache_mount_args,
+                        )?;
                         ctx.drop_caches();
                         let result = run_epochs(
                             ctx,
@@ -359,6 +365,7 @@ impl Mount {
         path: &Path,
         cache_bytes: u64,
         threads: usize,
+        extra_args: &[String],
     ) -> Result<Mount> {
         let log = File::create(path.with_extension("log"))?;
         let mut child = Command::new(bin)
@@ -370,6 +377,7 @@ impl Mount {
             .arg(threads.max(2).to_string())
             .arg("--cache-mem-bytes")
             .arg(cache_bytes.max(1).to_string())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
