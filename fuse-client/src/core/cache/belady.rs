@@ -141,7 +141,8 @@ impl RankState {
         self.plans.back().map_or(self.cursor, |p| p.end())
     }
 
-    /// Moves the cursor over read and void positions.
+    /// Moves the cursor over read and void positions, and over a gap that
+    /// a dropped plan left behind it (its unread items will not be read).
     fn advance(&mut self) {
         loop {
             if self.consumed.remove(&self.cursor) {
@@ -150,7 +151,15 @@ impl RankState {
             }
             match self.locate(self.cursor) {
                 Some((plan, i)) if plan.slots[i] == Slot::Void => self.cursor += 1,
-                _ => break,
+                Some(_) => break,
+                None => {
+                    let Some(next) = self.plans.iter().map(|p| p.base).find(|b| *b > self.cursor)
+                    else {
+                        break;
+                    };
+                    self.consumed = self.consumed.split_off(&next);
+                    self.cursor = next;
+                }
             }
         }
         self.frontier = self.frontier.max(self.cursor);
@@ -229,6 +238,8 @@ impl Plans {
             items: plan.items,
             slots: vec![Slot::Unresolved; len],
         });
+        // A dropped plan may leave unread positions behind the kept ones.
+        rank_state.advance();
         rank_state.frontier = rank_state.cursor;
         let rank = plan.rank;
         let n = dropped.len();

@@ -103,6 +103,32 @@ fn stragglers_do_not_hold_the_cursor() {
 }
 
 #[test]
+fn a_dropped_plan_does_not_leave_the_cursor_in_a_gap() {
+    let mut p = Plans::default();
+    let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    p.install(plan(0, 0, &refs));
+    p.install(plan(0, 1, &refs));
+    resolve_all(&mut p, 0);
+    // Epoch 0: item 0 is never read (served elsewhere, or read before its
+    // path was resolved); the others are.
+    for i in 1..8 {
+        assert!(p.consume(i, 0, 1).is_some(), "item {i}");
+    }
+    assert_eq!(p.ranks[&0].cursor, 0, "held by the unread item");
+    // The plan for epoch 2 drops epoch 0's: the cursor must not stay in
+    // the positions no plan holds any more.
+    p.install(plan(0, 2, &refs));
+    resolve_all(&mut p, 0);
+    let r = &p.ranks[&0];
+    assert_eq!(r.cursor, 8, "at the start of epoch 1");
+    assert!(r.locate(r.cursor).is_some());
+    // Epoch 1's reads are matched to it again.
+    assert_eq!(p.consume(3, 0, 1), Some((0, WHOLE_FILE_END)));
+    assert_eq!(p.next_use(3, 0, 1), 16 + 3, "its next read is in epoch 2");
+}
+
+#[test]
 fn ranges_are_consumed_by_the_read_of_their_first_byte() {
     let mut p = Plans::default();
     let items = vec![
