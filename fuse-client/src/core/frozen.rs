@@ -464,9 +464,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         self.inner.frozen.read().get(ino).is_some()
     }
 
-    /// The layout of a frozen file from its table, if one holds it.
-    pub(super) async fn frozen_layout(&self, ino: Ino) -> Option<(Attr, Layout)> {
-        self.frozen(ino).await?.layout(ino)
+    /// A file's attributes and layout: from its frozen table when one
+    /// holds it, else fresh from metad.
+    pub(super) async fn current_layout(&self, ino: Ino) -> Result<(Attr, Layout), ClientError> {
+        if let Some(known) = self.frozen(ino).await.and_then(|t| t.layout(ino)) {
+            return Ok(known);
+        }
+        match self.meta_call(MetaRequest::GetLayout { ino }).await? {
+            MetaReply::Layout { attr, layout } => Ok((attr, layout)),
+            other => Err(unexpected("GetLayout", other)),
+        }
     }
 
     /// Counts of the frozen tables for `.torchfs/stats`.

@@ -331,17 +331,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let trusted = if write || truncate {
             None
         } else {
-            match self.frozen_layout(ino).await {
-                Some(known) => Some(known),
-                None => self.inner.data_cache.trusted_layout(ino),
-            }
+            self.inner.data_cache.trusted_layout(ino)
         };
         let (attr, layout) = match trusted {
             Some(known) => known,
-            None => match self.meta_call(MetaRequest::GetLayout { ino }).await? {
-                MetaReply::Layout { attr, layout } => (attr, layout),
-                other => return Err(unexpected("GetLayout", other)),
-            },
+            None => self.current_layout(ino).await?,
         };
         if attr.frozen && (write || truncate) {
             return Err(MetaError::fs(

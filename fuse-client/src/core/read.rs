@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use torchfs_proto::fragment::FragmentKey;
-use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
+use torchfs_proto::meta::{Ino, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
 use super::cache::{read_cache_file, Lookup, Piece, ReadBuf};
@@ -18,7 +18,7 @@ use super::control::is_control_fh;
 use super::file::FileState;
 use super::handles::OpenFile;
 use super::map::{locate, resolve};
-use super::{unexpected, Client, ClientError, FileHandle, MetaService};
+use super::{Client, ClientError, FileHandle, MetaService};
 use crate::stripe::{self, FragmentPiece, StripePiece};
 
 /// Fragment pieces one read request keeps in flight.
@@ -275,16 +275,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if st.pending() {
             return Ok(false);
         }
-        let (attr, layout) = match self.frozen_layout(file.ino).await {
-            Some(known) => known,
-            None => match self
-                .meta_call(MetaRequest::GetLayout { ino: file.ino })
-                .await?
-            {
-                MetaReply::Layout { attr, layout } => (attr, layout),
-                other => return Err(unexpected("GetLayout", other)),
-            },
-        };
+        let (attr, layout) = self.current_layout(file.ino).await?;
         let fresh = FileState::from_layout(file.ino, attr.size, layout).map_err(|source| {
             ClientError::Layout {
                 ino: file.ino,

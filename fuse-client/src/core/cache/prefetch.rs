@@ -10,13 +10,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use torchfs_proto::meta::{FileKind, Ino, MetaReply, MetaRequest, ROOT_INO};
+use torchfs_proto::meta::{FileKind, Ino, ROOT_INO};
 use torchfs_rdma::Transport;
 
 use super::super::control::is_control_ino;
 use super::super::file::FileState;
 use super::super::handles::OpenFile;
-use super::super::{lock, unexpected, Client, ClientError, Inner, MetaService};
+use super::super::{lock, Client, ClientError, Inner, MetaService};
 use super::{tiers, DiskWork, Installed, Job, Plan, Slot, WHOLE_FILE_END};
 
 /// Path resolutions in flight per plan (lookups are cheap and pipelined).
@@ -133,16 +133,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// table (its version keys the entry), then the bytes through the read
     /// path.
     async fn fetch_planned(&self, job: &Job) -> Result<(u64, Vec<u8>), ClientError> {
-        let (attr, layout) = match self.frozen_layout(job.ino).await {
-            Some(known) => known,
-            None => match self
-                .meta_call(MetaRequest::GetLayout { ino: job.ino })
-                .await?
-            {
-                MetaReply::Layout { attr, layout } => (attr, layout),
-                other => return Err(unexpected("GetLayout", other)),
-            },
-        };
+        let (attr, layout) = self.current_layout(job.ino).await?;
         if attr.kind != FileKind::File {
             return Err(ClientError::NotFile { ino: job.ino });
         }
