@@ -10,6 +10,10 @@ pub mod up;
 
 use anyhow::{bail, Context, Result};
 
+/// Where `--metad` points by default: the voters of `torchfs up` with its
+/// default base port.
+pub const DEFAULT_METAD_ADDRS: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`, fuser's own at `warn`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

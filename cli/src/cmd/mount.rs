@@ -17,7 +17,7 @@ pub struct MountArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        default_value = super::DEFAULT_METAD_ADDRS
     )]
     pub metad: Vec<String>,
     /// FUSE worker threads.

@@ -12,7 +12,7 @@ pub struct StatusArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        default_value = super::DEFAULT_METAD_ADDRS
     )]
     pub metad: Vec<String>,
     /// Print JSON instead of a table.
