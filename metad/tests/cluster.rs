@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use torchfs_metad::{run_blocking, MetadConfig};
 use torchfs_proto::meta::{errno, MetaError, MetaReply, MetaRequest, NodeInfo, ROOT_INO};
 
-use common::{client_of, create, leader, lookup, runtime, start_all, voter_addrs, Voter};
+use common::{
+    assert_took_less, client_of, create, leader, lookup, runtime, start_all, stop_all, voter_addrs,
+    Voter,
+};
 
 #[test]
 fn three_voters_failover_and_restart() -> Result<()> {
@@ -90,9 +93,7 @@ fn three_voters_failover_and_restart() -> Result<()> {
     rt.block_on(create(&client, "c"))?;
 
     // Stop everything, restart from the same dirs: nothing is lost.
-    for v in &mut voters {
-        v.stop()?;
-    }
+    stop_all(&mut voters)?;
     let mut voters = start_all(&addrs, dir.path());
     rt.block_on(async {
         for name in ["a", "b", "c", "f0", "f39"] {
@@ -106,14 +107,8 @@ fn three_voters_failover_and_restart() -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    for v in &mut voters {
-        v.stop()?;
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
+    stop_all(&mut voters)?;
+    assert_took_less(started, Duration::from_secs(30));
     Ok(())
 }
 

@@ -13,7 +13,10 @@ use torchfs_proto::meta::{
     MetaError, MetaReply, MetaRequest, StripeConfig, StripeEntry, WriteId, ROOT_INO,
 };
 
-use common::{client_of, create, files, leader, lookup, runtime, start_all, voter_addrs, Voter};
+use common::{
+    assert_took_less, client_of, create, files, leader, lookup, runtime, start_all, stop_all,
+    voter_addrs, Voter,
+};
 
 const CLIENT: u64 = 0x5e55_1011_0000_0001;
 
@@ -198,9 +201,7 @@ fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<
             .await
             .map_err(anyhow::Error::from)
     })?;
-    for v in &mut voters {
-        v.stop()?;
-    }
+    stop_all(&mut voters)?;
     let mut voters = start_all(&addrs, dir.path());
     rt.block_on(async {
         let again = client
@@ -220,13 +221,7 @@ fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<
         ensure!(n == 3 + 1 + 45, "{n} inodes");
         Ok(())
     })?;
-    for v in &mut voters {
-        v.stop()?;
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(40),
-        "took {:?}",
-        started.elapsed()
-    );
+    stop_all(&mut voters)?;
+    assert_took_less(started, Duration::from_secs(40));
     Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use torchfs_proto::client::MetaClient;
 use torchfs_proto::meta::{errno, Attr, FrozenBody, MetaError, MetaReply, MetaRequest, ROOT_INO};
 
-use common::{client_of, create, runtime, start_all, voter_addrs};
+use common::{assert_took_less, client_of, create, runtime, start_all, stop_all, voter_addrs};
 
 async fn call_attr(client: &MetaClient, req: MetaRequest) -> Result<Attr> {
     match client.call(req).await? {
@@ -83,9 +83,7 @@ fn a_freeze_survives_a_restart() -> Result<()> {
         Ok::<_, anyhow::Error>(ds)
     })?;
 
-    for v in &mut voters {
-        v.stop()?;
-    }
+    stop_all(&mut voters)?;
     let mut voters = start_all(&addrs, dir.path());
     rt.block_on(async {
         create_is_erofs(&client, ds.ino, "d").await?;
@@ -122,13 +120,7 @@ fn a_freeze_survives_a_restart() -> Result<()> {
         call_attr(&client, create_in(ds.ino, "d")).await?;
         Ok::<_, anyhow::Error>(())
     })?;
-    for v in &mut voters {
-        v.stop()?;
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        started.elapsed()
-    );
+    stop_all(&mut voters)?;
+    assert_took_less(started, Duration::from_secs(30));
     Ok(())
 }

@@ -55,6 +55,24 @@ impl Voter {
 }
 
 /// (id, "127.0.0.1:port") for voters 1..=n, on ports free a moment ago.
+/// Stops every voter (each waits for its thread).
+pub fn stop_all(voters: &mut [Voter]) -> Result<()> {
+    for v in voters {
+        v.stop()?;
+    }
+    Ok(())
+}
+
+/// Fails when a test ran longer than `limit` since `started` (a cluster
+/// that stalls instead of failing).
+pub fn assert_took_less(started: std::time::Instant, limit: std::time::Duration) {
+    assert!(
+        started.elapsed() < limit,
+        "took {:?} (limit {limit:?})",
+        started.elapsed()
+    );
+}
+
 pub fn voter_addrs(n: usize) -> Vec<(u64, String)> {
     let ls: Vec<_> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
