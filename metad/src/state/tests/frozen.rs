@@ -78,6 +78,20 @@ impl T {
     }
 }
 
+impl Tree {
+    /// The dataset directory and every inode below it.
+    fn inside(&self) -> [Ino; 6] {
+        [
+            self.data.ino,
+            self.a.ino,
+            self.b.ino,
+            self.x.ino,
+            self.c.ino,
+            self.z.ino,
+        ]
+    }
+}
+
 fn tree(t: &mut T) -> Tree {
     let data = t.mkdir(ROOT_INO, "data");
     let a = t.create(data.ino, "a");
@@ -150,14 +164,7 @@ fn freeze_marks_the_whole_subtree_and_bumps_ctime() {
     assert!(root.frozen);
     assert_eq!(root.ctime_ns, now);
     assert_eq!(root, t.attr(tr.data.ino));
-    for ino in [
-        tr.data.ino,
-        tr.a.ino,
-        tr.b.ino,
-        tr.x.ino,
-        tr.c.ino,
-        tr.z.ino,
-    ] {
+    for ino in tr.inside() {
         let a = t.attr(ino);
         assert!(a.frozen, "inode {ino}");
         assert_eq!(a.ctime_ns, now, "inode {ino}");
@@ -356,14 +363,7 @@ fn unfreeze_thaws_and_changes_work_again() {
     let now = t.now;
     assert!(!root.frozen);
     assert_eq!(root.ctime_ns, now);
-    for ino in [
-        tr.data.ino,
-        tr.a.ino,
-        tr.b.ino,
-        tr.x.ino,
-        tr.c.ino,
-        tr.z.ino,
-    ] {
+    for ino in tr.inside() {
         let a = t.attr(ino);
         assert!(!a.frozen, "inode {ino}");
         assert_eq!(a.ctime_ns, now, "inode {ino}");
