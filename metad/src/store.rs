@@ -405,6 +405,7 @@ mod tests {
         EntryPayload::Normal(Command {
             now_ns: 5,
             req: MetaRequest::Mkdir {
+                umask: 0,
                 parent: ROOT_INO,
                 name: name.into(),
                 mode: 0o755,

@@ -43,6 +43,7 @@ fn stripe(n: u64) -> StripeEntry {
 /// `create f` gets (the first inode after the root and `d`).
 fn writes(f_ino: u64) -> Vec<MetaRequest> {
     let create = |name: &str| MetaRequest::Create {
+        umask: 0,
         parent: ROOT_INO,
         name: name.into(),
         mode: 0o644,
@@ -52,6 +53,7 @@ fn writes(f_ino: u64) -> Vec<MetaRequest> {
     };
     vec![
         MetaRequest::Mkdir {
+            umask: 0,
             parent: ROOT_INO,
             name: "d".into(),
             mode: 0o755,
@@ -65,6 +67,7 @@ fn writes(f_ino: u64) -> Vec<MetaRequest> {
             stripes: vec![stripe(0)],
         },
         MetaRequest::Rename {
+            mode: Default::default(),
             parent: ROOT_INO,
             name: "f".into(),
             new_parent: ROOT_INO,
@@ -146,6 +149,7 @@ fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<
         let e = client
             .call_with_write_id(
                 MetaRequest::Mkdir {
+                    umask: 0,
                     parent: ROOT_INO,
                     name: "e".into(),
                     mode: 0o755,
@@ -190,6 +194,7 @@ fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<
         client
             .call_with_write_id(
                 MetaRequest::Mkdir {
+                    umask: 0,
                     parent: ROOT_INO,
                     name: "e".into(),
                     mode: 0o755,
@@ -207,6 +212,7 @@ fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<
         let again = client
             .call_with_write_id(
                 MetaRequest::Mkdir {
+                    umask: 0,
                     parent: ROOT_INO,
                     name: "e".into(),
                     mode: 0o755,

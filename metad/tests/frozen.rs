@@ -22,6 +22,7 @@ async fn call_attr(client: &MetaClient, req: MetaRequest) -> Result<Attr> {
 
 fn create_in(parent: u64, name: &str) -> MetaRequest {
     MetaRequest::Create {
+        umask: 0,
         parent,
         name: name.into(),
         mode: 0o644,
@@ -55,6 +56,7 @@ fn a_freeze_survives_a_restart() -> Result<()> {
         let ds = call_attr(
             &client,
             MetaRequest::Mkdir {
+                umask: 0,
                 parent: ROOT_INO,
                 name: "ds".into(),
                 mode: 0o755,

@@ -9,6 +9,10 @@ enum FileKind {
   file @0;
   dir @1;
   symlink @2;
+  fifo @3;
+  charDevice @4;
+  blockDevice @5;
+  socket @6;
 }
 
 struct Attr {
@@ -23,6 +27,26 @@ struct Attr {
   mtimeNs @8 :Int64;
   ctimeNs @9 :Int64;
   frozen @10 :Bool;       # part of a frozen dataset version: nothing in it changes
+  rdev @11 :UInt32;       # device number of a character or block device (Linux makedev encoding)
+}
+
+# What rename does with an existing target (renameat2 flags).
+enum RenameMode {
+  replace @0;     # replace it (rename(2))
+  noReplace @1;   # fail with EEXIST (RENAME_NOREPLACE)
+  exchange @2;    # swap the two names; both must exist (RENAME_EXCHANGE)
+}
+
+# When setXattr may set a name (setxattr(2) flags).
+enum XattrMode {
+  any @0;         # create or replace
+  create @1;      # fail with EEXIST if it exists (XATTR_CREATE)
+  replace @2;     # fail with ENODATA if it does not (XATTR_REPLACE)
+}
+
+struct Xattr {
+  name @0 :Text;
+  value @1 :Data;
 }
 
 struct StripeConfig {
@@ -135,17 +159,19 @@ struct WriteId {
   lowestOutstandingSeq @2 :UInt64;  # the lowest seq the client still waits on (<= seq): results below it may be forgotten
 }
 
+# create, mkdir and mknod carry the mode without the caller's umask:
+# metad applies the umask unless the parent's default ACL replaces it.
 struct Request {
   union {
     lookup :group { parent @0 :UInt64; name @1 :Text; }
     getAttr :group { ino @2 :UInt64; }
     setAttr :group { ino @3 :UInt64; set @4 :SetAttr; }
     readDir :group { ino @5 :UInt64; after @6 :Text; limit @7 :UInt32; }
-    create :group { parent @8 :UInt64; name @9 :Text; mode @10 :UInt32; uid @11 :UInt32; gid @12 :UInt32; exclusive @13 :Bool; }
-    mkdir :group { parent @14 :UInt64; name @15 :Text; mode @16 :UInt32; uid @17 :UInt32; gid @18 :UInt32; }
+    create :group { parent @8 :UInt64; name @9 :Text; mode @10 :UInt32; uid @11 :UInt32; gid @12 :UInt32; exclusive @13 :Bool; umask @68 :UInt32; }
+    mkdir :group { parent @14 :UInt64; name @15 :Text; mode @16 :UInt32; uid @17 :UInt32; gid @18 :UInt32; umask @69 :UInt32; }
     unlink :group { parent @19 :UInt64; name @20 :Text; }
     rmdir :group { parent @21 :UInt64; name @22 :Text; }
-    rename :group { parent @23 :UInt64; name @24 :Text; newParent @25 :UInt64; newName @26 :Text; }
+    rename :group { parent @23 :UInt64; name @24 :Text; newParent @25 :UInt64; newName @26 :Text; mode @53 :RenameMode; }
     link :group { ino @27 :UInt64; newParent @28 :UInt64; newName @29 :Text; }
     symlink :group { parent @30 :UInt64; name @31 :Text; target @32 :Text; uid @33 :UInt32; gid @34 :UInt32; }
     readLink :group { ino @35 :UInt64; }
@@ -161,6 +187,12 @@ struct Request {
     # Page through a frozen tree: its inodes below `ino` in depth-first
     # order (each directory's entries in name order), skipping `offset`.
     readFrozen :group { ino @50 :UInt64; offset @51 :UInt64; limit @52 :UInt32; }
+    # A FIFO, device node, socket or empty regular file (not a directory or symlink).
+    mknod :group { parent @54 :UInt64; name @55 :Text; kind @56 :FileKind; mode @57 :UInt32; uid @58 :UInt32; gid @59 :UInt32; rdev @60 :UInt32; umask @70 :UInt32; }
+    setXattr :group { ino @61 :UInt64; name @62 :Text; value @63 :Data; mode @64 :XattrMode; }
+    removeXattr :group { ino @65 :UInt64; name @66 :Text; }
+    # Every extended attribute of an inode (names and values; bounded per inode).
+    getXattrs :group { ino @67 :UInt64; }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -200,6 +232,7 @@ struct Response {
     # readFrozen: the tree's root now (a changed ctime means the tree changed
     # between pages), one page of entries, and whether more follow.
     frozen :group { root @15 :Attr; entries @16 :List(FrozenEntry); more @17 :Bool; }
+    xattrs @18 :List(Xattr);                 # getXattrs
   }
 }
 

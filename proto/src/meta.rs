@@ -18,6 +18,22 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// A named pipe (FIFO): its data never reaches torchfs, the kernel
+    /// connects its readers and writers.
+    Fifo,
+    /// A character device node; `Attr::rdev` names the device.
+    CharDevice,
+    /// A block device node; `Attr::rdev` names the device.
+    BlockDevice,
+    /// A socket's name (bind(2) of an AF_UNIX socket); the kernel serves it.
+    Socket,
+}
+
+impl FileKind {
+    /// The kinds `mknod` makes: everything but directories and symlinks.
+    pub fn is_node(self) -> bool {
+        !matches!(self, FileKind::Dir | FileKind::Symlink)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -33,6 +49,9 @@ pub struct Attr {
     pub atime_ns: i64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    /// Device number of a character or block device (Linux encoding, as
+    /// `makedev`); 0 for every other kind.
+    pub rdev: u32,
     /// Part of a frozen dataset version (DESIGN.md §3): metad refuses every
     /// change to it, so clients may serve it from a table loaded once.
     pub frozen: bool,
@@ -113,6 +132,8 @@ pub enum FrozenBody {
     File(Layout),
     Dir,
     Symlink(String),
+    /// A FIFO, device node or socket: the attributes are all there is.
+    Node,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -121,6 +142,46 @@ pub struct DirEntry {
     pub ino: Ino,
     pub kind: FileKind,
 }
+
+/// What a rename does with an existing target (renameat2 flags).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    /// Replace it (rename(2)).
+    #[default]
+    Replace,
+    /// Fail with EEXIST (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap the two names; both must exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// When a set of an extended attribute may happen (setxattr(2) flags).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// Fail with EEXIST if the name exists (XATTR_CREATE).
+    Create,
+    /// Fail with ENODATA if it does not (XATTR_REPLACE).
+    Replace,
+}
+
+/// One extended attribute: a name with its namespace prefix (`user.`,
+/// `trusted.`, `security.`, `system.posix_acl_*`) and its value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// Longest extended attribute name (bytes), as Linux's XATTR_NAME_MAX.
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+/// Largest extended attribute value (bytes), as Linux's XATTR_SIZE_MAX.
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Names plus values of all of one inode's extended attributes (bytes), so
+/// that [`MetaRequest::GetXattrs`] stays one bounded reply.
+pub const XATTR_INODE_BYTES_MAX: usize = 256 << 10;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetTime {
@@ -256,10 +317,14 @@ pub enum MetaRequest {
         after: String,
         limit: u32,
     },
+    /// `mode` comes without the caller's `umask` applied: metad applies it,
+    /// unless the parent has a default ACL, which replaces it (as POSIX
+    /// says). The same holds for `Mkdir` and `Mknod`.
     Create {
         parent: Ino,
         name: String,
         mode: u32,
+        umask: u32,
         uid: u32,
         gid: u32,
         exclusive: bool,
@@ -268,6 +333,7 @@ pub enum MetaRequest {
         parent: Ino,
         name: String,
         mode: u32,
+        umask: u32,
         uid: u32,
         gid: u32,
     },
@@ -284,6 +350,7 @@ pub enum MetaRequest {
         name: String,
         new_parent: Ino,
         new_name: String,
+        mode: RenameMode,
     },
     Link {
         ino: Ino,
@@ -299,6 +366,18 @@ pub enum MetaRequest {
     },
     ReadLink {
         ino: Ino,
+    },
+    /// Makes a FIFO, device node, socket or empty regular file (`kind`
+    /// must not be a directory or symlink); `rdev` is kept for devices.
+    Mknod {
+        parent: Ino,
+        name: String,
+        kind: FileKind,
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
     },
     StatFs,
     GetLayout {
@@ -341,6 +420,23 @@ pub enum MetaRequest {
         offset: u64,
         limit: u32,
     },
+    /// Sets one extended attribute (limits: [`XATTR_NAME_BYTES_MAX`],
+    /// [`XATTR_VALUE_BYTES_MAX`], [`XATTR_INODE_BYTES_MAX`]).
+    SetXattr {
+        ino: Ino,
+        name: String,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    /// Removes one extended attribute (ENODATA when it is not there).
+    RemoveXattr {
+        ino: Ino,
+        name: String,
+    },
+    /// All extended attributes of an inode, in name order.
+    GetXattrs {
+        ino: Ino,
+    },
 }
 
 /// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
@@ -361,6 +457,7 @@ impl MetaRequest {
                 | MetaRequest::ClusterStatus
                 | MetaRequest::Heartbeat { .. }
                 | MetaRequest::ReadFrozen { .. }
+                | MetaRequest::GetXattrs { .. }
         )
     }
 }
@@ -432,6 +529,8 @@ pub enum MetaReply {
         entries: Vec<FrozenEntry>,
         more: bool,
     },
+    /// Every extended attribute of an inode, in name order.
+    Xattrs(Vec<Xattr>),
 }
 
 /// Why metad refused or could not answer a request.
@@ -488,6 +587,7 @@ impl MetaError {
 pub mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
+    pub const E2BIG: i32 = 7;
     pub const EIO: i32 = 5;
     pub const EACCES: i32 = 13;
     pub const EEXIST: i32 = 17;
@@ -499,9 +599,12 @@ pub mod errno {
     pub const ENOSPC: i32 = 28;
     pub const EROFS: i32 = 30;
     pub const EMLINK: i32 = 31;
+    pub const ERANGE: i32 = 34;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;
     pub const ELOOP: i32 = 40;
+    pub const ENODATA: i32 = 61;
+    pub const EOPNOTSUPP: i32 = 95;
 }
 
 #[cfg(test)]

@@ -23,14 +23,38 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf for non-root).
-    #[arg(long)]
-    pub allow_other: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
     /// TOML file with defaults for these flags (table [mount]).
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// Who may use the mount (shared by `mount` and `up`). A mount run by root
+/// serves every user, with the kernel checking modes; one run by another
+/// user serves only that user unless asked.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AccessArgs {
+    /// Let every user use the mount (the default when run as root; a
+    /// non-root user needs `user_allow_other` in /etc/fuse.conf).
+    #[arg(long, conflicts_with = "owner_only")]
+    pub allow_other: bool,
+    /// Serve only the user who mounts (no `allow_other`), even as root.
+    #[arg(long)]
+    pub owner_only: bool,
+}
+
+impl AccessArgs {
+    /// Whether the mount gets `allow_other`.
+    pub fn allow_other(&self) -> bool {
+        if self.owner_only {
+            return false;
+        }
+        // SAFETY: geteuid has no preconditions.
+        self.allow_other || unsafe { libc::geteuid() } == 0
+    }
 }
 
 /// The epoch cache's flags (shared by `mount` and `up`). Byte counts take
@@ -276,7 +300,7 @@ pub fn check_mountpoint(path: &Path) -> Result<()> {
 pub fn run(args: MountArgs) -> Result<()> {
     let options = FuseOptions {
         threads: args.threads,
-        allow_other: args.allow_other,
+        allow_other: args.access.allow_other(),
         ..FuseOptions::default()
     };
     let mounted = mount(

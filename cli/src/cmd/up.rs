@@ -40,6 +40,8 @@ pub struct UpArgs {
     #[arg(long)]
     pub exit_after_demo: bool,
     #[command(flatten)]
+    pub access: super::mount::AccessArgs,
+    #[command(flatten)]
     pub cache: super::mount::CacheArgs,
     /// TOML file with defaults for these flags (table [up]).
     #[arg(long)]
@@ -109,7 +111,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mounted = super::mount::mount(
         &args.cache.client_config(&metad),
         &mountpoint,
-        &FuseOptions::default(),
+        &FuseOptions {
+            allow_other: args.access.allow_other(),
+            ..FuseOptions::default()
+        },
     )?;
     mounted.adopt_new_root()?;
     println!("torchfs: mounted on {}", mountpoint.display());

@@ -158,6 +158,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     ) -> Result<Attr, ClientError> {
         guard_name(parent, name)?;
         let req = MetaRequest::Create {
+            umask: 0,
             parent,
             name: name.to_string(),
             mode,
@@ -182,6 +183,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .attr_reply(
                 "Mkdir",
                 MetaRequest::Mkdir {
+                    umask: 0,
                     parent,
                     name: name.to_string(),
                     mode,
@@ -283,6 +285,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         guard_name(new_parent, new_name)?;
         let victim = self.ino_of(new_parent, new_name).await;
         let req = MetaRequest::Rename {
+            mode: Default::default(),
             parent,
             name: name.to_string(),
             new_parent,

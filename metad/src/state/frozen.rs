@@ -221,6 +221,7 @@ impl State {
                     Body::File { layout } => FrozenBody::File(layout.clone()),
                     Body::Dir { .. } => FrozenBody::Dir,
                     Body::Symlink { target } => FrozenBody::Symlink(target.clone()),
+                    Body::Node => FrozenBody::Node,
                 },
             });
             ControlFlow::Continue(())

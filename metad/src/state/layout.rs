@@ -12,8 +12,8 @@ use super::{fs, Body, Outcome, State};
 fn not_a_file(ino: Ino, body: &Body) -> MetaError {
     match body {
         Body::Dir { .. } => fs(errno::EISDIR, format!("inode {ino} is a directory")),
-        Body::File { .. } | Body::Symlink { .. } => {
-            fs(errno::EINVAL, format!("inode {ino} is a symlink"))
+        Body::File { .. } | Body::Symlink { .. } | Body::Node => {
+            fs(errno::EINVAL, format!("inode {ino} is not a regular file"))
         }
     }
 }

@@ -14,8 +14,10 @@
 //! - this file: the [`State`] and its data, lookups shared by the others,
 //!   and the dispatch of reads ([`State::read`]) and commands
 //!   ([`State::apply`]).
-//! - `namespace`: the directory tree (create, mkdir, symlink, link, unlink,
-//!   rmdir, rename) and setattr.
+//! - `namespace`: the directory tree (create, mkdir, mknod, symlink, link,
+//!   unlink, rmdir) and setattr.
+//! - `rename`: rename, including RENAME_NOREPLACE and RENAME_EXCHANGE.
+//! - `xattrs`: extended attributes (set, remove, list with values).
 //! - `layout`: file layouts (commit, truncation).
 //! - `frozen`: frozen dataset versions (freeze, unfreeze, the paged listing
 //!   of a frozen tree) and the EROFS check every change runs.
@@ -23,13 +25,16 @@
 //! - `sessions`: client sessions, which make retried writes exactly-once
 //!   ([`Sessions`]).
 
+mod acl;
 mod frozen;
 mod layout;
 mod namespace;
 mod nodes;
+mod rename;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod xattrs;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -41,6 +46,8 @@ use torchfs_proto::meta::{
 };
 
 pub use nodes::placement_groups;
+
+use namespace::NewMode;
 pub use sessions::{Sessions, RESULTS_PER_SESSION_MAX, SESSIONS_MAX, SESSION_IDLE_EXPIRY_NS};
 
 use sessions::Admit;
@@ -71,12 +78,27 @@ enum Body {
     Symlink {
         target: String,
     },
+    /// A FIFO, device node or socket: nothing but its attributes.
+    Node,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 struct Inode {
     attr: Attr,
     body: Body,
+    /// Extended attributes by full name (`user.x`); bounded by
+    /// `XATTR_INODE_BYTES_MAX` (see `xattrs`).
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Inode {
+    fn new(attr: Attr, body: Body) -> Self {
+        Self {
+            attr,
+            body,
+            xattrs: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -111,8 +133,8 @@ fn check_name(name: &str) -> Result<(), MetaError> {
 impl State {
     /// A fresh namespace: only the root directory (ino 1, mode 0o755).
     pub fn new(config: StripeConfig) -> Self {
-        let root = Inode {
-            attr: Attr {
+        let root = Inode::new(
+            Attr {
                 ino: ROOT_INO,
                 kind: FileKind::Dir,
                 mode: 0o755,
@@ -123,13 +145,14 @@ impl State {
                 atime_ns: 0,
                 mtime_ns: 0,
                 ctime_ns: 0,
+                rdev: 0,
                 frozen: false,
             },
-            body: Body::Dir {
+            Body::Dir {
                 parent: ROOT_INO,
                 entries: BTreeMap::new(),
             },
-        };
+        );
         Self {
             config,
             inodes: BTreeMap::from([(ROOT_INO, root)]),
@@ -182,6 +205,7 @@ impl State {
             MetaRequest::ReadFrozen { ino, offset, limit } => {
                 self.read_frozen(*ino, *offset, *limit)
             }
+            MetaRequest::GetXattrs { ino } => self.get_xattrs(*ino),
             other => Err(MetaError::Invalid(format!(
                 "not a namespace read: {other:?}"
             ))),
@@ -281,17 +305,25 @@ impl State {
                 parent,
                 name,
                 mode,
+                umask,
                 uid,
                 gid,
                 exclusive,
-            } => self.create(*parent, name, *mode, *uid, *gid, *exclusive, now),
+            } => self.create(
+                (*parent, name),
+                NewMode(*mode, *umask),
+                (*uid, *gid),
+                *exclusive,
+                now,
+            ),
             MetaRequest::Mkdir {
                 parent,
                 name,
                 mode,
+                umask,
                 uid,
                 gid,
-            } => self.mkdir(*parent, name, *mode, *uid, *gid, now),
+            } => self.mkdir((*parent, name), NewMode(*mode, *umask), (*uid, *gid), now),
             MetaRequest::Unlink { parent, name } => self.unlink(*parent, name, now),
             MetaRequest::Rmdir { parent, name } => self.rmdir(*parent, name, now),
             MetaRequest::Rename {
@@ -299,7 +331,8 @@ impl State {
                 name,
                 new_parent,
                 new_name,
-            } => self.rename(*parent, name, *new_parent, new_name, now),
+                mode,
+            } => self.rename(*parent, name, *new_parent, new_name, *mode, now),
             MetaRequest::Link {
                 ino,
                 new_parent,
@@ -312,6 +345,30 @@ impl State {
                 uid,
                 gid,
             } => self.symlink(*parent, name, target, *uid, *gid, now),
+            MetaRequest::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                umask,
+                uid,
+                gid,
+                rdev,
+            } => self.mknod(
+                (*parent, name),
+                *kind,
+                NewMode(*mode, *umask),
+                (*uid, *gid),
+                *rdev,
+                now,
+            ),
+            MetaRequest::SetXattr {
+                ino,
+                name,
+                value,
+                mode,
+            } => self.set_xattr(*ino, name, value, *mode, now),
+            MetaRequest::RemoveXattr { ino, name } => self.remove_xattr(*ino, name, now),
             MetaRequest::CommitLayout { ino, size, stripes } => {
                 self.commit_layout(*ino, *size, stripes, now)
             }

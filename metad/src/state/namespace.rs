@@ -1,5 +1,5 @@
-//! The directory tree: creating, linking, unlinking and renaming entries,
-//! and setattr (including truncation, which frees stripes).
+//! The directory tree: creating, linking and unlinking entries, and setattr
+//! (including truncation, which frees stripes). Renames are in `rename`.
 //!
 //! Each command checks everything before its first change (see the module
 //! above): the helpers that change state run only after those checks.
@@ -11,10 +11,24 @@ use torchfs_proto::meta::{
 };
 
 use super::layout::truncate_layout;
-use super::{check_name, fs, Body, Inode, Outcome, State};
+use super::{acl, check_name, fs, xattrs, Body, Inode, Outcome, State};
 
 /// Longest symlink target accepted (bytes), as Linux's PATH_MAX.
 const SYMLINK_BYTES_MAX: usize = 4096;
+/// The set-group-ID mode bit.
+const S_ISGID: u32 = 0o2000;
+
+/// The mode a create-like request asks for, and the caller's umask (which
+/// a default ACL on the parent replaces).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NewMode(pub u32, pub u32);
+
+/// What a new inode takes from its parent directory.
+struct Inherited {
+    mode: u32,
+    gid: u32,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
 
 fn resolve(t: SetTime, now_ns: i64) -> i64 {
     match t {
@@ -25,6 +39,7 @@ fn resolve(t: SetTime, now_ns: i64) -> i64 {
 
 fn new_attr(ino: Ino, kind: FileKind, mode: u32, uid: u32, gid: u32, now: i64) -> Attr {
     Attr {
+        rdev: 0,
         ino,
         kind,
         mode: mode & 0o7777,
@@ -40,16 +55,46 @@ fn new_attr(ino: Ino, kind: FileKind, mode: u32, uid: u32, gid: u32, now: i64) -
 }
 
 impl State {
-    fn touch_dir(&mut self, ino: Ino, now: i64) {
+    pub(super) fn touch_dir(&mut self, ino: Ino, now: i64) {
         if let Some(d) = self.inodes.get_mut(&ino) {
             d.attr.mtime_ns = now;
             d.attr.ctime_ns = now;
         }
     }
 
-    fn add_nlink(&mut self, ino: Ino, delta: i32) {
+    pub(super) fn add_nlink(&mut self, ino: Ino, delta: i32) {
         if let Some(d) = self.inodes.get_mut(&ino) {
             d.attr.nlink = d.attr.nlink.saturating_add_signed(delta);
+        }
+    }
+
+    /// What a new inode in `parent` starts with (as Linux's
+    /// `inode_init_owner` and `posix_acl_create`): the requested mode less
+    /// the umask, or masked by the parent's default ACL, which it then
+    /// inherits; in a set-group-ID directory the directory's group, and a
+    /// new directory keeps the set-group-ID bit.
+    fn inherit(&self, parent: Ino, kind: FileKind, mode: NewMode, gid: u32) -> Inherited {
+        let NewMode(mode, umask) = mode;
+        let dir = self.inodes.get(&parent);
+        // Symlinks take no ACL (their mode is always 0o777).
+        let default_acl = dir
+            .filter(|_| kind != FileKind::Symlink)
+            .and_then(|d| d.xattrs.get(xattrs::ACL_DEFAULT));
+        let (mut mode, xattrs) = match acl::inherit(default_acl, kind, mode) {
+            Some((mode, xattrs)) => (mode, xattrs.into_iter().collect()),
+            None => (mode & !umask, BTreeMap::new()),
+        };
+        let mut gid = gid;
+        if let Some(d) = dir.filter(|d| d.attr.mode & S_ISGID != 0) {
+            gid = d.attr.gid;
+            if kind == FileKind::Dir {
+                mode |= S_ISGID;
+            }
+        }
+        Inherited {
+            mode: mode & 0o7777,
+            gid,
+            xattrs,
         }
     }
 
@@ -60,15 +105,15 @@ impl State {
         Ok(self.dir_entries(parent)?.get(name).copied())
     }
 
-    /// Creates an inode named `name` in `parent` (checked by the caller) and
-    /// touches `parent`. Fails, changing nothing, only when inode numbers
-    /// are exhausted.
+    /// Creates an inode named `name` in `parent` (checked by the caller)
+    /// with what it inherits from `parent`, and touches `parent`. Fails,
+    /// changing nothing, only when inode numbers are exhausted.
     fn alloc(
         &mut self,
-        attr_of: impl FnOnce(Ino) -> Attr,
+        (parent, name): (Ino, &str),
+        (kind, mode): (FileKind, NewMode),
+        (uid, gid): (u32, u32),
         body: Body,
-        parent: Ino,
-        name: &str,
         now: i64,
     ) -> Result<Attr, MetaError> {
         let ino = self.next_ino;
@@ -79,14 +124,16 @@ impl State {
                 format!("inode numbers exhausted (next inode would be {ino})"),
             )
         })?;
-        let attr = attr_of(ino);
-        self.inodes.insert(
-            ino,
-            Inode {
-                attr: attr.clone(),
-                body,
-            },
-        );
+        let inherited = self.inherit(parent, kind, mode, gid);
+        let mut attr = new_attr(ino, kind, inherited.mode, uid, inherited.gid, now);
+        match &body {
+            Body::Symlink { target } => attr.size = target.len() as u64,
+            Body::Dir { .. } => self.add_nlink(parent, 1),
+            _ => {}
+        }
+        let mut inode = Inode::new(attr.clone(), body);
+        inode.xattrs = inherited.xattrs;
+        self.inodes.insert(ino, inode);
         if let Ok(entries) = self.dir_entries_mut(parent) {
             entries.insert(name.to_string(), ino);
         }
@@ -94,14 +141,20 @@ impl State {
         Ok(attr)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn empty_file(&self) -> Body {
+        Body::File {
+            layout: Layout {
+                config: self.config,
+                stripes: Vec::new(),
+            },
+        }
+    }
+
     pub(super) fn create(
         &mut self,
-        parent: Ino,
-        name: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
+        (parent, name): (Ino, &str),
+        mode: NewMode,
+        owner: (u32, u32),
         exclusive: bool,
         now: i64,
     ) -> Outcome {
@@ -111,48 +164,63 @@ impl State {
                 _ if exclusive => Err(fs(errno::EEXIST, format!("{name:?} exists"))),
                 FileKind::File => Ok(MetaReply::Attr(node.attr.clone())),
                 FileKind::Dir => Err(fs(errno::EISDIR, format!("{name:?} is a directory"))),
-                FileKind::Symlink => Err(fs(errno::EEXIST, format!("{name:?} is a symlink"))),
+                _ => Err(fs(errno::EEXIST, format!("{name:?} exists"))),
             };
         }
         self.check_thawed(parent, || format!("create {name:?} in inode {parent}"))?;
-        let layout = Layout {
-            config: self.config,
-            stripes: Vec::new(),
+        let body = self.empty_file();
+        let attr = self.alloc((parent, name), (FileKind::File, mode), owner, body, now)?;
+        Ok(MetaReply::Attr(attr))
+    }
+
+    /// mknod(2): a FIFO, device node, socket, or an empty regular file.
+    pub(super) fn mknod(
+        &mut self,
+        (parent, name): (Ino, &str),
+        kind: FileKind,
+        mode: NewMode,
+        owner: (u32, u32),
+        rdev: u32,
+        now: i64,
+    ) -> Outcome {
+        if !kind.is_node() {
+            return Err(fs(
+                errno::EINVAL,
+                format!("mknod cannot make a {kind:?} (use mkdir or symlink)"),
+            ));
+        }
+        if self.check_new_entry(parent, name)?.is_some() {
+            return Err(fs(errno::EEXIST, format!("{name:?} exists")));
+        }
+        self.check_thawed(parent, || format!("mknod {name:?} in inode {parent}"))?;
+        let body = match kind {
+            FileKind::File => self.empty_file(),
+            _ => Body::Node,
         };
-        let attr = self.alloc(
-            |ino| new_attr(ino, FileKind::File, mode, uid, gid, now),
-            Body::File { layout },
-            parent,
-            name,
-            now,
-        )?;
+        let mut attr = self.alloc((parent, name), (kind, mode), owner, body, now)?;
+        if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            attr.rdev = rdev;
+            self.inode_mut(attr.ino)?.attr.rdev = rdev;
+        }
         Ok(MetaReply::Attr(attr))
     }
 
     pub(super) fn mkdir(
         &mut self,
-        parent: Ino,
-        name: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
+        (parent, name): (Ino, &str),
+        mode: NewMode,
+        owner: (u32, u32),
         now: i64,
     ) -> Outcome {
         if self.check_new_entry(parent, name)?.is_some() {
             return Err(fs(errno::EEXIST, format!("{name:?} exists")));
         }
         self.check_thawed(parent, || format!("mkdir {name:?} in inode {parent}"))?;
-        let attr = self.alloc(
-            |ino| new_attr(ino, FileKind::Dir, mode, uid, gid, now),
-            Body::Dir {
-                parent,
-                entries: BTreeMap::new(),
-            },
+        let body = Body::Dir {
             parent,
-            name,
-            now,
-        )?;
-        self.add_nlink(parent, 1);
+            entries: BTreeMap::new(),
+        };
+        let attr = self.alloc((parent, name), (FileKind::Dir, mode), owner, body, now)?;
         Ok(MetaReply::Attr(attr))
     }
 
@@ -181,16 +249,14 @@ impl State {
             return Err(fs(errno::EEXIST, format!("{name:?} exists")));
         }
         self.check_thawed(parent, || format!("symlink {name:?} in inode {parent}"))?;
+        let body = Body::Symlink {
+            target: target.to_string(),
+        };
         let attr = self.alloc(
-            |ino| Attr {
-                size: target.len() as u64,
-                ..new_attr(ino, FileKind::Symlink, 0o777, uid, gid, now)
-            },
-            Body::Symlink {
-                target: target.to_string(),
-            },
-            parent,
-            name,
+            (parent, name),
+            (FileKind::Symlink, NewMode(0o777, 0)),
+            (uid, gid),
+            body,
             now,
         )?;
         Ok(MetaReply::Attr(attr))
@@ -218,7 +284,7 @@ impl State {
 
     /// Drops one link of a non-directory; frees it when none is left and
     /// returns the stripes that are no longer referenced.
-    fn drop_link(&mut self, ino: Ino, now: i64) -> Vec<StripeEntry> {
+    pub(super) fn drop_link(&mut self, ino: Ino, now: i64) -> Vec<StripeEntry> {
         let Some(node) = self.inodes.get_mut(&ino) else {
             return Vec::new();
         };
@@ -270,105 +336,6 @@ impl State {
         Ok(MetaReply::Freed(Vec::new()))
     }
 
-    /// Whether `ino` is `ancestor` or lies below it.
-    fn is_within(&self, mut ino: Ino, ancestor: Ino) -> bool {
-        // Bounded walk: a corrupt parent chain must not loop forever.
-        for _ in 0..=self.inodes.len() {
-            if ino == ancestor {
-                return true;
-            }
-            match self.inodes.get(&ino).map(|n| &n.body) {
-                Some(Body::Dir { parent, .. }) if *parent != ino => ino = *parent,
-                _ => return false,
-            }
-        }
-        false
-    }
-
-    pub(super) fn rename(
-        &mut self,
-        parent: Ino,
-        name: &str,
-        new_parent: Ino,
-        new_name: &str,
-        now: i64,
-    ) -> Outcome {
-        check_name(name)?;
-        check_name(new_name)?;
-        let src = self.entry(parent, name)?;
-        let target = self.dir_entries(new_parent)?.get(new_name).copied();
-        let src_is_dir = self.inode(src)?.attr.kind == FileKind::Dir;
-        let what =
-            || format!("rename {name:?} in inode {parent} to {new_name:?} in inode {new_parent}");
-        self.check_thawed(parent, what)?;
-        self.check_thawed(new_parent, what)?;
-        self.check_thawed(src, what)?;
-        if let Some(t) = target {
-            self.check_thawed(t, what)?;
-        }
-        if target == Some(src) {
-            // Same inode (same entry, or two hard links): POSIX says do nothing.
-            return Ok(MetaReply::Freed(Vec::new()));
-        }
-        if src_is_dir && self.is_within(new_parent, src) {
-            return Err(fs(
-                errno::EINVAL,
-                format!("cannot move directory {name:?} into its own subtree"),
-            ));
-        }
-        if let Some(t) = target {
-            match (&self.inode(t)?.body, src_is_dir) {
-                (Body::Dir { entries, .. }, true) if !entries.is_empty() => {
-                    return Err(fs(errno::ENOTEMPTY, format!("{new_name:?} is not empty")))
-                }
-                (Body::Dir { .. }, true) => {}
-                (Body::Dir { .. }, false) => {
-                    return Err(fs(errno::EISDIR, format!("{new_name:?} is a directory")))
-                }
-                (_, true) => {
-                    return Err(fs(
-                        errno::ENOTDIR,
-                        format!("{new_name:?} is not a directory"),
-                    ))
-                }
-                (_, false) => {}
-            }
-        }
-        // All checks passed: from here on nothing fails.
-        let mut freed = Vec::new();
-        if let Some(t) = target {
-            if src_is_dir {
-                self.inodes.remove(&t);
-                self.add_nlink(new_parent, -1);
-            } else {
-                freed = self.drop_link(t, now);
-            }
-        }
-        if let Ok(e) = self.dir_entries_mut(parent) {
-            e.remove(name);
-        }
-        if let Ok(e) = self.dir_entries_mut(new_parent) {
-            e.insert(new_name.to_string(), src);
-        }
-        if src_is_dir && parent != new_parent {
-            self.add_nlink(parent, -1);
-            self.add_nlink(new_parent, 1);
-            if let Some(Inode {
-                body: Body::Dir { parent: p, .. },
-                ..
-            }) = self.inodes.get_mut(&src)
-            {
-                *p = new_parent;
-            }
-        }
-        if let Some(n) = self.inodes.get_mut(&src) {
-            n.attr.ctime_ns = now;
-        }
-        self.touch_dir(parent, now);
-        self.touch_dir(new_parent, now);
-        Ok(MetaReply::Freed(freed))
-    }
-
     pub(super) fn setattr(&mut self, ino: Ino, set: &SetAttr, now: i64) -> Outcome {
         self.check_thawed(ino, || "setattr".to_string())?;
         if set.size.is_some() {
@@ -376,6 +343,12 @@ impl State {
             self.file(ino)?;
         }
         let node = self.inode_mut(ino)?;
+        if let Some(mode) = set.mode {
+            // chmod of an inode with an access ACL changes the ACL too.
+            if let Some(acl) = node.xattrs.get_mut(xattrs::ACL_ACCESS) {
+                acl::chmod_acl(acl, mode);
+            }
+        }
         let a = &mut node.attr;
         if let Some(mode) = set.mode {
             a.mode = mode & 0o7777;

@@ -124,6 +124,7 @@ pub async fn leader(client: &MetaClient) -> Result<u64> {
 pub async fn create(client: &MetaClient, name: &str) -> Result<u64> {
     match client
         .call(MetaRequest::Create {
+            umask: 0,
             parent: ROOT_INO,
             name: name.into(),
             mode: 0o644,

@@ -165,6 +165,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn mkdir(name: &str) -> MetaRequest {
     MetaRequest::Mkdir {
+        umask: 0,
         parent: 1,
         name: name.into(),
         mode: 0o755,

@@ -6,7 +6,9 @@ use crate::meta::{MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 
 use super::types::{
-    read_node_info, read_set_attr, read_stripes, write_node_info, write_set_attr, write_stripes,
+    read_kind, read_node_info, read_rename_mode, read_set_attr, read_stripes, read_xattr_mode,
+    write_kind, write_node_info, write_rename_mode, write_set_attr, write_stripes,
+    write_xattr_mode,
 };
 use super::{need, text, Result};
 
@@ -34,6 +36,7 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             parent,
             name,
             mode,
+            umask,
             uid,
             gid,
             exclusive,
@@ -42,6 +45,7 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             g.set_parent(*parent);
             g.set_name(name.as_str());
             g.set_mode(*mode);
+            g.set_umask(*umask);
             g.set_uid(*uid);
             g.set_gid(*gid);
             g.set_exclusive(*exclusive);
@@ -50,6 +54,7 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             parent,
             name,
             mode,
+            umask,
             uid,
             gid,
         } => {
@@ -57,6 +62,7 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             g.set_parent(*parent);
             g.set_name(name.as_str());
             g.set_mode(*mode);
+            g.set_umask(*umask);
             g.set_uid(*uid);
             g.set_gid(*gid);
         }
@@ -75,12 +81,14 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             name,
             new_parent,
             new_name,
+            mode,
         } => {
             let mut g = b.init_rename();
             g.set_parent(*parent);
             g.set_name(name.as_str());
             g.set_new_parent(*new_parent);
             g.set_new_name(new_name.as_str());
+            g.set_mode(write_rename_mode(*mode));
         }
         MetaRequest::Link {
             ino,
@@ -107,6 +115,26 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             g.set_gid(*gid);
         }
         MetaRequest::ReadLink { ino } => b.init_read_link().set_ino(*ino),
+        MetaRequest::Mknod {
+            parent,
+            name,
+            kind,
+            mode,
+            umask,
+            uid,
+            gid,
+            rdev,
+        } => {
+            let mut g = b.init_mknod();
+            g.set_parent(*parent);
+            g.set_name(name.as_str());
+            g.set_kind(write_kind(*kind));
+            g.set_mode(*mode);
+            g.set_umask(*umask);
+            g.set_uid(*uid);
+            g.set_gid(*gid);
+            g.set_rdev(*rdev);
+        }
         MetaRequest::StatFs => {
             let mut b = b;
             b.set_stat_fs(())
@@ -147,6 +175,24 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             let mut b = b;
             b.set_cluster_status(())
         }
+        MetaRequest::SetXattr {
+            ino,
+            name,
+            value,
+            mode,
+        } => {
+            let mut g = b.init_set_xattr();
+            g.set_ino(*ino);
+            g.set_name(name.as_str());
+            g.set_value(value);
+            g.set_mode(write_xattr_mode(*mode));
+        }
+        MetaRequest::RemoveXattr { ino, name } => {
+            let mut g = b.init_remove_xattr();
+            g.set_ino(*ino);
+            g.set_name(name.as_str());
+        }
+        MetaRequest::GetXattrs { ino } => b.init_get_xattrs().set_ino(*ino),
     }
 }
 
@@ -174,6 +220,7 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
         W::Create(g) => MetaRequest::Create {
             parent: g.get_parent(),
             name: text(g.get_name(), "create.name")?,
+            umask: g.get_umask(),
             mode: g.get_mode(),
             uid: g.get_uid(),
             gid: g.get_gid(),
@@ -182,6 +229,7 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
         W::Mkdir(g) => MetaRequest::Mkdir {
             parent: g.get_parent(),
             name: text(g.get_name(), "mkdir.name")?,
+            umask: g.get_umask(),
             mode: g.get_mode(),
             uid: g.get_uid(),
             gid: g.get_gid(),
@@ -199,6 +247,7 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
             name: text(g.get_name(), "rename.name")?,
             new_parent: g.get_new_parent(),
             new_name: text(g.get_new_name(), "rename.newName")?,
+            mode: read_rename_mode(g.get_mode())?,
         },
         W::Link(g) => MetaRequest::Link {
             ino: g.get_ino(),
@@ -213,6 +262,16 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
             gid: g.get_gid(),
         },
         W::ReadLink(g) => MetaRequest::ReadLink { ino: g.get_ino() },
+        W::Mknod(g) => MetaRequest::Mknod {
+            parent: g.get_parent(),
+            name: text(g.get_name(), "mknod.name")?,
+            umask: g.get_umask(),
+            kind: read_kind(g.get_kind(), "mknod.kind")?,
+            mode: g.get_mode(),
+            uid: g.get_uid(),
+            gid: g.get_gid(),
+            rdev: g.get_rdev(),
+        },
         W::StatFs(()) => MetaRequest::StatFs,
         W::GetLayout(g) => MetaRequest::GetLayout { ino: g.get_ino() },
         W::CommitLayout(g) => MetaRequest::CommitLayout {
@@ -240,6 +299,17 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
             offset: g.get_offset(),
             limit: g.get_limit(),
         },
+        W::SetXattr(g) => MetaRequest::SetXattr {
+            ino: g.get_ino(),
+            name: text(g.get_name(), "setXattr.name")?,
+            value: g.get_value()?.to_vec(),
+            mode: read_xattr_mode(g.get_mode())?,
+        },
+        W::RemoveXattr(g) => MetaRequest::RemoveXattr {
+            ino: g.get_ino(),
+            name: text(g.get_name(), "removeXattr.name")?,
+        },
+        W::GetXattrs(g) => MetaRequest::GetXattrs { ino: g.get_ino() },
     })
 }
 

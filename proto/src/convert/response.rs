@@ -6,8 +6,8 @@ use crate::metadata_capnp as mc;
 
 use super::types::{
     read_attr, read_cluster_map, read_cluster_status, read_frozen_entry, read_kind, read_layout,
-    read_stripes, write_attr, write_cluster_map, write_cluster_status, write_frozen_entry,
-    write_kind, write_layout, write_stripes,
+    read_stripes, read_xattrs, write_attr, write_cluster_map, write_cluster_status,
+    write_frozen_entry, write_kind, write_layout, write_stripes, write_xattrs,
 };
 use super::{enum_field, indexed, len_u32, need, text, Result};
 
@@ -129,6 +129,7 @@ pub fn write_response(
                 write_frozen_entry(e, l.reborrow().get(i));
             }
         }
+        MetaReply::Xattrs(x) => write_xattrs(x, |n| b.init_xattrs(n)),
     }
 }
 
@@ -213,5 +214,6 @@ pub fn read_response(
                 more: g.get_more(),
             }
         }
+        W::Xattrs(x) => MetaReply::Xattrs(read_xattrs(x)?),
     }))
 }

@@ -113,6 +113,7 @@ fn every_request_round_trips() {
             limit: 10,
         },
         MetaRequest::Create {
+            umask: 0,
             parent: 1,
             name: name(),
             mode: 0o644,
@@ -121,6 +122,7 @@ fn every_request_round_trips() {
             exclusive: true,
         },
         MetaRequest::Mkdir {
+            umask: 0,
             parent: 1,
             name: name(),
             mode: 0o755,
@@ -136,6 +138,7 @@ fn every_request_round_trips() {
             name: name(),
         },
         MetaRequest::Rename {
+            mode: Default::default(),
             parent: 1,
             name: name(),
             new_parent: 5,

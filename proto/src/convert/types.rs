@@ -4,30 +4,80 @@
 
 use crate::meta::{
     Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Layout, NodeInfo,
-    NodeState, NodeStatus, PlacementGroup, SetAttr, SetTime, StripeConfig, StripeEntry, Voter,
+    NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime, StripeConfig,
+    StripeEntry, Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
 use super::{enum_field, indexed, len_u32, need, optional, text, Result};
 
-pub(super) fn write_kind(k: FileKind) -> mc::FileKind {
-    match k {
-        FileKind::File => mc::FileKind::File,
-        FileKind::Dir => mc::FileKind::Dir,
-        FileKind::Symlink => mc::FileKind::Symlink,
+/// A domain enum and its schema twin, mapped both ways: `$write` turns the
+/// domain value into the schema's, `$read` reads a schema field (an unknown
+/// value is an error naming the field).
+macro_rules! enum_map {
+    ($domain:ident <=> $schema:ident, $write:ident, $read:ident { $($variant:ident),+ $(,)? }) => {
+        pub(super) fn $write(v: $domain) -> mc::$schema {
+            match v {
+                $($domain::$variant => mc::$schema::$variant,)+
+            }
+        }
+
+        pub(super) fn $read(
+            v: std::result::Result<mc::$schema, capnp::NotInSchema>,
+            what: &str,
+        ) -> Result<$domain> {
+            Ok(match enum_field(v, what)? {
+                $(mc::$schema::$variant => $domain::$variant,)+
+            })
+        }
+    };
+}
+
+enum_map!(FileKind <=> FileKind, write_kind, read_kind {
+    File, Dir, Symlink, Fifo, CharDevice, BlockDevice, Socket,
+});
+enum_map!(RenameMode <=> RenameMode, write_rename_mode, read_rename_mode_field {
+    Replace, NoReplace, Exchange,
+});
+enum_map!(XattrMode <=> XattrMode, write_xattr_mode, read_xattr_mode_field {
+    Any, Create, Replace,
+});
+
+pub(super) fn read_rename_mode(
+    v: std::result::Result<mc::RenameMode, capnp::NotInSchema>,
+) -> Result<RenameMode> {
+    read_rename_mode_field(v, "rename.mode")
+}
+
+pub(super) fn read_xattr_mode(
+    v: std::result::Result<mc::XattrMode, capnp::NotInSchema>,
+) -> Result<XattrMode> {
+    read_xattr_mode_field(v, "setXattr.mode")
+}
+
+pub(super) fn write_xattrs<'a>(
+    x: &[Xattr],
+    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::xattr::Owned>,
+) {
+    let mut b = init(len_u32(x.len()));
+    for (i, e) in indexed(x) {
+        let mut item = b.reborrow().get(i);
+        item.set_name(e.name.as_str());
+        item.set_value(&e.value);
     }
 }
 
-/// Reads a `FileKind` field (`what` names it in an error).
-pub(super) fn read_kind(
-    k: std::result::Result<mc::FileKind, capnp::NotInSchema>,
-    what: &str,
-) -> Result<FileKind> {
-    Ok(match enum_field(k, what)? {
-        mc::FileKind::File => FileKind::File,
-        mc::FileKind::Dir => FileKind::Dir,
-        mc::FileKind::Symlink => FileKind::Symlink,
-    })
+pub(super) fn read_xattrs(
+    r: capnp::Result<capnp::struct_list::Reader<'_, mc::xattr::Owned>>,
+) -> Result<Vec<Xattr>> {
+    r?.iter()
+        .map(|x| {
+            Ok(Xattr {
+                name: text(x.get_name(), "xattr.name")?,
+                value: x.get_value()?.to_vec(),
+            })
+        })
+        .collect()
 }
 
 pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
@@ -42,6 +92,7 @@ pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
     b.set_mtime_ns(a.mtime_ns);
     b.set_ctime_ns(a.ctime_ns);
     b.set_frozen(a.frozen);
+    b.set_rdev(a.rdev);
 }
 
 pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
@@ -56,6 +107,7 @@ pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
         atime_ns: r.get_atime_ns(),
         mtime_ns: r.get_mtime_ns(),
         ctime_ns: r.get_ctime_ns(),
+        rdev: r.get_rdev(),
         frozen: r.get_frozen(),
     })
 }
@@ -68,6 +120,7 @@ pub(super) fn write_frozen_entry(e: &FrozenEntry, mut b: mc::frozen_entry::Build
         FrozenBody::File(layout) => write_layout(layout, b.init_layout()),
         FrozenBody::Dir => {}
         FrozenBody::Symlink(target) => b.set_target(target.as_str()),
+        FrozenBody::Node => {}
     }
 }
 
@@ -81,6 +134,9 @@ pub(super) fn read_frozen_entry(r: mc::frozen_entry::Reader<'_>) -> Result<Froze
         }
         FileKind::Dir => FrozenBody::Dir,
         FileKind::Symlink => FrozenBody::Symlink(text(r.get_target(), "frozenEntry.target")?),
+        FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice | FileKind::Socket => {
+            FrozenBody::Node
+        }
     };
     Ok(FrozenEntry {
         parent: r.get_parent(),

@@ -125,6 +125,7 @@ fn frozen_tree(t: &mut T) -> Tree {
 
 fn create_req(parent: Ino, name: &str, exclusive: bool) -> MetaRequest {
     MetaRequest::Create {
+        umask: 0,
         parent,
         name: name.into(),
         mode: 0o644,
@@ -136,6 +137,7 @@ fn create_req(parent: Ino, name: &str, exclusive: bool) -> MetaRequest {
 
 fn rename_req(parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> MetaRequest {
     MetaRequest::Rename {
+        mode: Default::default(),
         parent,
         name: name.into(),
         new_parent,
@@ -236,6 +238,7 @@ fn every_change_inside_a_frozen_tree_is_erofs_and_changes_nothing() {
     };
     let set = |ino, set| MetaRequest::SetAttr { ino, set };
     let mkdir = MetaRequest::Mkdir {
+        umask: 0,
         parent: z,
         name: "new".into(),
         mode: 0o755,

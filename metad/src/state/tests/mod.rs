@@ -42,6 +42,7 @@ impl T {
     }
     fn create(&mut self, parent: Ino, name: &str) -> Attr {
         match self.w(MetaRequest::Create {
+            umask: 0,
             parent,
             name: name.into(),
             mode: 0o644,
@@ -55,6 +56,7 @@ impl T {
     }
     fn mkdir(&mut self, parent: Ino, name: &str) -> Attr {
         match self.w(MetaRequest::Mkdir {
+            umask: 0,
             parent,
             name: name.into(),
             mode: 0o755,
@@ -79,6 +81,7 @@ impl T {
     }
     fn rename(&mut self, p: Ino, n: &str, np: Ino, nn: &str) -> Outcome {
         self.w(MetaRequest::Rename {
+            mode: Default::default(),
             parent: p,
             name: n.into(),
             new_parent: np,
@@ -133,6 +136,7 @@ fn create_lookup_and_exclusive() {
     assert_eq!(a.mode, 0o644);
     assert_eq!(t.lookup(ROOT_INO, "f"), Ok(MetaReply::Attr(a.clone())));
     let dup = MetaRequest::Create {
+        umask: 0,
         parent: ROOT_INO,
         name: "f".into(),
         mode: 0o600,
@@ -153,6 +157,7 @@ fn create_lookup_and_exclusive() {
         unreachable!()
     };
     let again = t.w(MetaRequest::Create {
+        umask: 0,
         parent,
         name,
         mode,
@@ -163,6 +168,7 @@ fn create_lookup_and_exclusive() {
     assert_eq!(again, Ok(MetaReply::Attr(a)));
     t.mkdir(ROOT_INO, "d");
     let on_dir = MetaRequest::Create {
+        umask: 0,
         parent: ROOT_INO,
         name: "d".into(),
         mode: 0o600,
@@ -183,6 +189,7 @@ fn bad_names() {
     let mut t = T::new();
     for bad in ["", ".", "..", "a/b", "a\0b"] {
         let r = t.w(MetaRequest::Mkdir {
+            umask: 0,
             parent: ROOT_INO,
             name: bad.into(),
             mode: 0o755,
@@ -203,6 +210,7 @@ fn mkdir_nlink_and_rmdir() {
     assert_eq!(t.attr(ROOT_INO).nlink, 3);
     assert_eq!(
         errno_of(t.w(MetaRequest::Mkdir {
+            umask: 0,
             parent: ROOT_INO,
             name: "d".into(),
             mode: 0,
@@ -499,6 +507,7 @@ fn exhausted_inode_numbers_are_enospc_not_reused() {
     t.st.next_ino = u64::MAX;
     let before = t.st.clone();
     let r = t.w(MetaRequest::Create {
+        umask: 0,
         parent: ROOT_INO,
         name: "f".into(),
         mode: 0o644,
@@ -508,6 +517,7 @@ fn exhausted_inode_numbers_are_enospc_not_reused() {
     });
     assert_eq!(errno_of(r), ENOSPC);
     let r = t.w(MetaRequest::Mkdir {
+        umask: 0,
         parent: ROOT_INO,
         name: "d".into(),
         mode: 0o755,

@@ -35,6 +35,7 @@ impl T {
 
 fn mkdir(name: &str) -> MetaRequest {
     MetaRequest::Mkdir {
+        umask: 0,
         parent: ROOT_INO,
         name: name.into(),
         mode: 0o755,
@@ -45,6 +46,7 @@ fn mkdir(name: &str) -> MetaRequest {
 
 fn create(name: &str) -> MetaRequest {
     MetaRequest::Create {
+        umask: 0,
         parent: ROOT_INO,
         name: name.into(),
         mode: 0o644,
@@ -77,6 +79,7 @@ fn duplicates_are_answered_from_the_table_not_applied_again() {
             stripes: vec![stripe(0, 200), stripe(1, 50)],
         },
         MetaRequest::Rename {
+            mode: Default::default(),
             parent: ROOT_INO,
             name: "f".into(),
             new_parent: ROOT_INO,
