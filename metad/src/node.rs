@@ -240,10 +240,16 @@ impl Node {
     fn statfs(&self, term: u64) -> StatFs {
         let map = self.cluster_map(term);
         let files = self.read_sm().state.file_count();
+        // Users see file bytes: k of every k+m bytes stored.
+        let usable = |raw: u64| {
+            let c = map.config;
+            (u128::from(raw) * u128::from(c.k) / c.width().max(1) as u128) as u64
+        };
         StatFs {
-            total_bytes: map.nodes.iter().map(|n| n.info.capacity_bytes).sum(),
-            used_bytes: map.nodes.iter().map(|n| n.info.used_bytes).sum(),
+            total_bytes: usable(map.nodes.iter().map(|n| n.info.capacity_bytes).sum()),
+            used_bytes: usable(map.nodes.iter().map(|n| n.info.used_bytes).sum()),
             files,
+            files_free: torchfs_proto::meta::FILES_MAX.saturating_sub(files),
         }
     }
 }

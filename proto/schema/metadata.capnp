@@ -28,6 +28,7 @@ struct Attr {
   ctimeNs @9 :Int64;
   frozen @10 :Bool;       # part of a frozen dataset version: nothing in it changes
   rdev @11 :UInt32;       # device number of a character or block device (Linux makedev encoding)
+  hasXattrs @12 :Bool;    # it has extended attributes (without: getxattr needs no round trip)
 }
 
 # What rename does with an existing target (renameat2 flags).
@@ -144,10 +145,12 @@ struct ClusterStatus {
   map @4 :ClusterMap;
 }
 
+# Usable capacity (after the erasure code's overhead) and inodes.
 struct StatFs {
   totalBytes @0 :UInt64;
   usedBytes @1 :UInt64;
-  files @2 :UInt64;
+  files @2 :UInt64;       # inodes in use
+  filesFree @3 :UInt64;   # inodes that can still be made
 }
 
 # Names one write so that metad applies it exactly once however often the

@@ -52,6 +52,10 @@ pub struct Attr {
     /// Device number of a character or block device (Linux encoding, as
     /// `makedev`); 0 for every other kind.
     pub rdev: u32,
+    /// Whether the inode has extended attributes (ACLs included): a client
+    /// holding fresh attributes answers getxattr on an inode without any
+    /// with no round trip.
+    pub has_xattrs: bool,
     /// Part of a frozen dataset version (DESIGN.md §3): metad refuses every
     /// change to it, so clients may serve it from a table loaded once.
     pub frozen: bool,
@@ -291,11 +295,20 @@ pub struct ClusterStatus {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Capacity as a user sees it: file bytes that fit, after the erasure
+/// code's overhead (raw bytes times k/(k+m)), and inodes.
 pub struct StatFs {
     pub total_bytes: u64,
     pub used_bytes: u64,
+    /// Inodes in use.
     pub files: u64,
+    /// Inodes that can still be made.
+    pub files_free: u64,
 }
+
+/// Inodes a cluster reports it can hold (`statfs` f_files): metad keeps the
+/// namespace in memory, and this is the bound torchfs plans for.
+pub const FILES_MAX: u64 = 1 << 32;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum MetaRequest {

@@ -79,6 +79,8 @@ fn control_attr(ino: Ino) -> Attr {
         atime_ns: 0,
         mtime_ns: 0,
         ctime_ns: 0,
+        rdev: 0,
+        has_xattrs: false,
         frozen: false,
     }
 }

@@ -499,6 +499,8 @@ mod tests {
             atime_ns: 0,
             mtime_ns: 0,
             ctime_ns: 77,
+            rdev: 0,
+            has_xattrs: false,
             frozen: true,
         }
     }
@@ -515,6 +517,7 @@ mod tests {
                 }),
                 FileKind::Dir => FrozenBody::Dir,
                 FileKind::Symlink => FrozenBody::Symlink("t".into()),
+                _ => FrozenBody::Node,
             },
         }
     }

@@ -5,9 +5,10 @@
 //! only slower).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use torchfs_proto::meta::{Attr, Ino};
+use torchfs_proto::meta::{Attr, Ino, Xattr};
 
 pub(crate) struct MetaCache {
     attr_ttl: Duration,
@@ -15,6 +16,9 @@ pub(crate) struct MetaCache {
     entries_max: usize,
     attrs: HashMap<Ino, (Attr, Instant)>,
     dentries: HashMap<(Ino, String), (Ino, Instant)>,
+    /// Every extended attribute of an inode, as one GetXattrs answered
+    /// (kept for the attribute TTL).
+    xattrs: HashMap<Ino, (Arc<Vec<Xattr>>, Instant)>,
 }
 
 impl MetaCache {
@@ -25,7 +29,35 @@ impl MetaCache {
             entries_max: entries_max.max(1),
             attrs: HashMap::new(),
             dentries: HashMap::new(),
+            xattrs: HashMap::new(),
         }
+    }
+
+    /// An inode's extended attributes: from fresh attributes that say it
+    /// has none, or from a fresh GetXattrs answer.
+    pub fn xattrs(&self, ino: Ino, now: Instant) -> Option<Arc<Vec<Xattr>>> {
+        if let Some((attr, expires)) = self.attrs.get(&ino) {
+            if now < *expires && !attr.has_xattrs {
+                return Some(Arc::new(Vec::new()));
+            }
+        }
+        match self.xattrs.get(&ino) {
+            Some((x, expires)) if now < *expires => Some(x.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put_xattrs(&mut self, ino: Ino, xattrs: Arc<Vec<Xattr>>, now: Instant) {
+        if self.attr_ttl.is_zero() {
+            return;
+        }
+        if self.xattrs.len() >= self.entries_max && !self.xattrs.contains_key(&ino) {
+            self.xattrs.retain(|_, (_, expires)| now < *expires);
+            if self.xattrs.len() >= self.entries_max {
+                self.xattrs.clear();
+            }
+        }
+        self.xattrs.insert(ino, (xattrs, now + self.attr_ttl));
     }
 
     pub fn attr(&self, ino: Ino, now: Instant) -> Option<Attr> {
@@ -48,8 +80,10 @@ impl MetaCache {
         self.attrs.insert(attr.ino, (attr, now + self.attr_ttl));
     }
 
+    /// Forgets an inode's attributes and extended attributes.
     pub fn invalidate_attr(&mut self, ino: Ino) {
         self.attrs.remove(&ino);
+        self.xattrs.remove(&ino);
     }
 
     /// The inode a name resolves to, if cached and fresh.
@@ -114,6 +148,8 @@ mod tests {
             atime_ns: 0,
             mtime_ns: 0,
             ctime_ns: 0,
+            rdev: 0,
+            has_xattrs: false,
             frozen: false,
         }
     }

@@ -16,7 +16,7 @@
 //! - [`control`]: the `.torchfs/` control files (plan intake, stats).
 //! - [`frozen`]: tables of frozen dataset versions, loaded once, that
 //!   answer metadata calls inside them without metad.
-//! - `namespace`, `read`, `write`: the operations.
+//! - `namespace`, `read`, `write`, `xattrs`: the operations.
 
 pub mod cache;
 pub mod control;
@@ -30,6 +30,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 mod write;
+mod xattrs;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +48,7 @@ use crate::codec::{CodecError, ReedSolomon};
 use crate::stripe::StripeError;
 
 pub use cache::{CacheConfig, ReadBuf};
+pub use namespace::{NewMode, Owner};
 use cache::{EpochCache, PlanError};
 use control::ControlHandles;
 use frozen::{FrozenState, FrozenTableError};

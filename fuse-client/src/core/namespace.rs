@@ -5,13 +5,28 @@
 use std::time::Instant;
 
 use torchfs_proto::meta::{
-    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, SetAttr, StatFs,
+    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, RenameMode, SetAttr, StatFs,
 };
 use torchfs_rdma::Transport;
 
 use super::control::{is_control_fh, is_control_ino, CONTROL_DIR_NAME};
 use super::file::FileState;
 use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
+
+/// The mode a create-like call asks for and the caller's umask, which metad
+/// applies unless the parent's default ACL replaces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewMode {
+    pub mode: u32,
+    pub umask: u32,
+}
+
+/// The owner of a new inode: the caller's uid and (primary) gid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// Refuses namespace changes inside `.torchfs/` or of the name `.torchfs`
 /// in the root.
@@ -107,12 +122,31 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         self.setattr_reply(ino, reply)
     }
 
+    /// Makes a regular file at least `size` bytes long (fallocate's
+    /// default mode); a file already that long is left alone.
+    pub async fn extend(&self, ino: Ino, size: u64) -> Result<(), ClientError> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind != FileKind::File {
+            return Err(ClientError::NotFile { ino });
+        }
+        if attr.size < size {
+            let set = SetAttr {
+                size: Some(size),
+                ..SetAttr::default()
+            };
+            self.setattr(ino, set).await?;
+        }
+        Ok(())
+    }
+
     fn setattr_reply(&self, ino: Ino, reply: MetaReply) -> Result<Attr, ClientError> {
         let (attr, freed) = match reply {
             MetaReply::Attr(attr) => (attr, Vec::new()),
             MetaReply::AttrFreed { attr, freed } => (attr, freed),
             other => return Err(unexpected("SetAttr", other)),
         };
+        // A chmod rewrites the access ACL too: drop the cached xattrs.
+        lock(&self.inner.cache).invalidate_attr(ino);
         let cfg = self.stripe_config_of(ino);
         self.delete_in_background(ino, cfg, freed);
         Ok(self.cache_attr(attr))
@@ -147,23 +181,25 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
+    /// Creates (or with `exclusive` false, finds) a regular file. `mode`
+    /// is the caller's, without its `umask` applied: metad applies it
+    /// unless the parent has a default ACL (the same for mkdir and mknod).
     pub async fn create(
         &self,
         parent: Ino,
         name: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
+        mode: NewMode,
+        owner: Owner,
         exclusive: bool,
     ) -> Result<Attr, ClientError> {
         guard_name(parent, name)?;
         let req = MetaRequest::Create {
-            umask: 0,
             parent,
             name: name.to_string(),
-            mode,
-            uid,
-            gid,
+            mode: mode.mode,
+            umask: mode.umask,
+            uid: owner.uid,
+            gid: owner.gid,
             exclusive,
         };
         let attr = self.attr_reply("Create", req).await?;
@@ -174,24 +210,44 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         &self,
         parent: Ino,
         name: &str,
-        mode: u32,
-        uid: u32,
-        gid: u32,
+        mode: NewMode,
+        owner: Owner,
     ) -> Result<Attr, ClientError> {
         guard_name(parent, name)?;
-        let attr = self
-            .attr_reply(
-                "Mkdir",
-                MetaRequest::Mkdir {
-                    umask: 0,
-                    parent,
-                    name: name.to_string(),
-                    mode,
-                    uid,
-                    gid,
-                },
-            )
-            .await?;
+        let req = MetaRequest::Mkdir {
+            parent,
+            name: name.to_string(),
+            mode: mode.mode,
+            umask: mode.umask,
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let attr = self.attr_reply("Mkdir", req).await?;
+        Ok(self.created(parent, name, attr))
+    }
+
+    /// Makes a FIFO, device node (`rdev`), socket or empty regular file.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        kind: FileKind,
+        mode: NewMode,
+        owner: Owner,
+        rdev: u32,
+    ) -> Result<Attr, ClientError> {
+        guard_name(parent, name)?;
+        let req = MetaRequest::Mknod {
+            parent,
+            name: name.to_string(),
+            kind,
+            mode: mode.mode,
+            umask: mode.umask,
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev,
+        };
+        let attr = self.attr_reply("Mknod", req).await?;
         Ok(self.created(parent, name, attr))
     }
 
@@ -200,16 +256,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         parent: Ino,
         name: &str,
         target: &str,
-        uid: u32,
-        gid: u32,
+        owner: Owner,
     ) -> Result<Attr, ClientError> {
         guard_name(parent, name)?;
         let req = MetaRequest::Symlink {
             parent,
             name: name.to_string(),
             target: target.to_string(),
-            uid,
-            gid,
+            uid: owner.uid,
+            gid: owner.gid,
         };
         let attr = self.attr_reply("Symlink", req).await?;
         Ok(self.created(parent, name, attr))
@@ -273,23 +328,25 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// Renames; a file replaced at the destination loses its fragments
-    /// (in the background) when that was its last link.
+    /// (in the background) when that was its last link. `mode` says what
+    /// happens to an existing target (renameat2's flags).
     pub async fn rename(
         &self,
         parent: Ino,
         name: &str,
         new_parent: Ino,
         new_name: &str,
+        mode: RenameMode,
     ) -> Result<(), ClientError> {
         guard_name(parent, name)?;
         guard_name(new_parent, new_name)?;
         let victim = self.ino_of(new_parent, new_name).await;
         let req = MetaRequest::Rename {
-            mode: Default::default(),
             parent,
             name: name.to_string(),
             new_parent,
             new_name: new_name.to_string(),
+            mode,
         };
         let reply = self.meta_call(req).await;
         let moved = lock(&self.inner.cache).last_known(parent, name);
@@ -350,7 +407,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         match attr.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(ClientError::IsDir { ino }),
-            FileKind::Symlink => return Err(ClientError::NotFile { ino }),
+            _ => return Err(ClientError::NotFile { ino }),
         }
         let fresh = FileState::from_layout(ino, attr.size, layout)
             .map_err(|source| ClientError::Layout { ino, source })?;

@@ -14,7 +14,24 @@ pub(super) fn file_type(kind: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
     }
+}
+
+/// The kind a mknod(2) mode asks for (`S_IFMT` bits); None for a type
+/// mknod cannot make.
+pub(super) fn node_kind(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::File,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        libc::S_IFSOCK => FileKind::Socket,
+        _ => return None,
+    })
 }
 
 pub(super) fn ns_to_system_time(ns: i64) -> SystemTime {
@@ -46,7 +63,7 @@ pub(super) fn file_attr(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
+        rdev: attr.rdev,
         blksize: BLKSIZE_BYTES,
         flags: 0,
     }
@@ -76,6 +93,8 @@ mod tests {
             atime_ns: 0,
             mtime_ns: 0,
             ctime_ns: 0,
+            rdev: 0,
+            has_xattrs: false,
             frozen: false,
         };
         let fa = file_attr(&attr);

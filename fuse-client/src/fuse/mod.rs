@@ -6,6 +6,7 @@ mod attr;
 mod dirs;
 mod passthrough;
 mod readahead;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::io;
@@ -21,10 +22,10 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
-use torchfs_proto::meta::{SetAttr, SetTime, NAME_BYTES_MAX};
+use torchfs_proto::meta::{RenameMode, SetAttr, SetTime, NAME_BYTES_MAX};
 
-use crate::core::{Client, ClientError};
-use attr::file_attr;
+use crate::core::{Client, ClientError, NewMode, Owner};
+use attr::{file_attr, node_kind};
 use dirs::DirStreams;
 use passthrough::{IoModes, OpenAs};
 
@@ -129,6 +130,21 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::EINVAL)
 }
 
+/// The mode a create-like request asks for (permission bits) and its umask.
+fn new_mode(mode: u32, umask: u32) -> NewMode {
+    NewMode {
+        mode: mode & 0o7777,
+        umask: umask & 0o777,
+    }
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
@@ -163,6 +179,16 @@ impl Filesystem for TorchFs {
         let _ = config.set_max_write(self.options.request_bytes_max);
         let _ = config.set_max_readahead(self.options.request_bytes_max);
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ);
+        // POSIX ACLs: the kernel enforces them (default_permissions) from
+        // the system.posix_acl_* xattrs metad stores; with DONT_MASK it
+        // leaves the umask to metad, which must not apply it under a
+        // default ACL.
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            tracing::warn!("the kernel does not offer FUSE POSIX ACLs: ACLs are stored but not enforced");
+        }
         if self.options.passthrough {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -233,23 +259,20 @@ impl Filesystem for TorchFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Only regular files: devices, fifos and sockets have no place in a
-        // training dataset store.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
-        }
+        let Some(kind) = node_kind(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
         let name = name_or_reply!(name, reply);
-        let perm = mode & !umask & 0o7777;
-        let result = self.runtime.block_on(self.client.create(
+        let result = self.runtime.block_on(self.client.mknod(
             parent.0,
             name,
-            perm,
-            req.uid(),
-            req.gid(),
-            true,
+            kind,
+            new_mode(mode, umask),
+            owner(req),
+            rdev,
         ));
         self.reply_entry(result, reply);
     }
@@ -264,12 +287,12 @@ impl Filesystem for TorchFs {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let perm = mode & !umask & 0o7777;
-        let result =
-            self.runtime.block_on(
-                self.client
-                    .mkdir(parent.0, name, perm, req.uid(), req.gid()),
-            );
+        let result = self.runtime.block_on(self.client.mkdir(
+            parent.0,
+            name,
+            new_mode(mode, umask),
+            owner(req),
+        ));
         self.reply_entry(result, reply);
     }
 
@@ -301,13 +324,9 @@ impl Filesystem for TorchFs {
         let Some(target) = target.to_str() else {
             return reply.error(Errno::EINVAL);
         };
-        let result = self.runtime.block_on(self.client.symlink(
-            parent.0,
-            name,
-            target,
-            req.uid(),
-            req.gid(),
-        ));
+        let result = self
+            .runtime
+            .block_on(self.client.symlink(parent.0, name, target, owner(req)));
         self.reply_entry(result, reply);
     }
 
@@ -321,18 +340,23 @@ impl Filesystem for TorchFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        // RENAME_NOREPLACE / RENAME_EXCHANGE are not supported yet; say so
-        // rather than silently replacing.
-        if !flags.is_empty() {
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else if flags == RenameFlags::RENAME_EXCHANGE {
+            RenameMode::Exchange
+        } else {
+            // RENAME_WHITEOUT (overlayfs) or a combination.
             return reply.error(Errno::EINVAL);
-        }
+        };
         let (name, newname) = match (name_str(name), name_str(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let result =
             self.runtime
-                .block_on(self.client.rename(parent.0, name, newparent.0, newname));
+                .block_on(self.client.rename(parent.0, name, newparent.0, newname, mode));
         Self::reply_empty(result, reply);
     }
 
@@ -537,8 +561,8 @@ impl Filesystem for TorchFs {
                     blocks,
                     free,
                     free,
-                    s.files,
-                    u64::MAX - s.files,
+                    s.files + s.files_free,
+                    s.files_free,
                     BLOCK_BYTES as u32,
                     NAME_BYTES_MAX as u32,
                     BLOCK_BYTES as u32,
@@ -548,43 +572,78 @@ impl Filesystem for TorchFs {
         }
     }
 
-    // No extended attributes yet. ENOSYS (not ENOTSUP) makes the kernel stop
-    // asking, so writes do not pay a getxattr("security.capability") each.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    // The kernel asks getxattr("security.capability") before every write:
+    // the core answers it from cached attributes, with no round trip.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name_or_reply!(name, reply);
+        match self.runtime.block_on(self.client.getxattr(ino.0, name)) {
+            Ok(value) => xattr::reply_sized(&value, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.runtime.block_on(self.client.listxattr(ino.0)) {
+            Ok(names) => xattr::reply_sized(&names, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let name = name_or_reply!(name, reply);
+        let mode = match xattr::xattr_mode(flags) {
+            Ok(mode) => mode,
+            Err(e) => return reply.error(e),
+        };
+        let result = self
+            .runtime
+            .block_on(self.client.setxattr(ino.0, name, value, mode));
+        Self::reply_empty(result, reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        let result = self.runtime.block_on(self.client.removexattr(ino.0, name));
+        Self::reply_empty(result, reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions itself (default_permissions).
         reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Only the default mode (posix_fallocate: make the file at least
+        // offset+length long). Space is not reserved: stripes are written
+        // when data arrives, and holes read as zeros.
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let Some(end) = offset.checked_add(length) else {
+            return reply.error(Errno::EFBIG);
+        };
+        Self::reply_empty(
+            self.runtime.block_on(self.client.extend(ino.0, end)),
+            reply,
+        );
     }
 
     fn create(
@@ -598,13 +657,18 @@ impl Filesystem for TorchFs {
         reply: ReplyCreate,
     ) {
         let name = name_or_reply!(name, reply);
-        let perm = mode & !umask & 0o7777;
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
         let result = self.runtime.block_on(async {
             let attr = self
                 .client
-                .create(parent.0, name, perm, req.uid(), req.gid(), exclusive)
+                .create(
+                    parent.0,
+                    name,
+                    new_mode(mode, umask),
+                    owner(req),
+                    exclusive,
+                )
                 .await?;
             let fh = self.client.open(attr.ino, true, truncate).await?;
             Ok::<_, ClientError>((attr, fh))

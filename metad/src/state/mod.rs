@@ -146,6 +146,7 @@ impl State {
                 mtime_ns: 0,
                 ctime_ns: 0,
                 rdev: 0,
+                has_xattrs: false,
                 frozen: false,
             },
             Body::Dir {

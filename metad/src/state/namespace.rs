@@ -40,6 +40,7 @@ fn resolve(t: SetTime, now_ns: i64) -> i64 {
 fn new_attr(ino: Ino, kind: FileKind, mode: u32, uid: u32, gid: u32, now: i64) -> Attr {
     Attr {
         rdev: 0,
+        has_xattrs: false,
         ino,
         kind,
         mode: mode & 0o7777,
@@ -126,6 +127,7 @@ impl State {
         })?;
         let inherited = self.inherit(parent, kind, mode, gid);
         let mut attr = new_attr(ino, kind, inherited.mode, uid, inherited.gid, now);
+        attr.has_xattrs = !inherited.xattrs.is_empty();
         match &body {
             Body::Symlink { target } => attr.size = target.len() as u64,
             Body::Dir { .. } => self.add_nlink(parent, 1),

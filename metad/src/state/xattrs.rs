@@ -111,6 +111,7 @@ impl State {
         if let Some(bits) = mode_bits {
             node.attr.mode = (node.attr.mode & !0o777) | bits;
         }
+        node.attr.has_xattrs = true;
         node.attr.ctime_ns = now;
         Ok(MetaReply::Attr(node.attr.clone()))
     }
@@ -122,6 +123,7 @@ impl State {
         if node.xattrs.remove(name).is_none() {
             return Err(fs(errno::ENODATA, format!("no xattr {name:?}")));
         }
+        node.attr.has_xattrs = !node.xattrs.is_empty();
         node.attr.ctime_ns = now;
         Ok(MetaReply::Attr(node.attr.clone()))
     }

@@ -98,6 +98,7 @@ pub fn write_response(
             sb.set_total_bytes(s.total_bytes);
             sb.set_used_bytes(s.used_bytes);
             sb.set_files(s.files);
+            sb.set_files_free(s.files_free);
         }
         MetaReply::Layout { attr, layout } => {
             let mut g = b.init_layout();
@@ -170,6 +171,7 @@ pub fn read_response(
                 total_bytes: s.get_total_bytes(),
                 used_bytes: s.get_used_bytes(),
                 files: s.get_files(),
+                files_free: s.get_files_free(),
             })
         }
         W::Layout(g) => {

@@ -34,6 +34,8 @@ fn attr() -> Attr {
         atime_ns: -5,
         mtime_ns: 1_700_000_000_000_000_000,
         ctime_ns: 7,
+        rdev: 0,
+        has_xattrs: false,
         frozen: false,
     }
 }
@@ -208,6 +210,7 @@ fn every_reply_round_trips() {
             total_bytes: 10,
             used_bytes: 4,
             files: 99,
+            files_free: 7,
         })),
         Ok(MetaReply::Layout {
             attr: attr(),

@@ -93,6 +93,7 @@ pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
     b.set_ctime_ns(a.ctime_ns);
     b.set_frozen(a.frozen);
     b.set_rdev(a.rdev);
+    b.set_has_xattrs(a.has_xattrs);
 }
 
 pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
@@ -108,6 +109,7 @@ pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
         mtime_ns: r.get_mtime_ns(),
         ctime_ns: r.get_ctime_ns(),
         rdev: r.get_rdev(),
+        has_xattrs: r.get_has_xattrs(),
         frozen: r.get_frozen(),
     })
 }

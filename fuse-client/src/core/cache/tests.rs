@@ -13,7 +13,7 @@ use super::plan::{render_plan, ByteRange};
 use super::CacheConfig;
 use crate::core::control::{CONTROL_DIR_INO, CONTROL_DIR_NAME, PLAN_INO, STATS_INO};
 use crate::core::tests::{pattern, read_all, FakeMeta, FakeStore, TestClient};
-use crate::core::{Client, ClientConfig, ClientError};
+use crate::core::{Client, ClientConfig, ClientError, NewMode, Owner};
 
 async fn client_with(meta: &FakeMeta, store: &FakeStore, cache: CacheConfig) -> TestClient {
     let config = ClientConfig {
@@ -39,7 +39,7 @@ async fn write_files(meta: &FakeMeta, store: &FakeStore, sizes: &[usize]) -> Vec
     let mut out = Vec::new();
     for (i, &size) in sizes.iter().enumerate() {
         let attr = w
-            .create(ROOT_INO, &format!("f{i}"), 0o644, 0, 0, true)
+            .create(ROOT_INO, &format!("f{i}"), NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
             .await
             .unwrap();
         let fh = w.open(attr.ino, true, false).await.unwrap();
@@ -303,7 +303,7 @@ async fn malformed_plans_are_einval_and_change_nothing() {
         libc::EPERM
     );
     let err = c
-        .create(CONTROL_DIR_INO, "x", 0o644, 0, 0, true)
+        .create(CONTROL_DIR_INO, "x", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::EPERM);
