@@ -5,6 +5,8 @@
 set -euo pipefail
 
 packages=(capnproto nasm autoconf automake libtool pkg-config fuse3)
+# POSIX tests: setfacl/getfacl and setfattr (acl, attr); setpriv is in util-linux.
+packages+=(acl attr)
 # The Python package's tests: Debian's CPU build of torch (~150 MB, in
 # Debian's own /usr/bin/python3) instead of PyPI's ~3 GB of CUDA wheels.
 packages+=(python3 python3-venv python3-pip python3-numpy python3-torch)

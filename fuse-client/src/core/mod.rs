@@ -48,13 +48,13 @@ use crate::codec::{CodecError, ReedSolomon};
 use crate::stripe::StripeError;
 
 pub use cache::{CacheConfig, ReadBuf};
-pub use namespace::{NewMode, Owner};
 use cache::{EpochCache, PlanError};
 use control::ControlHandles;
 use frozen::{FrozenState, FrozenTableError};
 use handles::Handles;
 use map::MapCache;
 use meta_cache::MetaCache;
+pub use namespace::{NewMode, Owner};
 
 /// An open file, as handed to front-ends.
 pub type FileHandle = u64;

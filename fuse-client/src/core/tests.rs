@@ -304,7 +304,19 @@ pub(crate) async fn settle() {
 async fn random_writes_match_a_model_before_and_after_flush() {
     let (meta, store) = (FakeMeta::new(8), FakeStore::default());
     let c = client(&meta, &store, 2).await;
-    let attr = c.create(ROOT_INO, "f", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "f",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     let mut model = Vec::new();
     let mut x: u64 = 12345;
@@ -370,7 +382,16 @@ async fn small_file_is_one_round_trip_and_survives_m_failures() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
     let attr = c
-        .create(ROOT_INO, "small", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
+        .create(
+            ROOT_INO,
+            "small",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
         .await
         .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
@@ -402,7 +423,19 @@ async fn small_file_is_one_round_trip_and_survives_m_failures() {
 async fn degraded_reads_of_full_stripes() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "big", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "big",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     let data = pattern(5 * STRIPE as usize + 21, 7);
     c.write(fh, 0, &data).await.unwrap();
@@ -439,7 +472,19 @@ async fn degraded_reads_of_full_stripes() {
 async fn overwrite_after_commit_reads_modifies_and_writes() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "rmw", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "rmw",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     let mut model = pattern(3 * STRIPE as usize + 10, 1);
     c.write(fh, 0, &model).await.unwrap();
@@ -460,7 +505,19 @@ async fn overwrite_after_commit_reads_modifies_and_writes() {
 async fn truncation_applies_to_metad_and_dirty_state() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "t", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "t",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     let data = pattern(200, 3);
     c.write(fh, 0, &data).await.unwrap();
@@ -495,7 +552,19 @@ async fn truncation_applies_to_metad_and_dirty_state() {
 async fn writes_fail_with_eio_when_a_node_is_down_and_keep_the_data() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "w", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "w",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     c.write(fh, 0, b"abc").await.unwrap();
     store.set_node_down(3, true);
@@ -511,7 +580,19 @@ async fn writes_fail_with_eio_when_a_node_is_down_and_keep_the_data() {
 async fn no_placement_groups_is_enospc_and_unlink_frees() {
     let (meta, store) = (FakeMeta::new(3), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "x", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "x",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     c.write(fh, 0, b"abc").await.unwrap();
     assert_eq!(c.flush(fh).await.unwrap_err().errno(), libc::ENOSPC);
@@ -519,7 +600,19 @@ async fn no_placement_groups_is_enospc_and_unlink_frees() {
 
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "y", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "y",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     c.write(fh, 0, &pattern(150, 9)).await.unwrap();
     c.release(fh).await.unwrap();
@@ -541,7 +634,16 @@ async fn a_layout_replaced_by_another_client_is_refetched_on_read() {
     let writer = client(&meta, &store, 8).await;
     let reader = client(&meta, &store, 8).await;
     let attr = writer
-        .create(ROOT_INO, "shared", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
+        .create(
+            ROOT_INO,
+            "shared",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
         .await
         .unwrap();
     let fh = writer.open(attr.ino, true, false).await.unwrap();
@@ -562,7 +664,16 @@ async fn the_map_is_refetched_after_a_placement_failure() {
     let (meta, store) = (FakeMeta::new(3), FakeStore::default());
     let c = client(&meta, &store, 8).await;
     let attr = c
-        .create(ROOT_INO, "later", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
+        .create(
+            ROOT_INO,
+            "later",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
         .await
         .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
@@ -579,7 +690,19 @@ async fn the_map_is_refetched_after_a_placement_failure() {
 async fn empty_writes_change_nothing_and_huge_offsets_are_efbig() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let attr = c.create(ROOT_INO, "e", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true).await.unwrap();
+    let attr = c
+        .create(
+            ROOT_INO,
+            "e",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
+        .await
+        .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
     assert_eq!(c.write(fh, 1000, b"").await.unwrap(), 0);
     assert_eq!(c.getattr(attr.ino).await.unwrap().size, 0);

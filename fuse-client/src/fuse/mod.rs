@@ -187,7 +187,9 @@ impl Filesystem for TorchFs {
             .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
             .is_err()
         {
-            tracing::warn!("the kernel does not offer FUSE POSIX ACLs: ACLs are stored but not enforced");
+            tracing::warn!(
+                "the kernel does not offer FUSE POSIX ACLs: ACLs are stored but not enforced"
+            );
         }
         if self.options.passthrough {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -355,8 +357,10 @@ impl Filesystem for TorchFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let result =
-            self.runtime
-                .block_on(self.client.rename(parent.0, name, newparent.0, newname, mode));
+            self.runtime.block_on(
+                self.client
+                    .rename(parent.0, name, newparent.0, newname, mode),
+            );
         Self::reply_empty(result, reply);
     }
 
@@ -640,10 +644,7 @@ impl Filesystem for TorchFs {
         let Some(end) = offset.checked_add(length) else {
             return reply.error(Errno::EFBIG);
         };
-        Self::reply_empty(
-            self.runtime.block_on(self.client.extend(ino.0, end)),
-            reply,
-        );
+        Self::reply_empty(self.runtime.block_on(self.client.extend(ino.0, end)), reply);
     }
 
     fn create(
@@ -662,13 +663,7 @@ impl Filesystem for TorchFs {
         let result = self.runtime.block_on(async {
             let attr = self
                 .client
-                .create(
-                    parent.0,
-                    name,
-                    new_mode(mode, umask),
-                    owner(req),
-                    exclusive,
-                )
+                .create(parent.0, name, new_mode(mode, umask), owner(req), exclusive)
                 .await?;
             let fh = self.client.open(attr.ino, true, truncate).await?;
             Ok::<_, ClientError>((attr, fh))

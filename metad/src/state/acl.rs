@@ -176,7 +176,12 @@ mod tests {
             vec![1, 2, 3],
             acl(&[(USER_OBJ, 7, 0), (OTHER, 4, 0)]),
             acl(&[(USER_OBJ, 7, 0), (GROUP_OBJ, 8, 0), (OTHER, 4, 0)]),
-            acl(&[(USER_OBJ, 7, 0), (USER, 7, 5), (GROUP_OBJ, 5, 0), (OTHER, 4, 0)]),
+            acl(&[
+                (USER_OBJ, 7, 0),
+                (USER, 7, 5),
+                (GROUP_OBJ, 5, 0),
+                (OTHER, 4, 0),
+            ]),
         ] {
             let err = mode_of_access_acl(&bad).unwrap_err();
             assert_eq!(err.errno(), errno::EINVAL, "{err}");

@@ -70,11 +70,7 @@ impl State {
                 ))
             }
             (RenameMode::Exchange, Some(t)) => {
-                return self.exchange(
-                    (parent, name, src),
-                    (new_parent, new_name, t),
-                    now,
-                )
+                return self.exchange((parent, name, src), (new_parent, new_name, t), now)
             }
             _ => {}
         }

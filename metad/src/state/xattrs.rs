@@ -41,7 +41,9 @@ fn check_xattr_name(name: &str) -> Result<(), MetaError> {
     if !known {
         return Err(fs(
             errno::EOPNOTSUPP,
-            format!("xattr {name:?}: only user., trusted., security. and POSIX ACL names are supported"),
+            format!(
+                "xattr {name:?}: only user., trusted., security. and POSIX ACL names are supported"
+            ),
         ));
     }
     Ok(())

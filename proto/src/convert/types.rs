@@ -4,8 +4,8 @@
 
 use crate::meta::{
     Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Layout, NodeInfo,
-    NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime, StripeConfig,
-    StripeEntry, Voter, Xattr, XattrMode,
+    NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime, StripeConfig, StripeEntry,
+    Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 

@@ -39,7 +39,16 @@ async fn write_files(meta: &FakeMeta, store: &FakeStore, sizes: &[usize]) -> Vec
     let mut out = Vec::new();
     for (i, &size) in sizes.iter().enumerate() {
         let attr = w
-            .create(ROOT_INO, &format!("f{i}"), NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
+            .create(
+                ROOT_INO,
+                &format!("f{i}"),
+                NewMode {
+                    mode: 0o644,
+                    umask: 0,
+                },
+                Owner { uid: 0, gid: 0 },
+                true,
+            )
             .await
             .unwrap();
         let fh = w.open(attr.ino, true, false).await.unwrap();
@@ -303,7 +312,16 @@ async fn malformed_plans_are_einval_and_change_nothing() {
         libc::EPERM
     );
     let err = c
-        .create(CONTROL_DIR_INO, "x", NewMode { mode: 0o644, umask: 0 }, Owner { uid: 0, gid: 0 }, true)
+        .create(
+            CONTROL_DIR_INO,
+            "x",
+            NewMode {
+                mode: 0o644,
+                umask: 0,
+            },
+            Owner { uid: 0, gid: 0 },
+            true,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::EPERM);
