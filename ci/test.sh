@@ -8,6 +8,15 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
 
+# POSIX conformance of a real mount (pjdfstest, fsx 100,000 operations).
+if [ "$(id -u)" -eq 0 ] && [ -e /dev/fuse ]; then
+  cargo build -p torchfs-cli
+  ci/posix.sh target/debug/torchfs
+elif [ "${CI:-}" = "true" ]; then
+  echo "test: CI=true but no root or /dev/fuse: the POSIX suites cannot run" >&2
+  exit 1
+fi
+
 # The benchmark harness end to end at tiny sizes: every workload against
 # torchfs, the local disk and the FUSE ceiling (checks that it runs, not how
 # fast). With root and /dev/fuse every target must work (--strict).

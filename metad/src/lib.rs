@@ -11,6 +11,7 @@
 //! Entry points: [`run`] (async, any tokio runtime) and [`run_blocking`].
 
 pub mod config;
+mod leases;
 mod network;
 mod node;
 mod service;
@@ -111,6 +112,18 @@ pub async fn run(
         Duration::from_millis(config.election_timeout_min_ms),
     )
     .map_err(|source| MetadError::Thread { source })?;
+    let ticker = tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut every =
+                tokio::time::interval(Duration::from_millis(leases::KEEPALIVE_INTERVAL_MS));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                node.tick().await;
+            }
+        }
+    });
 
     let result = async {
         let lowest = voters.keys().next().copied();
@@ -135,6 +148,8 @@ pub async fn run(
         shutdown.await;
     }
 
+    ticker.abort();
+    let _ = ticker.await;
     let _ = raft.shutdown().await;
     rpc.stop().await;
     drop(node);

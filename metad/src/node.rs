@@ -2,8 +2,8 @@
 //! propose writes through Raft (stamped with the leader's clock and carrying
 //! the client's write id), answer a retried write that was already applied
 //! from the session table, serve reads after a read-index check, and keep
-//! storage-node liveness (volatile, leader-local: heartbeats never go
-//! through the log).
+//! storage-node liveness and client leases (volatile, leader-local:
+//! heartbeats and keep-alives never go through the log).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,11 +12,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState};
 use torchfs_proto::meta::{
-    errno, ClusterMap, ClusterStatus, MetaError, MetaReply, MetaRequest, NodeId, NodeState,
-    NodeStatus, StatFs, Voter, WriteId,
+    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
+    NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
 };
 
-use crate::state::{Command, Outcome};
+use crate::leases::{Leases, LEASE_MS};
+use crate::state::{Command, Op, Outcome};
+
+/// Orphans freed by one `Reclaim` command at most.
+const RECLAIM_PER_COMMAND_MAX: usize = 1024;
 use crate::store::{SmData, TypeConfig};
 
 struct Beat {
@@ -42,6 +46,7 @@ pub(crate) struct Node {
     pub voters: BTreeMap<u64, String>,
     pub node_down_after: Duration,
     liveness: Mutex<Liveness>,
+    leases: Mutex<Leases>,
 }
 
 fn now_ns() -> i64 {
@@ -70,7 +75,130 @@ impl Node {
                 since: Instant::now(),
                 beats: HashMap::new(),
             }),
+            leases: Mutex::new(Leases::new(Instant::now())),
         }
+    }
+
+    /// The client-lease table for `term` (reset when the term changed).
+    fn leases(&self, term: u64) -> std::sync::MutexGuard<'_, Leases> {
+        let mut l = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        l.for_term(term, Instant::now());
+        l
+    }
+
+    /// The inodes this write may drop the last link of that the leader
+    /// knows no client holds open: they are freed at once instead of
+    /// becoming orphans.
+    fn vouched_closed(&self, req: &MetaRequest, term: u64) -> Vec<Ino> {
+        let victim = {
+            let sm = self.read_sm();
+            match req {
+                MetaRequest::Unlink { parent, name } => sm.state.entry_ino(*parent, name),
+                MetaRequest::Rename {
+                    new_parent,
+                    new_name,
+                    mode: RenameMode::Replace,
+                    ..
+                } => sm.state.entry_ino(*new_parent, new_name),
+                _ => None,
+            }
+        };
+        let now = Instant::now();
+        let leases = self.leases(term);
+        victim
+            .filter(|ino| !leases.may_be_open(*ino, now))
+            .into_iter()
+            .collect()
+    }
+
+    async fn propose(&self, cmd: Command) -> Outcome {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => resp.data,
+            Err(e) => Err(self.forward::<ClientWriteError<u64, BasicNode>>(e)),
+        }
+    }
+
+    /// The leader's periodic work for client leases: forget lapsed
+    /// clients and reclaim orphans that no live client holds open.
+    pub async fn tick(&self) {
+        let (term, is_leader) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_term,
+                m.state == ServerState::Leader && m.current_leader == Some(self.id),
+            )
+        };
+        if !is_leader {
+            return;
+        }
+        let orphans: Vec<Ino> = self.read_sm().state.orphans().keys().copied().collect();
+        let reclaim: Vec<Ino> = {
+            let now = Instant::now();
+            let mut leases = self.leases(term);
+            leases.expire(now);
+            orphans
+                .into_iter()
+                .filter(|ino| !leases.may_be_open(*ino, now))
+                .take(RECLAIM_PER_COMMAND_MAX)
+                .collect()
+        };
+        if reclaim.is_empty() {
+            return;
+        }
+        let count = reclaim.len();
+        let cmd = Command {
+            now_ns: now_ns(),
+            op: Op::Reclaim { inos: reclaim },
+        };
+        if let Err(e) = self.propose(cmd).await {
+            tracing::debug!("reclaim {count} orphans: {e}");
+        }
+    }
+
+    /// A client's keep-alive: renew its lease, drop the garbage it deleted,
+    /// and hand it more.
+    async fn keep_alive(
+        &self,
+        term: u64,
+        client_id: u64,
+        open: &[Ino],
+        deleted: Vec<Ino>,
+    ) -> Outcome {
+        if client_id == 0 {
+            return Err(MetaError::Invalid(
+                "keep-alive: client id 0 is reserved".into(),
+            ));
+        }
+        self.leases(term)
+            .keep_alive(client_id, open, Instant::now());
+        if !deleted.is_empty() {
+            let cmd = Command {
+                now_ns: now_ns(),
+                op: Op::DropGarbage { inos: deleted },
+            };
+            self.propose(cmd).await?;
+        }
+        let garbage = {
+            let sm = self.read_sm();
+            let all = sm.state.garbage();
+            let picked = self
+                .leases(term)
+                .hand_out(all.keys().copied(), Instant::now());
+            picked
+                .into_iter()
+                .filter_map(|ino| {
+                    all.get(&ino).map(|layout| Garbage {
+                        ino,
+                        layout: layout.clone(),
+                    })
+                })
+                .collect()
+        };
+        Ok(MetaReply::KeepAlive {
+            lease_ms: LEASE_MS,
+            garbage,
+        })
     }
 
     fn not_leader(&self, leader: Option<u64>) -> MetaError {
@@ -115,15 +243,32 @@ impl Node {
                     return done.clone();
                 }
             }
+            let closed = self.vouched_closed(&req, term);
             let cmd = Command {
                 now_ns: now_ns(),
-                req,
-                write_id,
+                op: Op::Client {
+                    req,
+                    write_id,
+                    closed,
+                },
             };
-            return match self.raft.client_write(cmd).await {
-                Ok(resp) => resp.data,
-                Err(e) => Err(self.forward::<ClientWriteError<u64, BasicNode>>(e)),
-            };
+            return self.propose(cmd).await;
+        }
+        if let MetaRequest::KeepAlive {
+            client_id,
+            open,
+            deleted,
+        } = req
+        {
+            return self.keep_alive(term, client_id, &open, deleted).await;
+        }
+        if let MetaRequest::Open { ino, client_id } = &req {
+            // Held open from before the read: an unlink proposed after
+            // this point keeps the file as an orphan.
+            if *client_id == 0 {
+                return Err(MetaError::Invalid("open: client id 0 is reserved".into()));
+            }
+            self.leases(term).opened(*client_id, *ino, Instant::now());
         }
         if let MetaRequest::Heartbeat {
             id,
@@ -179,6 +324,9 @@ impl Node {
                         .collect(),
                     map: self.cluster_map(term),
                 }))
+            }
+            MetaRequest::Open { ino, .. } => {
+                self.read_sm().state.read(&MetaRequest::GetLayout { ino })
             }
             other => self.read_sm().state.read(&other),
         }

@@ -402,9 +402,9 @@ mod tests {
     }
 
     fn mkdir(name: &str) -> EntryPayload<TypeConfig> {
-        EntryPayload::Normal(Command {
-            now_ns: 5,
-            req: MetaRequest::Mkdir {
+        EntryPayload::Normal(Command::client(
+            5,
+            MetaRequest::Mkdir {
                 umask: 0,
                 parent: ROOT_INO,
                 name: name.into(),
@@ -412,8 +412,8 @@ mod tests {
                 uid: 0,
                 gid: 0,
             },
-            write_id: None,
-        })
+            None,
+        ))
     }
 
     #[tokio::test]
@@ -497,9 +497,16 @@ mod tests {
             lowest_outstanding_seq: 1,
         };
         let with_id = |p: EntryPayload<TypeConfig>| match p {
-            EntryPayload::Normal(cmd) => EntryPayload::Normal(Command {
-                write_id: Some(id),
-                ..cmd
+            EntryPayload::Normal(Command {
+                now_ns,
+                op: crate::state::Op::Client { req, closed, .. },
+            }) => EntryPayload::Normal(Command {
+                now_ns,
+                op: crate::state::Op::Client {
+                    req,
+                    write_id: Some(id),
+                    closed,
+                },
             }),
             other => other,
         };

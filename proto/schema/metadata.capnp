@@ -45,6 +45,12 @@ enum XattrMode {
   replace @2;     # fail with ENODATA if it does not (XATTR_REPLACE)
 }
 
+# A freed file whose fragments a client should delete.
+struct Garbage {
+  ino @0 :UInt64;
+  layout @1 :Layout;
+}
+
 struct Xattr {
   name @0 :Text;
   value @1 :Data;
@@ -196,6 +202,11 @@ struct Request {
     removeXattr :group { ino @65 :UInt64; name @66 :Text; }
     # Every extended attribute of an inode (names and values; bounded per inode).
     getXattrs :group { ino @67 :UInt64; }
+    # getLayout for an open by client (mount) `clientId`: while the client
+    # holds it open, unlinking its last name leaves it readable (an orphan).
+    open :group { ino @71 :UInt64; clientId @72 :UInt64; }
+    # Renews a client's lease: what it holds open, and the garbage it deleted.
+    keepAlive :group { clientId @73 :UInt64; open @74 :List(UInt64); deleted @75 :List(UInt64); }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -236,6 +247,8 @@ struct Response {
     # between pages), one page of entries, and whether more follow.
     frozen :group { root @15 :Attr; entries @16 :List(FrozenEntry); more @17 :Bool; }
     xattrs @18 :List(Xattr);                 # getXattrs
+    # keepAlive: the lease, and freed files whose fragments to delete.
+    keepAlive :group { leaseMs @19 :UInt64; garbage @20 :List(Garbage); }
   }
 }
 

@@ -450,6 +450,23 @@ pub enum MetaRequest {
     GetXattrs {
         ino: Ino,
     },
+    /// A file's attributes and layout, like `GetLayout`, for an open by
+    /// client `client_id` (a mount): while the client holds it open
+    /// (renewed by `KeepAlive`), unlinking its last name leaves it an
+    /// orphan that the open handles still read and write.
+    Open {
+        ino: Ino,
+        client_id: u64,
+    },
+    /// Renews client `client_id`'s lease: the inodes it holds open, and the
+    /// garbage (freed files) whose fragments it deleted since the last
+    /// call. Answered with the lease and more garbage to delete. A client
+    /// silent for longer than the lease holds nothing open any more.
+    KeepAlive {
+        client_id: u64,
+        open: Vec<Ino>,
+        deleted: Vec<Ino>,
+    },
 }
 
 /// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
@@ -471,6 +488,8 @@ impl MetaRequest {
                 | MetaRequest::Heartbeat { .. }
                 | MetaRequest::ReadFrozen { .. }
                 | MetaRequest::GetXattrs { .. }
+                | MetaRequest::Open { .. }
+                | MetaRequest::KeepAlive { .. }
         )
     }
 }
@@ -544,6 +563,22 @@ pub enum MetaReply {
     },
     /// Every extended attribute of an inode, in name order.
     Xattrs(Vec<Xattr>),
+    /// KeepAlive: how long the lease lasts without another keep-alive, and
+    /// freed files whose fragments this client should delete (then report
+    /// them in its next keep-alive's `deleted`).
+    KeepAlive {
+        lease_ms: u64,
+        garbage: Vec<Garbage>,
+    },
+}
+
+/// A freed file whose fragments are still on the storage nodes: an orphan
+/// (unlinked while open) reclaimed after its last close, handed to a client
+/// to delete.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Garbage {
+    pub ino: Ino,
+    pub layout: Layout,
 }
 
 /// Why metad refused or could not answer a request.

@@ -10,6 +10,9 @@ use torchfs_proto::meta::{errno, FileKind, MetaError};
 use super::fs;
 use super::xattrs::{ACL_ACCESS, ACL_DEFAULT};
 
+/// Extended attributes (name, value) a new inode inherits.
+pub(super) type InheritedXattrs = Vec<(String, Vec<u8>)>;
+
 const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 4;
 const ENTRY_BYTES: usize = 8;
@@ -31,7 +34,7 @@ struct Entry {
 /// The entries of an ACL xattr; a malformed one is EINVAL.
 fn entries(value: &[u8]) -> Result<Vec<Entry>, MetaError> {
     let bad = |why: String| fs(errno::EINVAL, format!("malformed POSIX ACL: {why}"));
-    if value.len() < HEADER_BYTES || (value.len() - HEADER_BYTES) % ENTRY_BYTES != 0 {
+    if value.len() < HEADER_BYTES || !(value.len() - HEADER_BYTES).is_multiple_of(ENTRY_BYTES) {
         return Err(bad(format!("{} bytes", value.len())));
     }
     let version = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
@@ -115,7 +118,7 @@ pub(super) fn inherit(
     parent_default: Option<&Vec<u8>>,
     kind: FileKind,
     mode: u32,
-) -> Option<(u32, Vec<(String, Vec<u8>)>)> {
+) -> Option<(u32, InheritedXattrs)> {
     let default = parent_default?;
     let entries = entries(default).ok()?;
     let mut access = default.clone();

@@ -18,6 +18,8 @@
 //!   unlink, rmdir) and setattr.
 //! - `rename`: rename, including RENAME_NOREPLACE and RENAME_EXCHANGE.
 //! - `xattrs`: extended attributes (set, remove, list with values).
+//! - `orphans`: files unlinked while open, their reclaim, and the garbage
+//!   (freed stripes) clients delete.
 //! - `layout`: file layouts (commit, truncation).
 //! - `frozen`: frozen dataset versions (freeze, unfreeze, the paged listing
 //!   of a frozen tree) and the EROFS check every change runs.
@@ -30,6 +32,7 @@ mod frozen;
 mod layout;
 mod namespace;
 mod nodes;
+mod orphans;
 mod rename;
 mod sessions;
 #[cfg(test)]
@@ -52,14 +55,46 @@ pub use sessions::{Sessions, RESULTS_PER_SESSION_MAX, SESSIONS_MAX, SESSION_IDLE
 
 use sessions::Admit;
 
-/// One entry of the Raft log: a mutating request, the leader's clock when
-/// it was proposed, and the client's id for the write (None from a client
-/// without sessions: then it is applied as often as it arrives).
+/// One entry of the Raft log: what to do, and the leader's clock when it
+/// was proposed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub now_ns: i64,
-    pub req: MetaRequest,
-    pub write_id: Option<WriteId>,
+    pub op: Op,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A client's mutating request, with its id for the write (None from a
+    /// client without sessions: then it is applied as often as it
+    /// arrives). `closed` lists inodes the leader vouched that no client
+    /// held open when it proposed this: an unlink or rename that drops the
+    /// last link of one of them frees it at once; any other file losing its
+    /// last link becomes an orphan (`orphans`), freed by a later `Reclaim`.
+    Client {
+        req: MetaRequest,
+        write_id: Option<WriteId>,
+        closed: Vec<Ino>,
+    },
+    /// Frees orphans no client holds open any more (the leader decides);
+    /// their stripes become garbage for clients to delete.
+    Reclaim { inos: Vec<Ino> },
+    /// Forgets garbage whose fragments a client deleted.
+    DropGarbage { inos: Vec<Ino> },
+}
+
+impl Command {
+    /// A client request with no inode vouched closed (tests, old callers).
+    pub fn client(now_ns: i64, req: MetaRequest, write_id: Option<WriteId>) -> Self {
+        Self {
+            now_ns,
+            op: Op::Client {
+                req,
+                write_id,
+                closed: Vec::new(),
+            },
+        }
+    }
 }
 
 /// What `apply` answers for one command; this is also openraft's response type.
@@ -111,6 +146,12 @@ pub struct State {
     /// Bumped whenever nodes or groups change.
     epoch: u64,
     sessions: Sessions,
+    /// Files without a name that some client may still hold open, with
+    /// when they lost their last link (see `orphans`).
+    orphans: BTreeMap<Ino, i64>,
+    /// Freed files whose fragments are still stored: handed to clients to
+    /// delete, forgotten when one says it did.
+    garbage: BTreeMap<Ino, Layout>,
 }
 
 fn fs(errno: i32, what: impl Into<String>) -> MetaError {
@@ -162,6 +203,8 @@ impl State {
             groups: Vec::new(),
             epoch: 0,
             sessions: Sessions::default(),
+            orphans: BTreeMap::new(),
+            garbage: BTreeMap::new(),
         }
     }
 
@@ -286,20 +329,29 @@ impl State {
     /// result and not applied again.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         self.sessions.tick(cmd.now_ns);
-        let Some(id) = &cmd.write_id else {
-            return self.apply_request(&cmd.req, cmd.now_ns);
+        let (req, write_id, closed) = match &cmd.op {
+            Op::Client {
+                req,
+                write_id,
+                closed,
+            } => (req, write_id, closed.as_slice()),
+            Op::Reclaim { inos } => return Ok(self.reclaim(inos)),
+            Op::DropGarbage { inos } => return Ok(self.drop_garbage(inos)),
+        };
+        let Some(id) = write_id else {
+            return self.apply_request(req, cmd.now_ns, closed);
         };
         match self.sessions.admit(id) {
             Admit::Answer(outcome) => outcome,
             Admit::Apply => {
-                let outcome = self.apply_request(&cmd.req, cmd.now_ns);
+                let outcome = self.apply_request(req, cmd.now_ns, closed);
                 self.sessions.record(id, &outcome);
                 outcome
             }
         }
     }
 
-    fn apply_request(&mut self, req: &MetaRequest, now: i64) -> Outcome {
+    fn apply_request(&mut self, req: &MetaRequest, now: i64, closed: &[Ino]) -> Outcome {
         match req {
             MetaRequest::SetAttr { ino, set } => self.setattr(*ino, set, now),
             MetaRequest::Create {
@@ -325,7 +377,7 @@ impl State {
                 uid,
                 gid,
             } => self.mkdir((*parent, name), NewMode(*mode, *umask), (*uid, *gid), now),
-            MetaRequest::Unlink { parent, name } => self.unlink(*parent, name, now),
+            MetaRequest::Unlink { parent, name } => self.unlink(*parent, name, now, closed),
             MetaRequest::Rmdir { parent, name } => self.rmdir(*parent, name, now),
             MetaRequest::Rename {
                 parent,
@@ -333,7 +385,7 @@ impl State {
                 new_parent,
                 new_name,
                 mode,
-            } => self.rename(*parent, name, *new_parent, new_name, *mode, now),
+            } => self.rename((*parent, name), (*new_parent, new_name), *mode, now, closed),
             MetaRequest::Link {
                 ino,
                 new_parent,

@@ -284,15 +284,21 @@ impl State {
         Ok(MetaReply::Attr(attr))
     }
 
-    /// Drops one link of a non-directory; frees it when none is left and
-    /// returns the stripes that are no longer referenced.
-    pub(super) fn drop_link(&mut self, ino: Ino, now: i64) -> Vec<StripeEntry> {
+    /// Drops one link of a non-directory. When none is left, a regular
+    /// file the leader did not vouch `closed` becomes an orphan (open
+    /// handles keep using it); anything else is freed, and the stripes no
+    /// longer referenced are returned for the caller to delete.
+    pub(super) fn drop_link(&mut self, ino: Ino, now: i64, closed: &[Ino]) -> Vec<StripeEntry> {
         let Some(node) = self.inodes.get_mut(&ino) else {
             return Vec::new();
         };
         node.attr.nlink = node.attr.nlink.saturating_sub(1);
         node.attr.ctime_ns = now;
         if node.attr.nlink > 0 {
+            return Vec::new();
+        }
+        if matches!(node.body, Body::File { .. }) && !closed.contains(&ino) {
+            self.orphans.insert(ino, now);
             return Vec::new();
         }
         match self.inodes.remove(&ino) {
@@ -304,7 +310,7 @@ impl State {
         }
     }
 
-    pub(super) fn unlink(&mut self, parent: Ino, name: &str, now: i64) -> Outcome {
+    pub(super) fn unlink(&mut self, parent: Ino, name: &str, now: i64, closed: &[Ino]) -> Outcome {
         check_name(name)?;
         let ino = self.entry(parent, name)?;
         let what = || format!("unlink {name:?} (inode {ino}) in inode {parent}");
@@ -315,7 +321,7 @@ impl State {
         }
         self.dir_entries_mut(parent)?.remove(name);
         self.touch_dir(parent, now);
-        Ok(MetaReply::Freed(self.drop_link(ino, now)))
+        Ok(MetaReply::Freed(self.drop_link(ino, now, closed)))
     }
 
     pub(super) fn rmdir(&mut self, parent: Ino, name: &str, now: i64) -> Outcome {

@@ -39,12 +39,11 @@ impl State {
 
     pub(super) fn rename(
         &mut self,
-        parent: Ino,
-        name: &str,
-        new_parent: Ino,
-        new_name: &str,
+        (parent, name): (Ino, &str),
+        (new_parent, new_name): (Ino, &str),
         mode: RenameMode,
         now: i64,
+        closed: &[Ino],
     ) -> Outcome {
         check_name(name)?;
         check_name(new_name)?;
@@ -109,7 +108,7 @@ impl State {
                 self.inodes.remove(&t);
                 self.add_nlink(new_parent, -1);
             } else {
-                freed = self.drop_link(t, now);
+                freed = self.drop_link(t, now, closed);
             }
         }
         if let Ok(e) = self.dir_entries_mut(parent) {

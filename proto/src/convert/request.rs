@@ -7,7 +7,7 @@ use crate::metadata_capnp as mc;
 
 use super::types::{
     read_kind, read_node_info, read_rename_mode, read_set_attr, read_stripes, read_xattr_mode,
-    write_kind, write_node_info, write_rename_mode, write_set_attr, write_stripes,
+    write_kind, write_node_info, write_rename_mode, write_set_attr, write_stripes, write_u64s,
     write_xattr_mode,
 };
 use super::{need, text, Result};
@@ -193,6 +193,21 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             g.set_name(name.as_str());
         }
         MetaRequest::GetXattrs { ino } => b.init_get_xattrs().set_ino(*ino),
+        MetaRequest::Open { ino, client_id } => {
+            let mut g = b.init_open();
+            g.set_ino(*ino);
+            g.set_client_id(*client_id);
+        }
+        MetaRequest::KeepAlive {
+            client_id,
+            open,
+            deleted,
+        } => {
+            let mut g = b.init_keep_alive();
+            g.set_client_id(*client_id);
+            write_u64s(open, |n| g.reborrow().init_open(n));
+            write_u64s(deleted, |n| g.reborrow().init_deleted(n));
+        }
     }
 }
 
@@ -310,6 +325,15 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
             name: text(g.get_name(), "removeXattr.name")?,
         },
         W::GetXattrs(g) => MetaRequest::GetXattrs { ino: g.get_ino() },
+        W::Open(g) => MetaRequest::Open {
+            ino: g.get_ino(),
+            client_id: g.get_client_id(),
+        },
+        W::KeepAlive(g) => MetaRequest::KeepAlive {
+            client_id: g.get_client_id(),
+            open: g.get_open()?.iter().collect(),
+            deleted: g.get_deleted()?.iter().collect(),
+        },
     })
 }
 

@@ -5,9 +5,9 @@ use crate::meta::{DirEntry, MetaError, MetaReply, StatFs};
 use crate::metadata_capnp as mc;
 
 use super::types::{
-    read_attr, read_cluster_map, read_cluster_status, read_frozen_entry, read_kind, read_layout,
-    read_stripes, read_xattrs, write_attr, write_cluster_map, write_cluster_status,
-    write_frozen_entry, write_kind, write_layout, write_stripes, write_xattrs,
+    read_attr, read_cluster_map, read_cluster_status, read_frozen_entry, read_garbage, read_kind,
+    read_layout, read_stripes, read_xattrs, write_attr, write_cluster_map, write_cluster_status,
+    write_frozen_entry, write_garbage, write_kind, write_layout, write_stripes, write_xattrs,
 };
 use super::{enum_field, indexed, len_u32, need, text, Result};
 
@@ -131,6 +131,11 @@ pub fn write_response(
             }
         }
         MetaReply::Xattrs(x) => write_xattrs(x, |n| b.init_xattrs(n)),
+        MetaReply::KeepAlive { lease_ms, garbage } => {
+            let mut g = b.init_keep_alive();
+            g.set_lease_ms(*lease_ms);
+            write_garbage(garbage, |n| g.init_garbage(n));
+        }
     }
 }
 
@@ -217,5 +222,9 @@ pub fn read_response(
             }
         }
         W::Xattrs(x) => MetaReply::Xattrs(read_xattrs(x)?),
+        W::KeepAlive(g) => MetaReply::KeepAlive {
+            lease_ms: g.get_lease_ms(),
+            garbage: read_garbage(g.get_garbage())?,
+        },
     }))
 }

@@ -3,7 +3,7 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Layout, NodeInfo,
+    Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Garbage, Layout, NodeInfo,
     NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime, StripeConfig, StripeEntry,
     Voter, Xattr, XattrMode,
 };
@@ -53,6 +53,43 @@ pub(super) fn read_xattr_mode(
     v: std::result::Result<mc::XattrMode, capnp::NotInSchema>,
 ) -> Result<XattrMode> {
     read_xattr_mode_field(v, "setXattr.mode")
+}
+
+/// Writes a list of u64s (inode numbers) into a list field.
+pub(super) fn write_u64s<'a>(
+    v: &[u64],
+    init: impl FnOnce(u32) -> capnp::primitive_list::Builder<'a, u64>,
+) {
+    let mut b = init(len_u32(v.len()));
+    for (i, x) in indexed(v) {
+        b.set(i, *x);
+    }
+}
+
+pub(super) fn write_garbage<'a>(
+    g: &[Garbage],
+    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::garbage::Owned>,
+) {
+    let mut b = init(len_u32(g.len()));
+    for (i, e) in indexed(g) {
+        let mut item = b.reborrow().get(i);
+        item.set_ino(e.ino);
+        write_layout(&e.layout, item.init_layout());
+    }
+}
+
+pub(super) fn read_garbage(
+    r: capnp::Result<capnp::struct_list::Reader<'_, mc::garbage::Owned>>,
+) -> Result<Vec<Garbage>> {
+    r?.iter()
+        .map(|g| {
+            need(g.has_layout(), "garbage.layout")?;
+            Ok(Garbage {
+                ino: g.get_ino(),
+                layout: read_layout(g.get_layout()?)?,
+            })
+        })
+        .collect()
 }
 
 pub(super) fn write_xattrs<'a>(

@@ -31,10 +31,16 @@ impl T {
     }
     fn w(&mut self, req: MetaRequest) -> Outcome {
         self.now += 1;
+        // No client holds anything open in these tests: the leader would
+        // vouch every inode closed.
+        let closed = self.st.inodes.keys().copied().collect();
         self.st.apply(&Command {
             now_ns: self.now,
-            req,
-            write_id: None,
+            op: super::Op::Client {
+                req,
+                write_id: None,
+                closed,
+            },
         })
     }
     fn r(&self, req: MetaRequest) -> Outcome {
@@ -526,4 +532,55 @@ fn exhausted_inode_numbers_are_enospc_not_reused() {
     });
     assert_eq!(errno_of(r), ENOSPC);
     assert_unchanged(&before, &t.st);
+}
+
+#[test]
+fn unlinked_files_not_vouched_closed_become_orphans_until_reclaimed() {
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "held");
+    // No inode vouched closed: the file keeps its inode with no name.
+    t.now += 1;
+    let unlinked = t.st.apply(&Command::client(
+        t.now,
+        MetaRequest::Unlink {
+            parent: ROOT_INO,
+            name: "held".into(),
+        },
+        None,
+    ));
+    assert!(matches!(unlinked, Ok(MetaReply::Freed(s)) if s.is_empty()));
+    assert_eq!(t.attr(f.ino).nlink, 0);
+    assert!(t.st.orphans().contains_key(&f.ino));
+    assert_eq!(
+        errno_of(t.r(MetaRequest::Lookup {
+            parent: ROOT_INO,
+            name: "held".into()
+        })),
+        ENOENT
+    );
+    t.now += 1;
+    t.st.apply(&Command {
+        now_ns: t.now,
+        op: super::Op::Reclaim { inos: vec![f.ino] },
+    })
+    .unwrap();
+    assert!(t.st.orphans().is_empty());
+    assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: f.ino })), ENOENT);
+    // Vouched closed: freed at once, no orphan.
+    let g = t.create(ROOT_INO, "closed");
+    t.now += 1;
+    t.st.apply(&Command {
+        now_ns: t.now,
+        op: super::Op::Client {
+            req: MetaRequest::Unlink {
+                parent: ROOT_INO,
+                name: "closed".into(),
+            },
+            write_id: None,
+            closed: vec![g.ino],
+        },
+    })
+    .unwrap();
+    assert!(t.st.orphans().is_empty());
+    assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: g.ino })), ENOENT);
 }

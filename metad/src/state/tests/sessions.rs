@@ -19,10 +19,14 @@ impl T {
     /// Applies `req` under write id `id`, one nanosecond after the last.
     fn wi(&mut self, id: WriteId, req: MetaRequest) -> Outcome {
         self.now += 1;
+        let closed = self.st.inodes.keys().copied().collect();
         self.st.apply(&Command {
             now_ns: self.now,
-            req,
-            write_id: Some(id),
+            op: crate::state::Op::Client {
+                req,
+                write_id: Some(id),
+                closed,
+            },
         })
     }
 
