@@ -70,7 +70,9 @@ fn three_voters_failover_and_restart() -> Result<()> {
         match client.call(MetaRequest::StatFs).await? {
             MetaReply::StatFs(s) => {
                 assert_eq!(s.files, 42);
-                assert_eq!((s.total_bytes, s.used_bytes), (1000, 5));
+                // Usable bytes: k/(k+m) of the raw ones (4+2).
+                assert_eq!((s.total_bytes, s.used_bytes), (666, 3));
+                assert_eq!(s.files_free, torchfs_proto::meta::FILES_MAX - 42);
             }
             other => bail!("statfs: {other:?}"),
         }
