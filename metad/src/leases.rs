@@ -122,10 +122,7 @@ impl Leases {
 
     /// Whether some live client may hold `ino` open.
     pub fn may_be_open(&self, ino: Ino, now: Instant) -> bool {
-        // The grace needs clients that renew leases: until one has reached
-        // this leader nothing is known open (mounts do not send Open and
-        // KeepAlive yet; see the README).
-        if self.in_grace(now) && !self.clients.is_empty() {
+        if self.in_grace(now) {
             return true;
         }
         self.clients
@@ -160,14 +157,12 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Leases::new(t0);
         l.for_term(3, t0);
-        assert!(!l.may_be_open(9, t0), "no client has a lease yet");
-        l.keep_alive(1, &[], t0);
+        assert!(l.may_be_open(9, t0), "clients may not have renewed yet");
         assert!(l.may_be_open(9, t0 + ms(LEASE_MS - 1)));
         assert!(!l.may_be_open(9, t0 + ms(LEASE_MS)));
         // A new term starts the grace again and forgets every lease.
         l.opened(1, 9, t0 + ms(LEASE_MS));
         l.for_term(4, t0 + ms(LEASE_MS + 1));
-        l.keep_alive(2, &[], t0 + ms(LEASE_MS + 1));
         assert!(l.may_be_open(10, t0 + ms(LEASE_MS + 2)));
         assert!(!l.may_be_open(9, t0 + ms(2 * LEASE_MS + 1)));
     }

@@ -476,6 +476,22 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
+    /// Like [`Self::current_layout`], for an open: metad learns that this
+    /// client holds the inode (an unlink leaves it readable here).
+    pub(super) async fn open_layout(&self, ino: Ino) -> Result<(Attr, Layout), ClientError> {
+        if let Some(known) = self.frozen(ino).await.and_then(|t| t.layout(ino)) {
+            return Ok(known);
+        }
+        let req = MetaRequest::Open {
+            ino,
+            client_id: self.inner.lease_id,
+        };
+        match self.meta_call(req).await? {
+            MetaReply::Layout { attr, layout } => Ok((attr, layout)),
+            other => Err(unexpected("Open", other)),
+        }
+    }
+
     /// Counts of the frozen tables for `.torchfs/stats`.
     pub fn frozen_stats(&self) -> FrozenStats {
         self.inner.frozen.stats()

@@ -122,6 +122,11 @@ impl Handles {
         lock(&self.tables).files.get(&ino).map(|(f, _)| f.clone())
     }
 
+    /// Every inode open in this client (what its lease lists).
+    pub fn open_inos(&self) -> Vec<Ino> {
+        lock(&self.tables).files.keys().copied().collect()
+    }
+
     /// Forgets a handle; the inode's state goes with its last handle.
     pub fn close(&self, fh: FileHandle) -> Result<(), ClientError> {
         let mut t = lock(&self.tables);
@@ -158,8 +163,10 @@ mod tests {
         assert_eq!(h.writable(b).err().map(|e| e.errno()), Some(libc::EBADF));
         h.close(a).unwrap();
         assert!(h.file_of(5).is_some());
+        assert_eq!(h.open_inos(), vec![5]);
         h.close(b).unwrap();
         assert!(h.file_of(5).is_none());
+        assert!(h.open_inos().is_empty());
         assert_eq!(h.get(a).err().map(|e| e.errno()), Some(libc::EBADF));
         assert!(h.close(a).is_err());
     }

@@ -16,6 +16,8 @@
 //! - [`control`]: the `.torchfs/` control files (plan intake, stats).
 //! - [`frozen`]: tables of frozen dataset versions, loaded once, that
 //!   answer metadata calls inside them without metad.
+//! - [`lease`]: this client's lease with metad (open inodes kept alive
+//!   after unlink) and the deletion of garbage metad hands out.
 //! - `namespace`, `read`, `write`, `xattrs`: the operations.
 
 pub mod cache;
@@ -23,6 +25,7 @@ pub mod control;
 mod file;
 pub mod frozen;
 mod handles;
+mod lease;
 mod map;
 mod meta_cache;
 mod namespace;
@@ -84,6 +87,9 @@ pub struct ClientConfig {
     /// Inodes a frozen tree may have to be loaded as a table (0: never
     /// load tables); larger trees are served by metad as usual.
     pub frozen_entries_max: usize,
+    /// How often the lease (the inodes open here) is renewed with metad;
+    /// at least three times per lease whatever this says.
+    pub keep_alive_ms: u64,
 }
 
 impl Default for ClientConfig {
@@ -98,6 +104,7 @@ impl Default for ClientConfig {
             cache: CacheConfig::default(),
             frozen_check_ms: 1_000,
             frozen_entries_max: 1_000_000,
+            keep_alive_ms: 1_000,
         }
     }
 }
@@ -273,6 +280,8 @@ pub(crate) struct Inner<M, T> {
     /// Requests sent to metad for file operations (not the background
     /// cluster-map refresh).
     meta_requests: AtomicU64,
+    /// This client's id in metad's lease table (random, never 0).
+    lease_id: u64,
 }
 
 impl Client {
@@ -332,6 +341,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             frozen: FrozenState::default(),
             storage_read_bytes: AtomicU64::new(0),
             meta_requests: AtomicU64::new(0),
+            lease_id: torchfs_proto::client::random_client_id(),
             config,
             meta,
             transport,
@@ -340,6 +350,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Arc::downgrade(&inner),
             inner.map_refresh.clone(),
         ));
+        tokio::spawn(lease::keep_alive_loop(Arc::downgrade(&inner)));
         if inner.data_cache.enabled() {
             tokio::spawn(cache::prefetch_loop(Arc::downgrade(&inner)));
             tokio::spawn(cache::names_loop(Arc::downgrade(&inner)));

@@ -395,7 +395,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         };
         let (attr, layout) = match trusted {
             Some(known) => known,
-            None => self.current_layout(ino).await?,
+            None => self.open_layout(ino).await?,
         };
         if attr.frozen && (write || truncate) {
             return Err(MetaError::fs(

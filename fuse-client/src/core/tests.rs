@@ -24,9 +24,15 @@ const STRIPE: u64 = 64;
 #[derive(Default)]
 pub(crate) struct MetaState {
     map: ClusterMap,
-    files: HashMap<Ino, (Attr, Layout)>,
+    pub(crate) files: HashMap<Ino, (Attr, Layout)>,
     names: HashMap<(Ino, String), Ino>,
     next_ino: Ino,
+    /// Every `Open` seen: (client id, inode).
+    pub(crate) opened: Vec<(u64, Ino)>,
+    /// Every `KeepAlive` seen: (client id, open, deleted).
+    pub(crate) keep_alives: Vec<(u64, Vec<Ino>, Vec<Ino>)>,
+    /// Handed out by the next keep-alive.
+    pub(crate) garbage: Vec<Garbage>,
 }
 
 #[derive(Clone)]
@@ -95,6 +101,22 @@ impl FakeMeta {
             MetaRequest::GetLayout { ino } => {
                 let (attr, layout) = st.files.get(&ino).ok_or_else(enoent)?.clone();
                 Ok(MetaReply::Layout { attr, layout })
+            }
+            MetaRequest::Open { ino, client_id } => {
+                st.opened.push((client_id, ino));
+                let (attr, layout) = st.files.get(&ino).ok_or_else(enoent)?.clone();
+                Ok(MetaReply::Layout { attr, layout })
+            }
+            MetaRequest::KeepAlive {
+                client_id,
+                open,
+                deleted,
+            } => {
+                st.keep_alives.push((client_id, open, deleted));
+                Ok(MetaReply::KeepAlive {
+                    lease_ms: 5_000,
+                    garbage: std::mem::take(&mut st.garbage),
+                })
             }
             MetaRequest::CommitLayout { ino, size, stripes } => {
                 let (attr, layout) = st.files.get_mut(&ino).ok_or_else(enoent)?;
@@ -192,7 +214,7 @@ impl FakeStore {
         }
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.fragments.lock().unwrap().len()
     }
 }
@@ -266,12 +288,17 @@ impl Transport for FakeStore {
 
 pub(crate) type TestClient = Client<FakeMeta, FakeStore>;
 
-async fn client(meta: &FakeMeta, store: &FakeStore, dirty_stripes_max: usize) -> TestClient {
+pub(crate) async fn client(
+    meta: &FakeMeta,
+    store: &FakeStore,
+    dirty_stripes_max: usize,
+) -> TestClient {
     // These tests are about the storage path: no epoch cache in front of
     // it (cache/tests.rs covers the cache).
     let config = ClientConfig {
         dirty_stripes_max,
         map_refresh_ms: 60_000,
+        keep_alive_ms: 20,
         cache: CacheConfig {
             mem_bytes: 0,
             ..CacheConfig::default()

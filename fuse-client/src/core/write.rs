@@ -313,35 +313,39 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             return;
         }
         let client = self.clone();
-        tokio::spawn(async move {
-            let keys = entries.iter().flat_map(|e| {
-                // A config that does not match the entry: try every index.
-                let width = e.crcs.len().max(cfg.width());
-                (0..width)
-                    .filter(move |&i| {
-                        e.crcs.len() != cfg.width()
-                            || stripe::fragment_bytes(&cfg, e.encoded_bytes, i) > 0
-                    })
-                    .map(move |i| FragmentKey {
-                        ino,
-                        stripe: e.stripe,
-                        generation: e.generation,
-                        index: i as u8,
-                    })
-            });
-            stream::iter(keys)
-                .for_each_concurrent(DELETES_IN_FLIGHT_MAX, |key| {
-                    let client = client.clone();
-                    async move {
-                        if let Err(e) = client.delete_fragment(key).await {
-                            tracing::debug!(
-                                "delete of fragment {key} failed (left for repair/GC): {e}"
-                            );
-                        }
-                    }
+        tokio::spawn(async move { client.delete_entries(ino, cfg, entries).await });
+    }
+
+    /// Deletes the stored fragments of `entries`, best effort: a fragment
+    /// that cannot be deleted now is left for repair/GC.
+    pub(super) async fn delete_entries(
+        &self,
+        ino: Ino,
+        cfg: StripeConfig,
+        entries: Vec<StripeEntry>,
+    ) {
+        let keys = entries.iter().flat_map(|e| {
+            // A config that does not match the entry: try every index.
+            let width = e.crcs.len().max(cfg.width());
+            (0..width)
+                .filter(move |&i| {
+                    e.crcs.len() != cfg.width()
+                        || stripe::fragment_bytes(&cfg, e.encoded_bytes, i) > 0
                 })
-                .await;
+                .map(move |i| FragmentKey {
+                    ino,
+                    stripe: e.stripe,
+                    generation: e.generation,
+                    index: i as u8,
+                })
         });
+        stream::iter(keys)
+            .for_each_concurrent(DELETES_IN_FLIGHT_MAX, |key| async move {
+                if let Err(e) = self.delete_fragment(key).await {
+                    tracing::debug!("delete of fragment {key} failed (left for repair/GC): {e}");
+                }
+            })
+            .await;
     }
 
     async fn delete_fragment(&self, key: FragmentKey) -> Result<(), ClientError> {

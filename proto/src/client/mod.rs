@@ -31,6 +31,7 @@ use crate::meta::{MetaError, MetaReply, MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 use crate::rpc::{is_host_port, two_party};
 
+pub use session::random_client_id;
 use session::Session;
 
 mod session;

@@ -97,7 +97,7 @@ impl Drop for Ticket {
 /// A random non-zero 64-bit id. std's `RandomState` is seeded from the OS
 /// per process; the clock, pid and a counter make ids of clients made in
 /// the same process differ too (no `rand` dependency needed for 64 bits).
-pub(super) fn random_client_id() -> u64 {
+pub fn random_client_id() -> u64 {
     static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
