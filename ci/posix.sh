@@ -69,6 +69,27 @@ status=0
   -p "$mnt/pjdfstest" -s "$work/secondary") >"$work/pjdfstest.log" 2>&1 || status=1
 grep -E "FAILED|skipped" "$work/pjdfstest.log" | sed 's/^/posix:   /' || true
 grep "^Summary:" "$work/pjdfstest.log" | sed 's/^/posix: pjdfstest /'
+# pjdfstest 0.2.2's open::einval_invalid_combination leaks an O_RDWR fd
+# (nix's open returns a raw fd it never closes), and Linux refuses to
+# remount a filesystem read-only while a file is open for writing: every
+# erofs test that runs after it in the same process fails with "mount
+# point is busy", on any filesystem. Those, and only those, run again in a
+# fresh process.
+busy=$(grep -A1 -E "^[a-z_:]+ +FAILED" "$work/pjdfstest.log" \
+  | awk '/FAILED/ {name=$1} /mount point is busy/ {print name}' | sort -u)
+others=$(grep -E "^[a-z_:]+ +FAILED" "$work/pjdfstest.log" | awk '{print $1}' | sort -u \
+  | comm -23 - <(printf '%s\n' "$busy" | sed '/^$/d'))
+if [ "$status" -ne 0 ] && [ -n "$busy" ] && [ -z "$others" ]; then
+  echo "posix: $(echo "$busy" | wc -l) erofs tests could not remount (the fd leaked by open::einval_invalid_combination); again in a fresh process:"
+  # Each name is a pattern (a substring of test names).
+  # shellcheck disable=SC2086
+  if (cd "$mnt/pjdfstest" && PATH="$shim:$PATH" pjdfstest -c "$config" \
+    -p "$mnt/pjdfstest" -s "$work/secondary" $busy) >"$work/pjdfstest-rerun.log" 2>&1; then
+    status=0
+  fi
+  grep -E "FAILED" "$work/pjdfstest-rerun.log" | sed 's/^/posix:   /' || true
+  grep "^Summary:" "$work/pjdfstest-rerun.log" | sed 's/^/posix: pjdfstest (rerun) /'
+fi
 if [ "$status" -ne 0 ]; then
   echo "posix: pjdfstest failed; its log:" >&2
   grep -B2 -A12 FAILED "$work/pjdfstest.log" >&2 || tail -40 "$work/pjdfstest.log" >&2

@@ -92,6 +92,22 @@ impl Leases {
         c
     }
 
+    /// Client `client_id` was heard from (a lock request): its lease runs
+    /// from now, as after a keep-alive that changed nothing open.
+    pub fn seen(&mut self, client_id: u64, now: Instant) {
+        self.client(client_id, now);
+    }
+
+    /// Whether `client_id`'s lease may still run (always within the grace:
+    /// it may not have renewed with this leader yet).
+    pub fn may_be_live(&self, client_id: u64, now: Instant) -> bool {
+        self.in_grace(now)
+            || self
+                .clients
+                .get(&client_id)
+                .is_some_and(|c| now.duration_since(c.seen) < Self::lease())
+    }
+
     /// Client `client_id` opened `ino` (an `Open` request).
     pub fn opened(&mut self, client_id: u64, ino: Ino, now: Instant) {
         let c = self.client(client_id, now);
@@ -200,6 +216,20 @@ mod tests {
             "closed: not listed, opened long ago"
         );
         assert!(l.may_be_open(200, now), "opened within the interval");
+    }
+
+    #[test]
+    fn a_client_is_live_while_it_renews_and_through_the_grace() {
+        let t0 = Instant::now();
+        let mut l = Leases::new(t0);
+        assert!(l.may_be_live(5, t0), "within the grace nothing is known");
+        let t = t0 + ms(LEASE_MS);
+        assert!(!l.may_be_live(5, t), "never heard from");
+        l.seen(5, t);
+        assert!(l.may_be_live(5, t + ms(LEASE_MS - 1)));
+        l.keep_alive(5, &[], t + ms(LEASE_MS - 1));
+        assert!(l.may_be_live(5, t + ms(2 * LEASE_MS - 2)));
+        assert!(!l.may_be_live(5, t + ms(2 * LEASE_MS)));
     }
 
     #[test]

@@ -119,7 +119,8 @@ impl Node {
     }
 
     /// The leader's periodic work for client leases: forget lapsed
-    /// clients and reclaim orphans that no live client holds open.
+    /// clients, reclaim orphans that no live client holds open, and
+    /// release the locks of clients whose lease ended.
     pub async fn tick(&self) {
         let (term, is_leader) = {
             let m = self.raft.metrics();
@@ -143,16 +144,34 @@ impl Node {
                 .take(RECLAIM_PER_COMMAND_MAX)
                 .collect()
         };
-        if reclaim.is_empty() {
-            return;
+        if !reclaim.is_empty() {
+            let count = reclaim.len();
+            let cmd = Command {
+                now_ns: now_ns(),
+                op: Op::Reclaim { inos: reclaim },
+            };
+            if let Err(e) = self.propose(cmd).await {
+                tracing::debug!("reclaim {count} orphans: {e}");
+            }
         }
-        let count = reclaim.len();
-        let cmd = Command {
-            now_ns: now_ns(),
-            op: Op::Reclaim { inos: reclaim },
+        let holders = self.read_sm().state.lock_holders();
+        let lapsed: Vec<u64> = {
+            let now = Instant::now();
+            let leases = self.leases(term);
+            holders
+                .into_iter()
+                .filter(|id| !leases.may_be_live(*id, now))
+                .collect()
         };
-        if let Err(e) = self.propose(cmd).await {
-            tracing::debug!("reclaim {count} orphans: {e}");
+        if !lapsed.is_empty() {
+            tracing::info!("releasing the locks of {} lapsed clients", lapsed.len());
+            let cmd = Command {
+                now_ns: now_ns(),
+                op: Op::ReleaseLocks { client_ids: lapsed },
+            };
+            if let Err(e) = self.propose(cmd).await {
+                tracing::debug!("release locks: {e}");
+            }
         }
     }
 
@@ -242,6 +261,11 @@ impl Node {
                 if let Some(done) = self.read_sm().state.sessions().answered(id) {
                     return done.clone();
                 }
+            }
+            if let MetaRequest::SetLock { lock, .. } = &req {
+                // Its lease runs from here: a lock taken just before the
+                // client's first keep-alive is not released as lapsed.
+                self.leases(term).seen(lock.client_id, Instant::now());
             }
             let closed = self.vouched_closed(&req, term);
             let cmd = Command {

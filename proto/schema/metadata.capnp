@@ -51,6 +51,23 @@ struct Garbage {
   layout @1 :Layout;
 }
 
+enum LockKind {
+  read @0;
+  write @1;
+  unlock @2;
+}
+
+# A byte-range lock of one owner (the kernel's lock owner within mount
+# `clientId`); flock locks are whole-file locks of the open file.
+struct FileLock {
+  clientId @0 :UInt64;
+  owner @1 :UInt64;
+  pid @2 :UInt32;      # for F_GETLK's answer
+  kind @3 :LockKind;
+  start @4 :UInt64;
+  end @5 :UInt64;      # inclusive; 2^64-1: to the end of the file
+}
+
 struct Xattr {
   name @0 :Text;
   value @1 :Data;
@@ -207,6 +224,10 @@ struct Request {
     open :group { ino @71 :UInt64; clientId @72 :UInt64; }
     # Renews a client's lease: what it holds open, and the garbage it deleted.
     keepAlive :group { clientId @73 :UInt64; open @74 :List(UInt64); deleted @75 :List(UInt64); }
+    # F_SETLK for the owner's locks over the range (EAGAIN on a conflict).
+    setLock :group { ino @76 :UInt64; lock @77 :FileLock; }
+    # F_GETLK: the first held lock that conflicts, if any.
+    getLock :group { ino @78 :UInt64; lock @79 :FileLock; }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -249,6 +270,8 @@ struct Response {
     xattrs @18 :List(Xattr);                 # getXattrs
     # keepAlive: the lease, and freed files whose fragments to delete.
     keepAlive :group { leaseMs @19 :UInt64; garbage @20 :List(Garbage); }
+    # getLock: the conflicting lock; absent when none conflicts.
+    lock :group { conflict @21 :FileLock; }
   }
 }
 

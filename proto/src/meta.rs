@@ -179,6 +179,51 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
+/// What a [`FileLock`] asks for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// Shared (F_RDLCK, flock LOCK_SH).
+    Read,
+    /// Exclusive (F_WRLCK, flock LOCK_EX).
+    Write,
+    /// Release the range (F_UNLCK, LOCK_UN).
+    Unlock,
+}
+
+/// A byte-range lock of one owner: the kernel's lock owner within client
+/// (mount) `client_id`. flock locks are whole-file locks owned by the open
+/// file. Locks of one owner never conflict with each other; a lock of a
+/// client whose lease ends is released.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLock {
+    pub client_id: u64,
+    pub owner: u64,
+    /// The process, for F_GETLK's answer.
+    pub pid: u32,
+    pub kind: LockKind,
+    pub start: u64,
+    /// Inclusive; `u64::MAX` reaches to the end of the file, however long.
+    pub end: u64,
+}
+
+impl FileLock {
+    /// Whether the two ranges share a byte.
+    pub fn overlaps(&self, other: &FileLock) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    /// Whether `other` (held) keeps this lock from being taken.
+    pub fn conflicts_with(&self, other: &FileLock) -> bool {
+        let same_owner = self.client_id == other.client_id && self.owner == other.owner;
+        !same_owner
+            && self.overlaps(other)
+            && (self.kind == LockKind::Write || other.kind == LockKind::Write)
+    }
+}
+
+/// Locks one inode holds at most (more: ENOLCK).
+pub const LOCKS_PER_INODE_MAX: usize = 4096;
+
 /// Longest extended attribute name (bytes), as Linux's XATTR_NAME_MAX.
 pub const XATTR_NAME_BYTES_MAX: usize = 255;
 /// Largest extended attribute value (bytes), as Linux's XATTR_SIZE_MAX.
@@ -467,6 +512,18 @@ pub enum MetaRequest {
         open: Vec<Ino>,
         deleted: Vec<Ino>,
     },
+    /// Takes, changes or releases (`LockKind::Unlock`) a byte-range lock,
+    /// as F_SETLK does for the owner's locks over the range: EAGAIN when
+    /// another owner's lock conflicts (nothing changes then).
+    SetLock {
+        ino: Ino,
+        lock: FileLock,
+    },
+    /// The first held lock that conflicts with `lock` (F_GETLK), if any.
+    GetLock {
+        ino: Ino,
+        lock: FileLock,
+    },
 }
 
 /// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
@@ -490,6 +547,7 @@ impl MetaRequest {
                 | MetaRequest::GetXattrs { .. }
                 | MetaRequest::Open { .. }
                 | MetaRequest::KeepAlive { .. }
+                | MetaRequest::GetLock { .. }
         )
     }
 }
@@ -570,6 +628,8 @@ pub enum MetaReply {
         lease_ms: u64,
         garbage: Vec<Garbage>,
     },
+    /// GetLock: the conflicting lock, or None.
+    Lock(Option<FileLock>),
 }
 
 /// A freed file whose fragments are still on the storage nodes: an orphan
@@ -635,6 +695,7 @@ impl MetaError {
 pub mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
+    pub const EAGAIN: i32 = 11;
     pub const E2BIG: i32 = 7;
     pub const EIO: i32 = 5;
     pub const EACCES: i32 = 13;
@@ -649,6 +710,7 @@ pub mod errno {
     pub const EMLINK: i32 = 31;
     pub const ERANGE: i32 = 34;
     pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOLCK: i32 = 37;
     pub const ENOTEMPTY: i32 = 39;
     pub const ELOOP: i32 = 40;
     pub const ENODATA: i32 = 61;

@@ -82,43 +82,19 @@ impl TestCluster {
 
     /// Like [`TestCluster::mount`], with extra `torchfs mount` flags.
     pub fn mount_with(&mut self, extra: &[&str]) -> Result<()> {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.mount_log())?;
-        let child = Command::new(exe())
-            .arg("mount")
-            .arg(&self.mnt)
-            .arg("--metad")
-            .arg(self.cluster.metad_addrs().join(","))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start torchfs mount")?;
+        let child = spawn_mount(&self.cluster, &self.mnt, &self.mount_log(), extra)?;
         self.mount = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(&self.mnt) {
-            if let Some(child) = self.mount.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.mount = None;
-                    bail!(
-                        "torchfs mount exited ({status}):\n{}",
-                        log_tail(&self.mount_log())
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "mount not live after 30 s:\n{}",
-                    log_tail(&self.mount_log())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Ok(())
+    }
+
+    /// A second mount of the same cluster at `<dir>/<name>`, as a second
+    /// machine would have (its own process, caches and lease).
+    pub fn mount_another(&self, name: &str) -> Result<OtherMount> {
+        let mnt = self.dir.path().join(name);
+        std::fs::create_dir_all(&mnt)?;
+        let log = self.dir.path().join("logs").join(format!("{name}.log"));
+        let child = spawn_mount(&self.cluster, &mnt, &log, &[])?;
+        Ok(OtherMount { mnt, child, log })
     }
 
     /// Stops the mount process (SIGTERM: it unmounts) and waits for it.
@@ -171,6 +147,86 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         let _ = self.unmount();
         self.cluster.stop();
+    }
+}
+
+/// Starts `torchfs mount` on `mnt` and waits until the mount is live.
+fn spawn_mount(
+    cluster: &LocalCluster,
+    mnt: &Path,
+    log_path: &Path,
+    extra: &[&str],
+) -> Result<Child> {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
+    let mut child = Command::new(exe())
+        .arg("mount")
+        .arg(mnt)
+        .arg("--metad")
+        .arg(cluster.metad_addrs().join(","))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start torchfs mount")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mounted(mnt) {
+        if let Some(status) = child.try_wait()? {
+            bail!("torchfs mount exited ({status}):\n{}", log_tail(log_path));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("mount not live after 30 s:\n{}", log_tail(log_path));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// A further mount of a [`TestCluster`]; unmounted when dropped.
+pub struct OtherMount {
+    pub mnt: PathBuf,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl OtherMount {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// SIGKILL: the mount dies as a crashed machine's would (no unmount,
+    /// no goodbye to metad); the kernel mount is detached.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+impl Drop for OtherMount {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //!   answer metadata calls inside them without metad.
 //! - [`lease`]: this client's lease with metad (open inodes kept alive
 //!   after unlink) and the deletion of garbage metad hands out.
+//! - [`locks`]: fcntl and flock locks held in metad (across mounts).
 //! - `namespace`, `read`, `write`, `xattrs`: the operations.
 
 pub mod cache;
@@ -26,6 +27,7 @@ mod file;
 pub mod frozen;
 mod handles;
 mod lease;
+mod locks;
 mod map;
 mod meta_cache;
 mod namespace;
@@ -55,6 +57,7 @@ use cache::{EpochCache, PlanError};
 use control::ControlHandles;
 use frozen::{FrozenState, FrozenTableError};
 use handles::Handles;
+pub use locks::LockSpec;
 use map::MapCache;
 use meta_cache::MetaCache;
 pub use namespace::{NewMode, Owner};
@@ -282,6 +285,7 @@ pub(crate) struct Inner<M, T> {
     meta_requests: AtomicU64,
     /// This client's id in metad's lease table (random, never 0).
     lease_id: u64,
+    locks: Mutex<locks::LockTable>,
 }
 
 impl Client {
@@ -342,6 +346,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             storage_read_bytes: AtomicU64::new(0),
             meta_requests: AtomicU64::new(0),
             lease_id: torchfs_proto::client::random_client_id(),
+            locks: Mutex::new(locks::LockTable::default()),
             config,
             meta,
             transport,

@@ -4,6 +4,7 @@
 
 mod attr;
 mod dirs;
+mod locks;
 mod passthrough;
 mod readahead;
 mod xattr;
@@ -18,8 +19,8 @@ pub use fuser::BackgroundSession as MountSession;
 use fuser::{
     AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, SetTime, NAME_BYTES_MAX};
@@ -183,6 +184,15 @@ impl Filesystem for TorchFs {
         // the system.posix_acl_* xattrs metad stores; with DONT_MASK it
         // leaves the umask to metad, which must not apply it under a
         // default ACL.
+        // Locks go to metad, so they hold across mounts.
+        if config
+            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+            .is_err()
+        {
+            tracing::warn!(
+                "the kernel does not pass locks to FUSE: they hold within this mount only"
+            );
+        }
         if config
             .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
             .is_err()
@@ -464,29 +474,91 @@ impl Filesystem for TorchFs {
         }
     }
 
+    /// Each close(2): flushes, and releases the closing process's fcntl
+    /// locks on the file (POSIX: any close releases them).
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(self.runtime.block_on(self.client.flush(fh.0)), reply);
+        let result = self.runtime.block_on(async {
+            let unlocked = self.client.unlock_owner(ino.0, lock_owner.0).await;
+            self.client.flush(fh.0).await.and(unlocked)
+        });
+        Self::reply_empty(result, reply);
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.io_modes.release(fh.0);
-        Self::reply_empty(self.runtime.block_on(self.client.release(fh.0)), reply);
+        let result = self.runtime.block_on(async {
+            // Set when the file held a flock: its owner is the open file.
+            let unlocked = match lock_owner {
+                Some(owner) => self.client.unlock_owner(ino.0, owner.0).await,
+                None => Ok(()),
+            };
+            self.client.release(fh.0).await.and(unlocked)
+        });
+        Self::reply_empty(result, reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let kind = match locks::lock_kind(typ) {
+            Ok(k) => k,
+            Err(e) => return reply.error(e),
+        };
+        let spec = locks::spec(lock_owner.0, pid, kind, start, end);
+        self.runtime
+            .block_on(locks::getlk(&self.client, ino.0, spec, reply));
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let kind = match locks::lock_kind(typ) {
+            Ok(k) => k,
+            Err(e) => return reply.error(e),
+        };
+        let spec = locks::spec(lock_owner.0, pid, kind, start, end);
+        let task = locks::setlk(self.client.clone(), ino.0, spec, sleep, reply);
+        if sleep {
+            // A wait may be long: never on one of the few FUSE threads.
+            self.runtime.spawn(task);
+        } else {
+            self.runtime.block_on(task);
+        }
     }
 
     fn fsync(

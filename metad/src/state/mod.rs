@@ -20,6 +20,7 @@
 //! - `xattrs`: extended attributes (set, remove, list with values).
 //! - `orphans`: files unlinked while open, their reclaim, and the garbage
 //!   (freed stripes) clients delete.
+//! - `locks`: byte-range and flock locks across mounts.
 //! - `layout`: file layouts (commit, truncation).
 //! - `frozen`: frozen dataset versions (freeze, unfreeze, the paged listing
 //!   of a frozen tree) and the EROFS check every change runs.
@@ -30,6 +31,7 @@
 mod acl;
 mod frozen;
 mod layout;
+mod locks;
 mod namespace;
 mod nodes;
 mod orphans;
@@ -44,8 +46,8 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
-    errno, Attr, DirEntry, FileKind, Ino, Layout, MetaError, MetaReply, MetaRequest, NodeId,
-    NodeInfo, PlacementGroup, StripeConfig, WriteId, NAME_BYTES_MAX, ROOT_INO,
+    errno, Attr, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
+    NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, NAME_BYTES_MAX, ROOT_INO,
 };
 
 pub use nodes::placement_groups;
@@ -81,6 +83,9 @@ pub enum Op {
     Reclaim { inos: Vec<Ino> },
     /// Forgets garbage whose fragments a client deleted.
     DropGarbage { inos: Vec<Ino> },
+    /// Releases every lock of these clients (the leader saw their leases
+    /// end).
+    ReleaseLocks { client_ids: Vec<u64> },
 }
 
 impl Command {
@@ -152,6 +157,8 @@ pub struct State {
     /// Freed files whose fragments are still stored: handed to clients to
     /// delete, forgotten when one says it did.
     garbage: BTreeMap<Ino, Layout>,
+    /// Held locks per inode, sorted by start (see `locks`).
+    locks: BTreeMap<Ino, Vec<FileLock>>,
 }
 
 fn fs(errno: i32, what: impl Into<String>) -> MetaError {
@@ -205,6 +212,7 @@ impl State {
             sessions: Sessions::default(),
             orphans: BTreeMap::new(),
             garbage: BTreeMap::new(),
+            locks: BTreeMap::new(),
         }
     }
 
@@ -250,6 +258,7 @@ impl State {
                 self.read_frozen(*ino, *offset, *limit)
             }
             MetaRequest::GetXattrs { ino } => self.get_xattrs(*ino),
+            MetaRequest::GetLock { ino, lock } => self.get_lock(*ino, lock),
             other => Err(MetaError::Invalid(format!(
                 "not a namespace read: {other:?}"
             ))),
@@ -337,6 +346,7 @@ impl State {
             } => (req, write_id, closed.as_slice()),
             Op::Reclaim { inos } => return Ok(self.reclaim(inos)),
             Op::DropGarbage { inos } => return Ok(self.drop_garbage(inos)),
+            Op::ReleaseLocks { client_ids } => return Ok(self.release_locks(client_ids)),
         };
         let Some(id) = write_id else {
             return self.apply_request(req, cmd.now_ns, closed);
@@ -422,6 +432,7 @@ impl State {
                 mode,
             } => self.set_xattr(*ino, name, value, *mode, now),
             MetaRequest::RemoveXattr { ino, name } => self.remove_xattr(*ino, name, now),
+            MetaRequest::SetLock { ino, lock } => self.set_lock(*ino, lock),
             MetaRequest::CommitLayout { ino, size, stripes } => {
                 self.commit_layout(*ino, *size, stripes, now)
             }

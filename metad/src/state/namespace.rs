@@ -301,6 +301,7 @@ impl State {
             self.orphans.insert(ino, now);
             return Vec::new();
         }
+        self.drop_locks(ino);
         match self.inodes.remove(&ino) {
             Some(Inode {
                 body: Body::File { layout },
@@ -339,6 +340,7 @@ impl State {
         }
         self.dir_entries_mut(parent)?.remove(name);
         self.inodes.remove(&ino);
+        self.drop_locks(ino);
         self.add_nlink(parent, -1);
         self.touch_dir(parent, now);
         Ok(MetaReply::Freed(Vec::new()))

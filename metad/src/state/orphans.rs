@@ -37,6 +37,7 @@ impl State {
             if self.orphans.remove(ino).is_none() {
                 continue;
             }
+            self.drop_locks(*ino);
             if let Some(node) = self.inodes.remove(ino) {
                 if let Body::File { layout } = node.body {
                     if !layout.stripes.is_empty() {

@@ -106,6 +106,7 @@ impl State {
         if let Some(t) = target {
             if src_is_dir {
                 self.inodes.remove(&t);
+                self.drop_locks(t);
                 self.add_nlink(new_parent, -1);
             } else {
                 freed = self.drop_link(t, now, closed);

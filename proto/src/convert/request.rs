@@ -6,9 +6,9 @@ use crate::meta::{MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 
 use super::types::{
-    read_kind, read_node_info, read_rename_mode, read_set_attr, read_stripes, read_xattr_mode,
-    write_kind, write_node_info, write_rename_mode, write_set_attr, write_stripes, write_u64s,
-    write_xattr_mode,
+    read_file_lock, read_kind, read_node_info, read_rename_mode, read_set_attr, read_stripes,
+    read_xattr_mode, write_file_lock, write_kind, write_node_info, write_rename_mode,
+    write_set_attr, write_stripes, write_u64s, write_xattr_mode,
 };
 use super::{need, text, Result};
 
@@ -208,6 +208,16 @@ pub fn write_request(req: &MetaRequest, b: mc::request::Builder<'_>) {
             write_u64s(open, |n| g.reborrow().init_open(n));
             write_u64s(deleted, |n| g.reborrow().init_deleted(n));
         }
+        MetaRequest::SetLock { ino, lock } => {
+            let mut g = b.init_set_lock();
+            g.set_ino(*ino);
+            write_file_lock(lock, g.init_lock());
+        }
+        MetaRequest::GetLock { ino, lock } => {
+            let mut g = b.init_get_lock();
+            g.set_ino(*ino);
+            write_file_lock(lock, g.init_lock());
+        }
     }
 }
 
@@ -334,6 +344,20 @@ pub fn read_request(r: mc::request::Reader<'_>) -> Result<MetaRequest> {
             open: g.get_open()?.iter().collect(),
             deleted: g.get_deleted()?.iter().collect(),
         },
+        W::SetLock(g) => {
+            need(g.has_lock(), "setLock.lock")?;
+            MetaRequest::SetLock {
+                ino: g.get_ino(),
+                lock: read_file_lock(g.get_lock()?)?,
+            }
+        }
+        W::GetLock(g) => {
+            need(g.has_lock(), "getLock.lock")?;
+            MetaRequest::GetLock {
+                ino: g.get_ino(),
+                lock: read_file_lock(g.get_lock()?)?,
+            }
+        }
     })
 }
 

@@ -5,9 +5,10 @@ use crate::meta::{DirEntry, MetaError, MetaReply, StatFs};
 use crate::metadata_capnp as mc;
 
 use super::types::{
-    read_attr, read_cluster_map, read_cluster_status, read_frozen_entry, read_garbage, read_kind,
-    read_layout, read_stripes, read_xattrs, write_attr, write_cluster_map, write_cluster_status,
-    write_frozen_entry, write_garbage, write_kind, write_layout, write_stripes, write_xattrs,
+    read_attr, read_cluster_map, read_cluster_status, read_file_lock, read_frozen_entry,
+    read_garbage, read_kind, read_layout, read_stripes, read_xattrs, write_attr, write_cluster_map,
+    write_cluster_status, write_file_lock, write_frozen_entry, write_garbage, write_kind,
+    write_layout, write_stripes, write_xattrs,
 };
 use super::{enum_field, indexed, len_u32, need, text, Result};
 
@@ -136,6 +137,12 @@ pub fn write_response(
             g.set_lease_ms(*lease_ms);
             write_garbage(garbage, |n| g.init_garbage(n));
         }
+        MetaReply::Lock(conflict) => {
+            let g = b.init_lock();
+            if let Some(l) = conflict {
+                write_file_lock(l, g.init_conflict());
+            }
+        }
     }
 }
 
@@ -226,5 +233,10 @@ pub fn read_response(
             lease_ms: g.get_lease_ms(),
             garbage: read_garbage(g.get_garbage())?,
         },
+        W::Lock(g) => MetaReply::Lock(if g.has_conflict() {
+            Some(read_file_lock(g.get_conflict()?)?)
+        } else {
+            None
+        }),
     }))
 }

@@ -85,6 +85,17 @@ fn map() -> ClusterMap {
     }
 }
 
+fn lock(kind: LockKind) -> FileLock {
+    FileLock {
+        client_id: 0xfeed_0000_0000_0001,
+        owner: u64::MAX - 1,
+        pid: 4242,
+        kind,
+        start: 100,
+        end: u64::MAX,
+    }
+}
+
 #[test]
 fn every_request_round_trips() {
     let name = || "naïve-名前".to_string();
@@ -180,6 +191,48 @@ fn every_request_round_trips() {
             ino: 11,
             offset: 1 << 33,
             limit: 500,
+        },
+        MetaRequest::Mknod {
+            parent: 1,
+            name: name(),
+            kind: FileKind::CharDevice,
+            mode: 0o620,
+            umask: 0o022,
+            uid: 5,
+            gid: 6,
+            rdev: 0x0501,
+        },
+        MetaRequest::SetXattr {
+            ino: 4,
+            name: "user.naïve".into(),
+            value: vec![0, 1, 255],
+            mode: XattrMode::Replace,
+        },
+        MetaRequest::RemoveXattr {
+            ino: 4,
+            name: "trusted.x".into(),
+        },
+        MetaRequest::GetXattrs { ino: 4 },
+        MetaRequest::Open {
+            ino: 4,
+            client_id: u64::MAX,
+        },
+        MetaRequest::KeepAlive {
+            client_id: 3,
+            open: vec![4, 5, 1 << 40],
+            deleted: vec![],
+        },
+        MetaRequest::SetLock {
+            ino: 4,
+            lock: lock(LockKind::Write),
+        },
+        MetaRequest::GetLock {
+            ino: 4,
+            lock: lock(LockKind::Read),
+        },
+        MetaRequest::SetLock {
+            ino: 4,
+            lock: lock(LockKind::Unlock),
         },
     ] {
         rt_req(req);
@@ -298,6 +351,28 @@ fn every_reply_round_trips() {
             voters: vec![],
             map: ClusterMap::default(),
         })),
+        Ok(MetaReply::Xattrs(vec![
+            Xattr {
+                name: "user.a".into(),
+                value: vec![],
+            },
+            Xattr {
+                name: "system.posix_acl_access".into(),
+                value: vec![2, 0, 0, 0],
+            },
+        ])),
+        Ok(MetaReply::KeepAlive {
+            lease_ms: 5000,
+            garbage: vec![Garbage {
+                ino: 77,
+                layout: Layout {
+                    config: StripeConfig::DEFAULT,
+                    stripes: vec![stripe(3)],
+                },
+            }],
+        }),
+        Ok(MetaReply::Lock(Some(lock(LockKind::Write)))),
+        Ok(MetaReply::Lock(None)),
         Err(MetaError::fs(errno::ENOENT, "no such entry")),
         Err(MetaError::NotLeader {
             leader_id: Some(3),

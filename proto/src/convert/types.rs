@@ -3,9 +3,9 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, FileKind, FrozenBody, FrozenEntry, Garbage, Layout, NodeInfo,
-    NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime, StripeConfig, StripeEntry,
-    Voter, Xattr, XattrMode,
+    Attr, ClusterMap, ClusterStatus, FileKind, FileLock, FrozenBody, FrozenEntry, Garbage, Layout,
+    LockKind, NodeInfo, NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime,
+    StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -42,6 +42,29 @@ enum_map!(RenameMode <=> RenameMode, write_rename_mode, read_rename_mode_field {
 enum_map!(XattrMode <=> XattrMode, write_xattr_mode, read_xattr_mode_field {
     Any, Create, Replace,
 });
+enum_map!(LockKind <=> LockKind, write_lock_kind, read_lock_kind {
+    Read, Write, Unlock,
+});
+
+pub(super) fn write_file_lock(l: &FileLock, mut b: mc::file_lock::Builder<'_>) {
+    b.set_client_id(l.client_id);
+    b.set_owner(l.owner);
+    b.set_pid(l.pid);
+    b.set_kind(write_lock_kind(l.kind));
+    b.set_start(l.start);
+    b.set_end(l.end);
+}
+
+pub(super) fn read_file_lock(r: mc::file_lock::Reader<'_>) -> Result<FileLock> {
+    Ok(FileLock {
+        client_id: r.get_client_id(),
+        owner: r.get_owner(),
+        pid: r.get_pid(),
+        kind: read_lock_kind(r.get_kind(), "fileLock.kind")?,
+        start: r.get_start(),
+        end: r.get_end(),
+    })
+}
 
 pub(super) fn read_rename_mode(
     v: std::result::Result<mc::RenameMode, capnp::NotInSchema>,

@@ -1,9 +1,10 @@
 //! Namespace semantics: every errno the state machine gives, rename cases,
 //! and the shared harness; layouts, nodes, sessions and frozen trees have
-//! test modules of their own.
+//! test modules of their own (locks too).
 
 mod frozen;
 mod layout;
+mod locks;
 mod nodes;
 mod sessions;
 

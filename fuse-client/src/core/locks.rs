@@ -1,0 +1,183 @@
+//! fcntl and flock locks, held in metad so that they exclude each other
+//! across mounts (metad's `locks`): this client's lease id names the
+//! mount, the kernel's lock owner the holder within it. Locks go with the
+//! lease: a mount that dies loses them once its lease ends.
+//!
+//! A blocking lock (F_SETLKW) polls metad with reads until nothing
+//! conflicts and then tries; a close by its owner (flush) stops the wait,
+//! so a process killed while waiting does not get the lock afterwards.
+//! Which (inode, owner) pairs may hold locks is remembered here, so that
+//! closing a file that was never locked costs no round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use torchfs_proto::meta::{errno, FileLock, Ino, LockKind, MetaError, MetaReply, MetaRequest};
+use torchfs_rdma::Transport;
+
+use super::{lock, unexpected, Client, ClientError, MetaService};
+
+/// The first and the longest pause between tries of a blocking lock.
+const WAIT_FIRST_MS: u64 = 5;
+const WAIT_MAX_MS: u64 = 200;
+
+/// What this client knows of its own locks.
+#[derive(Default)]
+pub(crate) struct LockTable {
+    /// (inode, owner) pairs that took a lock and have not released all.
+    held: HashSet<(Ino, u64)>,
+    /// Blocking locks being waited for, per (inode, owner).
+    waits: HashMap<(Ino, u64), Wait>,
+}
+
+#[derive(Default)]
+struct Wait {
+    waiters: u32,
+    /// Bumped by each close of (inode, owner): a wait that sees it change
+    /// gives up.
+    closes: u64,
+}
+
+/// Unregisters a wait when it ends, however it ends.
+struct WaitGuard<'a> {
+    table: &'a std::sync::Mutex<LockTable>,
+    key: (Ino, u64),
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = lock(self.table);
+        if let Some(w) = t.waits.get_mut(&self.key) {
+            w.waiters -= 1;
+            if w.waiters == 0 {
+                t.waits.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A lock request from a front-end: the kernel's owner and process, the
+/// kind and the inclusive byte range.
+#[derive(Clone, Copy, Debug)]
+pub struct LockSpec {
+    pub owner: u64,
+    pub pid: u32,
+    pub kind: LockKind,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    fn file_lock(&self, spec: LockSpec) -> FileLock {
+        FileLock {
+            client_id: self.inner.lease_id,
+            owner: spec.owner,
+            pid: spec.pid,
+            kind: spec.kind,
+            start: spec.start,
+            end: spec.end,
+        }
+    }
+
+    /// F_GETLK: the first lock (of any mount) that conflicts with `spec`.
+    pub async fn get_lock(
+        &self,
+        ino: Ino,
+        spec: LockSpec,
+    ) -> Result<Option<FileLock>, ClientError> {
+        let req = MetaRequest::GetLock {
+            ino,
+            lock: self.file_lock(spec),
+        };
+        match self.meta_call(req).await? {
+            MetaReply::Lock(conflict) => Ok(conflict),
+            other => Err(unexpected("GetLock", other)),
+        }
+    }
+
+    /// F_SETLK, or F_SETLKW with `wait` (then it returns once the lock is
+    /// taken, or EINTR when the owner closed the file meanwhile).
+    pub async fn set_lock(&self, ino: Ino, spec: LockSpec, wait: bool) -> Result<(), ClientError> {
+        let key = (ino, spec.owner);
+        let closes_at_start = {
+            let mut t = lock(&self.inner.locks);
+            let w = t.waits.entry(key).or_default();
+            w.waiters += 1;
+            w.closes
+        };
+        let _guard = WaitGuard {
+            table: &self.inner.locks,
+            key,
+        };
+        let mut pause = Duration::from_millis(WAIT_FIRST_MS);
+        loop {
+            match self.try_lock(ino, spec).await {
+                Err(ClientError::Meta(MetaError::Fs { errno: e, .. }))
+                    if wait && e == errno::EAGAIN => {}
+                other => return other,
+            }
+            // Wait with reads (no log entries) until nothing conflicts.
+            loop {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(WAIT_MAX_MS));
+                let closes = lock(&self.inner.locks).waits.get(&key).map(|w| w.closes);
+                if closes != Some(closes_at_start) {
+                    return Err(MetaError::fs(
+                        libc::EINTR,
+                        format!("lock wait on inode {ino}: the owner closed the file"),
+                    )
+                    .into());
+                }
+                if self.get_lock(ino, spec).await?.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn try_lock(&self, ino: Ino, spec: LockSpec) -> Result<(), ClientError> {
+        let req = MetaRequest::SetLock {
+            ino,
+            lock: self.file_lock(spec),
+        };
+        let key = (ino, spec.owner);
+        if spec.kind != LockKind::Unlock {
+            // Before the request: a close racing with it must unlock.
+            lock(&self.inner.locks).held.insert(key);
+        }
+        match self.meta_call(req).await? {
+            MetaReply::Unit => {
+                if spec.kind == LockKind::Unlock && spec.start == 0 && spec.end == u64::MAX {
+                    lock(&self.inner.locks).held.remove(&key);
+                }
+                Ok(())
+            }
+            other => Err(unexpected("SetLock", other)),
+        }
+    }
+
+    /// A close by `owner` (flush for fcntl locks, release for flock):
+    /// releases every lock it holds on `ino` and stops its waits. No round
+    /// trip when it never locked.
+    pub async fn unlock_owner(&self, ino: Ino, owner: u64) -> Result<(), ClientError> {
+        let key = (ino, owner);
+        let held = {
+            let mut t = lock(&self.inner.locks);
+            if let Some(w) = t.waits.get_mut(&key) {
+                w.closes += 1;
+            }
+            t.held.contains(&key)
+        };
+        if !held {
+            return Ok(());
+        }
+        let all = LockSpec {
+            owner,
+            pid: 0,
+            kind: LockKind::Unlock,
+            start: 0,
+            end: u64::MAX,
+        };
+        self.try_lock(ino, all).await
+    }
+}

@@ -1,0 +1,58 @@
+//! fcntl and flock locks through FUSE (the kernel sends them here once
+//! FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are granted): lock types, the
+//! F_GETLK answer, and blocking locks answered from a task so that a
+//! waiter never holds one of the few FUSE worker threads.
+//!
+//! fuser does not pass FUSE_LK_FLOCK, so a flock arrives as a whole-file
+//! lock owned by the open file: flock and fcntl locks share one lock space
+//! on torchfs (Linux keeps them apart on a local filesystem).
+
+use fuser::{Errno, ReplyEmpty, ReplyLock};
+use torchfs_proto::meta::LockKind;
+
+use crate::core::{Client, LockSpec};
+
+/// The kernel's lock type (F_RDLCK, F_WRLCK, F_UNLCK) as a [`LockKind`].
+pub(super) fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(LockKind::Read),
+        libc::F_WRLCK => Ok(LockKind::Write),
+        libc::F_UNLCK => Ok(LockKind::Unlock),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn lock_type(kind: LockKind) -> i32 {
+    match kind {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+        LockKind::Unlock => libc::F_UNLCK,
+    }
+}
+
+pub(super) fn spec(owner: u64, pid: u32, kind: LockKind, start: u64, end: u64) -> LockSpec {
+    LockSpec {
+        owner,
+        pid,
+        kind,
+        start,
+        end,
+    }
+}
+
+/// F_GETLK: the conflicting lock, or F_UNLCK over the asked range.
+pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: ReplyLock) {
+    match client.get_lock(ino, spec).await {
+        Ok(Some(l)) => reply.locked(l.start, l.end, lock_type(l.kind), l.pid),
+        Ok(None) => reply.locked(spec.start, spec.end, libc::F_UNLCK, 0),
+        Err(e) => reply.error(super::errno(&e)),
+    }
+}
+
+/// F_SETLK / F_SETLKW (`wait`).
+pub(super) async fn setlk(client: Client, ino: u64, spec: LockSpec, wait: bool, reply: ReplyEmpty) {
+    match client.set_lock(ino, spec, wait).await {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(super::errno(&e)),
+    }
+}
