@@ -13,7 +13,7 @@ use torchfs_proto::meta::LockKind;
 use crate::core::{Client, LockSpec};
 
 /// The kernel's lock type (F_RDLCK, F_WRLCK, F_UNLCK) as a [`LockKind`].
-pub(super) fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
+fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
     match typ {
         libc::F_RDLCK => Ok(LockKind::Read),
         libc::F_WRLCK => Ok(LockKind::Write),
@@ -30,14 +30,21 @@ fn lock_type(kind: LockKind) -> i32 {
     }
 }
 
-pub(super) fn spec(owner: u64, pid: u32, kind: LockKind, start: u64, end: u64) -> LockSpec {
-    LockSpec {
+/// A getlk/setlk request as the core takes it; EINVAL for an unknown type.
+pub(super) fn spec(
+    owner: u64,
+    pid: u32,
+    typ: i32,
+    start: u64,
+    end: u64,
+) -> Result<LockSpec, Errno> {
+    Ok(LockSpec {
         owner,
         pid,
-        kind,
+        kind: lock_kind(typ)?,
         start,
         end,
-    }
+    })
 }
 
 /// F_GETLK: the conflicting lock, or F_UNLCK over the asked range.

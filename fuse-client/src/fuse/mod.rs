@@ -525,11 +525,10 @@ impl Filesystem for TorchFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let kind = match locks::lock_kind(typ) {
-            Ok(k) => k,
+        let spec = match locks::spec(lock_owner.0, pid, typ, start, end) {
+            Ok(spec) => spec,
             Err(e) => return reply.error(e),
         };
-        let spec = locks::spec(lock_owner.0, pid, kind, start, end);
         self.runtime
             .block_on(locks::getlk(&self.client, ino.0, spec, reply));
     }
@@ -547,11 +546,10 @@ impl Filesystem for TorchFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let kind = match locks::lock_kind(typ) {
-            Ok(k) => k,
+        let spec = match locks::spec(lock_owner.0, pid, typ, start, end) {
+            Ok(spec) => spec,
             Err(e) => return reply.error(e),
         };
-        let spec = locks::spec(lock_owner.0, pid, kind, start, end);
         let task = locks::setlk(self.client.clone(), ino.0, spec, sleep, reply);
         if sleep {
             // A wait may be long: never on one of the few FUSE threads.
