@@ -98,6 +98,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// F_SETLK, or F_SETLKW with `wait` (then it returns once the lock is
     /// taken, or EINTR when the owner closed the file meanwhile).
     pub async fn set_lock(&self, ino: Ino, spec: LockSpec, wait: bool) -> Result<(), ClientError> {
+        if !wait {
+            return self.try_lock(ino, spec).await;
+        }
         let key = (ino, spec.owner);
         let closes_at_start = {
             let mut t = lock(&self.inner.locks);
@@ -112,8 +115,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let mut pause = Duration::from_millis(WAIT_FIRST_MS);
         loop {
             match self.try_lock(ino, spec).await {
-                Err(ClientError::Meta(MetaError::Fs { errno: e, .. }))
-                    if wait && e == errno::EAGAIN => {}
+                Err(ClientError::Meta(MetaError::Fs { errno: e, .. })) if e == errno::EAGAIN => {}
                 other => return other,
             }
             // Wait with reads (no log entries) until nothing conflicts.
