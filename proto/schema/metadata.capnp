@@ -5,6 +5,14 @@
 
 using Fragment = import "fragment.capnp";
 
+annotation noLog @0xc0d7ca4c7a494013 (field, group) :Void;
+# On a Request member: answered without a Raft log write (reads, and what a
+# leader keeps to itself: heartbeats, leases).
+annotation optional @0xd531e561b5f4b15b (field) :Void;
+# On a struct field of a Request or Response member: it may be absent
+# (`Option<T>` in Rust); without it an absent struct is a malformed message.
+
+
 enum FileKind {
   file @0;
   dir @1;
@@ -185,49 +193,116 @@ struct WriteId {
   lowestOutstandingSeq @2 :UInt64;  # the lowest seq the client still waits on (<= seq): results below it may be forgotten
 }
 
-# create, mkdir and mknod carry the mode without the caller's umask:
-# metad applies the umask unless the parent's default ACL replaces it.
 struct Request {
+  # What clients and storage nodes ask metad. Each member of the union is one
+  # operation: the Rust `MetaRequest` enum and its converters are generated
+  # from it (proto/build/ops), so adding an operation touches this schema and
+  # metad's state machine only. Members are in the Rust enum's order, which
+  # metad's Raft log encodes (an operation is appended, never inserted).
+  # Comments follow what they document (Cap'n Proto's convention), and
+  # become the Rust docs. `$noLog` marks an operation answered without a
+  # Raft log write.
   union {
-    lookup :group { parent @0 :UInt64; name @1 :Text; }
-    getAttr :group { ino @2 :UInt64; }
+    lookup :group $noLog { parent @0 :UInt64; name @1 :Text; }
+    getAttr :group $noLog { ino @2 :UInt64; }
     setAttr :group { ino @3 :UInt64; set @4 :SetAttr; }
-    readDir :group { ino @5 :UInt64; after @6 :Text; limit @7 :UInt32; }
-    create :group { parent @8 :UInt64; name @9 :Text; mode @10 :UInt32; uid @11 :UInt32; gid @12 :UInt32; exclusive @13 :Bool; umask @68 :UInt32; }
-    mkdir :group { parent @14 :UInt64; name @15 :Text; mode @16 :UInt32; uid @17 :UInt32; gid @18 :UInt32; umask @69 :UInt32; }
+    readDir :group $noLog {
+      # Entries with names after `after` (all when empty), at most `limit`
+      # (0: no limit), in name order. "." and ".." are not included.
+      ino @5 :UInt64; after @6 :Text; limit @7 :UInt32;
+    }
+    create :group {
+      # `mode` comes without the caller's `umask` applied: metad applies it,
+      # unless the parent has a default ACL, which replaces it (as POSIX
+      # says). The same holds for `Mkdir` and `Mknod`.
+      parent @8 :UInt64; name @9 :Text; mode @10 :UInt32; umask @68 :UInt32;
+      uid @11 :UInt32; gid @12 :UInt32; exclusive @13 :Bool;
+    }
+    mkdir :group {
+      parent @14 :UInt64; name @15 :Text; mode @16 :UInt32; umask @69 :UInt32;
+      uid @17 :UInt32; gid @18 :UInt32;
+    }
     unlink :group { parent @19 :UInt64; name @20 :Text; }
     rmdir :group { parent @21 :UInt64; name @22 :Text; }
-    rename :group { parent @23 :UInt64; name @24 :Text; newParent @25 :UInt64; newName @26 :Text; mode @53 :RenameMode; }
+    rename :group {
+      parent @23 :UInt64; name @24 :Text; newParent @25 :UInt64; newName @26 :Text;
+      mode @53 :RenameMode;
+    }
     link :group { ino @27 :UInt64; newParent @28 :UInt64; newName @29 :Text; }
     symlink :group { parent @30 :UInt64; name @31 :Text; target @32 :Text; uid @33 :UInt32; gid @34 :UInt32; }
-    readLink :group { ino @35 :UInt64; }
-    statFs @36 :Void;
-    getLayout :group { ino @37 :UInt64; }
-    commitLayout :group { ino @38 :UInt64; size @39 :UInt64; stripes @40 :List(StripeEntry); }
+    readLink :group $noLog { ino @35 :UInt64; }
+    mknod :group {
+      # Makes a FIFO, device node, socket or empty regular file (`kind`
+      # must not be a directory or symlink); `rdev` is kept for devices.
+      parent @54 :UInt64; name @55 :Text; kind @56 :FileKind; mode @57 :UInt32;
+      umask @70 :UInt32; uid @58 :UInt32; gid @59 :UInt32; rdev @60 :UInt32;
+    }
+    statFs @36 :Void $noLog;
+    getLayout :group $noLog { ino @37 :UInt64; }
+    commitLayout :group {
+      # Replace the named stripes of a file's layout and set its size
+      # (close-to-open: called on flush/fsync/close).
+      ino @38 :UInt64; size @39 :UInt64; stripes @40 :List(StripeEntry);
+    }
     registerNode :group { info @41 :NodeInfo; }
-    heartbeat :group { id @42 :UInt64; usedBytes @43 :UInt64; capacityBytes @44 :UInt64; }
-    clusterMap @45 :Void;
-    clusterStatus @46 :Void;
-    freeze :group { ino @48 :UInt64; }      # make a directory tree an immutable dataset version
-    unfreeze :group { ino @49 :UInt64; }    # the root of a frozen tree only
-    # Page through a frozen tree: its inodes below `ino` in depth-first
-    # order (each directory's entries in name order), skipping `offset`.
-    readFrozen :group { ino @50 :UInt64; offset @51 :UInt64; limit @52 :UInt32; }
-    # A FIFO, device node, socket or empty regular file (not a directory or symlink).
-    mknod :group { parent @54 :UInt64; name @55 :Text; kind @56 :FileKind; mode @57 :UInt32; uid @58 :UInt32; gid @59 :UInt32; rdev @60 :UInt32; umask @70 :UInt32; }
-    setXattr :group { ino @61 :UInt64; name @62 :Text; value @63 :Data; mode @64 :XattrMode; }
-    removeXattr :group { ino @65 :UInt64; name @66 :Text; }
-    # Every extended attribute of an inode (names and values; bounded per inode).
-    getXattrs :group { ino @67 :UInt64; }
-    # getLayout for an open by client (mount) `clientId`: while the client
-    # holds it open, unlinking its last name leaves it readable (an orphan).
-    open :group { ino @71 :UInt64; clientId @72 :UInt64; }
-    # Renews a client's lease: what it holds open, and the garbage it deleted.
-    keepAlive :group { clientId @73 :UInt64; open @74 :List(UInt64); deleted @75 :List(UInt64); }
-    # F_SETLK for the owner's locks over the range (EAGAIN on a conflict).
-    setLock :group { ino @76 :UInt64; lock @77 :FileLock; }
-    # F_GETLK: the first held lock that conflicts, if any.
-    getLock :group { ino @78 :UInt64; lock @79 :FileLock; }
+    heartbeat :group $noLog { id @42 :UInt64; usedBytes @43 :UInt64; capacityBytes @44 :UInt64; }
+    clusterMap @45 :Void $noLog;
+    clusterStatus @46 :Void $noLog;
+    freeze :group {
+      # Makes the directory `ino` and everything below it a frozen dataset
+      # version: every later change to it is refused with EROFS. Freezing
+      # a frozen inode changes nothing.
+      ino @48 :UInt64;
+    }
+    unfreeze :group {
+      # Thaws a frozen tree; `ino` must be its root (a frozen directory in
+      # a directory that is not). Clients holding its table notice within
+      # their check interval.
+      ino @49 :UInt64;
+    }
+    readFrozen :group $noLog {
+      # One page of the frozen tree below the directory `ino`: its inodes in
+      # depth-first order (each directory's entries in name order), skipping
+      # `offset`, at most `limit` (0: [`FROZEN_PAGE_ENTRIES_MAX`]).
+      ino @50 :UInt64; offset @51 :UInt64; limit @52 :UInt32;
+    }
+    setXattr :group {
+      # Sets one extended attribute (limits: [`XATTR_NAME_BYTES_MAX`],
+      # [`XATTR_VALUE_BYTES_MAX`], [`XATTR_INODE_BYTES_MAX`]).
+      ino @61 :UInt64; name @62 :Text; value @63 :Data; mode @64 :XattrMode;
+    }
+    removeXattr :group {
+      # Removes one extended attribute (ENODATA when it is not there).
+      ino @65 :UInt64; name @66 :Text;
+    }
+    getXattrs :group $noLog {
+      # All extended attributes of an inode, in name order.
+      ino @67 :UInt64;
+    }
+    open :group $noLog {
+      # A file's attributes and layout, like `GetLayout`, for an open by
+      # client `client_id` (a mount): while the client holds it open
+      # (renewed by `KeepAlive`), unlinking its last name leaves it an
+      # orphan that the open handles still read and write.
+      ino @71 :UInt64; clientId @72 :UInt64;
+    }
+    keepAlive :group $noLog {
+      # Renews client `client_id`'s lease: the inodes it holds open, and the
+      # garbage (freed files) whose fragments it deleted since the last
+      # call. Answered with the lease and more garbage to delete. A client
+      # silent for longer than the lease holds nothing open any more.
+      clientId @73 :UInt64; open @74 :List(UInt64); deleted @75 :List(UInt64);
+    }
+    setLock :group {
+      # Takes, changes or releases (`LockKind::Unlock`) a byte-range lock,
+      # as F_SETLK does for the owner's locks over the range: EAGAIN when
+      # another owner's lock conflicts (nothing changes then).
+      ino @76 :UInt64; lock @77 :FileLock;
+    }
+    getLock :group $noLog {
+      # The first held lock that conflicts with `lock` (F_GETLK), if any.
+      ino @78 :UInt64; lock @79 :FileLock;
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -251,27 +326,46 @@ struct Error {
 }
 
 struct Response {
+  # What metad answers: an error, or one of the replies (the Rust
+  # `MetaReply` enum, generated like `MetaRequest`; `error` is read into a
+  # `MetaError` instead). Members are in the Rust enum's order, which
+  # metad's Raft log encodes (its session table keeps replies).
   union {
     error @0 :Error;
     attr @1 :Attr;
     entries @2 :List(DirEntry);
     unit @3 :Void;
-    freed @4 :List(StripeEntry);             # unlink / rename over a target / rmdir
+    freed @4 :List(StripeEntry);
+    # Stripes no longer referenced by any file (unlink of the last link,
+    # rename over a file): their fragments may be deleted.
     link @5 :Text;
     statFs @6 :StatFs;
     layout :group { attr @7 :Attr; layout @8 :Layout; }
     committed :group { attr @9 :Attr; replaced @10 :List(StripeEntry); }
+    attrFreed :group {
+      # setAttr: new attributes, and stripes dropped by a truncation.
+      attr @13 :Attr; freed @14 :List(StripeEntry);
+    }
     clusterMap @11 :ClusterMap;
     clusterStatus @12 :ClusterStatus;
-    attrFreed :group { attr @13 :Attr; freed @14 :List(StripeEntry); }  # setAttr truncation
-    # readFrozen: the tree's root now (a changed ctime means the tree changed
-    # between pages), one page of entries, and whether more follow.
-    frozen :group { root @15 :Attr; entries @16 :List(FrozenEntry); more @17 :Bool; }
-    xattrs @18 :List(Xattr);                 # getXattrs
-    # keepAlive: the lease, and freed files whose fragments to delete.
-    keepAlive :group { leaseMs @19 :UInt64; garbage @20 :List(Garbage); }
-    # getLock: the conflicting lock; absent when none conflicts.
-    lock :group { conflict @21 :FileLock; }
+    frozen :group {
+      # A page of a frozen tree: its root as it is now (its `ctime_ns`
+      # changes if the tree is thawed or refrozen between pages), the
+      # entries, and whether more follow.
+      root @15 :Attr; entries @16 :List(FrozenEntry); more @17 :Bool;
+    }
+    xattrs @18 :List(Xattr);
+    # Every extended attribute of an inode, in name order.
+    keepAlive :group {
+      # KeepAlive: how long the lease lasts without another keep-alive, and
+      # freed files whose fragments this client should delete (then report
+      # them in its next keep-alive's `deleted`).
+      leaseMs @19 :UInt64; garbage @20 :List(Garbage);
+    }
+    lock :group {
+      # GetLock: the conflicting lock, if any.
+      conflict @21 :FileLock $optional;
+    }
   }
 }
 

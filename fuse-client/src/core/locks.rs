@@ -90,7 +90,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             lock: self.file_lock(spec),
         };
         match self.meta_call(req).await? {
-            MetaReply::Lock(conflict) => Ok(conflict),
+            MetaReply::Lock { conflict } => Ok(conflict),
             other => Err(unexpected("GetLock", other)),
         }
     }

@@ -88,7 +88,7 @@ impl State {
                 .and_then(|held| held.iter().find(|h| probe.conflicts_with(h)))
                 .copied(),
         };
-        Ok(MetaReply::Lock(conflict))
+        Ok(MetaReply::Lock { conflict })
     }
 
     /// F_SETLK: EAGAIN on a conflict, ENOLCK past the per-inode bound. An

@@ -11,11 +11,15 @@
 //! - this file: the helpers every reader uses.
 //! - `types`: the structs inside requests and replies (attributes, layouts,
 //!   stripes, setattr, node info, cluster map and status).
-//! - `request`: [`write_request`] and [`read_request`], and the write id
-//!   beside the request union ([`write_write_id`], [`read_write_id`]).
+//! - `ops`: [`write_request`] and [`read_request`], and the reply half of
+//!   [`write_response`] and [`read_response`]: generated from the schema's
+//!   unions, one arm per operation.
+//! - `request`: the write id beside the request union ([`write_write_id`],
+//!   [`read_write_id`]).
 //! - `response`: [`write_response`] and [`read_response`] (replies and
 //!   errors).
 
+mod ops;
 mod request;
 mod response;
 #[cfg(test)]
@@ -24,7 +28,8 @@ mod types;
 
 use capnp::Error;
 
-pub use request::{read_request, read_write_id, write_request, write_write_id};
+pub use ops::{read_request, write_request};
+pub use request::{read_write_id, write_write_id};
 pub use response::{read_response, write_response};
 pub use types::{read_attr, write_attr};
 
@@ -38,6 +43,13 @@ fn need(present: bool, what: &str) -> Result<()> {
     } else {
         Err(Error::failed(format!("missing field `{what}`")))
     }
+}
+
+/// A required struct field: absent is an error naming `what`, as is a bad
+/// pointer.
+fn required<R>(present: bool, r: capnp::Result<R>, what: &str) -> Result<R> {
+    need(present, what)?;
+    r.map_err(in_field(what))
 }
 
 /// Adds the field a read error is about to the error (its kind is kept).

@@ -371,8 +371,10 @@ fn every_reply_round_trips() {
                 },
             }],
         }),
-        Ok(MetaReply::Lock(Some(lock(LockKind::Write)))),
-        Ok(MetaReply::Lock(None)),
+        Ok(MetaReply::Lock {
+            conflict: Some(lock(LockKind::Write)),
+        }),
+        Ok(MetaReply::Lock { conflict: None }),
         Err(MetaError::fs(errno::ENOENT, "no such entry")),
         Err(MetaError::NotLeader {
             leader_id: Some(3),

@@ -3,9 +3,9 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, FileKind, FileLock, FrozenBody, FrozenEntry, Garbage, Layout,
-    LockKind, NodeInfo, NodeState, NodeStatus, PlacementGroup, RenameMode, SetAttr, SetTime,
-    StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
+    Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLock, FrozenBody, FrozenEntry,
+    Garbage, Layout, LockKind, NodeInfo, NodeState, NodeStatus, PlacementGroup, RenameMode,
+    SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -33,13 +33,13 @@ macro_rules! enum_map {
     };
 }
 
-enum_map!(FileKind <=> FileKind, write_kind, read_kind {
+enum_map!(FileKind <=> FileKind, write_file_kind, read_file_kind {
     File, Dir, Symlink, Fifo, CharDevice, BlockDevice, Socket,
 });
-enum_map!(RenameMode <=> RenameMode, write_rename_mode, read_rename_mode_field {
+enum_map!(RenameMode <=> RenameMode, write_rename_mode, read_rename_mode {
     Replace, NoReplace, Exchange,
 });
-enum_map!(XattrMode <=> XattrMode, write_xattr_mode, read_xattr_mode_field {
+enum_map!(XattrMode <=> XattrMode, write_xattr_mode, read_xattr_mode {
     Any, Create, Replace,
 });
 enum_map!(LockKind <=> LockKind, write_lock_kind, read_lock_kind {
@@ -66,83 +66,64 @@ pub(super) fn read_file_lock(r: mc::file_lock::Reader<'_>) -> Result<FileLock> {
     })
 }
 
-pub(super) fn read_rename_mode(
-    v: std::result::Result<mc::RenameMode, capnp::NotInSchema>,
-) -> Result<RenameMode> {
-    read_rename_mode_field(v, "rename.mode")
+pub(super) fn write_garbage(g: &Garbage, mut b: mc::garbage::Builder<'_>) {
+    b.set_ino(g.ino);
+    write_layout(&g.layout, b.init_layout());
 }
 
-pub(super) fn read_xattr_mode(
-    v: std::result::Result<mc::XattrMode, capnp::NotInSchema>,
-) -> Result<XattrMode> {
-    read_xattr_mode_field(v, "setXattr.mode")
+pub(super) fn read_garbage(r: mc::garbage::Reader<'_>) -> Result<Garbage> {
+    need(r.has_layout(), "garbage.layout")?;
+    Ok(Garbage {
+        ino: r.get_ino(),
+        layout: read_layout(r.get_layout()?)?,
+    })
 }
 
-/// Writes a list of u64s (inode numbers) into a list field.
-pub(super) fn write_u64s<'a>(
-    v: &[u64],
-    init: impl FnOnce(u32) -> capnp::primitive_list::Builder<'a, u64>,
-) {
-    let mut b = init(len_u32(v.len()));
-    for (i, x) in indexed(v) {
-        b.set(i, *x);
-    }
+pub(super) fn write_xattr(x: &Xattr, mut b: mc::xattr::Builder<'_>) {
+    b.set_name(x.name.as_str());
+    b.set_value(&x.value);
 }
 
-pub(super) fn write_garbage<'a>(
-    g: &[Garbage],
-    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::garbage::Owned>,
-) {
-    let mut b = init(len_u32(g.len()));
-    for (i, e) in indexed(g) {
-        let mut item = b.reborrow().get(i);
-        item.set_ino(e.ino);
-        write_layout(&e.layout, item.init_layout());
-    }
+pub(super) fn read_xattr(r: mc::xattr::Reader<'_>) -> Result<Xattr> {
+    Ok(Xattr {
+        name: text(r.get_name(), "xattr.name")?,
+        value: r.get_value()?.to_vec(),
+    })
 }
 
-pub(super) fn read_garbage(
-    r: capnp::Result<capnp::struct_list::Reader<'_, mc::garbage::Owned>>,
-) -> Result<Vec<Garbage>> {
-    r?.iter()
-        .map(|g| {
-            need(g.has_layout(), "garbage.layout")?;
-            Ok(Garbage {
-                ino: g.get_ino(),
-                layout: read_layout(g.get_layout()?)?,
-            })
-        })
-        .collect()
+pub(super) fn write_dir_entry(e: &DirEntry, mut b: mc::dir_entry::Builder<'_>) {
+    b.set_name(e.name.as_str());
+    b.set_ino(e.ino);
+    b.set_kind(write_file_kind(e.kind));
 }
 
-pub(super) fn write_xattrs<'a>(
-    x: &[Xattr],
-    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::xattr::Owned>,
-) {
-    let mut b = init(len_u32(x.len()));
-    for (i, e) in indexed(x) {
-        let mut item = b.reborrow().get(i);
-        item.set_name(e.name.as_str());
-        item.set_value(&e.value);
-    }
+pub(super) fn read_dir_entry(r: mc::dir_entry::Reader<'_>) -> Result<DirEntry> {
+    Ok(DirEntry {
+        name: text(r.get_name(), "dirEntry.name")?,
+        ino: r.get_ino(),
+        kind: read_file_kind(r.get_kind(), "dirEntry.kind")?,
+    })
 }
 
-pub(super) fn read_xattrs(
-    r: capnp::Result<capnp::struct_list::Reader<'_, mc::xattr::Owned>>,
-) -> Result<Vec<Xattr>> {
-    r?.iter()
-        .map(|x| {
-            Ok(Xattr {
-                name: text(x.get_name(), "xattr.name")?,
-                value: x.get_value()?.to_vec(),
-            })
-        })
-        .collect()
+pub(super) fn write_stat_fs(s: &StatFs, mut b: mc::stat_fs::Builder<'_>) {
+    b.set_total_bytes(s.total_bytes);
+    b.set_used_bytes(s.used_bytes);
+    b.set_files(s.files);
+    b.set_files_free(s.files_free);
+}
+
+pub(super) fn read_stat_fs(r: mc::stat_fs::Reader<'_>) -> Result<StatFs> {
+    Ok(StatFs {
+        total_bytes: r.get_total_bytes(),
+        used_bytes: r.get_used_bytes(),
+        files: r.get_files(),
+        files_free: r.get_files_free(),
+    })
 }
 
 pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
     b.set_ino(a.ino);
-    b.set_kind(write_kind(a.kind));
+    b.set_kind(write_file_kind(a.kind));
     b.set_mode(a.mode);
     b.set_uid(a.uid);
     b.set_gid(a.gid);
@@ -159,7 +140,7 @@ pub fn write_attr(a: &Attr, mut b: mc::attr::Builder<'_>) {
 pub fn read_attr(r: mc::attr::Reader<'_>) -> Result<Attr> {
     Ok(Attr {
         ino: r.get_ino(),
-        kind: read_kind(r.get_kind(), "attr.kind")?,
+        kind: read_file_kind(r.get_kind(), "attr.kind")?,
         mode: r.get_mode(),
         uid: r.get_uid(),
         gid: r.get_gid(),
@@ -222,7 +203,7 @@ fn read_stripe_config(r: mc::stripe_config::Reader<'_>) -> StripeConfig {
     }
 }
 
-fn write_stripe(s: &StripeEntry, mut b: mc::stripe_entry::Builder<'_>) {
+pub(super) fn write_stripe_entry(s: &StripeEntry, mut b: mc::stripe_entry::Builder<'_>) {
     b.set_stripe(s.stripe);
     b.set_generation(s.generation);
     b.set_encoded_bytes(s.encoded_bytes);
@@ -233,7 +214,7 @@ fn write_stripe(s: &StripeEntry, mut b: mc::stripe_entry::Builder<'_>) {
     }
 }
 
-fn read_stripe(r: mc::stripe_entry::Reader<'_>) -> Result<StripeEntry> {
+pub(super) fn read_stripe_entry(r: mc::stripe_entry::Reader<'_>) -> Result<StripeEntry> {
     Ok(StripeEntry {
         stripe: r.get_stripe(),
         generation: r.get_generation(),
@@ -243,33 +224,23 @@ fn read_stripe(r: mc::stripe_entry::Reader<'_>) -> Result<StripeEntry> {
     })
 }
 
-/// Writes `s` into a list field; `init` is given the length to allocate.
-pub(super) fn write_stripes<'a>(
-    s: &[StripeEntry],
-    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'a, mc::stripe_entry::Owned>,
-) {
-    let mut b = init(len_u32(s.len()));
-    for (i, e) in indexed(s) {
-        write_stripe(e, b.reborrow().get(i));
-    }
-}
-
-pub(super) fn read_stripes(
-    r: capnp::Result<capnp::struct_list::Reader<'_, mc::stripe_entry::Owned>>,
-) -> Result<Vec<StripeEntry>> {
-    r?.iter().map(read_stripe).collect()
-}
-
 pub(super) fn write_layout(l: &Layout, mut b: mc::layout::Builder<'_>) {
     write_stripe_config(&l.config, b.reborrow().init_config());
-    write_stripes(&l.stripes, |n| b.init_stripes(n));
+    let mut stripes = b.init_stripes(len_u32(l.stripes.len()));
+    for (i, e) in indexed(&l.stripes) {
+        write_stripe_entry(e, stripes.reborrow().get(i));
+    }
 }
 
 pub(super) fn read_layout(r: mc::layout::Reader<'_>) -> Result<Layout> {
     need(r.has_config(), "layout.config")?;
     Ok(Layout {
         config: read_stripe_config(r.get_config()?),
-        stripes: read_stripes(r.get_stripes())?,
+        stripes: r
+            .get_stripes()?
+            .iter()
+            .map(read_stripe_entry)
+            .collect::<Result<Vec<_>>>()?,
     })
 }
 

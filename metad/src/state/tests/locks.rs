@@ -22,7 +22,7 @@ fn set(t: &mut T, ino: Ino, l: FileLock) -> Outcome {
 
 fn get(t: &T, ino: Ino, l: FileLock) -> Option<FileLock> {
     match t.r(MetaRequest::GetLock { ino, lock: l }) {
-        Ok(MetaReply::Lock(c)) => c,
+        Ok(MetaReply::Lock { conflict }) => conflict,
         other => panic!("getlock: {other:?}"),
     }
 }
