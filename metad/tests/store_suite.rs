@@ -1,0 +1,28 @@
+//! openraft's own storage test suite (`openraft::testing::Suite`) against
+//! metad's store: the redb log and vote, and the state machine with its
+//! snapshots, each test on a fresh database in a temporary directory.
+
+use std::sync::Arc;
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use tempfile::TempDir;
+use torchfs_metad::store::{open_db, LogStore, StateMachineStore, TypeConfig};
+use torchfs_proto::meta::StripeConfig;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let db = Arc::new(open_db(&dir.path().join("raft.redb")).expect("open the database"));
+        let log = LogStore::new(db.clone());
+        let sm = StateMachineStore::open(db, StripeConfig::DEFAULT)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
+    Suite::test_all(Builder)
+}
