@@ -1,7 +1,7 @@
 //! fcntl and flock locks through FUSE (the kernel sends them here once
-//! FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are granted): lock types, the
-//! F_GETLK answer, and blocking locks answered from a task so that a
-//! waiter never holds one of the few FUSE worker threads.
+//! FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are granted): lock types and the
+//! F_GETLK answer. A blocking lock waits in its request's task, like every
+//! request, never on a FUSE worker thread.
 //!
 //! fuser does not pass FUSE_LK_FLOCK, so a flock arrives as a whole-file
 //! lock owned by the open file: flock and fcntl locks share one lock space
@@ -57,7 +57,13 @@ pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: Repl
 }
 
 /// F_SETLK / F_SETLKW (`wait`).
-pub(super) async fn setlk(client: Client, ino: u64, spec: LockSpec, wait: bool, reply: ReplyEmpty) {
+pub(super) async fn setlk(
+    client: &Client,
+    ino: u64,
+    spec: LockSpec,
+    wait: bool,
+    reply: ReplyEmpty,
+) {
     match client.set_lock(ino, spec, wait).await {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(super::errno(&e)),

@@ -1,0 +1,44 @@
+//! What a mount asks of the kernel at init: request sizes, async reads,
+//! locks, POSIX ACLs and (with a disk tier) passthrough. What the kernel
+//! refuses is logged and worked around.
+
+use fuser::{InitFlags, KernelConfig};
+
+use super::FuseOptions;
+
+/// Negotiates the session; returns whether passthrough was granted.
+pub(super) fn negotiate(options: &FuseOptions, config: &mut KernelConfig) -> bool {
+    // Bigger requests mean fewer round trips through the kernel; the
+    // kernel clamps them to what it allows (max_pages_limit).
+    let _ = config.set_max_write(options.request_bytes_max);
+    let _ = config.set_max_readahead(options.request_bytes_max);
+    let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ);
+    // Locks go to metad, so they hold across mounts.
+    if config
+        .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        .is_err()
+    {
+        tracing::warn!("the kernel does not pass locks to FUSE: they hold within this mount only");
+    }
+    // POSIX ACLs: the kernel enforces them (default_permissions) from
+    // the system.posix_acl_* xattrs metad stores; with DONT_MASK it
+    // leaves the umask to metad, which must not apply it under a
+    // default ACL.
+    if config
+        .add_capabilities(InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK)
+        .is_err()
+    {
+        tracing::warn!(
+            "the kernel does not offer FUSE POSIX ACLs: ACLs are stored but not enforced"
+        );
+    }
+    if options.passthrough {
+        let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        if !granted {
+            tracing::warn!("the kernel does not offer FUSE passthrough: disk-tier hits go through this process");
+        }
+        return granted;
+    }
+    false
+}

@@ -1,0 +1,79 @@
+//! What the request handlers share: argument checks (names, modes,
+//! owners, times) and replies of the core's results.
+
+use std::ffi::OsStr;
+
+use fuser::{Errno, Generation, ReplyAttr, ReplyEmpty, ReplyEntry, Request, TimeOrNow};
+use torchfs_proto::meta::{Attr, SetTime, NAME_BYTES_MAX};
+
+use super::attr::{file_attr, system_time_ns};
+use super::Fs;
+use crate::core::{ClientError, NewMode, Owner};
+
+pub(super) fn errno(err: &ClientError) -> Errno {
+    Errno::from_i32(err.errno())
+}
+
+/// A request's name as text, or the request answered with the errno that
+/// says why it cannot be one.
+macro_rules! name_or_reply {
+    ($name:expr, $reply:ident) => {
+        match name_str($name) {
+            Ok(n) => n.to_owned(),
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+/// Names arrive as bytes; torchfs names are UTF-8 (metad stores text).
+pub(super) fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+/// The mode a create-like request asks for (permission bits) and its umask.
+pub(super) fn new_mode(mode: u32, umask: u32) -> NewMode {
+    NewMode {
+        mode: mode & 0o7777,
+        umask: umask & 0o777,
+    }
+}
+
+pub(super) fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+pub(super) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(at) => SetTime::Ns(system_time_ns(at)),
+    })
+}
+
+impl Fs {
+    pub(super) fn reply_entry(&self, result: Result<Attr, ClientError>, reply: ReplyEntry) {
+        match result {
+            Ok(attr) => reply.entry(&self.options.entry_ttl, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    pub(super) fn reply_attr(&self, result: Result<Attr, ClientError>, reply: ReplyAttr) {
+        match result {
+            Ok(attr) => reply.attr(&self.options.attr_ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+pub(super) fn reply_empty(result: Result<(), ClientError>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
