@@ -104,6 +104,10 @@ pub async fn run(
         sm_data,
         voters.clone(),
         Duration::from_millis(config.node_down_after_ms),
+        // A quarter of the window in which a quorum that acknowledged the
+        // leader refuses other candidates (openraft's leader lease is
+        // election_timeout_max): see `node::ReadLease`.
+        Duration::from_millis(config.election_timeout_max_ms / 4),
     ));
     let rpc = RpcThread::start(
         listener,

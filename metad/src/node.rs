@@ -1,7 +1,8 @@
 //! What a voter does with one client request: redirect when not the leader,
 //! propose writes through Raft (stamped with the leader's clock and carrying
 //! the client's write id), answer a retried write that was already applied
-//! from the session table, serve reads after a read-index check, and keep
+//! from the session table, serve reads after a read-index check or under
+//! the leader's read lease, and keep
 //! storage-node liveness and client leases (volatile, leader-local:
 //! heartbeats and keep-alives never go through the log).
 
@@ -39,6 +40,22 @@ struct Liveness {
     beats: HashMap<NodeId, Beat>,
 }
 
+/// Reads the leader may answer from its own state without a quorum round.
+///
+/// A quorum that acknowledged heartbeats sent at `t` refuses to vote for
+/// anyone else until `t` + openraft's leader lease (`election_timeout_max`)
+/// by its own clock (openraft rejects vote requests while that lease
+/// holds), so no other leader can commit anything before then. A
+/// read-index check that started at `t` proves such a quorum, and reads
+/// until `t` + `lease` (a fraction of that window, the margin covering
+/// clock-rate differences and the time a read takes) need no other.
+/// Acknowledged writes are applied before they are acknowledged, so a
+/// lease read sees every write that completed before it began.
+struct ReadLease {
+    term: u64,
+    valid_until: Option<Instant>,
+}
+
 pub(crate) struct Node {
     pub id: u64,
     pub raft: Raft<TypeConfig>,
@@ -47,6 +64,8 @@ pub(crate) struct Node {
     pub node_down_after: Duration,
     liveness: Mutex<Liveness>,
     leases: Mutex<Leases>,
+    read_lease: Mutex<ReadLease>,
+    read_lease_for: Duration,
 }
 
 fn now_ns() -> i64 {
@@ -63,6 +82,7 @@ impl Node {
         sm: Arc<RwLock<SmData>>,
         voters: BTreeMap<u64, String>,
         node_down_after: Duration,
+        read_lease_for: Duration,
     ) -> Self {
         Self {
             id,
@@ -76,7 +96,38 @@ impl Node {
                 beats: HashMap::new(),
             }),
             leases: Mutex::new(Leases::new(Instant::now())),
+            read_lease: Mutex::new(ReadLease {
+                term: 0,
+                valid_until: None,
+            }),
+            read_lease_for,
         }
+    }
+
+    /// Confirms this voter is still the leader of `term` before a read:
+    /// at once while its read lease holds, else with a read-index check
+    /// (a heartbeat round to a quorum), which renews the lease.
+    async fn confirm_leadership(&self, term: u64) -> Result<(), MetaError> {
+        let now = Instant::now();
+        {
+            let lease = self.read_lease.lock().unwrap_or_else(|p| p.into_inner());
+            if lease.term == term && lease.valid_until.is_some_and(|until| now < until) {
+                return Ok(());
+            }
+        }
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return Err(self.forward::<CheckIsLeaderError<u64, BasicNode>>(e));
+        }
+        let mut lease = self.read_lease.lock().unwrap_or_else(|p| p.into_inner());
+        // The check began at `now`: the acknowledgements are no older.
+        let until = now + self.read_lease_for;
+        if lease.term != term || lease.valid_until.is_none_or(|u| u < until) {
+            *lease = ReadLease {
+                term,
+                valid_until: Some(until),
+            };
+        }
+        Ok(())
     }
 
     /// The client-lease table for `term` (reset when the term changed).
@@ -318,9 +369,7 @@ impl Node {
             );
             return Ok(MetaReply::Unit);
         }
-        if let Err(e) = self.raft.ensure_linearizable().await {
-            return Err(self.forward::<CheckIsLeaderError<u64, BasicNode>>(e));
-        }
+        self.confirm_leadership(term).await?;
         match req {
             MetaRequest::StatFs => Ok(MetaReply::StatFs(self.statfs(term))),
             MetaRequest::ClusterMap => Ok(MetaReply::ClusterMap(self.cluster_map(term))),
