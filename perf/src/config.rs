@@ -41,6 +41,9 @@ pub enum TargetChoice {
     Local,
     /// GlusterFS disperse 4+2 on 6 local bricks (perf/scripts/gluster-up.sh).
     Gluster,
+    /// JuiceFS over its own redis-server and a local-disk bucket
+    /// (perf/scripts/juicefs-up.sh).
+    Juicefs,
     /// An in-memory FUSE filesystem served by the same FUSE library: the
     /// FUSE ceiling.
     FuseNull,
@@ -48,8 +51,8 @@ pub enum TargetChoice {
 
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Every workload at tiny sizes, one repeat, no GlusterFS unless
-    /// --gluster (what CI runs; well under a minute).
+    /// Every workload at tiny sizes, one repeat, no peers (GlusterFS,
+    /// JuiceFS) unless asked (what CI runs; well under a minute).
     #[arg(long)]
     pub quick: bool,
     /// Add the GlusterFS peer with --quick or --targets.
@@ -58,6 +61,15 @@ pub struct RunArgs {
     /// Leave the GlusterFS peer out of a full run.
     #[arg(long)]
     pub no_gluster: bool,
+    /// Add the JuiceFS peer with --quick or --targets.
+    #[arg(long, conflicts_with = "no_juicefs")]
+    pub juicefs: bool,
+    /// Leave the JuiceFS peer out of a full run.
+    #[arg(long)]
+    pub no_juicefs: bool,
+    /// Port of the redis-server the JuiceFS peer starts for itself.
+    #[arg(long, default_value_t = 16379)]
+    pub juicefs_redis_port: u16,
     /// Where the results go (JSON, Markdown, plots, logs).
     #[arg(long, default_value = "perf-out")]
     pub out: PathBuf,
@@ -65,8 +77,9 @@ pub struct RunArgs {
     /// directory, GlusterFS bricks, mount points. Emptied first.
     #[arg(long, default_value = "/tmp/torchfs-perf")]
     pub work_dir: PathBuf,
-    /// Targets, comma-separated [default: torchfs,local,gluster,fuse-null;
-    /// with --quick: torchfs,local,fuse-null].
+    /// Targets, comma-separated [default:
+    /// torchfs,local,gluster,juicefs,fuse-null; with --quick:
+    /// torchfs,local,fuse-null].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<TargetChoice>>,
     /// Workloads, comma-separated (see the list below) [default: all].
@@ -196,6 +209,7 @@ pub struct Config {
     pub torchfs_mount: Option<PathBuf>,
     pub torchfs_bin: Option<PathBuf>,
     pub torchfs_base_port: u16,
+    pub juicefs_redis_port: u16,
     pub local_dir: PathBuf,
     pub repeats: usize,
     pub large_file_bytes: u64,
@@ -238,18 +252,23 @@ impl Config {
                 TargetChoice::FuseNull,
             ]
         });
-        // A full run measures the peer by default (about 3 of its 7-8
-        // minutes here); a quick one only when asked.
-        if args.gluster || (!q && !explicit && !args.no_gluster) {
-            // Before the FUSE ceiling, so tables list systems, then limits.
-            let at = targets
-                .iter()
-                .position(|t| *t == TargetChoice::FuseNull)
-                .unwrap_or(targets.len());
-            targets.insert(at, TargetChoice::Gluster);
-        }
-        if args.no_gluster {
-            targets.retain(|t| *t != TargetChoice::Gluster);
+        // A full run measures the peers by default (GlusterFS takes about 3
+        // of its 7-8 minutes here); a quick one only when asked.
+        for (peer, asked, refused) in [
+            (TargetChoice::Gluster, args.gluster, args.no_gluster),
+            (TargetChoice::Juicefs, args.juicefs, args.no_juicefs),
+        ] {
+            if asked || (!q && !explicit && !refused) {
+                // Before the FUSE ceiling, so tables list systems, then limits.
+                let at = targets
+                    .iter()
+                    .position(|t| *t == TargetChoice::FuseNull)
+                    .unwrap_or(targets.len());
+                targets.insert(at, peer);
+            }
+            if refused {
+                targets.retain(|t| *t != peer);
+            }
         }
         let mut deduped = Vec::new();
         for t in targets {
@@ -285,6 +304,7 @@ impl Config {
             torchfs_mount: args.torchfs_mount,
             torchfs_bin: args.torchfs_bin,
             torchfs_base_port: args.torchfs_base_port,
+            juicefs_redis_port: args.juicefs_redis_port,
             repeats: args.repeats.unwrap_or(pick(1, 3) as usize).max(1),
             large_file_bytes: args
                 .large_file_bytes
@@ -351,16 +371,27 @@ mod tests {
     }
 
     #[test]
-    fn gluster_is_in_full_runs_and_only_asked_for_in_quick_ones() {
+    fn peers_are_in_full_runs_and_only_asked_for_in_quick_ones() {
         use TargetChoice::*;
-        assert_eq!(resolve(&[]).targets, [Torchfs, Local, Gluster, FuseNull]);
+        assert_eq!(
+            resolve(&[]).targets,
+            [Torchfs, Local, Gluster, Juicefs, FuseNull]
+        );
         assert_eq!(resolve(&["--quick"]).targets, [Torchfs, Local, FuseNull]);
         assert_eq!(
             resolve(&["--quick", "--gluster"]).targets,
             [Torchfs, Local, Gluster, FuseNull]
         );
         assert_eq!(
+            resolve(&["--quick", "--juicefs"]).targets,
+            [Torchfs, Local, Juicefs, FuseNull]
+        );
+        assert_eq!(
             resolve(&["--no-gluster"]).targets,
+            [Torchfs, Local, Juicefs, FuseNull]
+        );
+        assert_eq!(
+            resolve(&["--no-gluster", "--no-juicefs"]).targets,
             [Torchfs, Local, FuseNull]
         );
         assert_eq!(

@@ -225,6 +225,7 @@ fn start_targets(
             TargetChoice::Torchfs => "torchfs",
             TargetChoice::Local => "local",
             TargetChoice::Gluster => "gluster",
+            TargetChoice::Juicefs => "juicefs",
             TargetChoice::FuseNull => "nullfs",
         });
         ctx.log(format!("starting target {choice:?} ..."));
@@ -249,6 +250,9 @@ fn start_targets(
             TargetChoice::Gluster => {
                 targets::gluster::Gluster::start(&dir).map(|t| Box::new(t) as _)
             }
+            TargetChoice::Juicefs => {
+                targets::juicefs::Juicefs::start(&dir, cfg.juicefs_redis_port).map(|t| Box::new(t) as _)
+            }
             TargetChoice::FuseNull => {
                 targets::nullfs::NullFsTarget::start(exe, &dir).map(|t| Box::new(t) as _)
             }
@@ -267,6 +271,7 @@ fn start_targets(
                     TargetChoice::Torchfs => (model::SYSTEM_TARGET, TargetKind::System),
                     TargetChoice::Local => ("local", TargetKind::LocalDisk),
                     TargetChoice::Gluster => ("gluster", TargetKind::Peer),
+                    TargetChoice::Juicefs => (targets::juicefs::NAME, TargetKind::Peer),
                     TargetChoice::FuseNull => (targets::nullfs::NAME, TargetKind::Limit),
                 };
                 let why = format!("{e:#}");

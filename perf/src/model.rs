@@ -23,7 +23,7 @@ pub enum TargetKind {
     System,
     /// The local disk's own filesystem (ext4 here).
     LocalDisk,
-    /// Another distributed filesystem (GlusterFS).
+    /// Another distributed filesystem (GlusterFS, JuiceFS).
     Peer,
     /// A bound on what any filesystem could do here: the in-memory FUSE
     /// filesystem, raw ISA-L, the disk and loopback probes.
@@ -140,11 +140,6 @@ impl Results {
         self.figure(workload, metric, target)
             .and_then(|f| f.summary)
             .map(|s| s.median)
-    }
-
-    /// Name of the first target of `kind` that has any figure.
-    pub fn target_of_kind(&self, kind: TargetKind) -> Option<&TargetInfo> {
-        self.targets.iter().find(|t| t.kind == kind)
     }
 }
 

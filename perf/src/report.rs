@@ -1,5 +1,5 @@
 //! The Markdown report, rendered from a [`Results`] alone: the ratio table
-//! (torchfs against the local disk, the peer and the tightest limit, each a
+//! (torchfs against the local disk, each peer and the tightest limit, each a
 //! ratio of medians measured in the same run), then every figure with its
 //! repeats, latency percentiles, the targets, the machine and the notes.
 
@@ -26,11 +26,13 @@ pub struct RatioRow {
     pub limit: Option<(f64, String)>,
 }
 
-/// The baseline columns: the local disk and the peer, when they are targets.
+/// The baseline columns: the local disk, then every peer, when they are
+/// targets.
 pub fn baseline_columns(results: &Results) -> Vec<String> {
     [TargetKind::LocalDisk, TargetKind::Peer]
         .iter()
-        .filter_map(|k| results.target_of_kind(*k).map(|t| t.name.clone()))
+        .flat_map(|k| results.targets.iter().filter(move |t| t.kind == *k))
+        .map(|t| t.name.clone())
         .collect()
 }
 

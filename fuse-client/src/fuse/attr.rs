@@ -69,6 +69,29 @@ pub(super) fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// A negative entry: inode 0 tells the kernel the name does not exist, and
+/// it caches that for the entry TTL (no LOOKUP per probe of a missing name:
+/// imports, `git status`, build tools).
+pub(super) fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE_BYTES,
+        flags: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,16 +39,16 @@ use std::time::{Duration, SystemTime};
 
 pub use fuser::BackgroundSession as MountSession;
 use fuser::{
-    AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, KernelConfig,
-    LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
 
 use crate::core::Client;
-use attr::node_kind;
+use attr::{negative_entry, node_kind};
 use dirs::DirStreams;
 use passthrough::IoModes;
 use request::{errno, name_str, new_mode, owner, reply_empty, set_time};
@@ -161,8 +161,14 @@ impl Filesystem for TorchFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
         self.spawn(|fs| async move {
-            let result = fs.client.lookup(parent.0, &name).await;
-            fs.reply_entry(result, reply);
+            match fs.client.lookup(parent.0, &name).await {
+                // Creates through this mount replace the negative entry;
+                // other mounts' within the entry TTL, as for every entry.
+                Err(e) if e.errno() == libc::ENOENT => {
+                    reply.entry(&fs.options.entry_ttl, &negative_entry(), Generation(0))
+                }
+                result => fs.reply_entry(result, reply),
+            }
         });
     }
 

