@@ -173,6 +173,13 @@ pub struct RunArgs {
     /// [default: 1,000; 100 with --quick].
     #[arg(long)]
     pub meta_files: Option<usize>,
+    /// Thread counts of the mdtest workload, comma-separated [default:
+    /// 1,4,16; 1,4 with --quick].
+    #[arg(long, value_delimiter = ',')]
+    pub mdtest_threads: Option<Vec<usize>>,
+    /// Files each mdtest thread creates [default: 200; 20 with --quick].
+    #[arg(long)]
+    pub mdtest_files_per_thread: Option<usize>,
     /// Fragment size for the erasure-code benchmark (torchfs's unit).
     #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
     pub codec_fragment_bytes: u64,
@@ -230,6 +237,8 @@ pub struct Config {
     pub epoch_cache_mount_args: Vec<String>,
     pub chunk_bytes: u64,
     pub meta_files: usize,
+    pub mdtest_threads: Vec<usize>,
+    pub mdtest_files_per_thread: usize,
     pub codec_fragment_bytes: u64,
     pub codec_seconds: f64,
     pub fail_nodes: usize,
@@ -341,6 +350,17 @@ impl Config {
             }
             .max(4096),
             meta_files: args.meta_files.unwrap_or(pick(100, 1_000) as usize).max(1),
+            mdtest_threads: {
+                let mut t =
+                    args.mdtest_threads
+                        .unwrap_or_else(|| if q { vec![1, 4] } else { vec![1, 4, 16] });
+                t.retain(|&n| n > 0);
+                t
+            },
+            mdtest_files_per_thread: args
+                .mdtest_files_per_thread
+                .unwrap_or(pick(20, 200) as usize)
+                .max(1),
             codec_fragment_bytes: args.codec_fragment_bytes.max(64),
             codec_seconds: args.codec_seconds.unwrap_or(if q { 0.2 } else { 1.0 }),
             fail_nodes: args.fail_nodes,

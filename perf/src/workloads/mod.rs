@@ -16,6 +16,7 @@ pub mod degraded;
 pub mod epoch_cache;
 pub mod large_file;
 pub mod loader;
+pub mod mdtest;
 pub mod metadata;
 
 use anyhow::Result;
@@ -47,6 +48,7 @@ pub fn registry() -> Vec<Box<dyn Workload>> {
         Box::new(chunks::Chunks),
         Box::new(loader::Loader),
         Box::new(metadata::Metadata),
+        Box::new(mdtest::Mdtest),
         Box::new(epoch_cache::EpochCache),
         Box::new(degraded::Degraded),
     ]
