@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -29,19 +29,13 @@ pub struct Gluster {
 
 impl Gluster {
     pub fn start(dir: &Path) -> Result<Gluster> {
-        let scripts = dir.join("scripts");
-        std::fs::create_dir_all(&scripts)
-            .with_context(|| format!("create {}", scripts.display()))?;
-        for (name, text) in [
-            ("gluster-up.sh", UP_SCRIPT),
-            ("gluster-down.sh", DOWN_SCRIPT),
-        ] {
-            let path = scripts.join(name);
-            std::fs::write(&path, text)?;
-            let mut perms = std::fs::metadata(&path)?.permissions();
-            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-            std::fs::set_permissions(&path, perms)?;
-        }
+        let scripts = super::write_scripts(
+            dir,
+            &[
+                ("gluster-up.sh", UP_SCRIPT),
+                ("gluster-down.sh", DOWN_SCRIPT),
+            ],
+        )?;
         let out = run_script(&scripts.join("gluster-up.sh"), dir)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -82,30 +76,9 @@ impl Gluster {
     }
 }
 
-/// Runs a script with a deadline; stdout and stderr are captured.
+/// Runs a setup script with the volume name and directory.
 fn run_script(script: &Path, dir: &Path) -> Result<Output> {
-    let mut child = Command::new("bash")
-        .arg(script)
-        .arg(VOLUME)
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("run {}", script.display()))?;
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "{} took over {} s",
-                script.display(),
-                SCRIPT_TIMEOUT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(child.wait_with_output()?)
+    super::run_script(script, &[VOLUME.as_ref(), dir.as_os_str()], SCRIPT_TIMEOUT)
 }
 
 impl Target for Gluster {

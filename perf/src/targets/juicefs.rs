@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -31,16 +31,13 @@ pub struct Juicefs {
 
 impl Juicefs {
     pub fn start(dir: &Path, redis_port: u16) -> Result<Juicefs> {
-        let scripts = dir.join("scripts");
-        std::fs::create_dir_all(&scripts)
-            .with_context(|| format!("create {}", scripts.display()))?;
-        for (name, text) in [
-            ("juicefs-up.sh", UP_SCRIPT),
-            ("juicefs-down.sh", DOWN_SCRIPT),
-        ] {
-            let path = scripts.join(name);
-            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-        }
+        let scripts = super::write_scripts(
+            dir,
+            &[
+                ("juicefs-up.sh", UP_SCRIPT),
+                ("juicefs-down.sh", DOWN_SCRIPT),
+            ],
+        )?;
         let out = run_script(
             &scripts.join("juicefs-up.sh"),
             &[dir.as_os_str(), redis_port.to_string().as_ref()],
@@ -105,29 +102,8 @@ impl Juicefs {
     }
 }
 
-/// Runs a script with a deadline; stdout and stderr are captured.
 fn run_script(script: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {
-    let mut child = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("run {}", script.display()))?;
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "{} took over {} s",
-                script.display(),
-                SCRIPT_TIMEOUT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(child.wait_with_output()?)
+    super::run_script(script, args, SCRIPT_TIMEOUT)
 }
 
 impl Target for Juicefs {

@@ -11,7 +11,9 @@ pub mod nullfs;
 pub mod torchfs;
 pub mod torchfs_client;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -62,6 +64,39 @@ pub fn unavailable(name: &str, kind: TargetKind, path: &Path, why: &str) -> Targ
         status: format!("unavailable: {why}"),
         details: Default::default(),
     }
+}
+
+/// Writes a peer's setup scripts (compiled into the binary, so the harness
+/// works from any directory) into `dir`/scripts; returns that directory.
+pub fn write_scripts(dir: &Path, scripts: &[(&str, &str)]) -> Result<PathBuf> {
+    let out = dir.join("scripts");
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    for (name, text) in scripts {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(out)
+}
+
+/// Runs a script with bash and a deadline; stdout and stderr are captured.
+pub fn run_script(script: &Path, args: &[&OsStr], timeout: Duration) -> Result<Output> {
+    let mut child = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", script.display()))?;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{} took over {} s", script.display(), timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// One line of /proc/self/mountinfo.
