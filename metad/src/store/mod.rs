@@ -1,0 +1,113 @@
+//! Durable Raft storage in one redb database under the data dir: the log,
+//! the vote, the committed index and the last snapshot; plus the in-memory
+//! state machine, which is rebuilt at start from that snapshot (openraft then
+//! replays the committed log behind it).
+//!
+//! Every commit that openraft relies on for safety (log append, vote,
+//! snapshot) uses redb's default `Durability::Immediate`, i.e. it is fsync'd
+//! before openraft is told it is done.
+//!
+//! - this file: the type config, tables and database helpers.
+//! - `log`: [`LogStore`], the log and vote, written by a flusher thread
+//!   that group-commits.
+//! - `sm`: [`StateMachineStore`] and its snapshots.
+
+// openraft fixes the error type of every storage method (`StorageError`,
+// over 200 bytes); boxing it here would only add conversions.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::path::Path;
+
+use openraft::{AnyError, BasicNode, Entry, StorageError, StorageIOError};
+use redb::{Database, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, Outcome};
+
+mod log;
+mod sm;
+#[cfg(test)]
+mod tests;
+
+pub use log::LogStore;
+pub use sm::{SmData, StateMachineStore};
+
+openraft::declare_raft_types!(
+    /// openraft's types for metad: the log carries [`Command`]s.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+type StoreResult<T> = Result<T, StorageError<u64>>;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// A redb failure while reading.
+fn db_read<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
+    StorageIOError::read(&e.into()).into()
+}
+
+/// A redb failure while writing.
+fn db_write<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
+    StorageIOError::write(&e.into()).into()
+}
+
+/// `e`, saying which meta key it is about and what was being done.
+fn about_key(e: &bincode::Error, doing: &str, key: &str) -> AnyError {
+    AnyError::new(e).add_context(|| format!("{doing} `{key}` in table raft_meta"))
+}
+
+/// Opens (creating if needed) the database and its tables, so that a
+/// corrupt or unwritable store is reported before Raft starts.
+pub fn open_db(path: &Path) -> Result<Database, redb::Error> {
+    let db = Database::create(path)?;
+    let tx = db.begin_write()?;
+    tx.open_table(LOG)?;
+    tx.open_table(META)?;
+    tx.commit()?;
+    Ok(db)
+}
+
+fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StoreResult<Option<T>> {
+    let tx = db.begin_read().map_err(db_read)?;
+    let table = tx.open_table(META).map_err(db_read)?;
+    let Some(v) = table.get(key).map_err(db_read)? else {
+        return Ok(None);
+    };
+    bincode::deserialize(v.value()).map(Some).map_err(|e| {
+        StorageIOError::read(about_key(
+            &e,
+            &format!("decode {} bytes of", v.value().len()),
+            key,
+        ))
+        .into()
+    })
+}
+
+fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -> StoreResult<()> {
+    let bytes = bincode::serialize(value)
+        .map_err(|e| StorageIOError::write(about_key(&e, "encode", key)))?;
+    let mut tx = db.begin_write().map_err(db_write)?;
+    if !durable {
+        // Lost on a crash only until the next durable commit; losing it is
+        // safe (see the users).
+        tx.set_durability(redb::Durability::Eventual);
+    }
+    {
+        let mut table = tx.open_table(META).map_err(db_write)?;
+        table.insert(key, bytes.as_slice()).map_err(db_write)?;
+    }
+    tx.commit().map_err(db_write)
+}
