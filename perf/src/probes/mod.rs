@@ -1,11 +1,12 @@
 //! Physical-limit probes: what the hardware under every target can do, so a
 //! figure can be read against a bound rather than only against another
 //! filesystem. The disk (fio, O_DIRECT, on the disk the storage nodes and
-//! bricks use) and loopback TCP (the path between torchfs's client and its
-//! storage nodes). The FUSE ceiling is a target of its own
+//! bricks use; and its commit latency, `sync`) and loopback TCP (the path
+//! between torchfs's client and its storage nodes). The FUSE ceiling is a target of its own
 //! (`targets::nullfs`), since it runs the workloads themselves.
 
 pub mod fio;
+pub mod sync;
 pub mod tcp;
 
 use anyhow::Result;
@@ -17,6 +18,7 @@ pub const TARGET: &str = "machine";
 
 pub fn run_all(ctx: &mut Ctx) -> Result<()> {
     fio::run(ctx)?;
+    sync::run(ctx)?;
     tcp::run(ctx)?;
     Ok(())
 }

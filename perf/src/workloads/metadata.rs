@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{drop_caches, live_targets, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
+use crate::probes;
 use crate::targets::{nullfs, Target};
 
 pub struct Metadata;
@@ -52,9 +53,15 @@ impl Workload for Metadata {
                 } else {
                     "ops/s"
                 };
+                // A durable create or unlink needs at least one commit.
+                let commits: &[(&str, &str)] = if matches!(*name, "create" | "unlink") {
+                    &[("disk", probes::sync::SYNC_METRIC)]
+                } else {
+                    &[]
+                };
                 Metric::new(NAME, *name, unit)
                     .cold()
-                    .bounded(&[nullfs::NAME], &[])
+                    .bounded(&[nullfs::NAME], commits)
             })
             .collect();
         for round in 0..ctx.config.repeats {
