@@ -48,8 +48,20 @@ enum Job {
     Meta {
         key: &'static str,
         bytes: Vec<u8>,
+        /// false: losing it in a crash is harmless, so on its own it is not
+        /// worth an fsync (it rides along with the next durable commit).
+        durable: bool,
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
+}
+
+impl Job {
+    fn durable(&self) -> bool {
+        match self {
+            Job::Meta { durable, .. } => *durable,
+            Job::Append { .. } | Job::Delete { .. } => true,
+        }
+    }
 }
 
 struct Shared {
@@ -221,6 +233,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_and_wait(|done| Job::Meta {
             key: KEY_VOTE,
             bytes,
+            durable: true,
             done,
         })
         .await
@@ -237,6 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(Job::Meta {
             key: KEY_COMMITTED,
             bytes,
+            durable: false,
             done: None,
         })
     }
@@ -282,6 +296,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(Job::Meta {
             key: KEY_PURGED,
             bytes,
+            durable: true,
             done: None,
         })?;
         {
@@ -337,7 +352,10 @@ impl Flusher {
 
     /// One write transaction for the whole batch, fsync'd when it commits.
     fn commit(&self, batch: &[Job]) -> Result<(), redb::Error> {
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        if !batch.iter().any(Job::durable) {
+            tx.set_durability(redb::Durability::Eventual);
+        }
         {
             let mut log = tx.open_table(LOG)?;
             let mut meta = tx.open_table(META)?;
