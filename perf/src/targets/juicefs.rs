@@ -7,6 +7,7 @@
 //! torchfs acknowledges a change once a quorum of metad voters fsync'd it.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -82,27 +83,37 @@ impl Juicefs {
 
     fn mount(&self) -> Result<()> {
         let mnt = self.dir.join("mnt");
-        let cache = self.dir.join("cache");
-        let status = Command::new("juicefs")
-            .args(["mount", "-d", "--cache-dir"])
-            .arg(&cache)
-            .arg("--log")
-            .arg(self.dir.join("mount.log"))
-            .arg(&self.meta_url)
-            .arg(&mnt)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("run juicefs mount")?;
-        if !status.success() {
-            bail!("juicefs mount {} failed ({status})", mnt.display());
-        }
+        juicefs(&[
+            "mount".as_ref(),
+            "-d".as_ref(),
+            "--cache-dir".as_ref(),
+            self.dir.join("cache").as_os_str(),
+            "--log".as_ref(),
+            self.dir.join("mount.log").as_os_str(),
+            self.meta_url.as_ref(),
+            mnt.as_os_str(),
+        ])?;
         super::wait_for_mount(&mnt, "fuse.juicefs", MOUNT_TIMEOUT, || Ok(()))?;
         Ok(())
     }
 }
 
-fn run_script(script: &Path, args: &[&std::ffi::OsStr]) -> Result<Output> {
+/// Runs `juicefs ARGS`; a failure names the command.
+fn juicefs(args: &[&OsStr]) -> Result<()> {
+    let status = Command::new("juicefs")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("run juicefs")?;
+    if !status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        bail!("juicefs {} failed ({status})", shown.join(" "));
+    }
+    Ok(())
+}
+
+fn run_script(script: &Path, args: &[&OsStr]) -> Result<Output> {
     super::run_script(script, args, SCRIPT_TIMEOUT)
 }
 
@@ -133,17 +144,7 @@ impl Target for Juicefs {
         // Its client keeps metadata and data in memory and in its cache
         // directory: remount with an empty cache, as torchfs's client is
         // restarted.
-        let mnt = self.dir.join("mnt");
-        let status = Command::new("juicefs")
-            .arg("umount")
-            .arg(&mnt)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("run juicefs umount")?;
-        if !status.success() {
-            bail!("juicefs umount {} failed ({status})", mnt.display());
-        }
+        juicefs(&["umount".as_ref(), self.dir.join("mnt").as_os_str()])?;
         let cache = self.dir.join("cache");
         std::fs::remove_dir_all(&cache).with_context(|| format!("empty {}", cache.display()))?;
         std::fs::create_dir(&cache).with_context(|| format!("create {}", cache.display()))?;
