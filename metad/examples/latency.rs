@@ -1,0 +1,100 @@
+//! One metad client's request latency against a running cluster: N reads
+//! (GetAttr of the root, a Lookup that finds nothing) and N writes (Mkdir,
+//! then Rmdir of the same names), one at a time, reported as percentiles.
+//!
+//!   cargo run --release -p torchfs-metad --example latency -- 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 300
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::meta::{MetaRequest, ROOT_INO};
+
+fn report(what: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    println!(
+        "{what}: p10 {:.2} p50 {:.2} p90 {:.2} p99 {:.2} mean {mean:.2} ms",
+        at(0.1),
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+}
+
+async fn timed(client: &MetaClient, reqs: impl Iterator<Item = MetaRequest>) -> Vec<f64> {
+    let mut ms = Vec::new();
+    for req in reqs {
+        let started = Instant::now();
+        // A Lookup of a missing name answers ENOENT: still one round trip.
+        let _ = client.call(req).await;
+        ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    ms
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(addrs) = args.next() else {
+        bail!("usage: latency HOST:PORT[,HOST:PORT...] [REQUESTS]");
+    };
+    let n: usize = match args.next() {
+        Some(s) => s.parse().context("REQUESTS must be a number")?,
+        None => 300,
+    };
+    let client = MetaClient::new(
+        addrs.split(',').map(str::to_owned).collect(),
+        MetaClientOptions::default(),
+    )?;
+    client.call(MetaRequest::GetAttr { ino: ROOT_INO }).await?;
+    let tag = std::process::id();
+    let name = move |i: usize| format!("latency-{tag}-{i}");
+    report(
+        "getattr",
+        timed(
+            &client,
+            (0..n).map(|_| MetaRequest::GetAttr { ino: ROOT_INO }),
+        )
+        .await,
+    );
+    report(
+        "lookup (missing)",
+        timed(
+            &client,
+            (0..n).map(|i| MetaRequest::Lookup {
+                parent: ROOT_INO,
+                name: name(i),
+            }),
+        )
+        .await,
+    );
+    report(
+        "mkdir",
+        timed(
+            &client,
+            (0..n).map(|i| MetaRequest::Mkdir {
+                parent: ROOT_INO,
+                name: name(i),
+                mode: 0o755,
+                umask: 0,
+                uid: 0,
+                gid: 0,
+            }),
+        )
+        .await,
+    );
+    report(
+        "rmdir",
+        timed(
+            &client,
+            (0..n).map(|i| MetaRequest::Rmdir {
+                parent: ROOT_INO,
+                name: name(i),
+            }),
+        )
+        .await,
+    );
+    Ok(())
+}
