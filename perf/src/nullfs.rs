@@ -97,7 +97,7 @@ impl NullFs {
 
     fn make(
         &self,
-        req: &Request,
+        owner: (u32, u32),
         parent: INodeNo,
         name: &OsStr,
         kind: FileType,
@@ -118,8 +118,8 @@ impl NullFs {
             kind,
             perm: (perm & 0o7777) as u16,
             size: 0,
-            uid: req.uid(),
-            gid: req.gid(),
+            uid: owner.0,
+            gid: owner.1,
             mtime: SystemTime::now(),
             children: BTreeMap::new(),
         };
@@ -143,6 +143,59 @@ impl NullFs {
         nodes.remove(&ino);
         if let Some(dir) = nodes.get_mut(&parent.0) {
             dir.children.remove(name);
+        }
+        Ok(())
+    }
+
+    /// rename(2) within the in-memory tree (mdtest renames files); a
+    /// replaced file or empty directory is dropped. EXCHANGE is refused.
+    fn move_entry(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        if flags.bits() & libc::RENAME_EXCHANGE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        let newname = newname.to_str().ok_or(Errno::EINVAL)?;
+        let mut nodes = self.lock();
+        let ino = *nodes
+            .get(&parent.0)
+            .ok_or(Errno::ENOENT)?
+            .children
+            .get(name)
+            .ok_or(Errno::ENOENT)?;
+        if nodes.get(&newparent.0).ok_or(Errno::ENOENT)?.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let moved_is_dir = nodes
+            .get(&ino)
+            .is_some_and(|n| n.kind == FileType::Directory);
+        let replaced = nodes
+            .get(&newparent.0)
+            .and_then(|d| d.children.get(newname).copied());
+        if let Some(old) = replaced.filter(|&old| old != ino) {
+            if flags.bits() & libc::RENAME_NOREPLACE != 0 {
+                return Err(Errno::EEXIST);
+            }
+            let target = nodes.get(&old).ok_or(Errno::ENOENT)?;
+            match (moved_is_dir, target.kind == FileType::Directory) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !target.children.is_empty() => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+            nodes.remove(&old);
+        }
+        if let Some(dir) = nodes.get_mut(&parent.0) {
+            dir.children.remove(name);
+        }
+        if let Some(dir) = nodes.get_mut(&newparent.0) {
+            dir.children.insert(newname.to_owned(), ino);
         }
         Ok(())
     }
@@ -221,7 +274,13 @@ impl Filesystem for NullFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.make(req, parent, name, FileType::Directory, mode & !umask) {
+        match self.make(
+            (req.uid(), req.gid()),
+            parent,
+            name,
+            FileType::Directory,
+            mode & !umask,
+        ) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -240,7 +299,13 @@ impl Filesystem for NullFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        match self.make(req, parent, name, FileType::RegularFile, mode & !umask) {
+        match self.make(
+            (req.uid(), req.gid()),
+            parent,
+            name,
+            FileType::RegularFile,
+            mode & !umask,
+        ) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -256,7 +321,13 @@ impl Filesystem for NullFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.make(req, parent, name, FileType::RegularFile, mode & !umask) {
+        match self.make(
+            (req.uid(), req.gid()),
+            parent,
+            name,
+            FileType::RegularFile,
+            mode & !umask,
+        ) {
             Ok(attr) => reply.created(
                 &TTL,
                 &attr,
@@ -285,15 +356,17 @@ impl Filesystem for NullFs {
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        // No workload renames.
-        reply.error(Errno::ENOSYS);
+        match self.move_entry(parent, name, newparent, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -476,4 +549,50 @@ pub fn serve(mountpoint: &Path) -> anyhow::Result<()> {
     session
         .umount_and_join()
         .with_context(|| format!("unmount {}", mountpoint.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(fs: &NullFs, dir: u64, name: &str) -> Option<u64> {
+        fs.lock().get(&dir)?.children.get(name).copied()
+    }
+
+    #[test]
+    fn rename_moves_replaces_and_refuses() {
+        let fs = NullFs::new();
+        let root = INodeNo(1);
+        let file =
+            |name: &str| fs.make((0, 0), root, OsStr::new(name), FileType::RegularFile, 0o644);
+        let a = file("a").unwrap().ino.0;
+        let b = file("b").unwrap().ino.0;
+        let sub = fs
+            .make((0, 0), root, OsStr::new("d"), FileType::Directory, 0o755)
+            .unwrap()
+            .ino;
+        let none = RenameFlags::empty();
+
+        // Over an existing file: the target is replaced and dropped.
+        fs.move_entry(root, OsStr::new("a"), root, OsStr::new("b"), none)
+            .unwrap();
+        assert_eq!(child(&fs, 1, "a"), None);
+        assert_eq!(child(&fs, 1, "b"), Some(a));
+        assert!(!fs.lock().contains_key(&b));
+
+        // Into another directory.
+        fs.move_entry(root, OsStr::new("b"), sub, OsStr::new("c"), none)
+            .unwrap();
+        assert_eq!(child(&fs, sub.0, "c"), Some(a));
+
+        // NOREPLACE, a file over a directory, a missing source.
+        file("e").unwrap();
+        let noreplace = RenameFlags::from_bits_retain(libc::RENAME_NOREPLACE);
+        let err = fs.move_entry(root, OsStr::new("e"), root, OsStr::new("d"), noreplace);
+        assert_eq!(err, Err(Errno::EEXIST));
+        let err = fs.move_entry(root, OsStr::new("e"), root, OsStr::new("d"), none);
+        assert_eq!(err, Err(Errno::EISDIR));
+        let err = fs.move_entry(root, OsStr::new("zz"), root, OsStr::new("y"), none);
+        assert_eq!(err, Err(Errno::ENOENT));
+    }
 }
