@@ -66,6 +66,10 @@ pub(crate) struct Node {
     leases: Mutex<Leases>,
     read_lease: Mutex<ReadLease>,
     read_lease_for: Duration,
+    /// `CreateOpen` writes proposed whose file is not yet in `leases`:
+    /// while any is, no unlink vouches its victim closed (it could be
+    /// the file just created), so a victim becomes an orphan instead.
+    creates_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 fn now_ns() -> i64 {
@@ -101,6 +105,7 @@ impl Node {
                 valid_until: None,
             }),
             read_lease_for,
+            creates_in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -141,6 +146,13 @@ impl Node {
     /// knows no client holds open: they are freed at once instead of
     /// becoming orphans.
     fn vouched_closed(&self, req: &MetaRequest, term: u64) -> Vec<Ino> {
+        if self
+            .creates_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            return Vec::new();
+        }
         let victim = {
             let sm = self.read_sm();
             match req {
@@ -304,30 +316,11 @@ impl Node {
         if !is_leader || leader != Some(self.id) {
             return Err(self.not_leader(leader));
         }
+        if let MetaRequest::CreateOpen { client_id, .. } = &req {
+            return self.create_open(*client_id, req, write_id, term).await;
+        }
         if req.is_write() {
-            if let Some(id) = &write_id {
-                id.check()?;
-                // A retry of a write already applied: its answer is
-                // committed, so no new log entry is needed.
-                if let Some(done) = self.read_sm().state.sessions().answered(id) {
-                    return done.clone();
-                }
-            }
-            if let MetaRequest::SetLock { lock, .. } = &req {
-                // Its lease runs from here: a lock taken just before the
-                // client's first keep-alive is not released as lapsed.
-                self.leases(term).seen(lock.client_id, Instant::now());
-            }
-            let closed = self.vouched_closed(&req, term);
-            let cmd = Command {
-                now_ns: now_ns(),
-                op: Op::Client {
-                    req,
-                    write_id,
-                    closed,
-                },
-            };
-            return self.propose(cmd).await;
+            return self.execute_write(req, write_id, term).await;
         }
         if let MetaRequest::KeepAlive {
             client_id,
@@ -403,6 +396,78 @@ impl Node {
             }
             other => self.read_sm().state.read(&other),
         }
+    }
+
+    /// A write on the leader: answered from the session table when it is a
+    /// retry of one already applied, else proposed.
+    async fn execute_write(
+        &self,
+        req: MetaRequest,
+        write_id: Option<WriteId>,
+        term: u64,
+    ) -> Outcome {
+        if let Some(id) = &write_id {
+            id.check()?;
+            // A retry of a write already applied: its answer is
+            // committed, so no new log entry is needed.
+            if let Some(done) = self.read_sm().state.sessions().answered(id) {
+                return done.clone();
+            }
+        }
+        if let MetaRequest::SetLock { lock, .. } = &req {
+            // Its lease runs from here: a lock taken just before the
+            // client's first keep-alive is not released as lapsed.
+            self.leases(term).seen(lock.client_id, Instant::now());
+        }
+        let closed = self.vouched_closed(&req, term);
+        let cmd = Command {
+            now_ns: now_ns(),
+            op: Op::Client {
+                req,
+                write_id,
+                closed,
+            },
+        };
+        self.propose(cmd).await
+    }
+
+    /// `CreateOpen`: the write, with the file registered as open by
+    /// `client_id` before anyone can unlink it. An existing file is
+    /// registered before proposing (like `Open`); a new one cannot be
+    /// unlinked before it exists, and from then until it is registered
+    /// `creates_in_flight` keeps unlinks from vouching it closed.
+    async fn create_open(
+        &self,
+        client_id: u64,
+        req: MetaRequest,
+        write_id: Option<WriteId>,
+        term: u64,
+    ) -> Outcome {
+        use std::sync::atomic::Ordering;
+        if client_id == 0 {
+            return Err(MetaError::Invalid("create: client id 0 is reserved".into()));
+        }
+        if let MetaRequest::CreateOpen { parent, name, .. } = &req {
+            if let Some(ino) = self.read_sm().state.entry_ino(*parent, name) {
+                self.leases(term).opened(client_id, ino, Instant::now());
+            }
+        }
+        /// Counts one create in flight until dropped (also when the call
+        /// is cancelled mid-way).
+        struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.creates_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.creates_in_flight);
+        let outcome = self.execute_write(req, write_id, term).await;
+        if let Ok(MetaReply::Layout { attr, .. }) = &outcome {
+            self.leases(term)
+                .opened(client_id, attr.ino, Instant::now());
+        }
+        outcome
     }
 
     fn read_sm(&self) -> std::sync::RwLockReadGuard<'_, SmData> {

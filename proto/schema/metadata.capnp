@@ -303,6 +303,13 @@ struct Request {
       # The first held lock that conflicts with `lock` (F_GETLK), if any.
       ino @78 :UInt64; lock @79 :FileLock;
     }
+    createOpen :group {
+      # `Create` and `Open` in one write (open(2) with O_CREAT): answered
+      # with the file's attributes and layout, and the file counts as held
+      # open by client `client_id` from the moment it exists.
+      parent @80 :UInt64; name @81 :Text; mode @82 :UInt32; umask @83 :UInt32;
+      uid @84 :UInt32; gid @85 :UInt32; exclusive @86 :Bool; clientId @87 :UInt64;
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }

@@ -160,4 +160,37 @@ mod tests {
             .iter()
             .all(|(c, ..)| *c == id));
     }
+
+    #[tokio::test]
+    async fn create_open_is_one_metad_call_and_leases_the_new_file() {
+        let (meta, store) = (FakeMeta::new(8), FakeStore::default());
+        let c = client(&meta, &store, 8).await;
+        let mode = NewMode {
+            mode: 0o644,
+            umask: 0,
+        };
+        let calls = || {
+            c.inner
+                .meta_requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = calls();
+        let (attr, fh) = c
+            .create_open(ROOT_INO, "g", mode, Owner { uid: 5, gid: 6 }, true, false)
+            .await
+            .unwrap();
+        assert_eq!(calls() - before, 1, "create and open in one call");
+        assert_eq!((attr.uid, attr.gid, attr.size), (5, 6, 0));
+        let id = c.inner.lease_id;
+        assert_eq!(meta.0.lock().unwrap().opened, vec![(id, attr.ino)]);
+        keep_alive_where(&meta, |open, _| open == [attr.ino]).await;
+
+        c.write(fh, 0, &[9u8; 1000]).await.unwrap();
+        c.release(fh).await.unwrap();
+        assert_eq!(meta.0.lock().unwrap().files[&attr.ino].0.size, 1000);
+        // The new name is cached: a lookup costs no call.
+        let before = calls();
+        assert_eq!(c.lookup(ROOT_INO, "g").await.unwrap().ino, attr.ino);
+        assert_eq!(calls(), before);
+    }
 }

@@ -31,6 +31,7 @@ mod locks;
 mod map;
 mod meta_cache;
 mod namespace;
+mod open;
 mod read;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! Namespace and attribute operations: metad calls with the attribute and
 //! dentry cache in front, invalidated by this client's own mutations, and
-//! open/setattr which also touch the per-inode write state.
+//! setattr, which also touches the per-inode write state (opens: `open`).
 
 use std::time::Instant;
 
@@ -9,9 +9,8 @@ use torchfs_proto::meta::{
 };
 use torchfs_rdma::Transport;
 
-use super::control::{is_control_fh, is_control_ino, CONTROL_DIR_NAME};
-use super::file::FileState;
-use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
+use super::control::{is_control_ino, CONTROL_DIR_NAME};
+use super::{lock, unexpected, Client, ClientError, MetaService};
 
 /// The mode a create-like call asks for and the caller's umask, which metad
 /// applies unless the parent's default ACL replaces it.
@@ -30,7 +29,7 @@ pub struct Owner {
 
 /// Refuses namespace changes inside `.torchfs/` or of the name `.torchfs`
 /// in the root.
-fn guard_name(parent: Ino, name: &str) -> Result<(), ClientError> {
+pub(super) fn guard_name(parent: Ino, name: &str) -> Result<(), ClientError> {
     if is_control_ino(parent)
         || (parent == torchfs_proto::meta::ROOT_INO && name == CONTROL_DIR_NAME)
     {
@@ -375,119 +374,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
-    /// Opens a regular file. Always revalidates with metad (close-to-open:
-    /// the layout and size are fetched fresh) unless this client holds
-    /// unflushed changes to it, which then stay authoritative, or the file
-    /// is in a loaded frozen tree (it cannot have changed).
-    pub async fn open(
-        &self,
-        ino: Ino,
-        write: bool,
-        truncate: bool,
-    ) -> Result<FileHandle, ClientError> {
-        if is_control_ino(ino) {
-            return self.control_open(ino, write);
-        }
-        let trusted = if write || truncate {
-            None
-        } else {
-            self.inner.data_cache.trusted_layout(ino)
-        };
-        let (attr, layout) = match trusted {
-            Some(known) => known,
-            None => self.open_layout(ino).await?,
-        };
-        if attr.frozen && (write || truncate) {
-            return Err(MetaError::fs(
-                torchfs_proto::meta::errno::EROFS,
-                format!("inode {ino} is in a frozen dataset version"),
-            )
-            .into());
-        }
-        match attr.kind {
-            FileKind::File => {}
-            FileKind::Dir => return Err(ClientError::IsDir { ino }),
-            _ => return Err(ClientError::NotFile { ino }),
-        }
-        let fresh = FileState::from_layout(ino, attr.size, layout)
-            .map_err(|source| ClientError::Layout { ino, source })?;
-        // Close-to-open: cached data of any other version is stale now.
-        self.inner.data_cache.validate(ino, fresh.version());
-        self.cache_attr(attr);
-        let mut fresh = Some(fresh);
-        let (fh, file, created) = self
-            .inner
-            .handles
-            .open(ino, write, || fresh.take().expect("taken once"));
-        if !created {
-            if let Some(fresh) = fresh {
-                let mut st = file.state.lock().await;
-                if !st.pending() {
-                    *st = fresh;
-                }
-            }
-        }
-        if truncate && write {
-            if let Err(e) = self
-                .setattr(
-                    ino,
-                    SetAttr {
-                        size: Some(0),
-                        ..SetAttr::default()
-                    },
-                )
-                .await
-            {
-                let _ = self.inner.handles.close(fh);
-                return Err(e);
-            }
-        }
-        Ok(fh)
-    }
-
-    /// For FUSE passthrough: the disk-tier file holding all of a file
-    /// opened read-only, when the cache has it at the open version. The
-    /// caller hands it to the kernel, whose reads then bypass this client
-    /// (the open counts as one disk-tier hit).
-    pub async fn backing_file(&self, fh: FileHandle) -> Option<std::fs::File> {
-        if is_control_fh(fh) {
-            return None;
-        }
-        let (file, writable) = self.inner.handles.get(fh).ok()?;
-        if writable {
-            return None;
-        }
-        let (version, size) = {
-            let st = file.state.lock().await;
-            if st.pending() {
-                return None;
-            }
-            (st.version(), st.size)
-        };
-        let path = self
-            .inner
-            .data_cache
-            .backing_path(file.ino, version, size)?;
-        std::fs::File::open(&path)
-            .inspect_err(|e| tracing::debug!("passthrough file {}: {e}", path.display()))
-            .ok()
-    }
-
-    /// Whether an inode is one of the `.torchfs/` control files (front-ends
-    /// serve them without a page cache).
-    pub fn is_control(&self, ino: Ino) -> bool {
-        is_control_ino(ino)
-    }
-
-    /// Whether front-ends should bypass their page cache for `ino`: a plan
-    /// reads it by byte ranges. The kernel's readahead would otherwise read
-    /// past each range into neighbouring planned ranges (consuming them
-    /// out of plan order and reading bytes the cache already holds), and
-    /// its pages are dropped at the next open anyway.
-    pub fn prefers_direct_io(&self, ino: Ino) -> bool {
-        is_control_ino(ino) || self.inner.data_cache.has_planned_ranges(ino)
-    }
-
     async fn attr_reply(
         &self,
         request: &'static str,
@@ -562,7 +448,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Caches what a create-like call returned. metad took a new entry in
     /// `parent`, so a frozen table holding it is out of date (thawed).
-    fn created(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
+    pub(super) fn created(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
         self.frozen_changed(parent);
         let mut cache = lock(&self.inner.cache);
         let now = Instant::now();

@@ -49,6 +49,34 @@ impl FakeMeta {
     }
 
     fn handle(&self, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        if let MetaRequest::CreateOpen {
+            parent,
+            name,
+            mode,
+            umask,
+            uid,
+            gid,
+            exclusive,
+            client_id,
+        } = req
+        {
+            let create = MetaRequest::Create {
+                parent,
+                name,
+                mode,
+                umask,
+                uid,
+                gid,
+                exclusive,
+            };
+            let MetaReply::Attr(attr) = self.handle(create)? else {
+                unreachable!("Create answers Attr");
+            };
+            let mut st = self.0.lock().unwrap();
+            st.opened.push((client_id, attr.ino));
+            let layout = st.files[&attr.ino].1.clone();
+            return Ok(MetaReply::Layout { attr, layout });
+        }
         let mut st = self.0.lock().unwrap();
         let enoent = || MetaError::fs(errno::ENOENT, "no such file");
         match req {

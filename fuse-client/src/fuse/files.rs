@@ -9,7 +9,7 @@ use fuser::{FileHandle, FopenFlags, Generation, ReplyCreate, ReplyOpen};
 use super::attr::file_attr;
 use super::passthrough::OpenAs;
 use super::{errno, Fs};
-use crate::core::{ClientError, NewMode, Owner};
+use crate::core::{NewMode, Owner};
 
 /// What a create(2) with O_CREAT asks for besides the name.
 pub(super) struct CreateOpen {
@@ -83,15 +83,17 @@ impl Fs {
         open: CreateOpen,
         reply: ReplyCreate,
     ) {
-        let result = async {
-            let attr = self
-                .client
-                .create(parent, &name, open.mode, open.owner, open.exclusive)
-                .await?;
-            let fh = self.client.open(attr.ino, true, open.truncate).await?;
-            Ok::<_, ClientError>((attr, fh))
-        }
-        .await;
+        let result = self
+            .client
+            .create_open(
+                parent,
+                &name,
+                open.mode,
+                open.owner,
+                open.exclusive,
+                open.truncate,
+            )
+            .await;
         match result {
             Ok((attr, fh)) => {
                 let mut flags = FopenFlags::empty();

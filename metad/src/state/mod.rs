@@ -379,6 +379,28 @@ impl State {
                 *exclusive,
                 now,
             ),
+            MetaRequest::CreateOpen {
+                parent,
+                name,
+                mode,
+                umask,
+                uid,
+                gid,
+                exclusive,
+                client_id: _,
+            } => {
+                let created = self.create(
+                    (*parent, name),
+                    NewMode(*mode, *umask),
+                    (*uid, *gid),
+                    *exclusive,
+                    now,
+                )?;
+                match created {
+                    MetaReply::Attr(attr) => self.get_layout(attr.ino),
+                    other => Ok(other),
+                }
+            }
             MetaRequest::Mkdir {
                 parent,
                 name,

@@ -217,6 +217,16 @@ fn every_request_round_trips() {
             ino: 4,
             client_id: u64::MAX,
         },
+        MetaRequest::CreateOpen {
+            parent: 1,
+            name: "new".into(),
+            mode: 0o100644,
+            umask: 0o022,
+            uid: 1000,
+            gid: 1000,
+            exclusive: true,
+            client_id: 77,
+        },
         MetaRequest::KeepAlive {
             client_id: 3,
             open: vec![4, 5, 1 << 40],

@@ -43,12 +43,29 @@ fn log_encoding_of_requests_is_unchanged() {
         hex(&mknod),
         "0c000000010000000000000001000000000000007003000000a401000012000000070000000800000009000000"
     );
-    // Variant 29 (the last), then the lock's fields in order.
+    // Variant 29, then the lock's fields in order.
     assert_eq!(
         hex(&get_lock),
         "1d00000002000000000000000300000000000000040000000000000005000000010000000600000000000000ffffffffffffffff"
     );
     assert_eq!(hex(&MetaRequest::StatFs), "0d000000");
+    // Added after the generated enums: variant 30 (appended); parent,
+    // name, mode, umask, uid, gid, exclusive, client id.
+    let create_open = MetaRequest::CreateOpen {
+        parent: 1,
+        name: "f".into(),
+        mode: 0o644,
+        umask: 0,
+        uid: 2,
+        gid: 3,
+        exclusive: true,
+        client_id: 4,
+    };
+    assert_eq!(
+        hex(&create_open),
+        "1e0000000100000000000000010000000000000066a401000000000000020000000300000001\
+         0400000000000000"
+    );
 }
 
 #[test]

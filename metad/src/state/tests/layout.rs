@@ -97,3 +97,57 @@ fn commit_layout_replaces_by_stripe() {
     assert!(matches!(r, Err(MetaError::Invalid(_))));
     assert_eq!(errno_of(t.commit(ROOT_INO, 1, &[])), EISDIR);
 }
+
+#[test]
+fn create_open_answers_the_layout_of_a_new_or_existing_file() {
+    let mut t = T::new();
+    let req = |name: &str, exclusive| MetaRequest::CreateOpen {
+        parent: ROOT_INO,
+        name: name.into(),
+        mode: 0o640,
+        umask: 0o022,
+        uid: 3,
+        gid: 4,
+        exclusive,
+        client_id: 9,
+    };
+    let Ok(MetaReply::Layout { attr, layout }) = t.w(req("f", true)) else {
+        panic!("new file")
+    };
+    assert_eq!(
+        (attr.mode & 0o7777, attr.uid, attr.gid, attr.size),
+        (0o640, 3, 4, 0)
+    );
+    assert!(layout.stripes.is_empty());
+    let found = t.r(MetaRequest::Lookup {
+        parent: ROOT_INO,
+        name: "f".into(),
+    });
+    assert!(matches!(found, Ok(MetaReply::Attr(a)) if a.ino == attr.ino));
+
+    // Without O_EXCL an existing file opens with its stripes; with it, EEXIST.
+    t.commit(attr.ino, 300, &[0, 1]).unwrap();
+    let Ok(MetaReply::Layout {
+        attr: again,
+        layout,
+    }) = t.w(req("f", false))
+    else {
+        panic!("existing file")
+    };
+    assert_eq!(
+        (again.ino, again.size, layout.stripes.len()),
+        (attr.ino, 300, 2)
+    );
+    let err = t.w(req("f", true)).unwrap_err();
+    assert!(
+        matches!(err, MetaError::Fs { errno, .. } if errno == errno::EEXIST),
+        "{err:?}"
+    );
+    // A directory in the way: EISDIR, nothing created.
+    t.mkdir(ROOT_INO, "d");
+    let err = t.w(req("d", false)).unwrap_err();
+    assert!(
+        matches!(err, MetaError::Fs { errno, .. } if errno == errno::EISDIR),
+        "{err:?}"
+    );
+}

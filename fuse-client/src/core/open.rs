@@ -1,0 +1,174 @@
+//! Opening files: close-to-open revalidation with metad, create-and-open
+//! in one write, and the disk-tier file a read-only open may hand to the
+//! kernel (passthrough).
+
+use torchfs_proto::meta::{
+    Attr, FileKind, Ino, Layout, MetaError, MetaReply, MetaRequest, SetAttr,
+};
+use torchfs_rdma::Transport;
+
+use super::control::{is_control_fh, is_control_ino};
+use super::file::FileState;
+use super::namespace::{guard_name, NewMode, Owner};
+use super::{unexpected, Client, ClientError, FileHandle, MetaService};
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Opens a regular file. Always revalidates with metad (close-to-open:
+    /// the layout and size are fetched fresh) unless this client holds
+    /// unflushed changes to it, which then stay authoritative, or the file
+    /// is in a loaded frozen tree (it cannot have changed).
+    pub async fn open(
+        &self,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> Result<FileHandle, ClientError> {
+        if is_control_ino(ino) {
+            return self.control_open(ino, write);
+        }
+        let trusted = if write || truncate {
+            None
+        } else {
+            self.inner.data_cache.trusted_layout(ino)
+        };
+        let (attr, layout) = match trusted {
+            Some(known) => known,
+            None => self.open_layout(ino).await?,
+        };
+        self.open_with(attr, layout, write, truncate).await
+    }
+
+    /// Creates (or, without `exclusive`, opens an existing) regular file
+    /// and opens it for writing, in one metad write: the reply carries the
+    /// layout an `Open` would fetch, and metad counts the file as held
+    /// open by this client from the moment it exists.
+    pub async fn create_open(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: NewMode,
+        owner: Owner,
+        exclusive: bool,
+        truncate: bool,
+    ) -> Result<(Attr, FileHandle), ClientError> {
+        guard_name(parent, name)?;
+        let req = MetaRequest::CreateOpen {
+            parent,
+            name: name.to_string(),
+            mode: mode.mode,
+            umask: mode.umask,
+            uid: owner.uid,
+            gid: owner.gid,
+            exclusive,
+            client_id: self.inner.lease_id,
+        };
+        let (attr, layout) = match self.meta_call(req).await? {
+            MetaReply::Layout { attr, layout } => (attr, layout),
+            other => return Err(unexpected("CreateOpen", other)),
+        };
+        let attr = self.created(parent, name, attr);
+        let fh = self.open_with(attr.clone(), layout, true, truncate).await?;
+        Ok((attr, fh))
+    }
+
+    /// The part of an open after metad answered: checks the kind, installs
+    /// the layout as the handle's state and truncates if asked.
+    async fn open_with(
+        &self,
+        attr: Attr,
+        layout: Layout,
+        write: bool,
+        truncate: bool,
+    ) -> Result<FileHandle, ClientError> {
+        let ino = attr.ino;
+        if attr.frozen && (write || truncate) {
+            return Err(MetaError::fs(
+                torchfs_proto::meta::errno::EROFS,
+                format!("inode {ino} is in a frozen dataset version"),
+            )
+            .into());
+        }
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(ClientError::IsDir { ino }),
+            _ => return Err(ClientError::NotFile { ino }),
+        }
+        let fresh = FileState::from_layout(ino, attr.size, layout)
+            .map_err(|source| ClientError::Layout { ino, source })?;
+        // Close-to-open: cached data of any other version is stale now.
+        self.inner.data_cache.validate(ino, fresh.version());
+        self.cache_attr(attr);
+        let mut fresh = Some(fresh);
+        let (fh, file, created) = self
+            .inner
+            .handles
+            .open(ino, write, || fresh.take().expect("taken once"));
+        if !created {
+            if let Some(fresh) = fresh {
+                let mut st = file.state.lock().await;
+                if !st.pending() {
+                    *st = fresh;
+                }
+            }
+        }
+        if truncate && write {
+            if let Err(e) = self
+                .setattr(
+                    ino,
+                    SetAttr {
+                        size: Some(0),
+                        ..SetAttr::default()
+                    },
+                )
+                .await
+            {
+                let _ = self.inner.handles.close(fh);
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    /// For FUSE passthrough: the disk-tier file holding all of a file
+    /// opened read-only, when the cache has it at the open version. The
+    /// caller hands it to the kernel, whose reads then bypass this client
+    /// (the open counts as one disk-tier hit).
+    pub async fn backing_file(&self, fh: FileHandle) -> Option<std::fs::File> {
+        if is_control_fh(fh) {
+            return None;
+        }
+        let (file, writable) = self.inner.handles.get(fh).ok()?;
+        if writable {
+            return None;
+        }
+        let (version, size) = {
+            let st = file.state.lock().await;
+            if st.pending() {
+                return None;
+            }
+            (st.version(), st.size)
+        };
+        let path = self
+            .inner
+            .data_cache
+            .backing_path(file.ino, version, size)?;
+        std::fs::File::open(&path)
+            .inspect_err(|e| tracing::debug!("passthrough file {}: {e}", path.display()))
+            .ok()
+    }
+
+    /// Whether an inode is one of the `.torchfs/` control files (front-ends
+    /// serve them without a page cache).
+    pub fn is_control(&self, ino: Ino) -> bool {
+        is_control_ino(ino)
+    }
+
+    /// Whether front-ends should bypass their page cache for `ino`: a plan
+    /// reads it by byte ranges. The kernel's readahead would otherwise read
+    /// past each range into neighbouring planned ranges (consuming them
+    /// out of plan order and reading bytes the cache already holds), and
+    /// its pages are dropped at the next open anyway.
+    pub fn prefers_direct_io(&self, ino: Ino) -> bool {
+        is_control_ino(ino) || self.inner.data_cache.has_planned_ranges(ino)
+    }
+}
