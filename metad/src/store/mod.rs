@@ -102,8 +102,8 @@ fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) ->
     let mut tx = db.begin_write().map_err(db_write)?;
     if !durable {
         // Lost on a crash only until the next durable commit; losing it is
-        // safe (see the users).
-        tx.set_durability(redb::Durability::Eventual);
+        // safe (see the users). `None`, as redb fdatasyncs `Eventual` too.
+        tx.set_durability(redb::Durability::None);
     }
     {
         let mut table = tx.open_table(META).map_err(db_write)?;
