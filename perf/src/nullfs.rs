@@ -133,13 +133,7 @@ impl NullFs {
         let mut nodes = self.lock();
         let dir = nodes.get(&parent.0).ok_or(Errno::ENOENT)?;
         let ino = *dir.children.get(name).ok_or(Errno::ENOENT)?;
-        let node = nodes.get(&ino).ok_or(Errno::ENOENT)?;
-        match (want_dir, node.kind == FileType::Directory) {
-            (true, false) => return Err(Errno::ENOTDIR),
-            (false, true) => return Err(Errno::EISDIR),
-            (true, true) if !node.children.is_empty() => return Err(Errno::ENOTEMPTY),
-            _ => {}
-        }
+        removable(nodes.get(&ino).ok_or(Errno::ENOENT)?, want_dir)?;
         nodes.remove(&ino);
         if let Some(dir) = nodes.get_mut(&parent.0) {
             dir.children.remove(name);
@@ -182,13 +176,7 @@ impl NullFs {
             if flags.bits() & libc::RENAME_NOREPLACE != 0 {
                 return Err(Errno::EEXIST);
             }
-            let target = nodes.get(&old).ok_or(Errno::ENOENT)?;
-            match (moved_is_dir, target.kind == FileType::Directory) {
-                (true, false) => return Err(Errno::ENOTDIR),
-                (false, true) => return Err(Errno::EISDIR),
-                (true, true) if !target.children.is_empty() => return Err(Errno::ENOTEMPTY),
-                _ => {}
-            }
+            removable(nodes.get(&old).ok_or(Errno::ENOENT)?, moved_is_dir)?;
             nodes.remove(&old);
         }
         if let Some(dir) = nodes.get_mut(&parent.0) {
@@ -198,6 +186,17 @@ impl NullFs {
             dir.children.insert(newname.to_owned(), ino);
         }
         Ok(())
+    }
+}
+
+/// Whether `node` may go where a directory (`as_dir`) or a file is being
+/// removed or renamed over: the errno Linux gives when not.
+fn removable(node: &Node, as_dir: bool) -> Result<(), Errno> {
+    match (as_dir, node.kind == FileType::Directory) {
+        (true, false) => Err(Errno::ENOTDIR),
+        (false, true) => Err(Errno::EISDIR),
+        (true, true) if !node.children.is_empty() => Err(Errno::ENOTEMPTY),
+        _ => Ok(()),
     }
 }
 
