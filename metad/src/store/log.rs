@@ -1,22 +1,26 @@
 //! The Raft log and vote ([`LogStore`]).
 //!
 //! `append` returns at once: its entries are readable from memory straight
-//! away (so openraft replicates them while they are being made durable
-//! here), and a flusher thread writes them to redb and fsyncs. Everything
+//! away, and a flusher thread writes them to redb and fsyncs. Everything
 //! queued while one commit runs goes into the next (group commit), so
 //! concurrent writes share an fsync. openraft counts this voter's copy only
-//! once `log_io_completed` is called, after the commit.
+//! once `log_io_completed` is called, after the commit. (openraft 0.9's core
+//! waits for that callback before it goes on, so the leader still sends
+//! AppendEntries only after its own fsync; see docs/ARCHITECTURE.md.)
 //!
 //! Every other write (vote, truncate, purge, committed index) goes through
 //! the same queue, in order, so a truncate can never be overtaken by an
 //! earlier append still waiting to be written. Those that openraft relies on
-//! return once committed.
+//! return once committed. The committed index, which nobody waits for and
+//! which need not be durable, is put off until the next commit (or at most
+//! [`DEFER_MS_MAX`]), so it costs no commit of its own between two appends.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -32,6 +36,11 @@ use super::{
 const QUEUE_DEPTH: usize = 1024;
 /// Writes one commit takes at most (the rest wait for the next).
 const JOBS_PER_COMMIT_MAX: usize = 4096;
+/// How long a write that may wait (see [`Job::can_wait`]) waits for a
+/// commit to ride along with before it is committed on its own.
+const DEFER_MS_MAX: u64 = 200;
+/// Writes that may wait, queued at most before they are committed anyway.
+const DEFERRED_JOBS_MAX: usize = 64;
 
 /// What the flusher writes, in the order it was asked.
 enum Job {
@@ -61,6 +70,18 @@ impl Job {
             Job::Meta { durable, .. } => *durable,
             Job::Append { .. } | Job::Delete { .. } => true,
         }
+    }
+
+    /// Neither durable nor waited for: may wait for the next commit.
+    fn can_wait(&self) -> bool {
+        matches!(
+            self,
+            Job::Meta {
+                durable: false,
+                done: None,
+                ..
+            }
+        )
     }
 }
 
@@ -321,29 +342,62 @@ struct Flusher {
 
 impl Flusher {
     fn run(self, jobs: mpsc::Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
+        // Writes nobody waits for and nobody needs durable (the committed
+        // index) ride along with the next durable commit instead of costing
+        // a commit of their own between two appends.
+        let mut deferred: Vec<Job> = Vec::new();
+        loop {
+            let first = if deferred.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            } else {
+                match jobs.recv_timeout(Duration::from_millis(DEFER_MS_MAX)) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.write(std::mem::take(&mut deferred));
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch = std::mem::take(&mut deferred);
+            batch.push(first);
             while batch.len() < JOBS_PER_COMMIT_MAX {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&batch).map_err(|e| e.to_string());
-            if result.is_ok() {
-                self.forget_flushed(&batch);
-            } else if let Err(e) = &result {
-                tracing::error!("commit of {} log writes failed: {e}", batch.len());
+            if batch.len() < DEFERRED_JOBS_MAX && batch.iter().all(Job::can_wait) {
+                deferred = batch;
+                continue;
             }
-            for job in batch {
-                match job {
-                    Job::Append { callback, .. } => {
-                        callback.log_io_completed(result.clone().map_err(std::io::Error::other))
-                    }
-                    Job::Delete { done, .. } | Job::Meta { done, .. } => {
-                        if let Some(done) = done {
-                            let _ = done.send(result.clone());
-                        }
+            self.write(batch);
+        }
+        // Closing: what was put off is written before the database is let go.
+        if !deferred.is_empty() {
+            self.write(deferred);
+        }
+    }
+
+    /// Commits `batch` and tells every waiter how it went.
+    fn write(&self, batch: Vec<Job>) {
+        let result = self.commit(&batch).map_err(|e| e.to_string());
+        if result.is_ok() {
+            self.forget_flushed(&batch);
+        } else if let Err(e) = &result {
+            tracing::error!("commit of {} log writes failed: {e}", batch.len());
+        }
+        for job in batch {
+            match job {
+                Job::Append { callback, .. } => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
+                Job::Delete { done, .. } | Job::Meta { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone());
                     }
                 }
             }

@@ -183,3 +183,41 @@ async fn corrupt_entries_are_errors_naming_what_is_corrupt() {
     let e = log.read_vote().await.unwrap_err();
     assert!(e.to_string().contains("`vote`"), "{e}");
 }
+
+#[tokio::test]
+async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let at = |index| Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+    let db = Arc::new(open_db(&path).unwrap());
+    let mut log = LogStore::new(db.clone());
+
+    // Put off: not in the database until a durable write comes along...
+    log.save_committed(at(7)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(log.read_committed().await.unwrap(), None);
+    // ...which writes it in the same commit, before its own change.
+    log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), at(7));
+
+    // With no write coming, it is committed on its own after the wait.
+    log.save_committed(at(8)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(DEFER_WAIT_TEST_MS)).await;
+    assert_eq!(log.read_committed().await.unwrap(), at(8));
+
+    // And closing the store writes what is still put off.
+    log.save_committed(at(9)).await.unwrap();
+    drop(log);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    drop(db);
+    let db = Arc::new(open_db(&path).unwrap());
+    let mut log = LogStore::new(db);
+    assert_eq!(log.read_committed().await.unwrap(), at(9));
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+}
+
+/// Longer than the flusher's wait for a commit to ride along with.
+const DEFER_WAIT_TEST_MS: u64 = 600;
