@@ -98,6 +98,8 @@ pub struct LocalCluster {
     spec: ClusterSpec,
     metad: Vec<Option<Child>>,
     storage: Vec<Option<Child>>,
+    /// When each storage node's process was last started.
+    storage_started: Vec<Option<Instant>>,
 }
 
 impl LocalCluster {
@@ -108,6 +110,7 @@ impl LocalCluster {
         let mut cluster = Self {
             metad: (0..spec.metad_ports.len()).map(|_| None).collect(),
             storage: (0..spec.storage_nodes).map(|_| None).collect(),
+            storage_started: vec![None; spec.storage_nodes],
             spec,
         };
         for i in 0..cluster.metad.len() {
@@ -231,6 +234,7 @@ impl LocalCluster {
         if let Some(bytes) = self.spec.io_memory_bytes_per_shard {
             args.extend(["--io-memory-bytes".into(), bytes.to_string()]);
         }
+        self.storage_started[index] = Some(Instant::now());
         self.storage[index] = Some(self.spawn(&format!("storage-{id}"), args, env)?);
         Ok(())
     }
@@ -282,11 +286,18 @@ impl LocalCluster {
                 // A node counts once this leader has heard from it: a new
                 // leader reports registered nodes as up for a grace period,
                 // with the addresses they had before a restart.
+                // A restarted node counts once it has registered again
+                // (storage ports are picked afresh at each start, so until
+                // then the map names ports nobody listens on).
                 let up = status
                     .map
                     .nodes
                     .iter()
-                    .filter(|n| n.state == NodeState::Up && n.last_heartbeat_ms_ago.is_some())
+                    .filter(|n| {
+                        n.state == NodeState::Up
+                            && n.last_heartbeat_ms_ago
+                                .is_some_and(|ago| self.heard_since_start(n.info.id as usize, ago))
+                    })
                     .count();
                 if status.leader.is_some() && up >= nodes_up && !status.map.groups.is_empty() {
                     return Ok(status);
@@ -294,6 +305,15 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Whether a heartbeat `ago_ms` old came from storage node `id`'s
+    /// current process (true for nodes this cluster did not start).
+    fn heard_since_start(&self, id: usize, ago_ms: u64) -> bool {
+        let started = id
+            .checked_sub(1)
+            .and_then(|i| self.storage_started.get(i).copied().flatten());
+        started.is_none_or(|t| u128::from(ago_ms) < t.elapsed().as_millis())
     }
 
     /// Errors if a process we started has exited on its own.

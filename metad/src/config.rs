@@ -28,7 +28,13 @@ pub struct MetadConfig {
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every_logs: u64,
+    /// Largest piece a snapshot is sent to a lagging voter in (each piece
+    /// is one RPC; capnp refuses messages over 64 MiB).
+    pub snapshot_chunk_bytes: usize,
 }
+
+/// Largest snapshot chunk: well under capnp's 64 MiB message limit.
+const SNAPSHOT_CHUNK_BYTES_MAX: usize = 32 << 20;
 
 impl MetadConfig {
     pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf, voters: Vec<(u64, String)>) -> Self {
@@ -43,6 +49,7 @@ impl MetadConfig {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             snapshot_every_logs: 1000,
+            snapshot_chunk_bytes: 4 << 20,
         }
     }
 
@@ -71,6 +78,12 @@ impl MetadConfig {
                 "this voter's id {} is not in the voter list {:?}",
                 self.id,
                 voters.keys().collect::<Vec<_>>()
+            ));
+        }
+        if !(1..=SNAPSHOT_CHUNK_BYTES_MAX).contains(&self.snapshot_chunk_bytes) {
+            return bad(format!(
+                "snapshot chunk of {} bytes: needs 1 to {SNAPSHOT_CHUNK_BYTES_MAX}",
+                self.snapshot_chunk_bytes
             ));
         }
         let s = self.stripe;
@@ -113,8 +126,8 @@ pub enum MetadError {
     Config { reason: String },
     #[error("raft failed: {reason}")]
     Raft { reason: String },
-    #[error("cannot start the RPC thread: {source}")]
-    Thread { source: std::io::Error },
+    #[error("cannot start the runtime: {source}")]
+    Runtime { source: std::io::Error },
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! - [`config`]: [`MetadConfig`] and [`MetadError`].
 //! - [`state`]: the namespace state machine (deterministic `apply`).
 //! - [`store`]: redb log/vote/snapshot storage and the state-machine store.
-//! - `network`: Raft RPCs to peers (actor over the RPC thread).
+//! - `network`: Raft RPCs to peers (an actor owning the capnp connections).
 //! - `node`: request handling (redirects, writes, linearizable reads, liveness).
-//! - `service`: the RPC thread and capnp servers.
+//! - `service`: the listener and capnp servers.
 //!
-//! Entry points: [`run`] (async, any tokio runtime) and [`run_blocking`].
+//! Entry points: [`run`] (async, inside a tokio `LocalSet`) and
+//! [`run_blocking`].
 
 pub mod config;
 mod leases;
@@ -30,18 +31,20 @@ pub use config::{MetadConfig, MetadError};
 
 use crate::network::Network;
 use crate::node::Node;
-use crate::service::RpcThread;
+use crate::service::RpcServer;
 use crate::store::{LogStore, StateMachineStore};
 
-/// Outgoing Raft calls queued for the RPC thread before senders wait.
+/// Outgoing Raft calls queued for the peer pool before senders wait.
 const PEER_QUEUE_DEPTH: usize = 1024;
 /// How long shutdown waits for openraft's tasks to release the database.
 const DB_RELEASE_WAIT_MS: u64 = 5000;
 
 /// Runs a voter until `shutdown` resolves.
 ///
-/// Works on any tokio runtime (current-thread or multi-thread): openraft runs
-/// on the caller's runtime, the Cap'n Proto side on a thread of its own.
+/// Must be awaited inside a tokio `LocalSet` (capnp-rpc is `!Send`), best
+/// on a current-thread runtime: then openraft's core, the Cap'n Proto side
+/// and the state machine share one thread and pass requests among them
+/// without waking another (the log flusher has a thread of its own).
 /// The listener is bound first, so a port in use fails at once. The lowest
 /// voter id initializes a new cluster; a restarted voter resumes from its
 /// data dir.
@@ -79,6 +82,19 @@ pub async fn run(
         // Keep a few entries behind the snapshot so a briefly lagging
         // follower catches up from the log rather than a full snapshot.
         max_in_snapshot_log_to_keep: (config.snapshot_every_logs / 10).min(100),
+        // A restarted leader wins an election again before it serves: the
+        // committed index is not made durable with every write, so a leader
+        // resuming at once would answer reads from a commit index behind
+        // what it had acknowledged (the durability test caught exactly that).
+        enable_leader_restore: Some(false),
+        // A voter whose store was lost or moved away (what `MetadError::Store`
+        // suggests for a corrupt one) comes back with an empty log; without
+        // this, openraft's leader panics on seeing that follower's log go
+        // backwards, and so does every leader after it. The voter then
+        // catches up from a snapshot. (It could also vote again in a term it
+        // voted in before: replacing it by a membership change is the safe
+        // way, not built yet.)
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()
@@ -90,7 +106,10 @@ pub async fn run(
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        Network { tx: peer_tx },
+        Network {
+            tx: peer_tx,
+            snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+        },
         log,
         sm,
     )
@@ -109,13 +128,16 @@ pub async fn run(
         // election_timeout_max): see `node::ReadLease`.
         Duration::from_millis(config.election_timeout_max_ms / 4),
     ));
-    let rpc = RpcThread::start(
+    let rpc = RpcServer::start(
         listener,
         node.clone(),
         peer_rx,
         Duration::from_millis(config.election_timeout_min_ms),
     )
-    .map_err(|source| MetadError::Thread { source })?;
+    .map_err(|source| MetadError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let ticker = tokio::spawn({
         let node = node.clone();
         async move {
@@ -167,7 +189,8 @@ pub async fn run(
     result
 }
 
-/// [`run`] on a runtime of its own (current-thread), for callers without one.
+/// [`run`] on a runtime and `LocalSet` of its own (current-thread), for
+/// callers without one.
 pub fn run_blocking(
     config: MetadConfig,
     shutdown: impl Future<Output = ()>,
@@ -175,6 +198,6 @@ pub fn run_blocking(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| MetadError::Thread { source })?;
-    rt.block_on(run(config, shutdown))
+        .map_err(|source| MetadError::Runtime { source })?;
+    tokio::task::LocalSet::new().block_on(&rt, run(config, shutdown))
 }

@@ -1,10 +1,11 @@
 //! Raft messages to peer voters over Cap'n Proto (`interface Raft`, payloads
-//! are bincode of openraft's types).
+//! are bincode of openraft's types; a snapshot travels whole).
 //!
 //! openraft wants `Send` network futures while capnp-rpc is `!Send`, so this
 //! is an actor: [`PeerClient`] (Send, used by openraft) serializes a request
-//! and passes it over a channel to the RPC thread, where [`PeerPool`] owns
-//! one capnp connection per peer and answers over a oneshot.
+//! and passes it over a channel to [`PeerPool`], a local task on the same
+//! thread, which owns one capnp connection per peer and answers over a
+//! oneshot.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,26 +15,50 @@ use std::time::Duration;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
-use serde::{de::DeserializeOwned, Serialize};
+use openraft::{AnyError, BasicNode, OptionalSend};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use torchfs_proto::metadata_capnp as mc;
 use torchfs_proto::rpc::two_party;
 
-use crate::store::TypeConfig;
+use crate::service::LocalTasks;
+use crate::store::{Snapshot, SnapshotMeta, TypeConfig, Vote};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PeerMethod {
     AppendEntries,
     Vote,
+    PreVote,
     InstallSnapshot,
+}
+
+/// One piece of a snapshot on its way to a peer (`installSnapshot`): the
+/// state's bytes travel in chunks of at most
+/// [`MetadConfig::snapshot_chunk_bytes`](crate::MetadConfig), so no message
+/// comes near capnp's 64 MiB message limit, and the last chunk carries what
+/// the peer needs to install it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotChunk {
+    /// Random per transfer; a chunk at offset 0 starts a new one.
+    pub transfer: u64,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// On the last chunk only.
+    pub last: Option<SnapshotEnd>,
+}
+
+/// What the last chunk of a snapshot carries.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotEnd {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
 }
 
 /// Why a peer call failed before the peer answered.
@@ -57,6 +82,7 @@ pub(crate) struct PeerCall {
 #[derive(Clone)]
 pub(crate) struct Network {
     pub tx: mpsc::Sender<PeerCall>,
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -67,6 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             tx: self.tx.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1),
         }
     }
 }
@@ -75,28 +102,34 @@ pub(crate) struct PeerClient {
     target: u64,
     addr: String,
     tx: mpsc::Sender<PeerCall>,
+    snapshot_chunk_bytes: usize,
 }
 
-type RpcErr<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
+type RpcErr = RPCError<TypeConfig>;
+
+/// A failure of the transport (not of the peer's Raft), as openraft takes it.
+fn network_error(e: impl std::error::Error + 'static) -> RpcErr {
+    RPCError::Network(NetworkError::new(&e))
+}
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
+    /// Sends `req` and waits for the peer's `Result<Resp, RaftError>`.
+    async fn call<Req, Resp>(
         &self,
         method: PeerMethod,
         req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RpcErr<E>>
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
         // A payload that does not (de)serialize is a network error to
         // openraft; say which call and peer it was.
         let codec = |e: bincode::Error, what: &str| {
             let e = AnyError::new(&e)
                 .add_context(|| format!("{what} {method:?} to voter {}", self.target));
-            RPCError::Network(NetworkError::new(&e))
+            network_error(e)
         };
         let payload = bincode::serialize(req).map_err(|e| codec(e, "encode"))?;
         let (reply, rx) = oneshot::channel();
@@ -107,22 +140,17 @@ impl PeerClient {
             payload,
             reply,
         };
-        let gone = || {
-            RPCError::Network(NetworkError::new(&std::io::Error::other(
-                "metad RPC thread stopped",
-            )))
-        };
+        let gone = || network_error(std::io::Error::other("metad peer pool stopped"));
         self.tx.send(call).await.map_err(|_| gone())?;
-        let answer = match tokio::time::timeout(option.hard_ttl(), rx).await {
+        let answer = match tokio::time::timeout(ttl, rx).await {
             Err(_) => {
-                return Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
+                return Err(network_error(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "{method:?} to voter {} timed out after {:?}",
-                        self.target,
-                        option.hard_ttl()
+                        "{method:?} to voter {} timed out after {ttl:?}",
+                        self.target
                     ),
-                ))))
+                )))
             }
             Ok(Err(_)) => return Err(gone()),
             Ok(Ok(a)) => a,
@@ -134,41 +162,93 @@ impl PeerClient {
                     &std::io::Error::other(e),
                 )))
             }
-            Err(PeerFailure::Network(e)) => {
-                return Err(RPCError::Network(NetworkError::new(
-                    &std::io::Error::other(e),
-                )))
-            }
+            Err(PeerFailure::Network(e)) => return Err(network_error(std::io::Error::other(e))),
         };
-        let result: Result<Resp, RaftError<u64, E>> =
+        let result: Result<Resp, RaftError<TypeConfig>> =
             bincode::deserialize(&bytes).map_err(|e| codec(e, "decode the reply of"))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        // Only `Fatal` comes back (the peer's Raft has stopped): to this
+        // side that peer is as good as unreachable for now.
+        result.map_err(|e| {
+            network_error(std::io::Error::other(format!(
+                "{method:?} to voter {}: its Raft has stopped: {e}",
+                self.target
+            )))
+        })
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        self.call(PeerMethod::AppendEntries, &rpc, &option).await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        self.call(PeerMethod::InstallSnapshot, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        self.call(PeerMethod::AppendEntries, &rpc, option.hard_ttl())
+            .await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RpcErr> {
-        self.call(PeerMethod::Vote, &rpc, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(PeerMethod::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(PeerMethod::PreVote, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let data = snapshot.snapshot.into_inner();
+        let transfer = rand::random::<u64>();
+        let mut end = Some(SnapshotEnd {
+            vote,
+            meta: snapshot.meta,
+        });
+        let send_all = async {
+            let mut offset = 0;
+            loop {
+                let take = (data.len() - offset).min(self.snapshot_chunk_bytes);
+                let last = offset + take == data.len();
+                let chunk = SnapshotChunk {
+                    transfer,
+                    offset: offset as u64,
+                    bytes: data[offset..offset + take].to_vec(),
+                    last: if last { end.take() } else { None },
+                };
+                let answer: Option<SnapshotResponse<TypeConfig>> = self
+                    .call(PeerMethod::InstallSnapshot, &chunk, option.hard_ttl())
+                    .await?;
+                offset += take;
+                if let (true, Some(resp)) = (last, answer) {
+                    return Ok(resp);
+                }
+                if last {
+                    return Err(network_error(std::io::Error::other(format!(
+                        "voter {} did not answer the last chunk of a snapshot",
+                        self.target
+                    ))));
+                }
+            }
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = send_all => r.map_err(StreamingError::from),
+        }
     }
 }
 
@@ -180,20 +260,23 @@ struct Conn {
     client: Connecting,
 }
 
-/// Lives on the RPC thread: one connection per peer, reused by all calls,
+/// A local task of the voter: one connection per peer, reused by all calls,
 /// dropped (and remade on the next call) when a call fails.
 pub(crate) struct PeerPool {
     conns: RefCell<HashMap<u64, Conn>>,
     next_id: Cell<u64>,
     connect_timeout: Duration,
+    /// Where calls and connections run (aborted when the voter stops).
+    tasks: LocalTasks,
 }
 
 impl PeerPool {
-    pub(crate) fn new(connect_timeout: Duration) -> Rc<Self> {
+    pub(crate) fn new(connect_timeout: Duration, tasks: LocalTasks) -> Rc<Self> {
         Rc::new(Self {
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
             connect_timeout,
+            tasks,
         })
     }
 
@@ -201,7 +284,7 @@ impl PeerPool {
     pub(crate) async fn serve(self: Rc<Self>, mut rx: mpsc::Receiver<PeerCall>) {
         while let Some(call) = rx.recv().await {
             let pool = self.clone();
-            tokio::task::spawn_local(async move {
+            self.tasks.spawn(async move {
                 let r = pool
                     .call(call.target, &call.addr, call.method, call.payload)
                     .await;
@@ -219,7 +302,7 @@ impl PeerPool {
     ) -> Result<Vec<u8>, PeerFailure> {
         let (id, fut) = self.connection(target, addr);
         let client = fut.await.map_err(PeerFailure::Unreachable)?;
-        // The three methods share a shape (payload in, payload out) but not
+        // The methods share a shape (payload in, payload out) but not
         // a type.
         macro_rules! call {
             ($request:ident) => {{
@@ -233,6 +316,7 @@ impl PeerPool {
             Ok::<_, capnp::Error>(match method {
                 PeerMethod::AppendEntries => call!(append_entries_request),
                 PeerMethod::Vote => call!(vote_request),
+                PeerMethod::PreVote => call!(pre_vote_request),
                 PeerMethod::InstallSnapshot => call!(install_snapshot_request),
             })
         }
@@ -254,6 +338,7 @@ impl PeerPool {
         self.next_id.set(id + 1);
         let fut = connect(
             Rc::downgrade(self),
+            self.tasks.clone(),
             target,
             id,
             addr.to_string(),
@@ -282,6 +367,7 @@ impl PeerPool {
 
 async fn connect(
     pool: std::rc::Weak<PeerPool>,
+    tasks: LocalTasks,
     target: u64,
     id: u64,
     addr: String,
@@ -306,7 +392,7 @@ async fn connect(
     let mut rpc = two_party(stream, Side::Client, None);
     let service: mc::service::Client = rpc.bootstrap(Side::Server);
     let pool2 = pool.clone();
-    tokio::task::spawn_local(async move {
+    tasks.spawn(async move {
         let _ = rpc.await;
         if let Some(p) = pool2.upgrade() {
             p.forget(target, id);

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
     errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
     NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
@@ -22,7 +23,7 @@ use crate::state::{Command, Op, Outcome};
 
 /// Orphans freed by one `Reclaim` command at most.
 const RECLAIM_PER_COMMAND_MAX: usize = 1024;
-use crate::store::{SmData, TypeConfig};
+use crate::store::{MetaRaft, SmData, TypeConfig};
 
 struct Beat {
     at: Instant,
@@ -58,7 +59,7 @@ struct ReadLease {
 
 pub(crate) struct Node {
     pub id: u64,
-    pub raft: Raft<TypeConfig>,
+    pub raft: MetaRaft,
     pub sm: Arc<RwLock<SmData>>,
     pub voters: BTreeMap<u64, String>,
     pub node_down_after: Duration,
@@ -82,7 +83,7 @@ fn now_ns() -> i64 {
 impl Node {
     pub fn new(
         id: u64,
-        raft: Raft<TypeConfig>,
+        raft: MetaRaft,
         sm: Arc<RwLock<SmData>>,
         voters: BTreeMap<u64, String>,
         node_down_after: Duration,
@@ -120,8 +121,8 @@ impl Node {
                 return Ok(());
             }
         }
-        if let Err(e) = self.raft.ensure_linearizable().await {
-            return Err(self.forward::<CheckIsLeaderError<u64, BasicNode>>(e));
+        if let Err(e) = self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            return Err(self.forward::<LinearizableReadError<TypeConfig>>(e));
         }
         let mut lease = self.read_lease.lock().unwrap_or_else(|p| p.into_inner());
         // The check began at `now`: the acknowledgements are no older.
@@ -177,7 +178,7 @@ impl Node {
     async fn propose(&self, cmd: Command) -> Outcome {
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data,
-            Err(e) => Err(self.forward::<ClientWriteError<u64, BasicNode>>(e)),
+            Err(e) => Err(self.forward::<ClientWriteError<TypeConfig>>(e)),
         }
     }
 
@@ -187,7 +188,7 @@ impl Node {
     pub async fn tick(&self) {
         let (term, is_leader) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (
                 m.current_term,
                 m.state == ServerState::Leader && m.current_leader == Some(self.id),
@@ -291,9 +292,9 @@ impl Node {
         }
     }
 
-    fn forward<E>(&self, e: RaftError<u64, E>) -> MetaError
+    fn forward<E>(&self, e: RaftError<TypeConfig, E>) -> MetaError
     where
-        E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, BasicNode>>,
+        E: std::error::Error + openraft::TryAsRef<ForwardToLeader<TypeConfig>>,
     {
         match e.forward_to_leader() {
             Some(f) => self.not_leader(f.leader_id),
@@ -306,7 +307,7 @@ impl Node {
     pub async fn execute(&self, req: MetaRequest, write_id: Option<WriteId>) -> Outcome {
         let (leader, term, is_leader) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (
                 m.current_leader,
                 m.current_term,
@@ -369,7 +370,7 @@ impl Node {
             MetaRequest::ClusterStatus => {
                 let (leader, term, last_applied) = {
                     let m = self.raft.metrics();
-                    let m = m.borrow();
+                    let m = m.borrow_watched();
                     (
                         m.current_leader,
                         m.current_term,

@@ -1,90 +1,89 @@
-//! The voter's RPC thread: one TCP listener serving `interface Service`
+//! The voter's RPC side: one TCP listener serving `interface Service`
 //! (bootstrap capability giving `Metadata` for clients and `Raft` for peer
 //! voters), plus the [`PeerPool`] for outgoing Raft calls.
 //!
-//! capnp-rpc is `!Send`, so all of it runs on one dedicated thread with a
-//! current-thread runtime and a `LocalSet`; Raft itself runs on the caller's
-//! runtime and is reached through its (Send) handle.
+//! capnp-rpc is `!Send`, so all of it runs as local tasks of the voter's
+//! `LocalSet`, on the same thread as openraft's core: a request reaches
+//! Raft, and Raft a peer, without waking another thread.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use capnp::capability::Rc as CapRc;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use futures::Future;
+use openraft::error::RaftError;
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use torchfs_proto::convert::{read_request, read_write_id, write_response};
 use torchfs_proto::meta::MetaError;
 use torchfs_proto::metadata_capnp as mc;
 use torchfs_proto::rpc::two_party;
 
-use crate::network::{PeerCall, PeerPool};
+use crate::network::{PeerCall, PeerPool, SnapshotChunk, SnapshotEnd};
 use crate::node::Node;
+use crate::store::{Snapshot, TypeConfig};
 
-/// Handle to the running RPC thread.
-pub(crate) struct RpcThread {
-    stop: Option<oneshot::Sender<()>>,
-    done: oneshot::Receiver<()>,
+/// The RPC side's local tasks (listener, connections, peer calls): stopping
+/// aborts them all, which closes every connection and the port.
+#[derive(Clone, Default)]
+pub(crate) struct LocalTasks(Rc<RefCell<JoinSet<()>>>);
+
+impl LocalTasks {
+    /// Spawns `task` on the current `LocalSet`.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + 'static) {
+        let mut set = self.0.borrow_mut();
+        // Reap finished tasks so the set stays as small as what runs.
+        while set.try_join_next().is_some() {}
+        set.spawn_local(task);
+    }
+
+    /// Aborts every task and waits until all are gone.
+    async fn stop(&self) {
+        let mut set = std::mem::take(&mut *self.0.borrow_mut());
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+    }
 }
 
-impl RpcThread {
-    /// Starts serving `listener` and the outgoing peer calls from `peer_rx`.
+/// Handle to the running RPC side.
+pub(crate) struct RpcServer {
+    tasks: LocalTasks,
+}
+
+impl RpcServer {
+    /// Starts serving `listener` and the outgoing peer calls from
+    /// `peer_rx`. Must be called inside a `LocalSet`.
     pub fn start(
         listener: std::net::TcpListener,
         node: Arc<Node>,
         peer_rx: mpsc::Receiver<PeerCall>,
         connect_timeout: Duration,
     ) -> std::io::Result<Self> {
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let (done_tx, done) = oneshot::channel();
         listener.set_nonblocking(true)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name(format!("metad-rpc-{}", node.id))
-            .spawn(move || {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("metad listener: {e}");
-                            return;
-                        }
-                    };
-                    tokio::task::spawn_local(PeerPool::new(connect_timeout).serve(peer_rx));
-                    tokio::select! {
-                        _ = accept_loop(listener, node) => {}
-                        _ = stop_rx => {}
-                    }
-                });
-                // Dropping the LocalSet and runtime closes every connection
-                // and the listener before we report that we are done.
-                drop(local);
-                drop(rt);
-                let _ = done_tx.send(());
-            })?;
-        Ok(Self {
-            stop: Some(stop),
-            done,
-        })
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let tasks = LocalTasks::default();
+        tasks.spawn(PeerPool::new(connect_timeout, tasks.clone()).serve(peer_rx));
+        tasks.spawn(accept_loop(listener, node, tasks.clone()));
+        Ok(Self { tasks })
     }
 
     /// Stops serving and waits until the port and connections are closed.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = (&mut self.done).await;
+    pub async fn stop(self) {
+        self.tasks.stop().await;
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, node: Arc<Node>) {
+async fn accept_loop(listener: tokio::net::TcpListener, node: Arc<Node>, tasks: LocalTasks) {
     let service: mc::service::Client = capnp_rpc::new_client(ServiceImpl {
         metadata: capnp_rpc::new_client(MetadataImpl { node: node.clone() }),
-        raft: capnp_rpc::new_client(RaftImpl { node }),
+        raft: capnp_rpc::new_client(RaftImpl {
+            node,
+            incoming: RefCell::new(None),
+        }),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -97,7 +96,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Arc<Node>) {
             }
         };
         let rpc = two_party(stream, Side::Server, Some(service.clone().client));
-        tokio::task::spawn_local(async move {
+        tasks.spawn(async move {
             if let Err(e) = rpc.await {
                 tracing::debug!("metad connection from {peer} ended: {e}");
             }
@@ -157,6 +156,43 @@ impl mc::metadata::Server for MetadataImpl {
 
 struct RaftImpl {
     node: Arc<Node>,
+    /// The snapshot being received: its transfer id and the bytes so far.
+    incoming: RefCell<Option<(u64, Vec<u8>)>>,
+}
+
+impl RaftImpl {
+    /// Takes one chunk; the whole snapshot once `chunk` is the last.
+    fn take_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<(SnapshotEnd, Vec<u8>)>, capnp::Error> {
+        let mut incoming = self.incoming.borrow_mut();
+        if chunk.offset == 0 {
+            *incoming = Some((chunk.transfer, Vec::new()));
+        }
+        let Some((transfer, bytes)) = incoming.as_mut() else {
+            return Err(capnp::Error::failed(format!(
+                "snapshot chunk at offset {} of transfer {:x} without its start",
+                chunk.offset, chunk.transfer
+            )));
+        };
+        if *transfer != chunk.transfer || bytes.len() as u64 != chunk.offset {
+            let e = capnp::Error::failed(format!(
+                "snapshot chunk at offset {} of transfer {:x}: expected offset {} of transfer {:x}",
+                chunk.offset,
+                chunk.transfer,
+                bytes.len(),
+                transfer
+            ));
+            *incoming = None;
+            return Err(e);
+        }
+        bytes.extend_from_slice(&chunk.bytes);
+        Ok(match chunk.last {
+            Some(end) => incoming.take().map(|(_, bytes)| (end, bytes)),
+            None => None,
+        })
+    }
 }
 
 /// Decodes the payload of a `method` call from a peer.
@@ -201,13 +237,40 @@ impl mc::raft::Server for RaftImpl {
         Ok(())
     }
 
+    async fn pre_vote(
+        self: CapRc<Self>,
+        params: mc::raft::PreVoteParams,
+        mut results: mc::raft::PreVoteResults,
+    ) -> Result<(), capnp::Error> {
+        let req = decode(params.get()?.get_payload(), "pre_vote")?;
+        let resp = self.node.raft.pre_vote(req).await;
+        results.get().set_payload(&encode(&resp, "pre_vote")?);
+        Ok(())
+    }
+
     async fn install_snapshot(
         self: CapRc<Self>,
         params: mc::raft::InstallSnapshotParams,
         mut results: mc::raft::InstallSnapshotResults,
     ) -> Result<(), capnp::Error> {
-        let req = decode(params.get()?.get_payload(), "install_snapshot")?;
-        let resp = self.node.raft.install_snapshot(req).await;
+        let chunk: SnapshotChunk = decode(params.get()?.get_payload(), "install_snapshot")?;
+        // Not the last chunk: `Ok(None)`. The last: the peer Raft's answer
+        // (a `Fatal` if this Raft stopped).
+        let resp: Result<Option<_>, RaftError<TypeConfig>> = match self.take_chunk(chunk)? {
+            None => Ok(None),
+            Some((end, bytes)) => {
+                let snapshot = Snapshot {
+                    meta: end.meta,
+                    snapshot: std::io::Cursor::new(bytes),
+                };
+                self.node
+                    .raft
+                    .install_full_snapshot(end.vote, snapshot)
+                    .await
+                    .map(Some)
+                    .map_err(RaftError::Fatal)
+            }
+        };
         results
             .get()
             .set_payload(&encode(&resp, "install_snapshot")?);

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::StorageError;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{ErrorSubject, ErrorVerb, StorageError};
 use tempfile::TempDir;
 use torchfs_metad::store::{open_db, LogStore, StateMachineStore, TypeConfig};
 use torchfs_proto::meta::StripeConfig;
@@ -13,18 +13,22 @@ use torchfs_proto::meta::StripeConfig;
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("make a temporary directory");
         let db = Arc::new(open_db(&dir.path().join("raft.redb")).expect("open the database"));
         let log = LogStore::new(db.clone());
-        let sm = StateMachineStore::open(db, StripeConfig::DEFAULT)?;
+        let sm = StateMachineStore::open(db, StripeConfig::DEFAULT).map_err(|e| {
+            StorageError::from_io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e)
+        })?;
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn openraft_storage_suite() {
-    if let Err(e) = Suite::test_all(Builder) {
+#[tokio::test]
+async fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder).await {
         panic!("openraft's storage suite failed: {e}");
     }
 }

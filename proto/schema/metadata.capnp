@@ -386,7 +386,11 @@ interface Metadata {
 interface Raft {
   appendEntries @0 (payload :Data) -> (payload :Data);
   vote @1 (payload :Data) -> (payload :Data);
+  # A whole snapshot: bincode of (vote, snapshot meta, state bytes).
   installSnapshot @2 (payload :Data) -> (payload :Data);
+  # Would the peer vote for this candidate? (Asked before a real election,
+  # so a voter that was cut off cannot unseat a healthy leader.)
+  preVote @3 (payload :Data) -> (payload :Data);
 }
 
 # What a metad listener hands out at bootstrap: both interfaces.

@@ -102,6 +102,29 @@ impl Command {
     }
 }
 
+/// A log line's worth (openraft logs entries with `Display`): the operation's
+/// kind, not its arguments.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.op {
+            Op::Client { req, write_id, .. } => {
+                let name = format!("{req:?}");
+                let kind = name.split([' ', '{', '(']).next().unwrap_or("");
+                write!(f, "{kind}")?;
+                if let Some(id) = write_id {
+                    write!(f, " (write {id:?})")?;
+                }
+                Ok(())
+            }
+            Op::Reclaim { inos } => write!(f, "Reclaim {} inodes", inos.len()),
+            Op::DropGarbage { inos } => write!(f, "DropGarbage {} inodes", inos.len()),
+            Op::ReleaseLocks { client_ids } => {
+                write!(f, "ReleaseLocks of {} clients", client_ids.len())
+            }
+        }
+    }
+}
+
 /// What `apply` answers for one command; this is also openraft's response type.
 pub type Outcome = Result<MetaReply, MetaError>;
 

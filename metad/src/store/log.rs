@@ -4,9 +4,9 @@
 //! away, and a flusher thread writes them to redb and fsyncs. Everything
 //! queued while one commit runs goes into the next (group commit), so
 //! concurrent writes share an fsync. openraft counts this voter's copy only
-//! once `log_io_completed` is called, after the commit. (openraft 0.9's core
-//! waits for that callback before it goes on, so the leader still sends
-//! AppendEntries only after its own fsync; see docs/ARCHITECTURE.md.)
+//! once `io_completed` is called, after the commit; openraft 0.10 does not
+//! wait for that before it replicates, so the leader's fsync and the
+//! followers' run at the same time.
 //!
 //! Every other write (vote, truncate, purge, committed index) goes through
 //! the same queue, in order, so a truncate can never be overtaken by an
@@ -22,14 +22,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use redb::{Database, ReadableTable};
 use tokio::sync::oneshot;
 
 use super::{
-    about_key, db_read, get_meta, StoreResult, TypeConfig, KEY_COMMITTED, KEY_PURGED, KEY_VOTE,
-    LOG, META,
+    about_key, bad_entry, db_read, get_meta, Entry, LogId, StoreResult, TypeConfig, Vote,
+    KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG, META,
 };
 
 /// Writes queued for the flusher before `append` waits for room.
@@ -45,8 +45,8 @@ const DEFERRED_JOBS_MAX: usize = 64;
 /// What the flusher writes, in the order it was asked.
 enum Job {
     Append {
-        entries: Vec<(LogId<u64>, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        entries: Vec<(LogId, Vec<u8>)>,
+        callback: IOFlushed<TypeConfig>,
     },
     /// Deletes entries with an index in the range.
     Delete {
@@ -88,7 +88,7 @@ impl Job {
 struct Shared {
     /// Appended entries not yet committed to redb, by index: readers look
     /// here first. An entry leaves only after the commit that holds it.
-    unflushed: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    unflushed: Mutex<BTreeMap<u64, Entry>>,
     /// None only while dropping.
     queue: Option<mpsc::SyncSender<Job>>,
     flusher: Option<std::thread::JoinHandle<()>>,
@@ -146,7 +146,7 @@ impl LogStore {
         Self { db, shared }
     }
 
-    fn unflushed(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
         // Inserts and removes are single map operations: a panicked holder
         // leaves the map whole.
         self.shared
@@ -156,14 +156,8 @@ impl LogStore {
     }
 
     fn send(&self, job: Job) -> StoreResult<()> {
-        let queue = self
-            .shared
-            .queue
-            .as_ref()
-            .ok_or_else(|| StorageIOError::write(&stopped()))?;
-        queue
-            .send(job)
-            .map_err(|_| StorageIOError::write(&stopped()).into())
+        let queue = self.shared.queue.as_ref().ok_or_else(stopped)?;
+        queue.send(job).map_err(|_| stopped())
     }
 
     /// Queues a write and waits until it is committed.
@@ -175,14 +169,13 @@ impl LogStore {
         self.send(make(Some(done)))?;
         match committed.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageIOError::write(&std::io::Error::other(e)).into()),
-            Err(_) => Err(StorageIOError::write(&stopped()).into()),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(stopped()),
         }
     }
 
     fn encode<T: serde::Serialize>(key: &'static str, value: &T) -> StoreResult<Vec<u8>> {
-        bincode::serialize(value)
-            .map_err(|e| StorageIOError::write(about_key(&e, "encode", key)).into())
+        bincode::serialize(value).map_err(|e| about_key(&e, "encode", key))
     }
 }
 
@@ -194,10 +187,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+    ) -> StoreResult<Vec<Entry>> {
         // Memory first: an entry that leaves it has been committed, so the
         // database read that follows sees it.
-        let mut out: BTreeMap<u64, Entry<TypeConfig>> = self
+        let mut out: BTreeMap<u64, Entry> = self
             .unflushed()
             .range(range.clone())
             .map(|(i, e)| (*i, e.clone()))
@@ -210,11 +203,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 // A newer entry at this index is on its way to disk.
                 continue;
             }
-            let entry = bincode::deserialize(v.value())
-                .map_err(|e| StorageIOError::read_log_at_index(k.value(), &e))?;
+            let entry = bincode::deserialize(v.value()).map_err(|e| bad_entry(k.value(), &e))?;
             out.insert(k.value(), entry);
         }
         Ok(out.into_values().collect())
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote>> {
+        get_meta(&self.db, KEY_VOTE)
     }
 }
 
@@ -222,7 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<u64>> = get_meta(&self.db, KEY_PURGED)?;
+        let last_purged: Option<LogId> = get_meta(&self.db, KEY_PURGED)?;
         if let Some(e) = self.unflushed().values().next_back() {
             return Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -233,8 +229,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let table = tx.open_table(LOG).map_err(db_read)?;
         let last = match table.last().map_err(db_read)? {
             Some((k, v)) => {
-                let e: Entry<TypeConfig> = bincode::deserialize(v.value())
-                    .map_err(|e| StorageIOError::read_log_at_index(k.value(), &e))?;
+                let e: Entry =
+                    bincode::deserialize(v.value()).map_err(|e| bad_entry(k.value(), &e))?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -249,7 +245,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> StoreResult<()> {
+    async fn save_vote(&mut self, vote: &Vote) -> StoreResult<()> {
         let bytes = Self::encode(KEY_VOTE, vote)?;
         self.write_and_wait(|done| Job::Meta {
             key: KEY_VOTE,
@@ -260,11 +256,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
-    async fn read_vote(&mut self) -> StoreResult<Option<Vote<u64>>> {
-        get_meta(&self.db, KEY_VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StoreResult<()> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> StoreResult<()> {
         // Only speeds up recovery (replay at start instead of after the next
         // election): queued, not waited for.
         let bytes = Self::encode(KEY_COMMITTED, &committed)?;
@@ -276,21 +268,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
     }
 
-    async fn read_committed(&mut self) -> StoreResult<Option<LogId<u64>>> {
-        Ok(get_meta::<Option<LogId<u64>>>(&self.db, KEY_COMMITTED)?.flatten())
+    async fn read_committed(&mut self) -> StoreResult<Option<LogId>> {
+        Ok(get_meta::<Option<LogId>>(&self.db, KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> StoreResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
         {
             let mut unflushed = self.unflushed();
             for entry in entries {
-                let bytes = bincode::serialize(&entry)
-                    .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+                let bytes = bincode::serialize(&entry).map_err(|e| {
+                    std::io::Error::other(format!("encode log entry {}: {e}", entry.log_id))
+                })?;
                 encoded.push((entry.log_id, bytes));
                 unflushed.insert(entry.log_id.index, entry);
             }
@@ -301,17 +294,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
     }
 
-    async fn truncate(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
-        self.unflushed().split_off(&log_id.index);
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> StoreResult<()> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.unflushed().split_off(&from);
         self.write_and_wait(|done| Job::Delete {
-            from: Bound::Included(log_id.index),
+            from: Bound::Included(from),
             to: Bound::Unbounded,
             done,
         })
         .await
     }
 
-    async fn purge(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
+    async fn purge(&mut self, log_id: LogId) -> StoreResult<()> {
         // The purge point is recorded in the same commit as the delete.
         let bytes = Self::encode(KEY_PURGED, &log_id)?;
         self.send(Job::Meta {
@@ -393,7 +387,7 @@ impl Flusher {
         for job in batch {
             match job {
                 Job::Append { callback, .. } => {
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                    callback.io_completed(result.clone().map_err(std::io::Error::other))
                 }
                 Job::Delete { done, .. } | Job::Meta { done, .. } => {
                     if let Some(done) = done {

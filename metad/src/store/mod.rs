@@ -12,14 +12,15 @@
 //!   that group-commits.
 //! - `sm`: [`StateMachineStore`] and its snapshots.
 
-// openraft fixes the error type of every storage method (`StorageError`,
-// over 200 bytes); boxing it here would only add conversions.
+// redb's error type is over 150 bytes; boxing it here would only add
+// conversions on paths that fail rarely.
 #![allow(clippy::result_large_err)]
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::path::Path;
 
-use openraft::{AnyError, BasicNode, Entry, StorageError, StorageIOError};
+use openraft::type_config::alias;
+use openraft::BasicNode;
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -40,12 +41,26 @@ openraft::declare_raft_types!(
         R = Outcome,
         NodeId = u64,
         Node = BasicNode,
-        Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
 );
 
-type StoreResult<T> = Result<T, StorageError<u64>>;
+/// A log position (term, leader and index).
+pub type LogId = alias::LogIdOf<TypeConfig>;
+/// A voter's vote.
+pub type Vote = alias::VoteOf<TypeConfig>;
+/// One Raft log entry.
+pub type Entry = alias::EntryOf<TypeConfig>;
+/// The membership and the log position it was set at.
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
+/// What a snapshot covers.
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot with its bytes.
+pub type Snapshot = alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
+/// metad's Raft.
+pub type MetaRaft = openraft::Raft<TypeConfig, StateMachineStore>;
+/// The committed leader id inside a [`LogId`].
+pub type CommittedLeaderId = alias::CommittedLeaderIdOf<TypeConfig>;
+
+type StoreResult<T> = Result<T, io::Error>;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -55,18 +70,29 @@ const KEY_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT: &str = "snapshot";
 
 /// A redb failure while reading.
-fn db_read<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
-    StorageIOError::read(&e.into()).into()
+fn db_read<E: Into<redb::Error>>(e: E) -> io::Error {
+    io::Error::other(format!("read the Raft store: {}", e.into()))
 }
 
 /// A redb failure while writing.
-fn db_write<E: Into<redb::Error>>(e: E) -> StorageError<u64> {
-    StorageIOError::write(&e.into()).into()
+fn db_write<E: Into<redb::Error>>(e: E) -> io::Error {
+    io::Error::other(format!("write the Raft store: {}", e.into()))
 }
 
 /// `e`, saying which meta key it is about and what was being done.
-fn about_key(e: &bincode::Error, doing: &str, key: &str) -> AnyError {
-    AnyError::new(e).add_context(|| format!("{doing} `{key}` in table raft_meta"))
+fn about_key(e: &bincode::Error, doing: &str, key: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{doing} `{key}` in table raft_meta: {e}"),
+    )
+}
+
+/// A log entry that does not decode.
+fn bad_entry(index: u64, e: &bincode::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("decode log entry {index} in table raft_log: {e}"),
+    )
 }
 
 /// Opens (creating if needed) the database and its tables, so that a
@@ -86,19 +112,13 @@ fn get_meta<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> StoreResu
     let Some(v) = table.get(key).map_err(db_read)? else {
         return Ok(None);
     };
-    bincode::deserialize(v.value()).map(Some).map_err(|e| {
-        StorageIOError::read(about_key(
-            &e,
-            &format!("decode {} bytes of", v.value().len()),
-            key,
-        ))
-        .into()
-    })
+    bincode::deserialize(v.value())
+        .map(Some)
+        .map_err(|e| about_key(&e, &format!("decode {} bytes of", v.value().len()), key))
 }
 
 fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T, durable: bool) -> StoreResult<()> {
-    let bytes = bincode::serialize(value)
-        .map_err(|e| StorageIOError::write(about_key(&e, "encode", key)))?;
+    let bytes = bincode::serialize(value).map_err(|e| about_key(&e, "encode", key))?;
     let mut tx = db.begin_write().map_err(db_write)?;
     if !durable {
         // Lost on a crash only until the next durable commit; losing it is

@@ -1,32 +1,33 @@
 //! The state machine store: the namespace in memory ([`SmData`]), applied
 //! from the log, with snapshots kept in the database.
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
-};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{MetaReply, StripeConfig};
 
-use super::{get_meta, put_meta, StoreResult, TypeConfig, KEY_SNAPSHOT};
+use super::{
+    get_meta, put_meta, Entry, LogId, Snapshot, SnapshotMeta, StoreResult, StoredMembership,
+    TypeConfig, KEY_SNAPSHOT,
+};
 use crate::state::{Outcome, State};
 
 /// Everything the state machine holds; also the snapshot format.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SmData {
-    pub last_applied: Option<LogId<u64>>,
-    pub membership: StoredMembership<u64, BasicNode>,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
     pub state: State,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
+    meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
@@ -42,8 +43,8 @@ impl StateMachineStore {
     pub fn open(db: Arc<Database>, stripe: StripeConfig) -> StoreResult<Self> {
         let data = match get_meta::<StoredSnapshot>(&db, KEY_SNAPSHOT)? {
             Some(snap) => {
-                let mut d: SmData = bincode::deserialize(&snap.data)
-                    .map_err(|e| StorageIOError::read_snapshot(Some(snap.meta.signature()), &e))?;
+                let mut d: SmData =
+                    bincode::deserialize(&snap.data).map_err(|e| bad_snapshot(&snap.meta, &e))?;
                 d.last_applied = snap.meta.last_log_id;
                 d.membership = snap.meta.last_membership;
                 d
@@ -69,24 +70,50 @@ impl StateMachineStore {
     fn write_data(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
         self.data.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Applies one committed entry and says what it answered.
+    pub fn apply_entry(&self, entry: Entry) -> Outcome {
+        let mut d = self.write_data();
+        d.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(MetaReply::Unit),
+            EntryPayload::Normal(cmd) => d.state.apply(&cmd),
+            EntryPayload::Membership(m) => {
+                d.membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(MetaReply::Unit)
+            }
+        }
+    }
+
+    /// Applies entries in order (tests: openraft's responders cannot be
+    /// made outside it).
+    #[cfg(test)]
+    pub fn apply_all(&self, entries: impl IntoIterator<Item = Entry>) -> Vec<Outcome> {
+        entries.into_iter().map(|e| self.apply_entry(e)).collect()
+    }
+}
+
+/// A snapshot whose state does not decode.
+fn bad_snapshot(meta: &SnapshotMeta, e: &bincode::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("decode the snapshot at {:?}: {e}", meta.last_log_id),
+    )
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot> {
         let (bytes, last_applied, membership) = {
             let d = self.read_data();
-            let bytes =
-                bincode::serialize(&*d).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let bytes = bincode::serialize(&*d)
+                .map_err(|e| io::Error::other(format!("encode the state machine: {e}")))?;
             (bytes, d.last_applied, d.membership.clone())
-        };
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, bytes.len()),
-            None => format!("empty-{}", bytes.len()),
         };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
-            snapshot_id,
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
@@ -95,59 +122,45 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         put_meta(&self.db, KEY_SNAPSHOT, &stored, true)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Cursor::new(stored.data),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> StoreResult<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>)> {
+    async fn applied_state(&mut self) -> StoreResult<(Option<LogId>, StoredMembership)> {
         let d = self.read_data();
         Ok((d.last_applied, d.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Outcome>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> StoreResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut d = self.write_data();
-        let mut out = Vec::new();
-        for entry in entries {
-            d.last_applied = Some(entry.log_id);
-            out.push(match entry.payload {
-                EntryPayload::Blank => Ok(MetaReply::Unit),
-                EntryPayload::Normal(cmd) => d.state.apply(&cmd),
-                EntryPayload::Membership(m) => {
-                    d.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Ok(MetaReply::Unit)
-                }
-            });
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let outcome = self.apply_entry(entry);
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta,
+        snapshot: Cursor<Vec<u8>>,
     ) -> StoreResult<()> {
         let data = snapshot.into_inner();
-        let mut new: SmData = bincode::deserialize(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        })?;
+        let mut new: SmData = bincode::deserialize(&data).map_err(|e| bad_snapshot(meta, &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         let stored = StoredSnapshot {
@@ -159,11 +172,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot>> {
         Ok(
             get_meta::<StoredSnapshot>(&self.db, KEY_SNAPSHOT)?.map(|s| Snapshot {
                 meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
+                snapshot: Cursor::new(s.data),
             }),
         )
     }

@@ -2,24 +2,32 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
+use openraft::vote::RaftLeaderId;
+use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use torchfs_proto::meta::{MetaReply, StripeConfig};
 
 use super::*;
 use crate::state::Command;
-use openraft::{CommittedLeaderId, Membership};
-use std::collections::BTreeSet;
+
+type Payload = alias::EntryPayloadOf<TypeConfig>;
+
+/// The log position `index` of term 1, leader 1.
+fn at_index(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
 use torchfs_proto::meta::{MetaRequest, ROOT_INO};
 
-fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
+fn entry(index: u64, payload: Payload) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: at_index(index),
         payload,
     }
 }
 
-fn mkdir(name: &str) -> EntryPayload<TypeConfig> {
+fn mkdir(name: &str) -> Payload {
     EntryPayload::Normal(Command::client(
         5,
         MetaRequest::Mkdir {
@@ -53,12 +61,8 @@ async fn log_vote_and_snapshot_survive_reopen() {
             }
         }
         tx.commit().unwrap();
-        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 5))
-            .await
-            .unwrap();
-        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
-            .await
-            .unwrap();
+        log.truncate_after(Some(at_index(4))).await.unwrap();
+        log.purge(at_index(2)).await.unwrap();
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_log_id.unwrap().index, 4);
         assert_eq!(st.last_purged_log_id.unwrap().index, 2);
@@ -69,17 +73,14 @@ async fn log_vote_and_snapshot_survive_reopen() {
         );
 
         let mut sm = StateMachineStore::open(db.clone(), StripeConfig::DEFAULT).unwrap();
-        let members = Membership::new(vec![BTreeSet::from([1u64])], None);
-        let out = sm
-            .apply([
-                entry(1, EntryPayload::Membership(members)),
-                entry(2, mkdir("a")),
-            ])
-            .await
-            .unwrap();
+        let members = Membership::new_with_defaults(vec![BTreeSet::from([1u64])], [1u64]);
+        let out = sm.apply_all([
+            entry(1, EntryPayload::Membership(members)),
+            entry(2, mkdir("a")),
+        ]);
         assert!(out.iter().all(|o| o.is_ok()));
         sm.build_snapshot().await.unwrap();
-        sm.apply([entry(3, mkdir("b"))]).await.unwrap();
+        sm.apply_all([entry(3, mkdir("b"))]);
     }
     let db = Arc::new(open_db(&path).unwrap());
     let mut log = LogStore::new(db.clone());
@@ -114,7 +115,7 @@ async fn session_table_survives_snapshot_reopen_and_install() {
         seq: 1,
         lowest_outstanding_seq: 1,
     };
-    let with_id = |p: EntryPayload<TypeConfig>| match p {
+    let with_id = |p: Payload| match p {
         EntryPayload::Normal(Command {
             now_ns,
             op: crate::state::Op::Client { req, closed, .. },
@@ -132,14 +133,14 @@ async fn session_table_survives_snapshot_reopen_and_install() {
     let snapshot = {
         let db = Arc::new(open_db(&dir.path().join("a.redb")).unwrap());
         let mut sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
-        let out = sm.apply([entry(1, with_id(mkdir("a")))]).await.unwrap();
+        let out = sm.apply_all([entry(1, with_id(mkdir("a")))]);
         assert!(out[0].is_ok());
         sm.build_snapshot().await.unwrap()
     };
     // A restart: the table comes back from the stored snapshot, and the
     // retry (a second log entry with the same id) is not applied.
     let db = Arc::new(open_db(&dir.path().join("a.redb")).unwrap());
-    let mut sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
+    let sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
     let first = sm
         .data
         .read()
@@ -149,7 +150,7 @@ async fn session_table_survives_snapshot_reopen_and_install() {
         .answered(&id)
         .cloned();
     assert!(matches!(first, Some(Ok(MetaReply::Attr(_)))), "{first:?}");
-    let out = sm.apply([entry(2, with_id(mkdir("a")))]).await.unwrap();
+    let out = sm.apply_all([entry(2, with_id(mkdir("a")))]);
     assert_eq!(Some(&out[0]), first.as_ref());
     // A new voter installing the snapshot gets the table too.
     let db = Arc::new(open_db(&dir.path().join("b.redb")).unwrap());
@@ -158,7 +159,7 @@ async fn session_table_survives_snapshot_reopen_and_install() {
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await
         .unwrap();
-    let out = fresh.apply([entry(2, with_id(mkdir("a")))]).await.unwrap();
+    let out = fresh.apply_all([entry(2, with_id(mkdir("a")))]);
     assert_eq!(Some(&out[0]), first.as_ref());
     assert_eq!(fresh.data.read().unwrap().state.file_count(), 2);
 }
@@ -177,9 +178,9 @@ async fn corrupt_entries_are_errors_naming_what_is_corrupt() {
     tx.commit().unwrap();
     let mut log = LogStore::new(db);
     let e = log.try_get_log_entries(0..10).await.unwrap_err();
-    assert!(e.to_string().contains("LogIndex(7)"), "{e}");
+    assert!(e.to_string().contains("log entry 7"), "{e}");
     let e = log.get_log_state().await.unwrap_err();
-    assert!(e.to_string().contains("LogIndex(7)"), "{e}");
+    assert!(e.to_string().contains("log entry 7"), "{e}");
     let e = log.read_vote().await.unwrap_err();
     assert!(e.to_string().contains("`vote`"), "{e}");
 }
@@ -188,7 +189,7 @@ async fn corrupt_entries_are_errors_naming_what_is_corrupt() {
 async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.redb");
-    let at = |index| Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+    let at = |index| Some(at_index(index));
     let db = Arc::new(open_db(&path).unwrap());
     let mut log = LogStore::new(db.clone());
 
