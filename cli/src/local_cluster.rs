@@ -80,13 +80,42 @@ pub fn shared_io_memory_bytes(executors: usize) -> Option<usize> {
     Some((lim.rlim_cur as usize / 2 / executors.max(1)).max(64 << 10))
 }
 
-/// Ports free right now on 127.0.0.1 (the OS picks them; they are released
-/// before return, so a racing process could take one: tests only).
+/// Ports free right now on 127.0.0.1 (released before return, so a
+/// process binding that very port could take one: tests only).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .context("find free ports")?;
+    // Below the kernel's ephemeral range: a port there is never handed to
+    // a bind of port 0 or to an outgoing connection, so a storage node
+    // starting at the same time cannot take a voter's port before the
+    // voter binds it.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_000 + 1000));
+    let span = u32::from(high - low);
+    // Start somewhere different each time: clusters of earlier tests may
+    // still be letting go of theirs.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let mut next = low + (seed % span) as u16;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
+            listeners.push(l);
+        }
+        next = if next + 1 >= high { low } else { next + 1 };
+    }
+    if listeners.len() < n {
+        bail!(
+            "find {n} free ports between {low} and {high}: only {} free",
+            listeners.len()
+        );
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))

@@ -192,5 +192,24 @@ mod tests {
         let before = calls();
         assert_eq!(c.lookup(ROOT_INO, "g").await.unwrap().ino, attr.ino);
         assert_eq!(calls(), before);
+
+        // O_CREAT|O_TRUNC of a new name (`open(.., "w")`): still one call,
+        // there is nothing to truncate.
+        let before = calls();
+        let (_, fh) = c
+            .create_open(ROOT_INO, "h", mode, Owner { uid: 5, gid: 6 }, false, true)
+            .await
+            .unwrap();
+        assert_eq!(calls() - before, 1, "no truncate of a new file");
+        c.release(fh).await.unwrap();
+        // ...but a file that exists with data (another client made it
+        // meanwhile) is cut.
+        let (again, fh) = c
+            .create_open(ROOT_INO, "g", mode, Owner { uid: 5, gid: 6 }, false, true)
+            .await
+            .unwrap();
+        assert_eq!(again.ino, attr.ino);
+        c.release(fh).await.unwrap();
+        assert_eq!(meta.0.lock().unwrap().files[&attr.ino].0.size, 0);
     }
 }

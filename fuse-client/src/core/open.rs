@@ -67,6 +67,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             other => return Err(unexpected("CreateOpen", other)),
         };
         let attr = self.created(parent, name, attr);
+        // The kernel sends a create only for a name its lookup did not find,
+        // so the file is new and empty: O_TRUNC (`open(.., "w")`, `cp`, `tar`,
+        // Rust's `File::create`) has nothing to cut, and a truncate would be
+        // a second metad write per file. A file another client created in
+        // between is truncated if it holds data; if it is empty, only its
+        // times are not touched.
+        let truncate = truncate && attr.size > 0;
         let fh = self.open_with(attr.clone(), layout, true, truncate).await?;
         Ok((attr, fh))
     }

@@ -87,8 +87,16 @@ impl FakeMeta {
                 mode,
                 uid,
                 gid,
+                exclusive,
                 ..
             } => {
+                // Like metad: an existing name is EEXIST, or opened as is.
+                if let Some(ino) = st.names.get(&(parent, name.clone())).copied() {
+                    if exclusive {
+                        return Err(MetaError::fs(errno::EEXIST, "file exists"));
+                    }
+                    return Ok(MetaReply::Attr(st.files[&ino].0.clone()));
+                }
                 st.next_ino += 1;
                 let ino = st.next_ino;
                 let attr = Attr {

@@ -1,5 +1,5 @@
 //! What a mount asks of the kernel at init: request sizes, async reads,
-//! locks, POSIX ACLs and (with a disk tier) passthrough. What the kernel
+//! parallel directory operations, locks, POSIX ACLs and (with a disk tier) passthrough. What the kernel
 //! refuses is logged and worked around.
 
 use fuser::{InitFlags, KernelConfig};
@@ -13,6 +13,18 @@ pub(super) fn negotiate(options: &FuseOptions, config: &mut KernelConfig) -> boo
     let _ = config.set_max_write(options.request_bytes_max);
     let _ = config.set_max_readahead(options.request_bytes_max);
     let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ);
+    // Lookups and readdirs in one directory run in parallel (the kernel
+    // otherwise holds a per-directory lock across each round trip, so 16
+    // threads stat'ing files of one directory ran one at a time). The core
+    // is safe for it: every request is its own task.
+    if config
+        .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS)
+        .is_err()
+    {
+        tracing::warn!(
+            "the kernel does not offer parallel lookups: one directory's lookups run one at a time"
+        );
+    }
     // Locks go to metad, so they hold across mounts.
     if config
         .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
