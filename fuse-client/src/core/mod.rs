@@ -241,11 +241,20 @@ impl ClientError {
 /// tests substitute an in-memory one.
 pub trait MetaService: Send + Sync + 'static {
     fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send;
+
+    /// A runtime on which calls cost no thread hop, if the service has one.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
 }
 
 impl MetaService for MetaClient {
     fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send {
         MetaClient::call(self, req)
+    }
+
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(MetaClient::runtime(self).clone())
     }
 }
 
@@ -268,6 +277,9 @@ pub(crate) struct Inner<M, T> {
     config: ClientConfig,
     meta: M,
     transport: T,
+    /// The runtime the client was made on: background data work (fragment
+    /// deletes) goes there, whichever runtime the request runs on.
+    runtime: tokio::runtime::Handle,
     map: MapCache,
     cache: Mutex<MetaCache>,
     handles: Handles,
@@ -351,6 +363,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             config,
             meta,
             transport,
+            runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(refresh_map_loop(
             Arc::downgrade(&inner),
@@ -365,6 +378,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             tokio::spawn(cache::disk_loop(Arc::downgrade(&inner), work));
         }
         Ok(Self { inner })
+    }
+
+    /// Where a front-end best runs requests that only talk to metad: the
+    /// metadata service's own runtime when it has one (no thread hop per
+    /// call), else the client's.
+    pub fn meta_runtime(&self) -> tokio::runtime::Handle {
+        self.inner
+            .meta
+            .runtime()
+            .unwrap_or_else(|| self.inner.runtime.clone())
     }
 
     /// The code for a stripe configuration, built once per client.

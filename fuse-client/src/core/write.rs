@@ -313,7 +313,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             return;
         }
         let client = self.clone();
-        tokio::spawn(async move { client.delete_entries(ino, cfg, entries).await });
+        self.inner
+            .runtime
+            .spawn(async move { client.delete_entries(ino, cfg, entries).await });
     }
 
     /// Deletes the stored fragments of `entries`, best effort: a fragment

@@ -106,6 +106,7 @@ pub fn mount(
     }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
+    let meta_runtime = client.meta_runtime();
     let fs = TorchFs {
         fs: Arc::new(Fs {
             client,
@@ -116,6 +117,7 @@ pub fn mount(
             io_modes: IoModes::default(),
         }),
         runtime,
+        meta_runtime,
     };
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
     readahead::raise(mountpoint, options.request_bytes_max);
@@ -126,6 +128,10 @@ pub fn mount(
 struct TorchFs {
     fs: Arc<Fs>,
     runtime: Handle,
+    /// Where requests that only talk to metad run: the metad client's own
+    /// thread, which saves a thread hop each way per call (a lookup or a
+    /// create is mostly waiting on metad).
+    meta_runtime: Handle,
 }
 
 /// What the request tasks share.
@@ -149,6 +155,14 @@ impl TorchFs {
     {
         self.runtime.spawn(task(self.fs.clone()));
     }
+
+    /// [`Self::spawn`] for a request that only talks to metad.
+    fn spawn_meta<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.meta_runtime.spawn(task(self.fs.clone()));
+    }
 }
 
 impl Filesystem for TorchFs {
@@ -160,7 +174,7 @@ impl Filesystem for TorchFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             match fs.client.lookup(parent.0, &name).await {
                 // Creates through this mount replace the negative entry;
                 // other mounts' within the entry TTL, as for every entry.
@@ -173,7 +187,7 @@ impl Filesystem for TorchFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs.client.getattr(ino.0).await;
             fs.reply_attr(result, reply);
         });
@@ -212,7 +226,7 @@ impl Filesystem for TorchFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             match fs.client.readlink(ino.0).await {
                 Ok(target) => reply.data(target.as_bytes()),
                 Err(e) => reply.error(errno(&e)),
@@ -235,7 +249,7 @@ impl Filesystem for TorchFs {
         };
         let name = name_or_reply!(name, reply);
         let (mode, owner) = (new_mode(mode, umask), owner(req));
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs
                 .client
                 .mknod(parent.0, &name, kind, mode, owner, rdev)
@@ -255,7 +269,7 @@ impl Filesystem for TorchFs {
     ) {
         let name = name_or_reply!(name, reply);
         let (mode, owner) = (new_mode(mode, umask), owner(req));
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs.client.mkdir(parent.0, &name, mode, owner).await;
             fs.reply_entry(result, reply);
         });
@@ -263,14 +277,14 @@ impl Filesystem for TorchFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             reply_empty(fs.client.unlink(parent.0, &name).await, reply);
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             reply_empty(fs.client.rmdir(parent.0, &name).await, reply);
         });
     }
@@ -288,7 +302,7 @@ impl Filesystem for TorchFs {
             return reply.error(Errno::EINVAL);
         };
         let owner = owner(req);
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs.client.symlink(parent.0, &name, &target, owner).await;
             fs.reply_entry(result, reply);
         });
@@ -318,7 +332,7 @@ impl Filesystem for TorchFs {
             (Ok(a), Ok(b)) => (a.to_owned(), b.to_owned()),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs
                 .client
                 .rename(parent.0, &name, newparent.0, &newname, mode)
@@ -336,7 +350,7 @@ impl Filesystem for TorchFs {
         reply: ReplyEntry,
     ) {
         let newname = name_or_reply!(newname, reply);
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             let result = fs.client.link(ino.0, newparent.0, &newname).await;
             fs.reply_entry(result, reply);
         });
@@ -540,7 +554,7 @@ impl Filesystem for TorchFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BLOCK_BYTES: u64 = 4096;
-        self.spawn(|fs| async move {
+        self.spawn_meta(|fs| async move {
             match fs.client.statfs().await {
                 Ok(s) => {
                     let blocks = s.total_bytes / BLOCK_BYTES;
@@ -654,6 +668,6 @@ impl Filesystem for TorchFs {
             mode: new_mode(mode, umask),
             owner: owner(req),
         };
-        self.spawn(|fs| fs.create(parent.0, name, open, reply));
+        self.spawn_meta(|fs| fs.create(parent.0, name, open, reply));
     }
 }

@@ -80,6 +80,7 @@ struct Command {
 #[derive(Clone)]
 pub struct MetaClient {
     tx: Arc<mpsc::Sender<Command>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for MetaClient {
@@ -103,25 +104,29 @@ impl MetaClient {
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MetaError::Unavailable(format!("cannot start client runtime: {e}")))?;
+        let runtime = rt.handle().clone();
         std::thread::Builder::new()
             .name("torchfs-metaclient".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        // Dropping `rx` makes every `call` fail with a message.
-                        tracing::error!("metad client runtime: {e}");
-                        return;
-                    }
-                };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, actor(rx, addrs, opts));
             })
             .map_err(|e| MetaError::Unavailable(format!("cannot start client thread: {e}")))?;
-        Ok(Self { tx: Arc::new(tx) })
+        Ok(Self {
+            tx: Arc::new(tx),
+            runtime,
+        })
+    }
+
+    /// The runtime of the client's own thread. A task spawned there calls
+    /// metad without a thread hop each way (the connection lives on that
+    /// thread); keep such tasks short, they share it with every call.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Sends `req` to the leader, following redirects and retrying
