@@ -68,7 +68,11 @@ pub async fn run(
         reason,
     };
     let db = Arc::new(store::open_db(&db_path).map_err(|e| store_err(e.to_string()))?);
-    let log = LogStore::new(db.clone());
+    let log_dir = config.data_dir.join("raft-log");
+    let log = LogStore::open(db.clone(), &log_dir).map_err(|e| MetadError::Store {
+        path: log_dir.clone(),
+        reason: e.to_string(),
+    })?;
     let sm =
         StateMachineStore::open(db.clone(), config.stripe).map_err(|e| store_err(e.to_string()))?;
     let sm_data = sm.data.clone();

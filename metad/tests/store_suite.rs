@@ -1,5 +1,5 @@
 //! openraft's own storage test suite (`openraft::testing::Suite`) against
-//! metad's store: the redb log and vote, and the state machine with its
+//! metad's store: the log segments and the vote, and the state machine with its
 //! snapshots, each test on a fresh database in a temporary directory.
 
 use std::sync::Arc;
@@ -18,7 +18,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder 
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("make a temporary directory");
         let db = Arc::new(open_db(&dir.path().join("raft.redb")).expect("open the database"));
-        let log = LogStore::new(db.clone());
+        // Small segments, so the suite's logs roll over many times.
+        let log = LogStore::open_with(db.clone(), &dir.path().join("log"), 4096)
+            .map_err(|e| StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let sm = StateMachineStore::open(db, StripeConfig::DEFAULT).map_err(|e| {
             StorageError::from_io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e)
         })?;

@@ -373,6 +373,12 @@ struct Response {
       # GetLock: the conflicting lock, if any.
       conflict @21 :FileLock $optional;
     }
+    unlinked :group {
+      # Unlink: the inode the name led to (a client needs it for fragment
+      # keys and its caches, and need not look it up first), and the stripes
+      # freed when that was its last link.
+      ino @22 :UInt64; freed @23 :List(StripeEntry);
+    }
   }
 }
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use torchfs_proto::meta::{
-    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, RenameMode, SetAttr, StatFs,
+    Attr, DirEntry, FileKind, Ino, MetaReply, MetaRequest, RenameMode, SetAttr, StatFs,
 };
 use torchfs_rdma::Transport;
 
@@ -294,20 +294,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// deleted in the background.
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
         guard_name(parent, name)?;
-        // metad answers with the freed stripes but not their inode, which
-        // fragment keys need: learn it first unless cached.
-        let victim = self.ino_of(parent, name).await;
         let reply = self
             .meta_call(MetaRequest::Unlink {
                 parent,
                 name: name.to_string(),
             })
             .await;
-        self.forget_name(parent, name, victim);
-        if let Some(ino) = victim {
-            self.inner.data_cache.invalidate(ino);
-        }
-        self.freed_reply("Unlink", reply?, victim)
+        self.removed(parent, name, "Unlink", reply)
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
@@ -339,7 +332,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     ) -> Result<(), ClientError> {
         guard_name(parent, name)?;
         guard_name(new_parent, new_name)?;
-        let victim = self.ino_of(new_parent, new_name).await;
         let req = MetaRequest::Rename {
             parent,
             name: name.to_string(),
@@ -350,11 +342,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let reply = self.meta_call(req).await;
         let moved = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, moved);
-        self.forget_name(new_parent, new_name, victim);
-        if let Some(ino) = victim {
-            self.inner.data_cache.invalidate(ino);
-        }
-        self.freed_reply("Rename", reply?, victim)
+        self.removed(new_parent, new_name, "Rename", reply)
     }
 
     pub async fn readlink(&self, ino: Ino) -> Result<String, ClientError> {
@@ -385,55 +373,43 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
-    fn freed_reply(
+    /// After an unlink of `name`, or a rename over it: forgets the name and
+    /// the inode metad says it led to, and deletes that inode's freed
+    /// stripes in the background. The inode comes with the reply, never from
+    /// a lookup made before (the name may have changed in between).
+    fn removed(
         &self,
+        parent: Ino,
+        name: &str,
         request: &'static str,
-        reply: MetaReply,
-        victim: Option<Ino>,
+        reply: Result<MetaReply, ClientError>,
     ) -> Result<(), ClientError> {
-        match reply {
-            MetaReply::Unit => Ok(()),
-            MetaReply::Freed(stripes) => {
-                match victim {
-                    Some(ino) => {
-                        self.delete_in_background(ino, self.stripe_config_of(ino), stripes)
-                    }
-                    None if !stripes.is_empty() => {
-                        tracing::warn!(
-                            "{request} freed {} stripes of an unknown inode; left for GC",
-                            stripes.len()
-                        )
-                    }
-                    None => {}
-                }
-                Ok(())
-            }
-            other => Err(unexpected(request, other)),
+        let victim = match &reply {
+            Ok(MetaReply::Unlinked { ino, .. }) => Some(*ino),
+            // Failed, or nothing was replaced: whatever this client knew of
+            // the name goes.
+            _ => lock(&self.inner.cache).last_known(parent, name),
+        };
+        self.forget_name(parent, name, victim);
+        if let Some(ino) = victim {
+            self.inner.data_cache.invalidate(ino);
         }
-    }
-
-    /// The inode a name points to, from the cache or metad (None when the
-    /// name does not exist or metad cannot say).
-    async fn ino_of(&self, parent: Ino, name: &str) -> Option<Ino> {
-        if let Some(ino) = lock(&self.inner.cache).entry(parent, name, Instant::now()) {
-            return Some(ino);
+        let (ino, freed) = match reply? {
+            MetaReply::Unit => return Ok(()),
+            MetaReply::Unlinked { ino, freed } => (Some(ino), freed),
+            // What a metad before `Unlinked` answers.
+            MetaReply::Freed(freed) => (victim, freed),
+            other => return Err(unexpected(request, other)),
+        };
+        match ino {
+            _ if freed.is_empty() => {}
+            Some(ino) => self.delete_in_background(ino, self.stripe_config_of(ino), freed),
+            None => tracing::warn!(
+                "{request} freed {} stripes of an unknown inode; left for GC",
+                freed.len()
+            ),
         }
-        match self
-            .inner
-            .meta
-            .call(MetaRequest::Lookup {
-                parent,
-                name: name.to_string(),
-            })
-            .await
-        {
-            Ok(MetaReply::Attr(attr)) => Some(attr.ino),
-            Ok(_) | Err(MetaError::Fs { .. }) => None,
-            Err(e) => {
-                tracing::debug!("lookup before removal of {name:?} in {parent}: {e}");
-                None
-            }
-        }
+        Ok(())
     }
 
     /// Forgets a removed or moved name, and the attributes it changed.

@@ -198,7 +198,10 @@ impl FakeMeta {
             MetaRequest::Unlink { parent, name } => {
                 let ino = st.names.remove(&(parent, name)).ok_or_else(enoent)?;
                 let (_, layout) = st.files.remove(&ino).ok_or_else(enoent)?;
-                Ok(MetaReply::Freed(layout.stripes))
+                Ok(MetaReply::Unlinked {
+                    ino,
+                    freed: layout.stripes,
+                })
             }
             other => Err(MetaError::Invalid(format!(
                 "fake metad does not do {other:?}"

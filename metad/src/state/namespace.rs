@@ -322,7 +322,8 @@ impl State {
         }
         self.dir_entries_mut(parent)?.remove(name);
         self.touch_dir(parent, now);
-        Ok(MetaReply::Freed(self.drop_link(ino, now, closed)))
+        let freed = self.drop_link(ino, now, closed);
+        Ok(MetaReply::Unlinked { ino, freed })
     }
 
     pub(super) fn rmdir(&mut self, parent: Ino, name: &str, now: i64) -> Outcome {

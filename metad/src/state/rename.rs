@@ -102,14 +102,15 @@ impl State {
             }
         }
         // All checks passed: from here on nothing fails.
-        let mut freed = Vec::new();
+        let mut reply = MetaReply::Freed(Vec::new());
         if let Some(t) = target {
             if src_is_dir {
                 self.inodes.remove(&t);
                 self.drop_locks(t);
                 self.add_nlink(new_parent, -1);
             } else {
-                freed = self.drop_link(t, now, closed);
+                let freed = self.drop_link(t, now, closed);
+                reply = MetaReply::Unlinked { ino: t, freed };
             }
         }
         if let Ok(e) = self.dir_entries_mut(parent) {
@@ -128,7 +129,7 @@ impl State {
         }
         self.touch_dir(parent, now);
         self.touch_dir(new_parent, now);
-        Ok(MetaReply::Freed(freed))
+        Ok(reply)
     }
 
     /// RENAME_EXCHANGE: `a` and `b` (parent, name, inode) swap names; both

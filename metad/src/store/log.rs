@@ -1,7 +1,8 @@
 //! The Raft log and vote ([`LogStore`]).
 //!
 //! `append` returns at once: its entries are readable from memory straight
-//! away, and a flusher thread writes them to redb and fsyncs. Everything
+//! away, and a flusher thread writes them to the log segments ([`Wal`]) and
+//! fdatasyncs; the vote, purge point and committed index go to redb. Everything
 //! queued while one commit runs goes into the next (group commit), so
 //! concurrent writes share an fsync. openraft counts this voter's copy only
 //! once `io_completed` is called, after the commit; openraft 0.10 does not
@@ -12,23 +13,25 @@
 //! the same queue, in order, so a truncate can never be overtaken by an
 //! earlier append still waiting to be written. Those that openraft relies on
 //! return once committed. The committed index, which nobody waits for and
-//! which need not be durable, is put off until the next commit (or at most
-//! [`DEFER_MS_MAX`]), so it costs no commit of its own between two appends.
+//! which need not be durable, is put off until the next vote or purge
+//! point is committed, or for at most [`DEFER_MS_MAX`], and only the latest
+//! is written: appends never wait on a database commit.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use redb::{Database, ReadableTable};
 use tokio::sync::oneshot;
 
+use super::wal::{self, Wal, WalError, WalReader};
 use super::{
-    about_key, bad_entry, db_read, get_meta, Entry, LogId, StoreResult, TypeConfig, Vote,
+    about_key, bad_entry, db_read, db_write, get_meta, Entry, LogId, StoreResult, TypeConfig, Vote,
     KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG, META,
 };
 
@@ -39,8 +42,6 @@ const JOBS_PER_COMMIT_MAX: usize = 4096;
 /// How long a write that may wait (see [`Job::can_wait`]) waits for a
 /// commit to ride along with before it is committed on its own.
 const DEFER_MS_MAX: u64 = 200;
-/// Writes that may wait, queued at most before they are committed anyway.
-const DEFERRED_JOBS_MAX: usize = 64;
 
 /// What the flusher writes, in the order it was asked.
 enum Job {
@@ -65,11 +66,9 @@ enum Job {
 }
 
 impl Job {
-    fn durable(&self) -> bool {
-        match self {
-            Job::Meta { durable, .. } => *durable,
-            Job::Append { .. } | Job::Delete { .. } => true,
-        }
+    /// A database write that must be durable (a vote, a purge point).
+    fn is_durable_meta(&self) -> bool {
+        matches!(self, Job::Meta { durable: true, .. })
     }
 
     /// Neither durable nor waited for: may wait for the next commit.
@@ -86,9 +85,11 @@ impl Job {
 }
 
 struct Shared {
-    /// Appended entries not yet committed to redb, by index: readers look
-    /// here first. An entry leaves only after the commit that holds it.
+    /// Appended entries not yet durable, by index: readers look here first.
+    /// An entry leaves only after the fdatasync that made it durable.
     unflushed: Mutex<BTreeMap<u64, Entry>>,
+    /// Where the durable entries are.
+    wal: WalReader,
     /// None only while dropping.
     queue: Option<mpsc::SyncSender<Job>>,
     flusher: Option<std::thread::JoinHandle<()>>,
@@ -117,15 +118,31 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Starts the flusher thread; it ends when the last clone is dropped.
-    pub fn new(db: Arc<Database>) -> Self {
+    /// Opens the log segments in `wal_dir` (moving in what an older version
+    /// kept in redb) and starts the flusher thread; it ends when the last
+    /// clone is dropped.
+    pub fn open(db: Arc<Database>, wal_dir: &std::path::Path) -> StoreResult<Self> {
+        Self::open_with(db, wal_dir, wal::SEGMENT_BYTES_DEFAULT)
+    }
+
+    /// [`Self::open`] with segments of `segment_bytes`.
+    pub fn open_with(
+        db: Arc<Database>,
+        wal_dir: &std::path::Path,
+        segment_bytes: u64,
+    ) -> StoreResult<Self> {
+        let purged: Option<LogId> = get_meta(&db, KEY_PURGED)?;
+        let mut wal = Wal::open(wal_dir, segment_bytes, purged.map(|p| p.index))?;
+        move_log_out_of_db(&db, &mut wal)?;
+        let reader = wal.reader();
         let (queue, jobs) = mpsc::sync_channel(QUEUE_DEPTH);
         let shared = Arc::new_cyclic(|weak| {
             let flusher = Flusher {
                 db: db.clone(),
+                wal,
                 shared: weak.clone(),
             };
-            // A thread of its own: redb's commit blocks on fsync.
+            // A thread of its own: fdatasync blocks.
             let spawned = std::thread::Builder::new()
                 .name("metad-log-flush".into())
                 .spawn(move || flusher.run(jobs));
@@ -139,11 +156,12 @@ impl LogStore {
             };
             Shared {
                 unflushed: Mutex::new(BTreeMap::new()),
+                wal: reader,
                 queue: Some(queue),
                 flusher,
             }
         });
-        Self { db, shared }
+        Ok(Self { db, shared })
     }
 
     fn unflushed(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -188,23 +206,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<Entry>> {
-        // Memory first: an entry that leaves it has been committed, so the
-        // database read that follows sees it.
+        // Memory first: an entry that leaves it is durable, so the segment
+        // read that follows sees it.
         let mut out: BTreeMap<u64, Entry> = self
             .unflushed()
             .range(range.clone())
             .map(|(i, e)| (*i, e.clone()))
             .collect();
-        let tx = self.db.begin_read().map_err(db_read)?;
-        let table = tx.open_table(LOG).map_err(db_read)?;
-        for item in table.range::<u64>(range).map_err(db_read)? {
-            let (k, v) = item.map_err(db_read)?;
-            if out.contains_key(&k.value()) {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        for (index, bytes) in self.shared.wal.read(from, to)? {
+            if out.contains_key(&index) {
                 // A newer entry at this index is on its way to disk.
                 continue;
             }
-            let entry = bincode::deserialize(v.value()).map_err(|e| bad_entry(k.value(), &e))?;
-            out.insert(k.value(), entry);
+            let entry = bincode::deserialize(&bytes).map_err(|e| bad_entry(index, &e))?;
+            out.insert(index, entry);
         }
         Ok(out.into_values().collect())
     }
@@ -225,15 +250,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last_log_id: Some(e.log_id),
             });
         }
-        let tx = self.db.begin_read().map_err(db_read)?;
-        let table = tx.open_table(LOG).map_err(db_read)?;
-        let last = match table.last().map_err(db_read)? {
-            Some((k, v)) => {
-                let e: Entry =
-                    bincode::deserialize(v.value()).map_err(|e| bad_entry(k.value(), &e))?;
+        let last = match self.shared.wal.last_index() {
+            Some(index) if last_purged.is_none_or(|p| p.index < index) => {
+                let records = self.shared.wal.read(index, index + 1)?;
+                let (_, bytes) = records.first().ok_or_else(|| {
+                    std::io::Error::other(format!("log entry {index} vanished while read"))
+                })?;
+                let e: Entry = bincode::deserialize(bytes).map_err(|e| bad_entry(index, &e))?;
                 Some(e.log_id)
             }
-            None => last_purged,
+            _ => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -328,57 +354,77 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The thread that commits queued writes to redb.
+/// The thread that makes queued writes durable.
 struct Flusher {
     db: Arc<Database>,
+    wal: Wal,
     shared: std::sync::Weak<Shared>,
 }
 
 impl Flusher {
-    fn run(self, jobs: mpsc::Receiver<Job>) {
-        // Writes nobody waits for and nobody needs durable (the committed
-        // index) ride along with the next durable commit instead of costing
-        // a commit of their own between two appends.
-        let mut deferred: Vec<Job> = Vec::new();
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        // The latest write nobody waits for and nobody needs durable (the
+        // committed index; each replaces the one before), and since when one
+        // has been waiting.
+        let mut deferred: Option<(Job, Instant)> = None;
+        let wait_max = Duration::from_millis(DEFER_MS_MAX);
         loop {
-            let first = if deferred.is_empty() {
-                match jobs.recv() {
+            let first = match &deferred {
+                None => match jobs.recv() {
                     Ok(job) => job,
                     Err(_) => break,
-                }
-            } else {
-                match jobs.recv_timeout(Duration::from_millis(DEFER_MS_MAX)) {
-                    Ok(job) => job,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.write(std::mem::take(&mut deferred));
-                        continue;
+                },
+                Some((_, since)) => {
+                    match jobs.recv_timeout(wait_max.saturating_sub(since.elapsed())) {
+                        Ok(job) => job,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Some((job, _)) = deferred.take() {
+                                self.write(vec![job]);
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             };
-            let mut batch = std::mem::take(&mut deferred);
-            batch.push(first);
-            while batch.len() < JOBS_PER_COMMIT_MAX {
+            let mut batch = Vec::new();
+            let mut push = |job: Job| {
+                if job.can_wait() {
+                    let since = deferred.take().map_or_else(Instant::now, |(_, s)| s);
+                    deferred = Some((job, since));
+                } else {
+                    batch.push(job);
+                }
+            };
+            push(first);
+            for _ in 1..JOBS_PER_COMMIT_MAX {
                 match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => push(job),
                     Err(_) => break,
                 }
             }
-            if batch.len() < DEFERRED_JOBS_MAX && batch.iter().all(Job::can_wait) {
-                deferred = batch;
-                continue;
+            let rides = batch.iter().any(Job::is_durable_meta)
+                || deferred
+                    .as_ref()
+                    .is_some_and(|(_, s)| s.elapsed() >= wait_max);
+            if rides {
+                if let Some((job, _)) = deferred.take() {
+                    batch.push(job);
+                }
             }
-            self.write(batch);
+            if !batch.is_empty() {
+                self.write(batch);
+            }
         }
         // Closing: what was put off is written before the database is let go.
-        if !deferred.is_empty() {
-            self.write(deferred);
+        if let Some((job, _)) = deferred {
+            self.write(vec![job]);
         }
     }
 
     /// Commits `batch` and tells every waiter how it went.
-    fn write(&self, batch: Vec<Job>) {
-        let result = self.commit(&batch).map_err(|e| e.to_string());
+    fn write(&mut self, batch: Vec<Job>) {
+        let result = self.commit(&batch);
         if result.is_ok() {
             self.forget_flushed(&batch);
         } else if let Err(e) = &result {
@@ -398,35 +444,98 @@ impl Flusher {
         }
     }
 
-    /// One write transaction for the whole batch, fsync'd when it commits.
-    fn commit(&self, batch: &[Job]) -> Result<(), redb::Error> {
-        let mut tx = self.db.begin_write()?;
-        if !batch.iter().any(Job::durable) {
-            // Not `Eventual`: on Linux redb fdatasyncs those as well. A
-            // `None` commit becomes durable with the next durable one.
-            tx.set_durability(redb::Durability::None);
-        }
-        {
-            let mut log = tx.open_table(LOG)?;
-            let mut meta = tx.open_table(META)?;
-            for job in batch {
-                match job {
-                    Job::Append { entries, .. } => {
-                        for (log_id, bytes) in entries {
-                            log.insert(log_id.index, bytes.as_slice())?;
+    /// Writes the batch in order: runs of appends as one segment write and
+    /// one fdatasync, truncates and purges on the segments, the rest in one
+    /// redb transaction at the end (fsync'd if any of it must be durable).
+    /// A purge first commits the purge point it was queued behind.
+    fn commit(&mut self, batch: &[Job]) -> Result<(), String> {
+        let mut records = Vec::new();
+        let mut lens = Vec::new();
+        let mut first = 0;
+        let mut metas: Vec<(&'static str, &[u8])> = Vec::new();
+        let mut durable = false;
+        for job in batch {
+            match job {
+                Job::Append { entries, .. } => {
+                    for (log_id, bytes) in entries {
+                        if !lens.is_empty() && first + lens.len() as u64 != log_id.index {
+                            self.append(first, &mut records, &mut lens)?;
                         }
+                        if lens.is_empty() {
+                            first = log_id.index;
+                        }
+                        let before = records.len();
+                        wal::encode_record(&mut records, log_id.index, bytes);
+                        lens.push((records.len() - before) as u64);
                     }
-                    Job::Delete { from, to, .. } => {
-                        log.retain_in::<u64, _>((*from, *to), |_, _| false)?;
+                }
+                Job::Delete { from, to, .. } => {
+                    self.append(first, &mut records, &mut lens)?;
+                    match (from, to) {
+                        (Bound::Included(from), Bound::Unbounded) => {
+                            self.wal.truncate_from(*from).map_err(|e| e.to_string())?
+                        }
+                        (Bound::Unbounded, Bound::Included(upto)) => {
+                            self.commit_meta(std::mem::take(&mut metas), true)?;
+                            self.wal.purge_upto(*upto).map_err(|e| e.to_string())?
+                        }
+                        other => return Err(format!("unsupported log delete range {other:?}")),
                     }
-                    Job::Meta { key, bytes, .. } => {
-                        meta.insert(*key, bytes.as_slice())?;
-                    }
+                }
+                Job::Meta {
+                    key,
+                    bytes,
+                    durable: d,
+                    ..
+                } => {
+                    metas.push((key, bytes.as_slice()));
+                    durable |= *d;
                 }
             }
         }
-        tx.commit()?;
-        Ok(())
+        self.append(first, &mut records, &mut lens)?;
+        self.commit_meta(metas, durable)
+    }
+
+    fn append(
+        &mut self,
+        first: u64,
+        records: &mut Vec<u8>,
+        lens: &mut Vec<u64>,
+    ) -> Result<(), String> {
+        if lens.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .wal
+            .append(first, records, lens)
+            .map_err(|e: WalError| e.to_string());
+        records.clear();
+        lens.clear();
+        out
+    }
+
+    fn commit_meta(&self, metas: Vec<(&'static str, &[u8])>, durable: bool) -> Result<(), String> {
+        if metas.is_empty() {
+            return Ok(());
+        }
+        let commit = || -> Result<(), redb::Error> {
+            let mut tx = self.db.begin_write()?;
+            if !durable {
+                // Not `Eventual`: on Linux redb fdatasyncs those as well. A
+                // `None` commit becomes durable with the next durable one.
+                tx.set_durability(redb::Durability::None);
+            }
+            {
+                let mut meta = tx.open_table(META)?;
+                for (key, bytes) in metas {
+                    meta.insert(key, bytes)?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        commit().map_err(|e| db_write(e).to_string())
     }
 
     /// Drops from memory the entries this batch committed, unless a newer
@@ -446,4 +555,53 @@ impl Flusher {
             }
         }
     }
+}
+
+/// Moves log entries an older metad kept in redb's `raft_log` table into
+/// the segments, then empties the table (the segments are durable first).
+fn move_log_out_of_db(db: &Database, wal: &mut Wal) -> StoreResult<()> {
+    let mut entries = Vec::new();
+    {
+        let tx = db.begin_read().map_err(db_read)?;
+        let table = tx.open_table(LOG).map_err(db_read)?;
+        for item in table.iter().map_err(db_read)? {
+            let (k, v) = item.map_err(db_read)?;
+            entries.push((k.value(), v.value().to_vec()));
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if wal.reader().last_index().is_some() {
+        return Err(std::io::Error::other(format!(
+            "both redb's raft_log table ({} entries) and the log segments hold entries",
+            entries.len()
+        )));
+    }
+    let mut records = Vec::new();
+    let mut lens = Vec::new();
+    let mut first = entries[0].0;
+    for (index, bytes) in &entries {
+        if first + lens.len() as u64 != *index {
+            wal.append(first, &records, &lens)?;
+            records.clear();
+            lens.clear();
+            first = *index;
+        }
+        let before = records.len();
+        wal::encode_record(&mut records, *index, bytes);
+        lens.push((records.len() - before) as u64);
+    }
+    wal.append(first, &records, &lens)?;
+    let tx = db.begin_write().map_err(db_write)?;
+    tx.open_table(LOG)
+        .map_err(db_write)?
+        .retain(|_, _| false)
+        .map_err(db_write)?;
+    tx.commit().map_err(db_write)?;
+    tracing::info!(
+        "moved {} Raft log entries from redb into the log segments",
+        entries.len()
+    );
+    Ok(())
 }

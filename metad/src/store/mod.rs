@@ -1,15 +1,16 @@
-//! Durable Raft storage in one redb database under the data dir: the log,
-//! the vote, the committed index and the last snapshot; plus the in-memory
+//! Durable Raft storage under the data dir: the log in segment files
+//! (`wal`), and in one redb database the vote, the committed index, the
+//! purge point and the last snapshot; plus the in-memory
 //! state machine, which is rebuilt at start from that snapshot (openraft then
 //! replays the committed log behind it).
 //!
-//! Every commit that openraft relies on for safety (log append, vote,
-//! snapshot) uses redb's default `Durability::Immediate`, i.e. it is fsync'd
-//! before openraft is told it is done.
+//! Every write that openraft relies on for safety (log append, vote,
+//! snapshot) is fsync'd before openraft is told it is done.
 //!
 //! - this file: the type config, tables and database helpers.
 //! - `log`: [`LogStore`], the log and vote, written by a flusher thread
 //!   that group-commits.
+//! - `wal`: the log's segment files and their checks.
 //! - `sm`: [`StateMachineStore`] and its snapshots.
 
 // redb's error type is over 150 bytes; boxing it here would only add
@@ -30,6 +31,7 @@ mod log;
 mod sm;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 pub use log::LogStore;
 pub use sm::{SmData, StateMachineStore};
@@ -62,6 +64,8 @@ pub type CommittedLeaderId = alias::CommittedLeaderIdOf<TypeConfig>;
 
 type StoreResult<T> = Result<T, io::Error>;
 
+/// Where metad kept the log before the segment files; read once to move
+/// entries out (see `log::move_log_out_of_db`).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const KEY_VOTE: &str = "vote";
@@ -91,7 +95,7 @@ fn about_key(e: &bincode::Error, doing: &str, key: &str) -> io::Error {
 fn bad_entry(index: u64, e: &bincode::Error) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("decode log entry {index} in table raft_log: {e}"),
+        format!("decode log entry {index}: {e}"),
     )
 }
 

@@ -48,9 +48,8 @@ async fn log_vote_and_snapshot_survive_reopen() {
     let path = dir.path().join("m.redb");
     {
         let db = Arc::new(open_db(&path).unwrap());
-        let mut log = LogStore::new(db.clone());
-        log.save_vote(&Vote::new(3, 1)).await.unwrap();
-        // Write entries directly (LogFlushed cannot be built outside openraft).
+        // Entries where an older metad kept them (IOFlushed cannot be built
+        // outside openraft): opening moves them into the segments.
         let tx = db.begin_write().unwrap();
         {
             let mut t = tx.open_table(LOG).unwrap();
@@ -61,6 +60,8 @@ async fn log_vote_and_snapshot_survive_reopen() {
             }
         }
         tx.commit().unwrap();
+        let mut log = LogStore::open(db.clone(), &dir.path().join("log")).unwrap();
+        log.save_vote(&Vote::new(3, 1)).await.unwrap();
         log.truncate_after(Some(at_index(4))).await.unwrap();
         log.purge(at_index(2)).await.unwrap();
         let st = log.get_log_state().await.unwrap();
@@ -83,8 +84,18 @@ async fn log_vote_and_snapshot_survive_reopen() {
         sm.apply_all([entry(3, mkdir("b"))]);
     }
     let db = Arc::new(open_db(&path).unwrap());
-    let mut log = LogStore::new(db.clone());
+    let mut log = LogStore::open(db.clone(), &dir.path().join("log")).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    // The log came back from the segments, truncated and purged.
+    let es = log.try_get_log_entries(0..10).await.unwrap();
+    assert_eq!(
+        es.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(at_index(4))
+    );
     let mut sm = StateMachineStore::open(db, StripeConfig::DEFAULT).unwrap();
     let (applied, membership) = sm.applied_state().await.unwrap();
     // Only what the snapshot held: entry 3 comes back by log replay.
@@ -176,7 +187,7 @@ async fn corrupt_entries_are_errors_naming_what_is_corrupt() {
         meta.insert(KEY_VOTE, [0xffu8; 2].as_slice()).unwrap();
     }
     tx.commit().unwrap();
-    let mut log = LogStore::new(db);
+    let mut log = LogStore::open(db, &dir.path().join("log")).unwrap();
     let e = log.try_get_log_entries(0..10).await.unwrap_err();
     assert!(e.to_string().contains("log entry 7"), "{e}");
     let e = log.get_log_state().await.unwrap_err();
@@ -191,7 +202,7 @@ async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() 
     let path = dir.path().join("m.redb");
     let at = |index| Some(at_index(index));
     let db = Arc::new(open_db(&path).unwrap());
-    let mut log = LogStore::new(db.clone());
+    let mut log = LogStore::open(db.clone(), &dir.path().join("log")).unwrap();
 
     // Put off: not in the database until a durable write comes along...
     log.save_committed(at(7)).await.unwrap();
@@ -215,7 +226,7 @@ async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() 
     }
     drop(db);
     let db = Arc::new(open_db(&path).unwrap());
-    let mut log = LogStore::new(db);
+    let mut log = LogStore::open(db, &dir.path().join("log")).unwrap();
     assert_eq!(log.read_committed().await.unwrap(), at(9));
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
 }

@@ -268,6 +268,10 @@ fn every_reply_round_trips() {
         Ok(MetaReply::Entries(vec![])),
         Ok(MetaReply::Unit),
         Ok(MetaReply::Freed(vec![stripe(0), stripe(5)])),
+        Ok(MetaReply::Unlinked {
+            ino: 42,
+            freed: vec![stripe(1)],
+        }),
         Ok(MetaReply::Link("../t".into())),
         Ok(MetaReply::StatFs(StatFs {
             total_bytes: 10,

@@ -266,12 +266,21 @@ fn unlink_frees_on_last_link() {
         parent: ROOT_INO,
         name: n.into(),
     };
-    assert_eq!(t.w(unlink("f")), Ok(MetaReply::Freed(vec![])));
+    assert_eq!(
+        t.w(unlink("f")),
+        Ok(MetaReply::Unlinked {
+            ino: f.ino,
+            freed: vec![]
+        })
+    );
     assert_eq!(t.attr(f.ino).nlink, 1);
     let freed = t.w(unlink("g")).unwrap();
     assert_eq!(
         freed,
-        MetaReply::Freed(vec![stripe(0, 200), stripe(1, 200)])
+        MetaReply::Unlinked {
+            ino: f.ino,
+            freed: vec![stripe(0, 200), stripe(1, 200)]
+        }
     );
     assert_eq!(errno_of(t.w(unlink("g"))), ENOENT);
     t.mkdir(ROOT_INO, "d");
@@ -385,7 +394,13 @@ fn rename_cases() {
     assert_eq!(errno_of(t.rename(a.ino, "zz", b.ino, "x")), ENOENT);
     // File over file: target freed.
     let r = t.rename(a.ino, "f", b.ino, "g").unwrap();
-    assert_eq!(r, MetaReply::Freed(vec![stripe(0, 200), stripe(3, 200)]));
+    assert_eq!(
+        r,
+        MetaReply::Unlinked {
+            ino: g.ino,
+            freed: vec![stripe(0, 200), stripe(3, 200)]
+        }
+    );
     assert_eq!(t.lookup(b.ino, "g"), Ok(MetaReply::Attr(t.attr(f.ino))));
     assert_eq!(errno_of(t.lookup(a.ino, "f")), ENOENT);
     assert_eq!(errno_of(t.r(MetaRequest::GetAttr { ino: g.ino })), ENOENT);
@@ -401,7 +416,10 @@ fn rename_cases() {
     t.create(ROOT_INO, "i");
     assert_eq!(
         t.rename(ROOT_INO, "i", ROOT_INO, "h"),
-        Ok(MetaReply::Freed(vec![]))
+        Ok(MetaReply::Unlinked {
+            ino: h.ino,
+            freed: vec![]
+        })
     );
     assert_eq!(t.attr(h.ino).nlink, 1);
 
@@ -550,7 +568,9 @@ fn unlinked_files_not_vouched_closed_become_orphans_until_reclaimed() {
         },
         None,
     ));
-    assert!(matches!(unlinked, Ok(MetaReply::Freed(s)) if s.is_empty()));
+    assert!(
+        matches!(&unlinked, Ok(MetaReply::Unlinked { ino, freed }) if *ino == f.ino && freed.is_empty())
+    );
     assert_eq!(t.attr(f.ino).nlink, 0);
     assert!(t.st.orphans().contains_key(&f.ino));
     assert_eq!(

@@ -102,7 +102,7 @@ fn duplicates_are_answered_from_the_table_not_applied_again() {
         first.push(answer);
     }
     // Unlink freed the committed stripes.
-    assert!(matches!(&first[4], Ok(MetaReply::Freed(s)) if s.len() == 2));
+    assert!(matches!(&first[4], Ok(MetaReply::Unlinked { freed, .. }) if freed.len() == 2));
     let before = t.namespace();
     // Each retried twice, in another order; as plain repeats they would
     // have been EEXIST, EEXIST, ENOENT, ENOENT, ENOENT.
