@@ -5,6 +5,7 @@
 mod common;
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -175,6 +176,18 @@ fn special_files_xattrs_acls_renames_and_other_users() -> Result<()> {
     // Extended attributes and their limits.
     let f = tc.path("x");
     std::fs::write(&f, b"data")?;
+
+    // An ioctl is refused as by a local filesystem's regular file: isatty()
+    // (Python's open asks it of every file) says no, with ENOTTY.
+    let file = std::fs::File::open(&f)?;
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+    assert_eq!((rc, errno_of(rc)), (-1, libc::ENOTTY), "TCGETS on a file");
+    drop(file);
+    // Answered by the mount itself: no "not implemented" line per call
+    // (a log that grew with every open(2) of a Python program).
+    let log = std::fs::read_to_string(tc.mount_log())?;
+    assert!(!log.contains("ioctl"), "the mount logged an ioctl:\n{log}");
     assert_eq!(setxattr(&f, "user.one", b"1", 0), 0);
     assert_eq!(setxattr(&f, "user.two", b"22", 0), 0);
     assert_eq!(

@@ -40,9 +40,10 @@ use std::time::{Duration, SystemTime};
 pub use fuser::BackgroundSession as MountSession;
 use fuser::{
     AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
@@ -401,6 +402,24 @@ impl Filesystem for TorchFs {
                 Err(e) => reply.error(errno(&e)),
             }
         });
+    }
+
+    /// No ioctls: ENOTTY, what a regular file on a local filesystem answers
+    /// (Python's `open` asks TCGETS of every file it opens, for isatty).
+    /// fuser's default answers ENOSYS, which the kernel does not remember,
+    /// and logs three lines per call.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     /// Each close(2): flushes, and releases the closing process's fcntl
