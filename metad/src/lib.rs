@@ -1,9 +1,9 @@
 //! torchfs metadata service (DESIGN.md §3): an openraft cluster of 1, 3 or 5
-//! voters over Cap'n Proto RPC, persisted in redb.
+//! voters over Cap'n Proto RPC, persisted in log segment files and redb.
 //!
 //! - [`config`]: [`MetadConfig`] and [`MetadError`].
 //! - [`state`]: the namespace state machine (deterministic `apply`).
-//! - [`store`]: redb log/vote/snapshot storage and the state-machine store.
+//! - [`store`]: the Raft log (segment files), vote and snapshots (redb) and the state-machine store.
 //! - `network`: Raft RPCs to peers (an actor owning the capnp connections).
 //! - `node`: request handling (redirects, writes, linearizable reads, liveness).
 //! - `service`: the listener and capnp servers.

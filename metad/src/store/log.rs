@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, ReadableTable};
+use redb::Database;
 use tokio::sync::oneshot;
 
 use super::wal::{self, Wal, WalError, WalReader};
 use super::{
-    about_key, bad_entry, db_read, db_write, get_meta, Entry, LogId, StoreResult, TypeConfig, Vote,
-    KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG, META,
+    about_key, bad_entry, db_write, get_meta, Entry, LogId, StoreResult, TypeConfig, Vote,
+    KEY_COMMITTED, KEY_PURGED, KEY_VOTE, META,
 };
 
 /// Writes queued for the flusher before `append` waits for room.
@@ -133,7 +133,7 @@ impl LogStore {
     ) -> StoreResult<Self> {
         let purged: Option<LogId> = get_meta(&db, KEY_PURGED)?;
         let mut wal = Wal::open(wal_dir, segment_bytes, purged.map(|p| p.index))?;
-        move_log_out_of_db(&db, &mut wal)?;
+        super::migrate::move_log_out_of_db(&db, &mut wal)?;
         let reader = wal.reader();
         let (queue, jobs) = mpsc::sync_channel(QUEUE_DEPTH);
         let shared = Arc::new_cyclic(|weak| {
@@ -555,53 +555,4 @@ impl Flusher {
             }
         }
     }
-}
-
-/// Moves log entries an older metad kept in redb's `raft_log` table into
-/// the segments, then empties the table (the segments are durable first).
-fn move_log_out_of_db(db: &Database, wal: &mut Wal) -> StoreResult<()> {
-    let mut entries = Vec::new();
-    {
-        let tx = db.begin_read().map_err(db_read)?;
-        let table = tx.open_table(LOG).map_err(db_read)?;
-        for item in table.iter().map_err(db_read)? {
-            let (k, v) = item.map_err(db_read)?;
-            entries.push((k.value(), v.value().to_vec()));
-        }
-    }
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if wal.reader().last_index().is_some() {
-        return Err(std::io::Error::other(format!(
-            "both redb's raft_log table ({} entries) and the log segments hold entries",
-            entries.len()
-        )));
-    }
-    let mut records = Vec::new();
-    let mut lens = Vec::new();
-    let mut first = entries[0].0;
-    for (index, bytes) in &entries {
-        if first + lens.len() as u64 != *index {
-            wal.append(first, &records, &lens)?;
-            records.clear();
-            lens.clear();
-            first = *index;
-        }
-        let before = records.len();
-        wal::encode_record(&mut records, *index, bytes);
-        lens.push((records.len() - before) as u64);
-    }
-    wal.append(first, &records, &lens)?;
-    let tx = db.begin_write().map_err(db_write)?;
-    tx.open_table(LOG)
-        .map_err(db_write)?
-        .retain(|_, _| false)
-        .map_err(db_write)?;
-    tx.commit().map_err(db_write)?;
-    tracing::info!(
-        "moved {} Raft log entries from redb into the log segments",
-        entries.len()
-    );
-    Ok(())
 }

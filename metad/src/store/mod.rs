@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::{Command, Outcome};
 
 mod log;
+mod migrate;
 mod sm;
 #[cfg(test)]
 mod tests;
