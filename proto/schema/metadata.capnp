@@ -100,6 +100,12 @@ struct Layout {
   stripes @1 :List(StripeEntry);
 }
 
+# A name found in a directory and its inode's attributes (lookupMany).
+struct NamedAttr {
+  name @0 :Text;
+  attr @1 :Attr;
+}
+
 struct DirEntry {
   name @0 :Text;
   ino @1 :UInt64;
@@ -310,6 +316,11 @@ struct Request {
       parent @80 :UInt64; name @81 :Text; mode @82 :UInt32; umask @83 :UInt32;
       uid @84 :UInt32; gid @85 :UInt32; exclusive @86 :Bool; clientId @87 :UInt64;
     }
+    lookupMany :group $noLog {
+      # `lookup` of many names in one directory, answered with those that
+      # exist (in the order asked; at most `LOOKUP_NAMES_MAX` names).
+      parent @88 :UInt64; names @89 :List(Text);
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -379,6 +390,8 @@ struct Response {
       # freed when that was its last link.
       ino @22 :UInt64; freed @23 :List(StripeEntry);
     }
+    lookedUp @24 :List(NamedAttr);
+    # LookupMany: the names found and their inodes' attributes.
   }
 }
 

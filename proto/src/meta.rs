@@ -140,6 +140,14 @@ pub enum FrozenBody {
     Node,
 }
 
+/// A name found in a directory and its inode's attributes
+/// ([`MetaRequest::LookupMany`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NamedAttr {
+    pub name: String,
+    pub attr: Attr,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: String,
@@ -361,6 +369,11 @@ include!(concat!(env!("OUT_DIR"), "/meta_ops.rs"));
 
 /// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
 pub const FROZEN_PAGE_ENTRIES_MAX: u32 = 8192;
+
+/// Names one [`MetaRequest::LookupMany`] may ask: a bounded request and
+/// reply (at most ~300 KiB of names), and one read that cannot hold the
+/// leader's thread for long.
+pub const LOOKUP_NAMES_MAX: usize = 1024;
 
 /// Names one write of one client so that metad applies it exactly once
 /// however often it is retried (client sessions, Raft thesis §6.3): metad

@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use torchfs_proto::meta::{
-    Attr, DirEntry, FileKind, Ino, MetaReply, MetaRequest, RenameMode, SetAttr, StatFs,
+    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, NamedAttr, RenameMode,
+    SetAttr, StatFs, LOOKUP_NAMES_MAX,
 };
 use torchfs_rdma::Transport;
 
@@ -75,6 +76,49 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         lock(&self.inner.cache).put_entry(parent, name, attr.ino, Instant::now());
         self.note_frozen(&attr, Some((parent, name))).await;
         Ok(self.cache_attr(attr))
+    }
+
+    /// Looks up many names of directory `parent` from metad, a
+    /// `LookupMany` per [`LOOKUP_NAMES_MAX`] names, and caches each entry
+    /// found as [`Self::lookup_fresh`] does; answers the names found. A
+    /// metad that does not know `LookupMany` (an older build answers
+    /// Invalid) is asked name by name.
+    pub(super) async fn lookup_many_fresh(
+        &self,
+        parent: Ino,
+        names: &[&str],
+    ) -> Result<Vec<NamedAttr>, ClientError> {
+        let mut found = Vec::with_capacity(names.len());
+        for chunk in names.chunks(LOOKUP_NAMES_MAX) {
+            let req = MetaRequest::LookupMany {
+                parent,
+                names: chunk.iter().map(|n| (*n).to_string()).collect(),
+            };
+            match self.meta_call(req).await {
+                Ok(MetaReply::LookedUp(attrs)) => {
+                    let now = Instant::now();
+                    for NamedAttr { name, attr } in attrs {
+                        lock(&self.inner.cache).put_entry(parent, &name, attr.ino, now);
+                        self.note_frozen(&attr, Some((parent, &name))).await;
+                        let attr = self.cache_attr(attr);
+                        found.push(NamedAttr { name, attr });
+                    }
+                }
+                Ok(other) => return Err(unexpected("LookupMany", other)),
+                Err(ClientError::Meta(MetaError::Invalid(_))) => {
+                    for name in chunk {
+                        if let Ok(attr) = self.lookup_fresh(parent, name).await {
+                            found.push(NamedAttr {
+                                name: (*name).to_string(),
+                                attr,
+                            });
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     /// Attributes; the size includes this client's unflushed writes.

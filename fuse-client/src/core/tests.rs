@@ -33,6 +33,8 @@ pub(crate) struct MetaState {
     pub(crate) keep_alives: Vec<(u64, Vec<Ino>, Vec<Ino>)>,
     /// Handed out by the next keep-alive.
     pub(crate) garbage: Vec<Garbage>,
+    /// The names of every `LookupMany` seen, a list per request.
+    pub(crate) lookup_many: Vec<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,20 @@ impl FakeMeta {
             MetaRequest::Lookup { parent, name } => {
                 let ino = *st.names.get(&(parent, name)).ok_or_else(enoent)?;
                 Ok(MetaReply::Attr(st.files[&ino].0.clone()))
+            }
+            MetaRequest::LookupMany { parent, names } => {
+                st.lookup_many.push(names.clone());
+                let found = names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let ino = *st.names.get(&(parent, name.clone()))?;
+                        Some(NamedAttr {
+                            name,
+                            attr: st.files[&ino].0.clone(),
+                        })
+                    })
+                    .collect();
+                Ok(MetaReply::LookedUp(found))
             }
             MetaRequest::GetAttr { ino } => Ok(MetaReply::Attr(
                 st.files.get(&ino).ok_or_else(enoent)?.0.clone(),

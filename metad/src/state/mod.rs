@@ -47,7 +47,8 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
     errno, Attr, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
-    NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, NAME_BYTES_MAX, ROOT_INO,
+    NamedAttr, NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, LOOKUP_NAMES_MAX,
+    NAME_BYTES_MAX, ROOT_INO,
 };
 
 pub use nodes::placement_groups;
@@ -271,6 +272,7 @@ impl State {
                 Ok(MetaReply::Attr(self.inode(ino)?.attr.clone()))
             }
             MetaRequest::GetAttr { ino } => Ok(MetaReply::Attr(self.inode(*ino)?.attr.clone())),
+            MetaRequest::LookupMany { parent, names } => self.lookup_many(*parent, names),
             MetaRequest::ReadDir { ino, after, limit } => self.readdir(*ino, after, *limit),
             MetaRequest::ReadLink { ino } => match &self.inode(*ino)?.body {
                 Body::Symlink { target } => Ok(MetaReply::Link(target.clone())),
@@ -327,6 +329,30 @@ impl State {
                 format!("no entry {name:?} in inode {parent}"),
             )
         })
+    }
+
+    /// The names of `names` that exist in directory `parent`, with their
+    /// attributes, in the order asked. A malformed name or too many names
+    /// fail the whole request; a missing one is left out.
+    fn lookup_many(&self, parent: Ino, names: &[String]) -> Outcome {
+        if names.len() > LOOKUP_NAMES_MAX {
+            return Err(MetaError::Invalid(format!(
+                "lookupMany of {} names, at most {LOOKUP_NAMES_MAX}",
+                names.len()
+            )));
+        }
+        let entries = self.dir_entries(parent)?;
+        let mut found = Vec::with_capacity(names.len());
+        for name in names {
+            check_name(name)?;
+            if let Some(ino) = entries.get(name.as_str()) {
+                found.push(NamedAttr {
+                    name: name.clone(),
+                    attr: self.inode(*ino)?.attr.clone(),
+                });
+            }
+        }
+        Ok(MetaReply::LookedUp(found))
     }
 
     fn readdir(&self, ino: Ino, after: &str, limit: u32) -> Outcome {

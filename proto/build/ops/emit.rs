@@ -178,6 +178,7 @@ fn write_stmt(recv: &str, f: &Field, v: &str) -> String {
         Ty::List(e) => {
             let set = match &**e {
                 Ty::Struct(s) => format!("write_{}(item, list.reborrow().get(index));", snake(s)),
+                Ty::Text => "list.set(index, item.as_str());".to_owned(),
                 _ => "list.set(index, *item);".to_owned(),
             };
             format!(
@@ -208,6 +209,9 @@ fn read_expr(get: &str, has: &str, f: &Field, what: &str) -> String {
             Ty::Struct(s) => format!(
                 "{get}.map_err(in_field(\"{what}\"))?.iter().map(read_{}).collect::<Result<Vec<_>>>()?",
                 snake(s)
+            ),
+            Ty::Text => format!(
+                "{get}.map_err(in_field(\"{what}\"))?.iter().map(|t| text(t, \"{what}\")).collect::<Result<Vec<_>>>()?"
             ),
             _ => format!("{get}.map_err(in_field(\"{what}\"))?.iter().collect()"),
         },

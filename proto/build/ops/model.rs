@@ -17,7 +17,7 @@ pub enum Ty {
     Enum(String),
     /// A schema struct; the Rust domain struct has the same name.
     Struct(String),
-    /// A list of numbers or structs.
+    /// A list of numbers, texts or structs.
     List(Box<Ty>),
 }
 
@@ -225,7 +225,7 @@ impl<'a> Schema<'a> {
             type_::Enum(e) => Ty::Enum(short_name(self.node(e.get_type_id())?)?),
             type_::Struct(s) => Ty::Struct(short_name(self.node(s.get_type_id())?)?),
             type_::List(l) => match self.ty(l.get_element_type().map_err(err)?)? {
-                e @ (Ty::Prim(_) | Ty::Struct(_)) => Ty::List(Box::new(e)),
+                e @ (Ty::Prim(_) | Ty::Text | Ty::Struct(_)) => Ty::List(Box::new(e)),
                 e => return Err(format!("lists of {e:?} are not supported")),
             },
             _ => {

@@ -244,6 +244,14 @@ fn every_request_round_trips() {
             ino: 4,
             lock: lock(LockKind::Unlock),
         },
+        MetaRequest::LookupMany {
+            parent: 1,
+            names: vec!["a".into(), "é b".into(), String::new()],
+        },
+        MetaRequest::LookupMany {
+            parent: 1,
+            names: vec![],
+        },
     ] {
         rt_req(req);
     }
@@ -272,6 +280,17 @@ fn every_reply_round_trips() {
             ino: 42,
             freed: vec![stripe(1)],
         }),
+        Ok(MetaReply::LookedUp(vec![
+            NamedAttr {
+                name: "a".into(),
+                attr: attr(),
+            },
+            NamedAttr {
+                name: "b".into(),
+                attr: attr(),
+            },
+        ])),
+        Ok(MetaReply::LookedUp(vec![])),
         Ok(MetaReply::Link("../t".into())),
         Ok(MetaReply::StatFs(StatFs {
             total_bytes: 10,

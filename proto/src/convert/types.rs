@@ -4,8 +4,8 @@
 
 use crate::meta::{
     Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLock, FrozenBody, FrozenEntry,
-    Garbage, Layout, LockKind, NodeInfo, NodeState, NodeStatus, PlacementGroup, RenameMode,
-    SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
+    Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus, PlacementGroup,
+    RenameMode, SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -102,6 +102,19 @@ pub(super) fn read_dir_entry(r: mc::dir_entry::Reader<'_>) -> Result<DirEntry> {
         name: text(r.get_name(), "dirEntry.name")?,
         ino: r.get_ino(),
         kind: read_file_kind(r.get_kind(), "dirEntry.kind")?,
+    })
+}
+
+pub(super) fn write_named_attr(e: &NamedAttr, mut b: mc::named_attr::Builder<'_>) {
+    b.set_name(e.name.as_str());
+    write_attr(&e.attr, b.reborrow().init_attr());
+}
+
+pub(super) fn read_named_attr(r: mc::named_attr::Reader<'_>) -> Result<NamedAttr> {
+    need(r.has_attr(), "namedAttr.attr")?;
+    Ok(NamedAttr {
+        name: text(r.get_name(), "namedAttr.name")?,
+        attr: read_attr(r.get_attr()?)?,
     })
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use torchfs_proto::meta::{FileKind, Ino, ROOT_INO};
+use torchfs_proto::meta::{FileKind, Ino, NamedAttr, ROOT_INO};
 use torchfs_rdma::Transport;
 
 use super::super::control::is_control_ino;
@@ -262,10 +262,11 @@ fn split_path(path: &str) -> (&str, &str) {
 }
 
 impl<M: MetaService, T: Transport> Client<M, T> {
-    /// Re-fetches the last component of each plan path. Each distinct
-    /// directory is walked once, one after another (through the entry
-    /// cache as usual), so an expired entry of a directory above many
-    /// names costs one metad lookup, not one per name.
+    /// Re-fetches the last component of each plan path, one `LookupMany`
+    /// per directory. Each distinct directory is walked once, one after
+    /// another (through the entry cache as usual), so an expired entry of
+    /// a directory above many names costs one metad lookup, not one per
+    /// name.
     async fn refresh_names(&self, paths: &[Arc<str>]) {
         let paths: Vec<&Arc<str>> = paths
             .iter()
@@ -290,18 +291,26 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 }
             }
         }
-        let lookups = paths.into_iter().filter_map(|full| {
+        // One LookupMany per directory, not a Lookup per name.
+        let mut by_parent: HashMap<Ino, HashMap<&str, &Arc<str>>> = HashMap::new();
+        for full in paths {
             let (dir, name) = split_path(full);
-            let parent = *parents.get(dir)?;
-            Some(async move {
-                if let Ok(attr) = self.lookup_fresh(parent, name).await {
-                    if attr.kind == FileKind::File {
-                        self.inner
-                            .data_cache
-                            .note_path(full.clone(), attr.ino, attr.size);
-                    }
+            if let Some(parent) = parents.get(dir) {
+                by_parent.entry(*parent).or_default().insert(name, full);
+            }
+        }
+        let lookups = by_parent.into_iter().map(|(parent, fulls)| async move {
+            let names: Vec<&str> = fulls.keys().copied().collect();
+            let Ok(found) = self.lookup_many_fresh(parent, &names).await else {
+                return;
+            };
+            for NamedAttr { name, attr } in found {
+                if let (FileKind::File, Some(full)) = (attr.kind, fulls.get(name.as_str())) {
+                    self.inner
+                        .data_cache
+                        .note_path((*full).clone(), attr.ino, attr.size);
                 }
-            })
+            }
         });
         futures::future::join_all(lookups).await;
     }

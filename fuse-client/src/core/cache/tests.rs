@@ -158,6 +158,48 @@ async fn a_plan_drives_prefetching_and_reads_hit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_names_are_refreshed_by_one_lookup_many_per_directory() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let files = write_files(&meta, &store, &[10; 12]).await;
+    let c = client_with(&meta, &store, mem_only(1 << 20)).await;
+    let order = [7, 3, 11, 0, 5, 9, 1, 10, 2, 8, 4, 6];
+    publish(&c, &render_plan(0, 0, &whole_files(&order)))
+        .await
+        .unwrap();
+    wait_for(&c, "the whole plan cached", |s| {
+        s["plans"][0]["lead_items"] == 12
+    })
+    .await;
+    // The names loop ticks every 50 ms: every name ahead asked by then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let asked = loop {
+        let asked: Vec<Vec<String>> = meta.0.lock().unwrap().lookup_many.clone();
+        if asked.iter().map(Vec::len).sum::<usize>() >= order.len()
+            || std::time::Instant::now() > deadline
+        {
+            break asked;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut names: Vec<String> = asked.concat();
+    names.sort();
+    let mut want: Vec<String> = order.iter().map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(names, want, "each planned name asked once: {asked:?}");
+    assert!(
+        asked.len() <= 2,
+        "one request per tick, not per name: {asked:?}"
+    );
+    // And the names still resolve to their files.
+    for &i in &order {
+        assert_eq!(
+            c.lookup(ROOT_INO, &format!("f{i}")).await.unwrap().ino,
+            files[i].0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_stays_within_its_byte_bounds() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let sizes = vec![100; 40];

@@ -6,6 +6,7 @@ mod encoding;
 mod frozen;
 mod layout;
 mod locks;
+mod lookup;
 mod nodes;
 mod sessions;
 
