@@ -35,6 +35,8 @@ pub(crate) struct MetaState {
     pub(crate) garbage: Vec<Garbage>,
     /// The names of every `LookupMany` seen, a list per request.
     pub(crate) lookup_many: Vec<Vec<String>>,
+    /// `GetLayout` requests seen.
+    pub(crate) get_layouts: usize,
 }
 
 #[derive(Clone)]
@@ -151,6 +153,7 @@ impl FakeMeta {
                 st.files.get(&ino).ok_or_else(enoent)?.0.clone(),
             )),
             MetaRequest::GetLayout { ino } => {
+                st.get_layouts += 1;
                 let (attr, layout) = st.files.get(&ino).ok_or_else(enoent)?.clone();
                 Ok(MetaReply::Layout { attr, layout })
             }

@@ -139,10 +139,23 @@ pub(crate) struct EpochCache {
     disk_work: Option<mpsc::UnboundedSender<DiskWork>>,
     /// Layouts the prefetcher fetched, for `trust_layout_ms`.
     layouts: Mutex<HashMap<Ino, (Attr, Layout, Instant)>>,
+    /// Layouts the prefetcher fetched in the last
+    /// [`PREFETCH_LAYOUT_REUSE_MS`], for its next jobs of the same file.
+    /// (attributes, layout, file version, when fetched).
+    recent_layouts: Mutex<HashMap<Ino, (Attr, Layout, u64, Instant)>>,
 }
 
 /// Prefetched layouts remembered at most (then the memo starts over).
 const TRUSTED_LAYOUTS_MAX: usize = 1 << 18;
+/// How long a layout the prefetcher fetched serves its later jobs of the
+/// same file (chunks of a large file would otherwise cost a `GetLayout`
+/// each). Safe at any length for prefetches: what they fetch is keyed by
+/// the file's version, and an open that finds a newer version drops it;
+/// short, so a file changed meanwhile costs at most a few wasted fetches.
+const PREFETCH_LAYOUT_REUSE_MS: u64 = 250;
+/// Files [`EpochCache::recent_layout`] remembers at most (then it starts
+/// over): the large files a plan reads in chunks at once.
+const RECENT_LAYOUTS_MAX: usize = 4096;
 
 impl EpochCache {
     /// Builds the cache; with a disk tier, also the receiving end of its
@@ -169,6 +182,7 @@ impl EpochCache {
                 wake: Arc::new(Notify::new()),
                 disk_work: tx,
                 layouts: Mutex::new(HashMap::new()),
+                recent_layouts: Mutex::new(HashMap::new()),
             },
             rx,
         ))
@@ -226,7 +240,20 @@ impl EpochCache {
     }
 
     /// Remembers a layout the prefetcher fetched (only with a trust window).
-    pub fn note_layout(&self, attr: &Attr, layout: &Layout) {
+    /// Remembers a layout the prefetcher fetched, at file version
+    /// `version`, for [`Self::recent_layout`] and, with
+    /// `trust_layout_ms`, for opens.
+    pub fn note_layout(&self, attr: &Attr, layout: &Layout, version: u64) {
+        {
+            let mut recent = super::lock(&self.recent_layouts);
+            if recent.len() >= RECENT_LAYOUTS_MAX {
+                recent.clear();
+            }
+            recent.insert(
+                attr.ino,
+                (attr.clone(), layout.clone(), version, Instant::now()),
+            );
+        }
         if self.config.trust_layout_ms == 0 {
             return;
         }
@@ -248,9 +275,20 @@ impl EpochCache {
         (at.elapsed() < window).then(|| (attr.clone(), layout.clone()))
     }
 
+    /// A layout the prefetcher fetched for `ino` in the last
+    /// [`PREFETCH_LAYOUT_REUSE_MS`], for another prefetch of that file
+    /// (never for an open).
+    pub fn recent_layout(&self, ino: Ino) -> Option<(Attr, Layout)> {
+        let recent = super::lock(&self.recent_layouts);
+        let (attr, layout, _, at) = recent.get(&ino)?;
+        (at.elapsed() < Duration::from_millis(PREFETCH_LAYOUT_REUSE_MS))
+            .then(|| (attr.clone(), layout.clone()))
+    }
+
     /// Drops every entry of `ino` (this client changed or removed it).
     pub fn invalidate(&self, ino: Ino) {
         super::lock(&self.layouts).remove(&ino);
+        super::lock(&self.recent_layouts).remove(&ino);
         if self.enabled() {
             self.with(|st| st.invalidate(ino, None))
         }
@@ -259,6 +297,12 @@ impl EpochCache {
     /// Drops entries of `ino` at a version other than `version` (the file
     /// was changed elsewhere: found at open).
     pub fn validate(&self, ino: Ino, version: u64) {
+        {
+            let mut recent = super::lock(&self.recent_layouts);
+            if recent.get(&ino).is_some_and(|r| r.2 != version) {
+                recent.remove(&ino);
+            }
+        }
         if self.enabled() {
             self.with(|st| st.invalidate(ino, Some(version)))
         }

@@ -130,20 +130,32 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// Fetches one planned range: the layout fresh from metad or a frozen
-    /// table (its version keys the entry), then the bytes through the read
+    /// table (its version keys the entry), or the one an earlier job of
+    /// the same file fetched moments ago, then the bytes through the read
     /// path.
     async fn fetch_planned(&self, job: &Job) -> Result<(u64, Vec<u8>), ClientError> {
-        let (attr, layout) = self.current_layout(job.ino).await?;
+        let (attr, layout, fetched) = match self.inner.data_cache.recent_layout(job.ino) {
+            Some((attr, layout)) => (attr, layout, None),
+            None => {
+                let (attr, layout) = self.current_layout(job.ino).await?;
+                let kept = layout.clone();
+                (attr, layout, Some(kept))
+            }
+        };
         if attr.kind != FileKind::File {
             return Err(ClientError::NotFile { ino: job.ino });
         }
-        self.inner.data_cache.note_layout(&attr, &layout);
         let st = FileState::from_layout(job.ino, attr.size, layout).map_err(|source| {
             ClientError::Layout {
                 ino: job.ino,
                 source,
             }
         })?;
+        if let Some(layout) = fetched {
+            self.inner
+                .data_cache
+                .note_layout(&attr, &layout, st.version());
+        }
         let end = if job.whole {
             st.size
         } else {

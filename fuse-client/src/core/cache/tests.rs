@@ -200,6 +200,42 @@ async fn a_plans_names_are_refreshed_by_one_lookup_many_per_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_one_file_share_the_layout_the_prefetcher_fetched() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let files = write_files(&meta, &store, &[1000]).await;
+    let c = client_with(&meta, &store, mem_only(1 << 20)).await;
+    let items: Vec<_> = [700u64, 0, 300, 900, 100, 500, 200, 800, 400, 600]
+        .into_iter()
+        .map(|offset| {
+            let range = ByteRange {
+                offset,
+                len_bytes: 100,
+            };
+            ("f0".to_string(), Some(range))
+        })
+        .collect();
+    meta.0.lock().unwrap().get_layouts = 0;
+    publish(&c, &render_plan(0, 0, &items)).await.unwrap();
+    wait_for(&c, "every chunk cached", |s| {
+        s["plans"][0]["lead_items"] == 10
+    })
+    .await;
+    let asked = meta.0.lock().unwrap().get_layouts;
+    assert!(
+        (1..=2).contains(&asked),
+        "10 chunks of one file fetched with {asked} GetLayouts"
+    );
+    // The chunks are the file's bytes.
+    let fh = c.open(files[0].0, false, false).await.unwrap();
+    for offset in [0u64, 300, 900] {
+        let got = c.read(fh, offset, 100).await.unwrap();
+        assert_eq!(*got, files[0].1[offset as usize..offset as usize + 100]);
+    }
+    c.release(fh).await.unwrap();
+    assert_eq!(stats(&c).await["stalls"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_stays_within_its_byte_bounds() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let sizes = vec![100; 40];
