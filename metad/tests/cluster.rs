@@ -14,18 +14,20 @@ use torchfs_proto::meta::{
 };
 
 use common::{
-    assert_took_less, client_of, create, leader, lookup, runtime, start_all, stop_all, voter_addrs,
-    Voter,
+    assert_took_less, create, create_many, follower_not_first, leader, lookup, start_all, stop_all,
+    TestCluster, Voter,
 };
 
 #[test]
 fn three_voters_failover_and_restart() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(3);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(3)?;
 
     rt.block_on(async {
         let ino = create(&client, "a").await?;
@@ -123,11 +125,13 @@ fn three_voters_failover_and_restart() -> Result<()> {
 #[test]
 fn a_voter_far_behind_catches_up_by_a_chunked_snapshot() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(5);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(5)?;
     rt.block_on(create(&client, "before"))?;
     let first_leader = rt.block_on(leader(&client))?;
     // Not voter 1, which would start a new cluster if its store were empty.
@@ -193,22 +197,16 @@ fn a_voter_far_behind_catches_up_by_a_chunked_snapshot() -> Result<()> {
 #[test]
 fn an_erased_voter_rejoins_from_a_snapshot() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(3);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        for i in 0..60 {
-            create(&client, &format!("e{i}")).await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(3)?;
+    rt.block_on(create_many(&client, "e", 60))?;
     let leader_id = rt.block_on(leader(&client))?;
-    // Not voter 1: voter 1 with an empty store starts a new cluster.
-    let erased = (2..=3u64)
-        .find(|id| *id != leader_id)
-        .context("a follower")?;
+    let erased = follower_not_first(leader_id, 3)?;
     voters[(erased - 1) as usize].stop()?;
     std::fs::remove_dir_all(dir.path().join(format!("v{erased}")))?;
     voters[(erased - 1) as usize] = Voter::start(erased, &addrs, dir.path());

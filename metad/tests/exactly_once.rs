@@ -14,8 +14,7 @@ use torchfs_proto::meta::{
 };
 
 use common::{
-    assert_took_less, client_of, create, files, leader, lookup, runtime, start_all, stop_all,
-    voter_addrs, Voter,
+    assert_took_less, create, files, leader, lookup, start_all, stop_all, TestCluster, Voter,
 };
 
 const CLIENT: u64 = 0x5e55_1011_0000_0001;
@@ -121,11 +120,13 @@ async fn check_applied_once(client: &MetaClient) -> Result<()> {
 #[test]
 fn a_retried_write_is_applied_once_across_leader_change_and_restart() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(3);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(3)?;
 
     let ws = writes(3);
     let first = rt.block_on(async {

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use torchfs_proto::client::MetaClient;
 use torchfs_proto::meta::{errno, Attr, FrozenBody, MetaError, MetaReply, MetaRequest, ROOT_INO};
 
-use common::{assert_took_less, client_of, create, runtime, start_all, stop_all, voter_addrs};
+use common::{assert_took_less, create, start_all, stop_all, TestCluster};
 
 async fn call_attr(client: &MetaClient, req: MetaRequest) -> Result<Attr> {
     match client.call(req).await? {
@@ -46,11 +46,13 @@ async fn create_is_erofs(client: &MetaClient, parent: u64, name: &str) -> Result
 #[test]
 fn a_freeze_survives_a_restart() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(3);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(3)?;
 
     let ds = rt.block_on(async {
         let ds = call_attr(

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use common::{
-    assert_took_less, client_of, create, leader, lookup, runtime, start_all, stop_all, voter_addrs,
-    Voter,
+    assert_took_less, create, create_many, follower_not_first, leader, lookup, stop_all,
+    TestCluster, Voter,
 };
 
 /// The voter's last log segment.
@@ -41,22 +41,16 @@ fn records(bytes: &[u8]) -> Vec<(usize, usize)> {
 #[test]
 fn a_torn_log_tail_is_dropped_and_a_corrupt_record_stops_the_voter() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let addrs = voter_addrs(3);
-    let mut voters = start_all(&addrs, dir.path());
-    let client = client_of(&addrs)?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        for i in 0..30 {
-            create(&client, &format!("t{i}")).await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    let TestCluster {
+        dir,
+        addrs,
+        mut voters,
+        client,
+        rt,
+    } = TestCluster::start(3)?;
+    rt.block_on(create_many(&client, "t", 30))?;
     let leader_id = rt.block_on(leader(&client))?;
-    // Not voter 1: voter 1 with an empty store starts a new cluster.
-    let victim = (2..=3u64)
-        .find(|id| *id != leader_id)
-        .context("a follower")?;
+    let victim = follower_not_first(leader_id, 3)?;
     let third = (1..=3u64)
         .find(|id| *id != leader_id && *id != victim)
         .context("the third voter")?;

@@ -109,6 +109,49 @@ pub fn client_of(addrs: &[(u64, String)]) -> Result<MetaClient> {
     )?)
 }
 
+/// `n` voters started in a fresh directory, a client of them and a
+/// runtime to drive it: what most tests begin with.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<(u64, String)>,
+    pub voters: Vec<Voter>,
+    pub client: MetaClient,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl TestCluster {
+    pub fn start(n: usize) -> Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let addrs = voter_addrs(n);
+        let voters = start_all(&addrs, dir.path());
+        let client = client_of(&addrs)?;
+        let rt = runtime()?;
+        Ok(TestCluster {
+            dir,
+            addrs,
+            voters,
+            client,
+            rt,
+        })
+    }
+}
+
+/// A follower of `leader` among voters 2..=`voters`: not voter 1, which
+/// with an empty store would start a new cluster of its own.
+pub fn follower_not_first(leader: u64, voters: u64) -> Result<u64> {
+    (2..=voters)
+        .find(|id| *id != leader)
+        .context("a follower other than voter 1")
+}
+
+/// Creates `{prefix}0` .. `{prefix}{n - 1}` in the root, one at a time.
+pub async fn create_many(client: &MetaClient, prefix: &str, n: usize) -> Result<()> {
+    for i in 0..n {
+        create(client, &format!("{prefix}{i}")).await?;
+    }
+    Ok(())
+}
+
 /// A multi-thread runtime, as callers will have.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
