@@ -73,9 +73,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 },
             )
             .await?;
+        Ok(self.note_lookup(parent, name, attr).await)
+    }
+
+    /// Caches what metad answered for `name` in `parent`: the entry for the
+    /// entry TTL, the attributes, a frozen tree it shows.
+    async fn note_lookup(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
         lock(&self.inner.cache).put_entry(parent, name, attr.ino, Instant::now());
         self.note_frozen(&attr, Some((parent, name))).await;
-        Ok(self.cache_attr(attr))
+        self.cache_attr(attr)
     }
 
     /// Looks up many names of directory `parent` from metad, a
@@ -96,11 +102,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             };
             match self.meta_call(req).await {
                 Ok(MetaReply::LookedUp(attrs)) => {
-                    let now = Instant::now();
                     for NamedAttr { name, attr } in attrs {
-                        lock(&self.inner.cache).put_entry(parent, &name, attr.ino, now);
-                        self.note_frozen(&attr, Some((parent, &name))).await;
-                        let attr = self.cache_attr(attr);
+                        let attr = self.note_lookup(parent, &name, attr).await;
                         found.push(NamedAttr { name, attr });
                     }
                 }
