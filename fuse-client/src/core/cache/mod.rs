@@ -137,15 +137,21 @@ pub(crate) struct EpochCache {
     /// Wakes the prefetcher (plan accepted, cursor moved, room freed).
     pub wake: Arc<Notify>,
     disk_work: Option<mpsc::UnboundedSender<DiskWork>>,
-    /// Layouts the prefetcher fetched, for `trust_layout_ms`.
-    layouts: Mutex<HashMap<Ino, (Attr, Layout, Instant)>>,
-    /// Layouts the prefetcher fetched in the last
-    /// [`PREFETCH_LAYOUT_REUSE_MS`], for its next jobs of the same file.
-    /// (attributes, layout, file version, when fetched).
-    recent_layouts: Mutex<HashMap<Ino, (Attr, Layout, u64, Instant)>>,
+    /// Layouts the prefetcher fetched: for its next jobs of the same file
+    /// ([`PREFETCH_LAYOUT_REUSE_MS`]) and for opens (`trust_layout_ms`).
+    layouts: Mutex<HashMap<Ino, NotedLayout>>,
 }
 
-/// Prefetched layouts remembered at most (then the memo starts over).
+/// A layout the prefetcher fetched, at file version `version`.
+struct NotedLayout {
+    attr: Attr,
+    layout: Layout,
+    version: u64,
+    at: Instant,
+}
+
+/// Prefetched layouts remembered at most with a trust window (then the
+/// memo starts over).
 const TRUSTED_LAYOUTS_MAX: usize = 1 << 18;
 /// How long a layout the prefetcher fetched serves its later jobs of the
 /// same file (chunks of a large file would otherwise cost a `GetLayout`
@@ -153,8 +159,9 @@ const TRUSTED_LAYOUTS_MAX: usize = 1 << 18;
 /// the file's version, and an open that finds a newer version drops it;
 /// short, so a file changed meanwhile costs at most a few wasted fetches.
 const PREFETCH_LAYOUT_REUSE_MS: u64 = 250;
-/// Files [`EpochCache::recent_layout`] remembers at most (then it starts
-/// over): the large files a plan reads in chunks at once.
+/// Layouts remembered at most without a trust window, when only
+/// [`EpochCache::recent_layout`] reads them: the large files a plan reads
+/// in chunks at once.
 const RECENT_LAYOUTS_MAX: usize = 4096;
 
 impl EpochCache {
@@ -182,7 +189,6 @@ impl EpochCache {
                 wake: Arc::new(Notify::new()),
                 disk_work: tx,
                 layouts: Mutex::new(HashMap::new()),
-                recent_layouts: Mutex::new(HashMap::new()),
             },
             rx,
         ))
@@ -239,29 +245,33 @@ impl EpochCache {
         self.with(|st| st.fill(ino, version, start, data))
     }
 
-    /// Remembers a layout the prefetcher fetched (only with a trust window).
     /// Remembers a layout the prefetcher fetched, at file version
     /// `version`, for [`Self::recent_layout`] and, with
     /// `trust_layout_ms`, for opens.
     pub fn note_layout(&self, attr: &Attr, layout: &Layout, version: u64) {
-        {
-            let mut recent = super::lock(&self.recent_layouts);
-            if recent.len() >= RECENT_LAYOUTS_MAX {
-                recent.clear();
-            }
-            recent.insert(
-                attr.ino,
-                (attr.clone(), layout.clone(), version, Instant::now()),
-            );
-        }
-        if self.config.trust_layout_ms == 0 {
-            return;
-        }
+        let max = if self.config.trust_layout_ms == 0 {
+            RECENT_LAYOUTS_MAX
+        } else {
+            TRUSTED_LAYOUTS_MAX
+        };
         let mut memo = super::lock(&self.layouts);
-        if memo.len() >= TRUSTED_LAYOUTS_MAX {
+        if memo.len() >= max {
             memo.clear();
         }
-        memo.insert(attr.ino, (attr.clone(), layout.clone(), Instant::now()));
+        let noted = NotedLayout {
+            attr: attr.clone(),
+            layout: layout.clone(),
+            version,
+            at: Instant::now(),
+        };
+        memo.insert(attr.ino, noted);
+    }
+
+    /// The layout of `ino` the prefetcher fetched less than `window` ago.
+    fn noted_layout(&self, ino: Ino, window: Duration) -> Option<(Attr, Layout)> {
+        let memo = super::lock(&self.layouts);
+        let noted = memo.get(&ino)?;
+        (noted.at.elapsed() < window).then(|| (noted.attr.clone(), noted.layout.clone()))
     }
 
     /// A prefetched layout of `ino` young enough to open with.
@@ -270,25 +280,19 @@ impl EpochCache {
         if window.is_zero() {
             return None;
         }
-        let memo = super::lock(&self.layouts);
-        let (attr, layout, at) = memo.get(&ino)?;
-        (at.elapsed() < window).then(|| (attr.clone(), layout.clone()))
+        self.noted_layout(ino, window)
     }
 
     /// A layout the prefetcher fetched for `ino` in the last
     /// [`PREFETCH_LAYOUT_REUSE_MS`], for another prefetch of that file
     /// (never for an open).
     pub fn recent_layout(&self, ino: Ino) -> Option<(Attr, Layout)> {
-        let recent = super::lock(&self.recent_layouts);
-        let (attr, layout, _, at) = recent.get(&ino)?;
-        (at.elapsed() < Duration::from_millis(PREFETCH_LAYOUT_REUSE_MS))
-            .then(|| (attr.clone(), layout.clone()))
+        self.noted_layout(ino, Duration::from_millis(PREFETCH_LAYOUT_REUSE_MS))
     }
 
     /// Drops every entry of `ino` (this client changed or removed it).
     pub fn invalidate(&self, ino: Ino) {
         super::lock(&self.layouts).remove(&ino);
-        super::lock(&self.recent_layouts).remove(&ino);
         if self.enabled() {
             self.with(|st| st.invalidate(ino, None))
         }
@@ -298,9 +302,9 @@ impl EpochCache {
     /// was changed elsewhere: found at open).
     pub fn validate(&self, ino: Ino, version: u64) {
         {
-            let mut recent = super::lock(&self.recent_layouts);
-            if recent.get(&ino).is_some_and(|r| r.2 != version) {
-                recent.remove(&ino);
+            let mut memo = super::lock(&self.layouts);
+            if memo.get(&ino).is_some_and(|n| n.version != version) {
+                memo.remove(&ino);
             }
         }
         if self.enabled() {
