@@ -321,6 +321,13 @@ struct Request {
       # exist (in the order asked; at most `LOOKUP_NAMES_MAX` names).
       parent @88 :UInt64; names @89 :List(Text);
     }
+    readDirPlus :group $noLog {
+      # Entries with their inodes' attributes, names from `start` on
+      # (inclusive; all when empty), at most `limit` of them (0 or more than
+      # `READDIR_PLUS_MAX`: that many), in name order. Fewer than asked:
+      # the directory ends there. A client's statahead (and `ls -l`).
+      ino @90 :UInt64; start @91 :Text; limit @92 :UInt32;
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -391,7 +398,8 @@ struct Response {
       ino @22 :UInt64; freed @23 :List(StripeEntry);
     }
     lookedUp @24 :List(NamedAttr);
-    # LookupMany: the names found and their inodes' attributes.
+    # LookupMany: the names found and their inodes' attributes;
+    # ReadDirPlus: the entries and their attributes.
   }
 }
 

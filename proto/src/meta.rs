@@ -375,6 +375,10 @@ pub const FROZEN_PAGE_ENTRIES_MAX: u32 = 8192;
 /// leader's thread for long.
 pub const LOOKUP_NAMES_MAX: usize = 1024;
 
+/// Entries one [`MetaRequest::ReadDirPlus`] answers at most (bounded like
+/// [`LOOKUP_NAMES_MAX`]).
+pub const READDIR_PLUS_MAX: u32 = 1024;
+
 /// Names one write of one client so that metad applies it exactly once
 /// however often it is retried (client sessions, Raft thesis §6.3): metad
 /// keeps the results of each client's recent writes and answers a retry

@@ -3,6 +3,13 @@
 //! caller passes the clock, so expiry is tested without sleeping. Bounded:
 //! when full, expired entries go first, then everything (a cold cache is
 //! only slower).
+//!
+//! A directory can also be held *complete*: every name it had when metad
+//! listed it (or when this client made it) is among the dentries, so a
+//! name missing there is answered "no such entry" until the listing is an
+//! entry TTL old. That is the staleness a negative dentry already has (the
+//! kernel keeps one for the entry TTL), applied to every name at once: a
+//! create in such a directory needs no lookup round trip first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +26,8 @@ pub(crate) struct MetaCache {
     /// Every extended attribute of an inode, as one GetXattrs answered
     /// (kept for the attribute TTL).
     xattrs: HashMap<Ino, (Arc<Vec<Xattr>>, Instant)>,
+    /// Directories held complete, and until when.
+    complete: HashMap<Ino, Instant>,
 }
 
 impl MetaCache {
@@ -30,6 +39,7 @@ impl MetaCache {
             attrs: HashMap::new(),
             dentries: HashMap::new(),
             xattrs: HashMap::new(),
+            complete: HashMap::new(),
         }
     }
 
@@ -106,9 +116,13 @@ impl MetaCache {
             return;
         }
         if self.dentries.len() >= self.entries_max {
+            // Dropping expired names keeps a complete directory complete
+            // (a name its listing held expires with it); dropping fresh
+            // ones does not.
             self.dentries.retain(|_, (_, expires)| now < *expires);
             if self.dentries.len() >= self.entries_max {
                 self.dentries.clear();
+                self.complete.clear();
             }
         }
         self.dentries
@@ -121,6 +135,32 @@ impl MetaCache {
         self.dentries
             .remove(&(parent, name.to_string()))
             .map(|(ino, _)| ino)
+    }
+
+    /// Holds `dir` complete from `now` for the entry TTL: the caller has
+    /// just put every name metad listed in it (or made it, empty).
+    pub fn put_complete(&mut self, dir: Ino, now: Instant) {
+        if self.entry_ttl.is_zero() {
+            return;
+        }
+        if self.complete.len() >= self.entries_max {
+            self.complete.retain(|_, until| now < *until);
+        }
+        self.complete.insert(dir, now + self.entry_ttl);
+    }
+
+    /// Whether `name` is known absent from `dir`: the directory is held
+    /// complete and no fresh dentry names it. (A dentry that expired
+    /// before the listing did was not in it: put again otherwise.)
+    pub fn known_absent(&self, dir: Ino, name: &str, now: Instant) -> bool {
+        self.complete.get(&dir).is_some_and(|until| now < *until)
+            && self.entry(dir, name, now).is_none()
+    }
+
+    /// Stops holding `dir` complete (it changed in a way this client did
+    /// not see, e.g. a create found the name taken).
+    pub fn forget_complete(&mut self, dir: Ino) {
+        self.complete.remove(&dir);
     }
 
     /// The inode a name last resolved to, expired or not.
@@ -177,6 +217,39 @@ mod tests {
         c.put_entry(1, "a", 5, t0);
         assert!(c.attr(5, t0).is_none());
         assert!(c.entry(1, "a", t0).is_none());
+    }
+
+    #[test]
+    fn a_complete_directory_answers_missing_names_until_its_listing_expires() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = MetaCache::new(ms(100), ms(50), 10);
+        // "old" was cached before the listing, which did not hold it.
+        c.put_entry(1, "old", 7, t0);
+        c.put_entry(1, "a", 5, t0 + ms(20));
+        c.put_complete(1, t0 + ms(20));
+        assert!(c.known_absent(1, "b", t0 + ms(30)));
+        assert!(!c.known_absent(1, "a", t0 + ms(30)));
+        assert!(!c.known_absent(1, "old", t0 + ms(30)), "fresh dentry");
+        assert!(
+            c.known_absent(1, "old", t0 + ms(55)),
+            "expired before the listing"
+        );
+        assert!(!c.known_absent(2, "b", t0 + ms(30)), "another directory");
+        assert!(!c.known_absent(1, "b", t0 + ms(70)), "the listing expired");
+        c.put_complete(1, t0 + ms(80));
+        c.forget_complete(1);
+        assert!(!c.known_absent(1, "b", t0 + ms(81)));
+        // Evicting fresh dentries ends completeness: they may be the
+        // listing's names.
+        c.put_complete(1, t0 + ms(90));
+        for i in 0..20 {
+            c.put_entry(3, &format!("n{i}"), 100 + i, t0 + ms(90));
+        }
+        assert!(!c.known_absent(1, "b", t0 + ms(91)));
+        let mut z = MetaCache::new(Duration::ZERO, Duration::ZERO, 10);
+        z.put_complete(1, t0);
+        assert!(!z.known_absent(1, "b", t0));
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod meta_cache;
 mod namespace;
 mod open;
 mod read;
+mod statahead;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -282,6 +283,7 @@ pub(crate) struct Inner<M, T> {
     runtime: tokio::runtime::Handle,
     map: MapCache,
     cache: Mutex<MetaCache>,
+    statahead: Mutex<statahead::Statahead>,
     handles: Handles,
     codecs: Mutex<HashMap<(u8, u8), Arc<ReedSolomon>>>,
     /// Bounds fragment requests in flight across all files and tasks.
@@ -349,6 +351,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let inner = Arc::new(Inner {
             map: MapCache::new(first_map),
             cache: Mutex::new(cache),
+            statahead: Mutex::new(statahead::Statahead::new(Duration::from_millis(
+                config.entry_ttl_ms,
+            ))),
             handles: Handles::default(),
             codecs: Mutex::new(HashMap::new()),
             io_slots: Semaphore::new(FRAGMENT_REQUESTS_IN_FLIGHT_MAX),

@@ -56,10 +56,68 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if let Some(root) = self.frozen_root_lookup(parent, name).await {
             return Ok(root);
         }
-        if let Some(attr) = lock(&self.inner.cache).lookup(parent, name, Instant::now()) {
-            return Ok(self.overlay(attr));
+        if let Some(found) = self.lookup_cached(parent, name) {
+            lock(&self.inner.statahead).hit(parent);
+            return found;
+        }
+        let scan = lock(&self.inner.statahead).miss(parent, Instant::now());
+        if let Some(scan) = scan {
+            // A failed scan costs only the lookup it was meant to save.
+            if self.statahead(parent, name, scan).await.is_ok() {
+                if let Some(found) = self.lookup_cached(parent, name) {
+                    return found;
+                }
+            }
         }
         self.lookup_fresh(parent, name).await
+    }
+
+    /// [`Self::lookup`] when the cache alone answers it (no frozen tree,
+    /// no control name): a front-end replies at once, on the thread that
+    /// read the request, instead of handing it to a task (a thread wake-up
+    /// costs more than the lookup). `None`: call [`Self::lookup`].
+    pub fn lookup_now(&self, parent: Ino, name: &str) -> Option<Result<Attr, ClientError>> {
+        if is_control_ino(parent)
+            || parent == torchfs_proto::meta::ROOT_INO && name == CONTROL_DIR_NAME
+        {
+            return None;
+        }
+        let found = self.lookup_cached(parent, name)?;
+        if matches!(&found, Ok(attr) if attr.frozen) {
+            // A frozen tree's table answers its names (and may be loading).
+            return None;
+        }
+        lock(&self.inner.statahead).hit(parent);
+        Some(found)
+    }
+
+    /// [`Self::getattr`] when the cache alone answers it (see
+    /// [`Self::lookup_now`]).
+    pub fn getattr_now(&self, ino: Ino) -> Option<Attr> {
+        if is_control_ino(ino) {
+            return None;
+        }
+        let attr = lock(&self.inner.cache).attr(ino, Instant::now())?;
+        (!attr.frozen).then(|| self.overlay(attr))
+    }
+
+    /// A lookup the cache answers: a fresh entry, or a name missing from a
+    /// directory held complete (ENOENT, as a negative dentry would say).
+    fn lookup_cached(&self, parent: Ino, name: &str) -> Option<Result<Attr, ClientError>> {
+        let now = Instant::now();
+        let cache = lock(&self.inner.cache);
+        if let Some(attr) = cache.lookup(parent, name, now) {
+            drop(cache);
+            return Some(Ok(self.overlay(attr)));
+        }
+        if cache.known_absent(parent, name, now) {
+            return Some(Err(MetaError::fs(
+                torchfs_proto::meta::errno::ENOENT,
+                format!("no entry {name:?} in directory {parent} (listed within the entry TTL)"),
+            )
+            .into()));
+        }
+        None
     }
 
     /// A lookup from metad (never the cache), cached for the entry TTL.
@@ -248,7 +306,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             gid: owner.gid,
             exclusive,
         };
-        let attr = self.attr_reply("Create", req).await?;
+        let attr = self.attr_reply("Create", req).await;
+        let attr = self.unless_taken(parent, attr)?;
         Ok(self.created(parent, name, attr))
     }
 
@@ -268,7 +327,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             uid: owner.uid,
             gid: owner.gid,
         };
-        let attr = self.attr_reply("Mkdir", req).await?;
+        let asked_at = Instant::now();
+        let attr = self.attr_reply("Mkdir", req).await;
+        let attr = self.unless_taken(parent, attr)?;
+        // New, so empty: complete from before it existed (the earliest
+        // time its listing could be from), which lets the creates that
+        // fill it skip their lookups.
+        lock(&self.inner.cache).put_complete(attr.ino, asked_at);
         Ok(self.created(parent, name, attr))
     }
 
@@ -293,7 +358,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             gid: owner.gid,
             rdev,
         };
-        let attr = self.attr_reply("Mknod", req).await?;
+        let attr = self.attr_reply("Mknod", req).await;
+        let attr = self.unless_taken(parent, attr)?;
         Ok(self.created(parent, name, attr))
     }
 
@@ -312,7 +378,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             uid: owner.uid,
             gid: owner.gid,
         };
-        let attr = self.attr_reply("Symlink", req).await?;
+        let attr = self.attr_reply("Symlink", req).await;
+        let attr = self.unless_taken(parent, attr)?;
         Ok(self.created(parent, name, attr))
     }
 
@@ -333,7 +400,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             new_parent,
             new_name: new_name.to_string(),
         };
-        let attr = self.attr_reply("Link", req).await?;
+        let attr = self.attr_reply("Link", req).await;
+        let attr = self.unless_taken(new_parent, attr)?;
         Ok(self.created(new_parent, new_name, attr))
     }
 
@@ -389,6 +457,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let reply = self.meta_call(req).await;
         let moved = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, moved);
+        {
+            // A name moved in (or swapped) is not among the dentries.
+            let mut cache = lock(&self.inner.cache);
+            cache.forget_complete(parent);
+            cache.forget_complete(new_parent);
+        }
         self.removed(new_parent, new_name, "Rename", reply)
     }
 
@@ -467,6 +541,19 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if let Some(ino) = ino {
             cache.invalidate_attr(ino);
         }
+    }
+
+    /// Passes a create-like call's answer on; EEXIST means `parent` holds
+    /// a name this client did not know of, so it is no longer complete.
+    pub(super) fn unless_taken<R>(
+        &self,
+        parent: Ino,
+        answer: Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        if matches!(&answer, Err(e) if e.errno() == libc::EEXIST) {
+            lock(&self.inner.cache).forget_complete(parent);
+        }
+        answer
     }
 
     /// Caches what a create-like call returned. metad took a new entry in

@@ -62,7 +62,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             exclusive,
             client_id: self.inner.lease_id,
         };
-        let (attr, layout) = match self.meta_call(req).await? {
+        let answer = self.meta_call(req).await;
+        let (attr, layout) = match self.unless_taken(parent, answer)? {
             MetaReply::Layout { attr, layout } => (attr, layout),
             other => return Err(unexpected("CreateOpen", other)),
         };

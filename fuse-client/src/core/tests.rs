@@ -37,6 +37,10 @@ pub(crate) struct MetaState {
     pub(crate) lookup_many: Vec<Vec<String>>,
     /// `GetLayout` requests seen.
     pub(crate) get_layouts: usize,
+    /// `Lookup` requests seen.
+    pub(crate) lookups: usize,
+    /// `ReadDirPlus` requests seen: (directory, start).
+    pub(crate) readdir_plus: Vec<(Ino, String)>,
 }
 
 #[derive(Clone)]
@@ -131,7 +135,67 @@ impl FakeMeta {
                 );
                 Ok(MetaReply::Attr(attr))
             }
+            MetaRequest::Mkdir { parent, name, .. } => {
+                if st.names.contains_key(&(parent, name.clone())) {
+                    return Err(MetaError::fs(errno::EEXIST, "file exists"));
+                }
+                st.next_ino += 1;
+                let ino = st.next_ino;
+                let attr = Attr {
+                    ino,
+                    kind: FileKind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    nlink: 2,
+                    atime_ns: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                    rdev: 0,
+                    has_xattrs: false,
+                    frozen: false,
+                };
+                st.names.insert((parent, name), ino);
+                st.files.insert(
+                    ino,
+                    (
+                        attr.clone(),
+                        Layout {
+                            config: CFG,
+                            stripes: vec![],
+                        },
+                    ),
+                );
+                Ok(MetaReply::Attr(attr))
+            }
+            MetaRequest::ReadDirPlus { ino, start, limit } => {
+                st.readdir_plus.push((ino, start.clone()));
+                let mut names: Vec<(String, Ino)> = st
+                    .names
+                    .iter()
+                    .filter(|((p, n), _)| *p == ino && *n >= start)
+                    .map(|((_, n), i)| (n.clone(), *i))
+                    .collect();
+                names.sort();
+                let limit = if limit == 0 {
+                    READDIR_PLUS_MAX
+                } else {
+                    limit.min(READDIR_PLUS_MAX)
+                };
+                Ok(MetaReply::LookedUp(
+                    names
+                        .into_iter()
+                        .take(limit as usize)
+                        .map(|(name, i)| NamedAttr {
+                            name,
+                            attr: st.files[&i].0.clone(),
+                        })
+                        .collect(),
+                ))
+            }
             MetaRequest::Lookup { parent, name } => {
+                st.lookups += 1;
                 let ino = *st.names.get(&(parent, name)).ok_or_else(enoent)?;
                 Ok(MetaReply::Attr(st.files[&ino].0.clone()))
             }

@@ -39,17 +39,16 @@ use std::time::{Duration, SystemTime};
 
 pub use fuser::BackgroundSession as MountSession;
 use fuser::{
-    AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, IoctlFlags,
+    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
 
 use crate::core::Client;
-use attr::{negative_entry, node_kind};
+use attr::node_kind;
 use dirs::DirStreams;
 use passthrough::IoModes;
 use request::{errno, name_str, new_mode, owner, reply_empty, set_time};
@@ -175,19 +174,19 @@ impl Filesystem for TorchFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
+        if let Some(found) = self.fs.client.lookup_now(parent.0, &name) {
+            return self.fs.reply_lookup(found, reply);
+        }
         self.spawn_meta(|fs| async move {
-            match fs.client.lookup(parent.0, &name).await {
-                // Creates through this mount replace the negative entry;
-                // other mounts' within the entry TTL, as for every entry.
-                Err(e) if e.errno() == libc::ENOENT => {
-                    reply.entry(&fs.options.entry_ttl, &negative_entry(), Generation(0))
-                }
-                result => fs.reply_entry(result, reply),
-            }
+            let found = fs.client.lookup(parent.0, &name).await;
+            fs.reply_lookup(found, reply);
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(attr) = self.fs.client.getattr_now(ino.0) {
+            return self.fs.reply_attr(Ok(attr), reply);
+        }
         self.spawn_meta(|fs| async move {
             let result = fs.client.getattr(ino.0).await;
             fs.reply_attr(result, reply);

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use fuser::{Errno, Generation, ReplyAttr, ReplyEmpty, ReplyEntry, Request, TimeOrNow};
 use torchfs_proto::meta::{Attr, SetTime, NAME_BYTES_MAX};
 
-use super::attr::{file_attr, system_time_ns};
+use super::attr::{file_attr, negative_entry, system_time_ns};
 use super::Fs;
 use crate::core::{ClientError, NewMode, Owner};
 
@@ -60,6 +60,18 @@ impl Fs {
         match result {
             Ok(attr) => reply.entry(&self.options.entry_ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// A lookup's answer; ENOENT is a negative entry, which the kernel
+    /// keeps for the entry TTL. Creates through this mount replace it;
+    /// other mounts' are seen within the TTL, as for every entry.
+    pub(super) fn reply_lookup(&self, result: Result<Attr, ClientError>, reply: ReplyEntry) {
+        match result {
+            Err(e) if e.errno() == libc::ENOENT => {
+                reply.entry(&self.options.entry_ttl, &negative_entry(), Generation(0))
+            }
+            result => self.reply_entry(result, reply),
         }
     }
 

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
     errno, Attr, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
     NamedAttr, NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, LOOKUP_NAMES_MAX,
-    NAME_BYTES_MAX, ROOT_INO,
+    NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
 };
 
 pub use nodes::placement_groups;
@@ -274,6 +274,9 @@ impl State {
             MetaRequest::GetAttr { ino } => Ok(MetaReply::Attr(self.inode(*ino)?.attr.clone())),
             MetaRequest::LookupMany { parent, names } => self.lookup_many(*parent, names),
             MetaRequest::ReadDir { ino, after, limit } => self.readdir(*ino, after, *limit),
+            MetaRequest::ReadDirPlus { ino, start, limit } => {
+                self.readdir_plus(*ino, start, *limit)
+            }
             MetaRequest::ReadLink { ino } => match &self.inode(*ino)?.body {
                 Body::Symlink { target } => Ok(MetaReply::Link(target.clone())),
                 _ => Err(fs(errno::EINVAL, format!("inode {ino} is not a symlink"))),
@@ -353,6 +356,25 @@ impl State {
             }
         }
         Ok(MetaReply::LookedUp(found))
+    }
+
+    fn readdir_plus(&self, ino: Ino, start: &str, limit: u32) -> Outcome {
+        let entries = self.dir_entries(ino)?;
+        let limit = match limit {
+            0 => READDIR_PLUS_MAX,
+            n => n.min(READDIR_PLUS_MAX),
+        } as usize;
+        let mut out = Vec::with_capacity(limit.min(entries.len()));
+        for (name, child) in entries
+            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+            .take(limit)
+        {
+            out.push(NamedAttr {
+                name: name.clone(),
+                attr: self.inode(*child)?.attr.clone(),
+            });
+        }
+        Ok(MetaReply::LookedUp(out))
     }
 
     fn readdir(&self, ino: Ino, after: &str, limit: u32) -> Outcome {

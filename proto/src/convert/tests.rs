@@ -252,6 +252,11 @@ fn every_request_round_trips() {
             parent: 1,
             names: vec![],
         },
+        MetaRequest::ReadDirPlus {
+            ino: 9,
+            start: "f0001".into(),
+            limit: 512,
+        },
     ] {
         rt_req(req);
     }

@@ -41,3 +41,67 @@ fn lookup_many_answers_the_names_that_exist_in_the_order_asked() {
     });
     assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
 }
+
+#[test]
+fn readdir_plus_pages_entries_with_attributes_from_a_name_on() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT_INO, "d");
+    let files: Vec<_> = ["c", "a", "e", "b", "d"]
+        .iter()
+        .map(|n| (n.to_string(), t.create(d.ino, n)))
+        .collect();
+    let ino_of = |n: &str| {
+        files
+            .iter()
+            .find(|(f, _)| f == n)
+            .map(|(_, a)| a.ino)
+            .unwrap()
+    };
+    let plus = |start: &str, limit| MetaRequest::ReadDirPlus {
+        ino: d.ino,
+        start: start.to_string(),
+        limit,
+    };
+    let all = names_of(t.r(plus("", 0)));
+    let want: Vec<_> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| (n.to_string(), ino_of(n)))
+        .collect();
+    assert_eq!(all, want);
+    // `start` is inclusive when the name exists, and need not exist.
+    assert_eq!(names_of(t.r(plus("c", 2))), want[2..4]);
+    assert_eq!(names_of(t.r(plus("bb", 0))), want[2..]);
+    assert_eq!(names_of(t.r(plus("f", 0))), []);
+    // The attributes are the inodes' own (as GetAttr answers them).
+    match t.r(plus("e", 1)) {
+        Ok(MetaReply::LookedUp(found)) => {
+            assert_eq!(found[0].attr, files[2].1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        errno_of(t.r(MetaRequest::ReadDirPlus {
+            ino: ino_of("a"),
+            start: String::new(),
+            limit: 0
+        })),
+        ENOTDIR
+    );
+}
+
+#[test]
+fn readdir_plus_answers_at_most_its_page_bound() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT_INO, "d");
+    for i in 0..(READDIR_PLUS_MAX + 5) {
+        t.create(d.ino, &format!("f{i:05}"));
+    }
+    for limit in [0, READDIR_PLUS_MAX + 1, u32::MAX] {
+        let got = names_of(t.r(MetaRequest::ReadDirPlus {
+            ino: d.ino,
+            start: String::new(),
+            limit,
+        }));
+        assert_eq!(got.len(), READDIR_PLUS_MAX as usize, "limit {limit}");
+    }
+}

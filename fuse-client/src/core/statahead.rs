@@ -1,0 +1,470 @@
+//! Statahead: when lookups keep missing the cache in one directory (`ls
+//! -l`, `rsync`, `cp -a`, a script stat'ing a dataset's files), the
+//! directory's entries and their attributes are fetched a page at a time
+//! (`ReadDirPlus`) instead of one Lookup round trip per name. A directory
+//! small enough is read whole and then held complete (see `meta_cache`), so
+//! names missing from it need no round trip either; a larger one is read a
+//! page from the missed name on. A directory whose pages did not pay off
+//! (the lookups that followed were mostly of names outside them: random
+//! access to a large directory) is left alone for a while.
+//!
+//! [`Statahead`] is the bookkeeping (the caller passes the clock);
+//! [`Client::statahead`] does the fetching.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use torchfs_proto::meta::{Ino, MetaError, MetaReply, MetaRequest, NamedAttr, READDIR_PLUS_MAX};
+use torchfs_rdma::Transport;
+
+use super::{lock, unexpected, Client, ClientError, MetaService};
+
+/// Misses in one directory, within the entry TTL, that start a scan when
+/// none has paid off there yet.
+pub(crate) const STATAHEAD_MISSES: u32 = 3;
+/// Pages a directory is read whole in at most; beyond, it is large and
+/// read a page from each missed name on.
+pub(crate) const WHOLE_PAGES_MAX: usize = 4;
+/// How long a directory whose scans did not pay off is left alone.
+const QUIET_MS: u64 = 10_000;
+/// Directories tracked at once (each a few words).
+const DIRS_MAX: usize = 4096;
+
+/// What to fetch for a miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// The whole directory, from its first name.
+    Whole,
+    /// One page from the missed name on.
+    From,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DirScans {
+    /// Misses since `since` (or since the last scan).
+    misses: u32,
+    since: Instant,
+    /// Lookups served from the cache since the last scan.
+    hits: u32,
+    /// Entries the last scan fetched (0: none yet).
+    fetched: u32,
+    /// Read whole once and found longer than [`WHOLE_PAGES_MAX`] pages.
+    large: bool,
+    quiet_until: Option<Instant>,
+}
+
+pub(crate) struct Statahead {
+    window: Duration,
+    dirs: HashMap<Ino, DirScans>,
+    /// metad does not know `ReadDirPlus` (an older build): never scan.
+    unsupported: bool,
+}
+
+impl Statahead {
+    /// `window`: how long misses count together (the entry TTL, for which
+    /// what a scan fetched stays cached). Zero: never scan.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            dirs: HashMap::new(),
+            unsupported: false,
+        }
+    }
+
+    /// A lookup in `dir` was answered from the cache.
+    pub fn hit(&mut self, dir: Ino) {
+        if let Some(d) = self.dirs.get_mut(&dir) {
+            d.hits = d.hits.saturating_add(1);
+        }
+    }
+
+    /// A lookup in `dir` missed the cache: the scan to make first, if any.
+    pub fn miss(&mut self, dir: Ino, now: Instant) -> Option<Scan> {
+        if self.unsupported || self.window.is_zero() {
+            return None;
+        }
+        if self.dirs.len() >= DIRS_MAX && !self.dirs.contains_key(&dir) {
+            let window = self.window;
+            self.dirs
+                .retain(|_, d| now.duration_since(d.since) < window || d.quiet_until.is_some());
+            if self.dirs.len() >= DIRS_MAX {
+                self.dirs.clear();
+            }
+        }
+        let d = self.dirs.entry(dir).or_insert(DirScans {
+            misses: 0,
+            since: now,
+            hits: 0,
+            fetched: 0,
+            large: false,
+            quiet_until: None,
+        });
+        if d.quiet_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        d.quiet_until = None;
+        if now.duration_since(d.since) >= self.window {
+            // The last scan's names expired: this is a fresh start.
+            *d = DirScans {
+                misses: 0,
+                since: now,
+                hits: 0,
+                fetched: 0,
+                large: d.large,
+                quiet_until: None,
+            };
+        }
+        d.misses += 1;
+        // A scan paid off when the lookups that followed hit it at least
+        // half as often as they missed; then the next miss scans again
+        // (the reader is walking the directory), else it takes several.
+        let paid_off = d.fetched > 0 && d.hits >= d.misses.saturating_mul(2);
+        let wanted = if paid_off { 1 } else { STATAHEAD_MISSES };
+        if d.misses < wanted {
+            return None;
+        }
+        if d.fetched > 0 && !paid_off {
+            d.quiet_until = Some(now + Duration::from_millis(QUIET_MS));
+            d.fetched = 0;
+            return None;
+        }
+        Some(if d.large { Scan::From } else { Scan::Whole })
+    }
+
+    /// A scan of `dir` fetched `fetched` entries at `now`; `large`: a whole
+    /// read stopped at [`WHOLE_PAGES_MAX`] pages before the end.
+    pub fn scanned(&mut self, dir: Ino, fetched: usize, large: bool, now: Instant) {
+        if let Some(d) = self.dirs.get_mut(&dir) {
+            d.misses = 0;
+            d.hits = 0;
+            d.since = now;
+            d.fetched = u32::try_from(fetched).unwrap_or(u32::MAX).max(1);
+            d.large |= large;
+        }
+    }
+
+    /// metad answered `ReadDirPlus` as unknown: stop scanning.
+    pub fn unsupported(&mut self) {
+        self.unsupported = true;
+        self.dirs.clear();
+    }
+}
+
+impl<M: MetaService, T: Transport> Client<M, T> {
+    /// Fetches what `scan` says for a missed lookup of `name` in `dir` and
+    /// caches it: each entry and its attributes for the entry TTL, and the
+    /// directory as complete when it was read whole. Frozen trees are left
+    /// to their own lookups (one may be loaded as a table).
+    pub(super) async fn statahead(
+        &self,
+        dir: Ino,
+        name: &str,
+        scan: Scan,
+    ) -> Result<(), ClientError> {
+        // What a page lists is true as of its read, which began here.
+        let listed_at = Instant::now();
+        let mut start = match scan {
+            Scan::Whole => String::new(),
+            Scan::From => name.to_string(),
+        };
+        let pages = match scan {
+            Scan::Whole => WHOLE_PAGES_MAX,
+            Scan::From => 1,
+        };
+        let mut fetched = 0;
+        let mut whole = scan == Scan::Whole;
+        for page in 0..pages {
+            let entries = match self.readdir_plus(dir, &start).await {
+                Err(ClientError::Meta(MetaError::Invalid(_))) => {
+                    lock(&self.inner.statahead).unsupported();
+                    return Ok(());
+                }
+                other => other?,
+            };
+            // Pages after the first start at the previous page's last
+            // name, read again: a name cannot be asked for "just after".
+            let skip = usize::from(page > 0);
+            let at_end = entries.len() < READDIR_PLUS_MAX as usize;
+            let last = entries.last().map(|e| e.name.clone());
+            let mut cache = lock(&self.inner.cache);
+            for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
+                fetched += 1;
+                if attr.frozen {
+                    whole = false;
+                    continue;
+                }
+                cache.put_entry(dir, &name, attr.ino, listed_at);
+                cache.put_attr(attr, listed_at);
+            }
+            if at_end {
+                if whole {
+                    cache.put_complete(dir, listed_at);
+                }
+                drop(cache);
+                lock(&self.inner.statahead).scanned(dir, fetched, false, listed_at);
+                return Ok(());
+            }
+            drop(cache);
+            match last {
+                Some(last) => start = last,
+                None => break,
+            }
+        }
+        lock(&self.inner.statahead).scanned(dir, fetched, scan == Scan::Whole, listed_at);
+        if scan == Scan::Whole
+            && lock(&self.inner.cache)
+                .entry(dir, name, Instant::now())
+                .is_none()
+        {
+            // The missed name lies beyond the pages read: a page from it.
+            let _ = Box::pin(self.statahead(dir, name, Scan::From)).await;
+        }
+        Ok(())
+    }
+
+    /// One `ReadDirPlus` page of `dir` from `start` on.
+    async fn readdir_plus(&self, dir: Ino, start: &str) -> Result<Vec<NamedAttr>, ClientError> {
+        let req = MetaRequest::ReadDirPlus {
+            ino: dir,
+            start: start.to_string(),
+            limit: READDIR_PLUS_MAX,
+        };
+        match self.meta_call(req).await? {
+            MetaReply::LookedUp(entries) => Ok(entries),
+            other => Err(unexpected("ReadDirPlus", other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_scan_starts_after_a_few_misses_and_again_at_once_when_it_paid_off() {
+        let t0 = Instant::now();
+        let mut s = Statahead::new(SECOND);
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(2, t0), None, "another directory counts apart");
+        assert_eq!(s.miss(1, t0), Some(Scan::Whole));
+        s.scanned(1, 4 * 1024, true, t0);
+        for _ in 0..1000 {
+            s.hit(1);
+        }
+        // Walking on past the pages: the first miss scans from there.
+        assert_eq!(s.miss(1, t0), Some(Scan::From));
+    }
+
+    #[test]
+    fn scans_that_do_not_pay_off_go_quiet_for_a_while() {
+        let t0 = Instant::now();
+        let mut s = Statahead::new(SECOND);
+        for _ in 0..2 {
+            assert_eq!(s.miss(1, t0), None);
+        }
+        assert_eq!(s.miss(1, t0), Some(Scan::Whole));
+        s.scanned(1, 1024, true, t0);
+        s.hit(1);
+        // Random lookups in a large directory: miss after miss.
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(1, t0), None, "did not pay off: quiet");
+        assert_eq!(s.miss(1, t0 + Duration::from_secs(5)), None);
+        let later = t0 + Duration::from_millis(QUIET_MS + 1);
+        assert_eq!(s.miss(1, later), None);
+        assert_eq!(s.miss(1, later), None);
+        assert_eq!(s.miss(1, later), Some(Scan::From), "large is remembered");
+    }
+
+    #[test]
+    fn misses_further_apart_than_the_window_do_not_add_up() {
+        let t0 = Instant::now();
+        let mut s = Statahead::new(SECOND);
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(1, t0), None);
+        assert_eq!(s.miss(1, t0 + 2 * SECOND), None);
+        assert_eq!(s.miss(1, t0 + 2 * SECOND), None);
+        assert_eq!(s.miss(1, t0 + 2 * SECOND), Some(Scan::Whole));
+    }
+
+    #[test]
+    fn never_scans_without_a_window_or_against_an_older_metad() {
+        let t0 = Instant::now();
+        let mut s = Statahead::new(Duration::ZERO);
+        assert!((0..10).all(|_| s.miss(1, t0).is_none()));
+        let mut s = Statahead::new(SECOND);
+        s.unsupported();
+        assert!((0..10).all(|_| s.miss(1, t0).is_none()));
+    }
+
+    #[test]
+    fn tracks_a_bounded_number_of_directories() {
+        let t0 = Instant::now();
+        let mut s = Statahead::new(SECOND);
+        for dir in 0..(DIRS_MAX as u64 * 3) {
+            s.miss(dir, t0);
+        }
+        assert!(s.dirs.len() <= DIRS_MAX);
+    }
+
+    mod client {
+        //! The statahead path of a client over the in-memory metad.
+        use std::time::Duration;
+
+        use torchfs_proto::meta::{Ino, ROOT_INO};
+
+        use crate::core::namespace::{NewMode, Owner};
+        use crate::core::tests::{FakeMeta, FakeStore, TestClient};
+        use crate::core::{CacheConfig, Client, ClientConfig};
+
+        const MODE: NewMode = NewMode {
+            mode: 0o644,
+            umask: 0,
+        };
+        const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+        async fn client(meta: &FakeMeta, entry_ttl_ms: u64) -> TestClient {
+            let config = ClientConfig {
+                entry_ttl_ms,
+                attr_ttl_ms: entry_ttl_ms,
+                map_refresh_ms: 60_000,
+                cache: CacheConfig {
+                    mem_bytes: 0,
+                    ..CacheConfig::default()
+                },
+                ..ClientConfig::default()
+            };
+            Client::with_parts(config, meta.clone(), FakeStore::default())
+                .await
+                .unwrap()
+        }
+
+        async fn fill(c: &TestClient, dir: Ino, n: usize) {
+            for i in 0..n {
+                c.create(dir, &format!("f{i:05}"), MODE, ROOT, true)
+                    .await
+                    .unwrap();
+            }
+        }
+
+        /// (Lookups, ReadDirPlus pages) metad has been asked so far.
+        fn asked(meta: &FakeMeta) -> (usize, usize) {
+            let st = meta.0.lock().unwrap();
+            (st.lookups, st.readdir_plus.len())
+        }
+
+        fn enoent(r: Result<torchfs_proto::meta::Attr, crate::core::ClientError>) -> bool {
+            matches!(r, Err(e) if e.errno() == libc::ENOENT)
+        }
+
+        #[tokio::test]
+        async fn a_walk_of_a_directory_reads_it_by_pages_then_answers_from_the_listing() {
+            let meta = FakeMeta::new(8);
+            let writer = client(&meta, 10_000).await;
+            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            fill(&writer, d, 3000).await;
+            let c = client(&meta, 10_000).await;
+            let before = asked(&meta);
+            for i in 0..3000 {
+                let a = c.lookup(d, &format!("f{i:05}")).await.unwrap();
+                assert_eq!(a.kind, torchfs_proto::meta::FileKind::File);
+            }
+            let (lookups, pages) = asked(&meta);
+            // Two lookups, then the directory whole in three pages.
+            assert_eq!((lookups - before.0, pages - before.1), (2, 3));
+            // Complete: a missing name needs no round trip either.
+            assert!(enoent(c.lookup(d, "missing").await));
+            assert_eq!(asked(&meta), (lookups, pages));
+        }
+
+        #[tokio::test]
+        async fn a_large_directory_is_read_a_page_from_each_miss_on() {
+            let meta = FakeMeta::new(8);
+            let writer = client(&meta, 10_000).await;
+            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            let n = 6000;
+            fill(&writer, d, n).await;
+            let c = client(&meta, 10_000).await;
+            let before = asked(&meta);
+            for i in 0..n {
+                c.lookup(d, &format!("f{i:05}")).await.unwrap();
+            }
+            let (lookups, pages) = asked(&meta);
+            let (lookups, pages) = (lookups - before.0, pages - before.1);
+            // 2 lookups, 4 pages whole (4,093 names), then a page per miss
+            // past them: 6,000 names in well under 6,000 requests.
+            assert!(
+                pages <= 7 && lookups <= 2,
+                "{lookups} lookups, {pages} pages"
+            );
+            // Not complete: a missing name is asked of metad.
+            assert!(enoent(c.lookup(d, "missing").await));
+            assert_eq!(asked(&meta).0 - before.0, lookups + 1);
+        }
+
+        #[tokio::test]
+        async fn random_lookups_in_a_large_directory_stop_scanning() {
+            let meta = FakeMeta::new(8);
+            let writer = client(&meta, 10_000).await;
+            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            let n = 8000;
+            fill(&writer, d, n).await;
+            let c = client(&meta, 10_000).await;
+            let before = asked(&meta).1;
+            let mut x: u64 = 7;
+            for _ in 0..300 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                c.lookup(d, &format!("f{:05}", (x >> 33) % n as u64))
+                    .await
+                    .unwrap();
+            }
+            // The whole read and at most a page that did not pay off.
+            let pages = asked(&meta).1 - before;
+            assert!(pages <= 6, "{pages} pages for 300 random lookups");
+        }
+
+        #[tokio::test]
+        async fn a_directory_made_here_takes_creates_without_lookups_until_its_ttl() {
+            let meta = FakeMeta::new(8);
+            let ttl_ms = 300;
+            let c = client(&meta, ttl_ms).await;
+            let other = client(&meta, ttl_ms).await;
+            let d = c.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            let before = asked(&meta);
+            for i in 0..50 {
+                let name = format!("f{i}");
+                assert!(enoent(c.lookup(d, &name).await));
+                c.create(d, &name, MODE, ROOT, true).await.unwrap();
+                assert!(c.lookup(d, &name).await.is_ok());
+            }
+            assert_eq!(asked(&meta), before, "no lookup went to metad");
+            // Another client's create is not seen within the entry TTL (as
+            // a negative dentry would not see it), then is.
+            other.create(d, "theirs", MODE, ROOT, true).await.unwrap();
+            assert!(enoent(c.lookup(d, "theirs").await));
+            tokio::time::sleep(Duration::from_millis(ttl_ms + 50)).await;
+            assert!(c.lookup(d, "theirs").await.is_ok());
+        }
+
+        #[tokio::test]
+        async fn a_name_found_taken_or_moved_in_ends_completeness() {
+            let meta = FakeMeta::new(8);
+            let c = client(&meta, 10_000).await;
+            let other = client(&meta, 10_000).await;
+            let d = c.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            other.create(d, "theirs", MODE, ROOT, true).await.unwrap();
+            assert!(enoent(c.lookup(d, "theirs").await));
+            let r = c.create(d, "theirs", MODE, ROOT, true).await;
+            assert!(matches!(r, Err(e) if e.errno() == libc::EEXIST));
+            // EEXIST said the listing is out of date: metad is asked.
+            let lookups = asked(&meta).0;
+            assert!(c.lookup(d, "theirs").await.is_ok());
+            assert_eq!(asked(&meta).0, lookups + 1);
+        }
+    }
+}
