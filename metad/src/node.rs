@@ -14,8 +14,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
-    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
-    NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
+    errno, Attr, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest,
+    NodeId, NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
 };
 
 use crate::leases::{Leases, LEASE_MS};
@@ -469,6 +469,23 @@ impl Node {
                 .opened(client_id, attr.ino, Instant::now());
         }
         outcome
+    }
+
+    /// The attributes of `inos` in this voter's state machine as it is
+    /// now (those that exist), for a reply's `dirs`.
+    pub fn attrs_now(&self, inos: &[Ino]) -> Vec<Attr> {
+        if inos.is_empty() {
+            return Vec::new();
+        }
+        let sm = self.read_sm();
+        inos.iter()
+            .filter_map(
+                |ino| match sm.state.read(&MetaRequest::GetAttr { ino: *ino }) {
+                    Ok(MetaReply::Attr(attr)) => Some(attr),
+                    _ => None,
+                },
+            )
+            .collect()
     }
 
     fn read_sm(&self) -> std::sync::RwLockReadGuard<'_, SmData> {

@@ -18,7 +18,7 @@ use openraft::error::RaftError;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use torchfs_proto::convert::{read_request, read_write_id, write_response};
+use torchfs_proto::convert::{read_request, read_write_id, write_dirs, write_response};
 use torchfs_proto::meta::MetaError;
 use torchfs_proto::metadata_capnp as mc;
 use torchfs_proto::rpc::two_party;
@@ -145,11 +145,22 @@ impl mc::metadata::Server for MetadataImpl {
             .get()
             .and_then(|p| p.get_request())
             .and_then(|r| Ok((read_request(r)?, read_write_id(r)?)));
-        let outcome = match req {
-            Ok((req, write_id)) => self.node.execute(req, write_id).await,
-            Err(e) => Err(MetaError::Invalid(e.to_string())),
+        let (outcome, dirs) = match req {
+            Ok((req, write_id)) => {
+                let changed = req.changed_dirs();
+                let outcome = self.node.execute(req, write_id).await;
+                // Read after the write applied: as new as it, or newer.
+                let dirs = match &outcome {
+                    Ok(_) => self.node.attrs_now(&changed),
+                    Err(_) => Vec::new(),
+                };
+                (outcome, dirs)
+            }
+            Err(e) => (Err(MetaError::Invalid(e.to_string())), Vec::new()),
         };
-        write_response(&outcome, results.get().init_response());
+        let mut response = results.get().init_response();
+        write_response(&outcome, response.reborrow());
+        write_dirs(&dirs, response);
         Ok(())
     }
 }

@@ -244,3 +244,60 @@ fn port_in_use_fails_fast_with_a_clear_error() {
     let err = run_blocking(cfg, std::future::pending()).unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
+
+#[test]
+fn namespace_writes_answer_with_the_directories_they_changed() -> Result<()> {
+    // Bound, not `..`: the voters and their directory live to the end.
+    let TestCluster {
+        client,
+        rt,
+        voters: _voters,
+        dir: _dir,
+        ..
+    } = TestCluster::start(3)?;
+    rt.block_on(async {
+        let mkdir = |parent, name: &str| MetaRequest::Mkdir {
+            umask: 0,
+            parent,
+            name: name.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        let client = &client;
+        let getattr = |ino| async move {
+            match client.call(MetaRequest::GetAttr { ino }).await? {
+                MetaReply::Attr(a) => Ok::<_, anyhow::Error>(a),
+                other => bail!("GetAttr: {other:?}"),
+            }
+        };
+        let (reply, dirs) = client.call_dirs(mkdir(ROOT_INO, "a")).await?;
+        let MetaReply::Attr(a) = reply else {
+            bail!("Mkdir: {reply:?}");
+        };
+        // The parent as it is after the write: one more link, new times.
+        assert_eq!(dirs, vec![getattr(ROOT_INO).await?]);
+        assert_eq!(dirs[0].mtime_ns, a.ctime_ns);
+        client.call(mkdir(ROOT_INO, "b")).await?;
+        let b = getattr(ROOT_INO).await?;
+        let rename = MetaRequest::Rename {
+            parent: ROOT_INO,
+            name: "b".into(),
+            new_parent: a.ino,
+            new_name: "b".into(),
+            mode: torchfs_proto::meta::RenameMode::Replace,
+        };
+        let (_, dirs) = client.call_dirs(rename).await?;
+        let (root, a_now) = (getattr(ROOT_INO).await?, getattr(a.ino).await?);
+        assert_eq!(dirs, vec![root.clone(), a_now]);
+        assert_eq!(root.nlink, b.nlink - 1);
+        // Reads, and writes that fail, carry none.
+        let (_, dirs) = client
+            .call_dirs(MetaRequest::GetAttr { ino: ROOT_INO })
+            .await?;
+        assert!(dirs.is_empty());
+        let failed = client.call_dirs(mkdir(ROOT_INO, "a")).await;
+        assert!(matches!(failed, Err(MetaError::Fs { .. })), "{failed:?}");
+        Ok(())
+    })
+}

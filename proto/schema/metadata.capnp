@@ -401,6 +401,12 @@ struct Response {
     # LookupMany: the names found and their inodes' attributes;
     # ReadDirPlus: the entries and their attributes.
   }
+  dirs @25 :List(Attr);
+  # After a write that changed directories (a create, link, unlink, rmdir
+  # or rename that succeeded): their attributes as read right after it
+  # applied, so a client need not ask for them (the kernel revalidates a
+  # directory after each change in it). Empty otherwise and from an older
+  # metad.
 }
 
 interface Metadata {

@@ -367,6 +367,28 @@ pub const FILES_MAX: u64 = 1 << 32;
 // schema's `Request` and `Response` unions (proto/build/ops).
 include!(concat!(env!("OUT_DIR"), "/meta_ops.rs"));
 
+impl MetaRequest {
+    /// The directories this request changes when it succeeds (whose
+    /// attributes metad sends back beside the reply, `Response.dirs`).
+    pub fn changed_dirs(&self) -> Vec<Ino> {
+        match self {
+            Self::Create { parent, .. }
+            | Self::CreateOpen { parent, .. }
+            | Self::Mkdir { parent, .. }
+            | Self::Mknod { parent, .. }
+            | Self::Symlink { parent, .. }
+            | Self::Unlink { parent, .. }
+            | Self::Rmdir { parent, .. } => vec![*parent],
+            Self::Link { new_parent, .. } => vec![*new_parent],
+            Self::Rename {
+                parent, new_parent, ..
+            } if parent != new_parent => vec![*parent, *new_parent],
+            Self::Rename { parent, .. } => vec![*parent],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Entries one [`MetaRequest::ReadFrozen`] page holds at most.
 pub const FROZEN_PAGE_ENTRIES_MAX: u32 = 8192;
 

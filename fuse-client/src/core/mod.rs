@@ -46,9 +46,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
-use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::client::{Answer, MetaClient, MetaClientOptions};
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
-use torchfs_proto::meta::{Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
+use torchfs_proto::meta::{Attr, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
 use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 
 use crate::codec::{CodecError, ReedSolomon};
@@ -243,6 +243,16 @@ impl ClientError {
 pub trait MetaService: Send + Sync + 'static {
     fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send;
 
+    /// [`Self::call`], answered with the attributes of the directories a
+    /// namespace write changed (none from a service that does not say).
+    fn call_dirs(
+        &self,
+        req: MetaRequest,
+    ) -> impl Future<Output = Result<Answer, MetaError>> + Send {
+        let call = self.call(req);
+        async move { call.await.map(|reply| (reply, Vec::new())) }
+    }
+
     /// A runtime on which calls cost no thread hop, if the service has one.
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
         None
@@ -252,6 +262,13 @@ pub trait MetaService: Send + Sync + 'static {
 impl MetaService for MetaClient {
     fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send {
         MetaClient::call(self, req)
+    }
+
+    fn call_dirs(
+        &self,
+        req: MetaRequest,
+    ) -> impl Future<Output = Result<Answer, MetaError>> + Send {
+        MetaClient::call_dirs(self, req)
     }
 
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
@@ -411,6 +428,38 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .meta_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.inner.meta.call(req).await?)
+    }
+
+    /// A namespace write: metad's reply, and the attributes of the
+    /// directories it changed, for [`Self::note_dirs`] once the caller has
+    /// updated the cache for the change itself.
+    async fn meta_call_dirs(
+        &self,
+        req: MetaRequest,
+    ) -> (Result<MetaReply, ClientError>, Vec<Attr>) {
+        self.inner
+            .meta_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.inner.meta.call_dirs(req).await {
+            Ok((reply, dirs)) => (Ok(reply), dirs),
+            Err(e) => (Err(e.into()), Vec::new()),
+        }
+    }
+
+    /// Caches directory attributes metad sent with a write's reply: read
+    /// after the write applied, so as fresh as a GetAttr's answer (the
+    /// kernel asks for a directory's attributes after each change in it).
+    fn note_dirs(&self, dirs: Vec<Attr>) {
+        if dirs.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut cache = lock(&self.inner.cache);
+        for attr in dirs {
+            if !attr.frozen {
+                cache.put_attr(attr, now);
+            }
+        }
     }
 
     /// Fetches the cluster map now; true when it is newer than the one held.

@@ -306,9 +306,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             gid: owner.gid,
             exclusive,
         };
-        let attr = self.attr_reply("Create", req).await;
+        let (attr, dirs) = self.attr_reply_dirs("Create", req).await;
         let attr = self.unless_taken(parent, attr)?;
-        Ok(self.created(parent, name, attr))
+        Ok(self.created(parent, name, attr, dirs))
     }
 
     pub async fn mkdir(
@@ -328,13 +328,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             gid: owner.gid,
         };
         let asked_at = Instant::now();
-        let attr = self.attr_reply("Mkdir", req).await;
+        let (attr, dirs) = self.attr_reply_dirs("Mkdir", req).await;
         let attr = self.unless_taken(parent, attr)?;
         // New, so empty: complete from before it existed (the earliest
         // time its listing could be from), which lets the creates that
         // fill it skip their lookups.
         lock(&self.inner.cache).put_complete(attr.ino, asked_at);
-        Ok(self.created(parent, name, attr))
+        Ok(self.created(parent, name, attr, dirs))
     }
 
     /// Makes a FIFO, device node (`rdev`), socket or empty regular file.
@@ -358,9 +358,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             gid: owner.gid,
             rdev,
         };
-        let attr = self.attr_reply("Mknod", req).await;
+        let (attr, dirs) = self.attr_reply_dirs("Mknod", req).await;
         let attr = self.unless_taken(parent, attr)?;
-        Ok(self.created(parent, name, attr))
+        Ok(self.created(parent, name, attr, dirs))
     }
 
     pub async fn symlink(
@@ -378,9 +378,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             uid: owner.uid,
             gid: owner.gid,
         };
-        let attr = self.attr_reply("Symlink", req).await;
+        let (attr, dirs) = self.attr_reply_dirs("Symlink", req).await;
         let attr = self.unless_taken(parent, attr)?;
-        Ok(self.created(parent, name, attr))
+        Ok(self.created(parent, name, attr, dirs))
     }
 
     pub async fn link(
@@ -400,34 +400,37 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             new_parent,
             new_name: new_name.to_string(),
         };
-        let attr = self.attr_reply("Link", req).await;
+        let (attr, dirs) = self.attr_reply_dirs("Link", req).await;
         let attr = self.unless_taken(new_parent, attr)?;
-        Ok(self.created(new_parent, new_name, attr))
+        Ok(self.created(new_parent, new_name, attr, dirs))
     }
 
     /// Removes a name; when it was the last link, the file's fragments are
     /// deleted in the background.
     pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
         guard_name(parent, name)?;
-        let reply = self
-            .meta_call(MetaRequest::Unlink {
+        let (reply, dirs) = self
+            .meta_call_dirs(MetaRequest::Unlink {
                 parent,
                 name: name.to_string(),
             })
             .await;
-        self.removed(parent, name, "Unlink", reply)
+        let removed = self.removed(parent, name, "Unlink", reply);
+        self.note_dirs(dirs);
+        removed
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), ClientError> {
         guard_name(parent, name)?;
-        let reply = self
-            .meta_call(MetaRequest::Rmdir {
+        let (reply, dirs) = self
+            .meta_call_dirs(MetaRequest::Rmdir {
                 parent,
                 name: name.to_string(),
             })
             .await;
         let victim = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, victim);
+        self.note_dirs(dirs);
         match reply? {
             MetaReply::Unit | MetaReply::Freed(_) => Ok(()),
             other => Err(unexpected("Rmdir", other)),
@@ -454,7 +457,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             new_name: new_name.to_string(),
             mode,
         };
-        let reply = self.meta_call(req).await;
+        let (reply, dirs) = self.meta_call_dirs(req).await;
         let moved = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, moved);
         {
@@ -463,7 +466,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             cache.forget_complete(parent);
             cache.forget_complete(new_parent);
         }
-        self.removed(new_parent, new_name, "Rename", reply)
+        let removed = self.removed(new_parent, new_name, "Rename", reply);
+        self.note_dirs(dirs);
+        removed
     }
 
     pub async fn readlink(&self, ino: Ino) -> Result<String, ClientError> {
@@ -481,6 +486,22 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             MetaReply::StatFs(s) => Ok(s),
             other => Err(unexpected("StatFs", other)),
         }
+    }
+
+    /// [`Self::attr_reply`] for a namespace write, with the directories it
+    /// changed (see [`Self::note_dirs`]).
+    async fn attr_reply_dirs(
+        &self,
+        request: &'static str,
+        req: MetaRequest,
+    ) -> (Result<Attr, ClientError>, Vec<Attr>) {
+        let (reply, dirs) = self.meta_call_dirs(req).await;
+        let attr = match reply {
+            Ok(MetaReply::Attr(attr)) => Ok(attr),
+            Ok(other) => Err(unexpected(request, other)),
+            Err(e) => Err(e),
+        };
+        (attr, dirs)
     }
 
     async fn attr_reply(
@@ -558,13 +579,17 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Caches what a create-like call returned. metad took a new entry in
     /// `parent`, so a frozen table holding it is out of date (thawed).
-    pub(super) fn created(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
+    /// `dirs`: the directories' attributes metad sent with the reply.
+    pub(super) fn created(&self, parent: Ino, name: &str, attr: Attr, dirs: Vec<Attr>) -> Attr {
         self.frozen_changed(parent);
-        let mut cache = lock(&self.inner.cache);
-        let now = Instant::now();
-        cache.invalidate_attr(parent);
-        cache.put_entry(parent, name, attr.ino, now);
-        cache.put_attr(attr.clone(), now);
+        {
+            let mut cache = lock(&self.inner.cache);
+            let now = Instant::now();
+            cache.invalidate_attr(parent);
+            cache.put_entry(parent, name, attr.ino, now);
+            cache.put_attr(attr.clone(), now);
+        }
+        self.note_dirs(dirs);
         attr
     }
 

@@ -62,12 +62,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             exclusive,
             client_id: self.inner.lease_id,
         };
-        let answer = self.meta_call(req).await;
+        let (answer, dirs) = self.meta_call_dirs(req).await;
         let (attr, layout) = match self.unless_taken(parent, answer)? {
             MetaReply::Layout { attr, layout } => (attr, layout),
             other => return Err(unexpected("CreateOpen", other)),
         };
-        let attr = self.created(parent, name, attr);
+        let attr = self.created(parent, name, attr, dirs);
         // The kernel sends a create only for a name its lookup did not find,
         // so the file is new and empty: O_TRUNC (`open(.., "w")`, `cp`, `tar`,
         // Rust's `File::create`) has nothing to cut, and a truncate would be

@@ -26,8 +26,8 @@ use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty};
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::convert::{read_response, write_request, write_write_id};
-use crate::meta::{MetaError, MetaReply, MetaRequest, WriteId};
+use crate::convert::{read_dirs, read_response, write_request, write_write_id};
+use crate::meta::{Attr, MetaError, MetaReply, MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 use crate::rpc::{is_host_port, two_party};
 
@@ -72,8 +72,12 @@ struct Command {
     /// A write id chosen by the caller (tests replaying a retry); None: the
     /// client numbers writes itself.
     write_id: Option<WriteId>,
-    reply: oneshot::Sender<Result<MetaReply, MetaError>>,
+    reply: oneshot::Sender<Result<Answer, MetaError>>,
 }
+
+/// A reply and the attributes of the directories the request changed
+/// (`Response.dirs`: empty for reads, failures and an older metad).
+pub type Answer = (MetaReply, Vec<Attr>);
 
 /// Cheap to clone; Send + Sync; usable from any tokio runtime (the
 /// Cap'n Proto RPC system, which is not Send, lives on a thread of its own).
@@ -136,6 +140,12 @@ impl MetaClient {
     /// on each); one that gives up with `Unavailable` may or may not have
     /// been applied, as with any timeout.
     pub async fn call(&self, req: MetaRequest) -> Result<MetaReply, MetaError> {
+        self.call_dirs(req).await.map(|(reply, _)| reply)
+    }
+
+    /// [`MetaClient::call`], answered with the attributes of the
+    /// directories a namespace write changed.
+    pub async fn call_dirs(&self, req: MetaRequest) -> Result<Answer, MetaError> {
         let stopped = || MetaError::Unavailable("metad client thread stopped".into());
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -169,7 +179,7 @@ impl MetaClient {
             })
             .await
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| stopped())?.map(|(reply, _)| reply)
     }
 }
 
@@ -226,7 +236,7 @@ impl Actor {
         self: &Rc<Self>,
         req: MetaRequest,
         write_id: Option<WriteId>,
-    ) -> Result<MetaReply, MetaError> {
+    ) -> Result<Answer, MetaError> {
         if write_id.is_some() || !req.is_write() {
             return self.call_with(&req, || write_id).await;
         }
@@ -260,7 +270,7 @@ impl Actor {
         self: &Rc<Self>,
         req: &MetaRequest,
         write_id: impl Fn() -> Option<WriteId>,
-    ) -> Result<MetaReply, MetaError> {
+    ) -> Result<Answer, MetaError> {
         let started = Instant::now();
         let retry_for = Duration::from_millis(self.opts.retry_for_ms);
         let attempt_limit = Duration::from_millis(self.opts.request_timeout_ms.max(1));
@@ -272,28 +282,34 @@ impl Actor {
             let addr = target.take().unwrap_or_else(|| self.rotate());
             let attempt = self.attempt(&addr, req, write_id());
             match tokio::time::timeout(attempt_limit, attempt).await {
-                Ok(Ok(Ok(reply))) => {
+                Ok(Ok((Ok(reply), dirs))) => {
                     *self.leader.borrow_mut() = Some(addr);
-                    return Ok(reply);
+                    return Ok((reply, dirs));
                 }
-                Ok(Ok(Err(
-                    e @ (MetaError::Fs { .. }
-                    | MetaError::Invalid(_)
-                    | MetaError::SessionExpired { .. }),
+                Ok(Ok((
+                    Err(
+                        e @ (MetaError::Fs { .. }
+                        | MetaError::Invalid(_)
+                        | MetaError::SessionExpired { .. }),
+                    ),
+                    _,
                 ))) => {
                     *self.leader.borrow_mut() = Some(addr);
                     return Err(e);
                 }
-                Ok(Ok(Err(MetaError::NotLeader {
-                    leader_addr: Some(leader),
-                    ..
-                }))) if leader != addr && redirects < REDIRECTS_BEFORE_PAUSE => {
+                Ok(Ok((
+                    Err(MetaError::NotLeader {
+                        leader_addr: Some(leader),
+                        ..
+                    }),
+                    _,
+                ))) if leader != addr && redirects < REDIRECTS_BEFORE_PAUSE => {
                     redirects += 1;
                     *self.leader.borrow_mut() = Some(leader.clone());
                     target = Some(leader);
                     continue;
                 }
-                Ok(Ok(Err(e))) => {
+                Ok(Ok((Err(e), _))) => {
                     // Unavailable, or no leader known yet: ask again shortly,
                     // round-robin (the hinted leader first if there is one).
                     if let MetaError::NotLeader {
@@ -341,7 +357,7 @@ impl Actor {
         addr: &str,
         req: &MetaRequest,
         write_id: Option<WriteId>,
-    ) -> Result<Result<MetaReply, MetaError>, AttemptError> {
+    ) -> Result<(Result<MetaReply, MetaError>, Vec<Attr>), AttemptError> {
         let client = self
             .connection(addr)
             .await
@@ -358,7 +374,10 @@ impl Actor {
         if !results.has_response() {
             return Err(AttemptError::Transport("empty response".into()));
         }
-        read_response(results.get_response().map_err(t)?).map_err(t)
+        let response = results.get_response().map_err(t)?;
+        let outcome = read_response(response).map_err(t)?;
+        let dirs = read_dirs(response).map_err(t)?;
+        Ok((outcome, dirs))
     }
 
     /// The (possibly still connecting) connection to `addr`, made on first use.

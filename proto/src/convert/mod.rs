@@ -30,7 +30,7 @@ use capnp::Error;
 
 pub use ops::{read_request, write_request};
 pub use request::{read_write_id, write_write_id};
-pub use response::{read_response, write_response};
+pub use response::{read_dirs, read_response, write_dirs, write_response};
 pub use types::{read_attr, write_attr};
 
 type Result<T> = std::result::Result<T, Error>;

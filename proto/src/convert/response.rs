@@ -2,10 +2,11 @@
 //! response may carry instead of a reply, around the generated reply
 //! converters (`ops`).
 
-use crate::meta::{MetaError, MetaReply};
+use crate::meta::{Attr, MetaError, MetaReply};
 use crate::metadata_capnp as mc;
 
 use super::ops::{read_reply, write_reply};
+use super::types::{read_attr, write_attr};
 use super::{enum_field, text, Result};
 
 fn write_error(e: &MetaError, mut b: mc::error::Builder<'_>) {
@@ -83,4 +84,24 @@ pub fn read_response(
     r: mc::response::Reader<'_>,
 ) -> Result<std::result::Result<MetaReply, MetaError>> {
     read_reply(r)
+}
+
+/// Writes the attributes of the directories a write changed beside its
+/// reply (`Response.dirs`).
+pub fn write_dirs(dirs: &[Attr], b: mc::response::Builder<'_>) {
+    if dirs.is_empty() {
+        return;
+    }
+    let mut list = b.init_dirs(dirs.len() as u32);
+    for (i, a) in dirs.iter().enumerate() {
+        write_attr(a, list.reborrow().get(i as u32));
+    }
+}
+
+/// Reads `Response.dirs` (empty when absent).
+pub fn read_dirs(r: mc::response::Reader<'_>) -> Result<Vec<Attr>> {
+    if !r.has_dirs() {
+        return Ok(Vec::new());
+    }
+    r.get_dirs()?.iter().map(read_attr).collect()
 }
