@@ -2,9 +2,9 @@
 //! -l`, `rsync`, `cp -a`, a script stat'ing a dataset's files), the
 //! directory's entries and their attributes are fetched a page at a time
 //! (`ReadDirPlus`) instead of one Lookup round trip per name. A directory
-//! small enough is read whole and then held complete (see `meta_cache`), so
-//! names missing from it need no round trip either; a larger one is read a
-//! page from the missed name on. A directory whose pages did not pay off
+//! small enough is read whole; a larger one is read a page from the missed
+//! name on. A listing does not make the directory complete (see
+//! `meta_cache`): a name another mount just made must still be found. A directory whose pages did not pay off
 //! (the lookups that followed were mostly of names outside them: random
 //! access to a large directory) is left alone for a while.
 //!
@@ -53,6 +53,20 @@ struct DirScans {
     quiet_until: Option<Instant>,
 }
 
+impl DirScans {
+    /// No misses, hits or scans counted from `now`.
+    fn fresh(now: Instant, large: bool) -> Self {
+        Self {
+            misses: 0,
+            since: now,
+            hits: 0,
+            fetched: 0,
+            large,
+            quiet_until: None,
+        }
+    }
+}
+
 pub(crate) struct Statahead {
     window: Duration,
     dirs: HashMap<Ino, DirScans>,
@@ -91,28 +105,14 @@ impl Statahead {
                 self.dirs.clear();
             }
         }
-        let d = self.dirs.entry(dir).or_insert(DirScans {
-            misses: 0,
-            since: now,
-            hits: 0,
-            fetched: 0,
-            large: false,
-            quiet_until: None,
-        });
+        let d = self.dirs.entry(dir).or_insert(DirScans::fresh(now, false));
         if d.quiet_until.is_some_and(|until| now < until) {
             return None;
         }
         d.quiet_until = None;
         if now.duration_since(d.since) >= self.window {
             // The last scan's names expired: this is a fresh start.
-            *d = DirScans {
-                misses: 0,
-                since: now,
-                hits: 0,
-                fetched: 0,
-                large: d.large,
-                quiet_until: None,
-            };
+            *d = DirScans::fresh(now, d.large);
         }
         d.misses += 1;
         // A scan paid off when the lookups that followed hit it at least
@@ -152,8 +152,8 @@ impl Statahead {
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Fetches what `scan` says for a missed lookup of `name` in `dir` and
-    /// caches it: each entry and its attributes for the entry TTL, and the
-    /// directory as complete when it was read whole. Frozen trees are left
+    /// caches it: each entry and its attributes for the entry TTL. Frozen
+    /// trees are left
     /// to their own lookups (one may be loaded as a table).
     pub(super) async fn statahead(
         &self,
@@ -172,7 +172,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Scan::From => 1,
         };
         let mut fetched = 0;
-        let mut whole = scan == Scan::Whole;
         for page in 0..pages {
             let entries = match self.readdir_plus(dir, &start).await {
                 Err(ClientError::Meta(MetaError::Invalid(_))) => {
@@ -190,16 +189,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
                 fetched += 1;
                 if attr.frozen {
-                    whole = false;
                     continue;
                 }
                 cache.put_entry(dir, &name, attr.ino, listed_at);
                 cache.put_attr(attr, listed_at);
             }
             if at_end {
-                if whole {
-                    cache.put_complete(dir, listed_at);
-                }
+                // Not held complete: a name another mount made since must
+                // be found at once by an open here (close-to-open), as it
+                // was before statahead listed the directory.
                 drop(cache);
                 lock(&self.inner.statahead).scanned(dir, fetched, false, listed_at);
                 return Ok(());
@@ -375,9 +373,10 @@ mod tests {
             let (lookups, pages) = asked(&meta);
             // Two lookups, then the directory whole in three pages.
             assert_eq!((lookups - before.0, pages - before.1), (2, 3));
-            // Complete: a missing name needs no round trip either.
+            // Not complete: a name missing from the listing is asked of
+            // metad (another mount may have just made it).
             assert!(enoent(c.lookup(d, "missing").await));
-            assert_eq!(asked(&meta), (lookups, pages));
+            assert_eq!(asked(&meta).0, lookups + 1);
         }
 
         #[tokio::test]

@@ -43,6 +43,43 @@ pub(crate) struct MetaState {
     pub(crate) readdir_plus: Vec<(Ino, String)>,
 }
 
+impl MetaState {
+    /// A new inode of `kind` named `name` in `parent`, with an empty layout.
+    fn add(
+        &mut self,
+        parent: Ino,
+        name: String,
+        kind: FileKind,
+        mode: u32,
+        (uid, gid): (u32, u32),
+    ) -> Attr {
+        self.next_ino += 1;
+        let ino = self.next_ino;
+        let attr = Attr {
+            ino,
+            kind,
+            mode,
+            uid,
+            gid,
+            size: 0,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            rdev: 0,
+            has_xattrs: false,
+            frozen: false,
+        };
+        self.names.insert((parent, name), ino);
+        let layout = Layout {
+            config: CFG,
+            stripes: vec![],
+        };
+        self.files.insert(ino, (attr.clone(), layout));
+        attr
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct FakeMeta(pub(crate) Arc<Mutex<MetaState>>);
 
@@ -105,69 +142,25 @@ impl FakeMeta {
                     }
                     return Ok(MetaReply::Attr(st.files[&ino].0.clone()));
                 }
-                st.next_ino += 1;
-                let ino = st.next_ino;
-                let attr = Attr {
-                    ino,
-                    kind: FileKind::File,
+                Ok(MetaReply::Attr(st.add(
+                    parent,
+                    name,
+                    FileKind::File,
                     mode,
-                    uid,
-                    gid,
-                    size: 0,
-                    nlink: 1,
-                    atime_ns: 0,
-                    mtime_ns: 0,
-                    ctime_ns: 0,
-                    rdev: 0,
-                    has_xattrs: false,
-                    frozen: false,
-                };
-                st.names.insert((parent, name), ino);
-                st.files.insert(
-                    ino,
-                    (
-                        attr.clone(),
-                        Layout {
-                            config: CFG,
-                            stripes: vec![],
-                        },
-                    ),
-                );
-                Ok(MetaReply::Attr(attr))
+                    (uid, gid),
+                )))
             }
             MetaRequest::Mkdir { parent, name, .. } => {
                 if st.names.contains_key(&(parent, name.clone())) {
                     return Err(MetaError::fs(errno::EEXIST, "file exists"));
                 }
-                st.next_ino += 1;
-                let ino = st.next_ino;
-                let attr = Attr {
-                    ino,
-                    kind: FileKind::Dir,
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    size: 0,
-                    nlink: 2,
-                    atime_ns: 0,
-                    mtime_ns: 0,
-                    ctime_ns: 0,
-                    rdev: 0,
-                    has_xattrs: false,
-                    frozen: false,
-                };
-                st.names.insert((parent, name), ino);
-                st.files.insert(
-                    ino,
-                    (
-                        attr.clone(),
-                        Layout {
-                            config: CFG,
-                            stripes: vec![],
-                        },
-                    ),
-                );
-                Ok(MetaReply::Attr(attr))
+                Ok(MetaReply::Attr(st.add(
+                    parent,
+                    name,
+                    FileKind::Dir,
+                    0o755,
+                    (0, 0),
+                )))
             }
             MetaRequest::ReadDirPlus { ino, start, limit } => {
                 st.readdir_plus.push((ino, start.clone()));
