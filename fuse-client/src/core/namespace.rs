@@ -41,6 +41,14 @@ pub(super) fn guard_name(parent: Ino, name: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The attributes a reply of `request` carries.
+fn attr_of(request: &'static str, reply: MetaReply) -> Result<Attr, ClientError> {
+    match reply {
+        MetaReply::Attr(attr) => Ok(attr),
+        other => Err(unexpected(request, other)),
+    }
+}
+
 impl<M: MetaService, T: Transport> Client<M, T> {
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, ClientError> {
         if let Some(result) = self.control_lookup(parent, name) {
@@ -77,9 +85,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// read the request, instead of handing it to a task (a thread wake-up
     /// costs more than the lookup). `None`: call [`Self::lookup`].
     pub fn lookup_now(&self, parent: Ino, name: &str) -> Option<Result<Attr, ClientError>> {
-        if is_control_ino(parent)
-            || parent == torchfs_proto::meta::ROOT_INO && name == CONTROL_DIR_NAME
-        {
+        if guard_name(parent, name).is_err() {
+            // `.torchfs` and the names in it: the control files answer.
             return None;
         }
         let found = self.lookup_cached(parent, name)?;
@@ -496,12 +503,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         req: MetaRequest,
     ) -> (Result<Attr, ClientError>, Vec<Attr>) {
         let (reply, dirs) = self.meta_call_dirs(req).await;
-        let attr = match reply {
-            Ok(MetaReply::Attr(attr)) => Ok(attr),
-            Ok(other) => Err(unexpected(request, other)),
-            Err(e) => Err(e),
-        };
-        (attr, dirs)
+        (reply.and_then(|r| attr_of(request, r)), dirs)
     }
 
     async fn attr_reply(
@@ -509,10 +511,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         request: &'static str,
         req: MetaRequest,
     ) -> Result<Attr, ClientError> {
-        match self.meta_call(req).await? {
-            MetaReply::Attr(attr) => Ok(attr),
-            other => Err(unexpected(request, other)),
-        }
+        attr_of(request, self.meta_call(req).await?)
     }
 
     /// After an unlink of `name`, or a rename over it: forgets the name and

@@ -172,6 +172,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Scan::From => 1,
         };
         let mut fetched = 0;
+        let mut reached_end = false;
         for page in 0..pages {
             let entries = match self.readdir_plus(dir, &start).await {
                 Err(ClientError::Meta(MetaError::Invalid(_))) => {
@@ -183,33 +184,30 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             // Pages after the first start at the previous page's last
             // name, read again: a name cannot be asked for "just after".
             let skip = usize::from(page > 0);
-            let at_end = entries.len() < READDIR_PLUS_MAX as usize;
+            reached_end = entries.len() < READDIR_PLUS_MAX as usize;
             let last = entries.last().map(|e| e.name.clone());
-            let mut cache = lock(&self.inner.cache);
-            for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
-                fetched += 1;
-                if attr.frozen {
-                    continue;
+            {
+                let mut cache = lock(&self.inner.cache);
+                for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
+                    fetched += 1;
+                    if attr.frozen {
+                        continue;
+                    }
+                    cache.put_entry(dir, &name, attr.ino, listed_at);
+                    cache.put_attr(attr, listed_at);
                 }
-                cache.put_entry(dir, &name, attr.ino, listed_at);
-                cache.put_attr(attr, listed_at);
             }
-            if at_end {
-                // Not held complete: a name another mount made since must
-                // be found at once by an open here (close-to-open), as it
-                // was before statahead listed the directory.
-                drop(cache);
-                lock(&self.inner.statahead).scanned(dir, fetched, false, listed_at);
-                return Ok(());
-            }
-            drop(cache);
             match last {
-                Some(last) => start = last,
-                None => break,
+                Some(last) if !reached_end => start = last,
+                _ => break,
             }
         }
-        lock(&self.inner.statahead).scanned(dir, fetched, scan == Scan::Whole, listed_at);
-        if scan == Scan::Whole
+        // Not held complete even when read to its end: a name another
+        // mount made since must be found at once by an open here
+        // (close-to-open), as it was before statahead listed the directory.
+        let large = scan == Scan::Whole && !reached_end;
+        lock(&self.inner.statahead).scanned(dir, fetched, large, listed_at);
+        if large
             && lock(&self.inner.cache)
                 .entry(dir, name, Instant::now())
                 .is_none()
@@ -340,12 +338,20 @@ mod tests {
                 .unwrap()
         }
 
-        async fn fill(c: &TestClient, dir: Ino, n: usize) {
+        /// A directory of `n` files made by another client, and a client
+        /// that knows nothing of it yet.
+        async fn filled_dir(n: usize) -> (FakeMeta, TestClient, Ino) {
+            let meta = FakeMeta::new(8);
+            let writer = client(&meta, 10_000).await;
+            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
             for i in 0..n {
-                c.create(dir, &format!("f{i:05}"), MODE, ROOT, true)
+                writer
+                    .create(d, &format!("f{i:05}"), MODE, ROOT, true)
                     .await
                     .unwrap();
             }
+            let c = client(&meta, 10_000).await;
+            (meta, c, d)
         }
 
         /// (Lookups, ReadDirPlus pages) metad has been asked so far.
@@ -360,11 +366,7 @@ mod tests {
 
         #[tokio::test]
         async fn a_walk_of_a_directory_reads_it_by_pages_then_answers_from_the_listing() {
-            let meta = FakeMeta::new(8);
-            let writer = client(&meta, 10_000).await;
-            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
-            fill(&writer, d, 3000).await;
-            let c = client(&meta, 10_000).await;
+            let (meta, c, d) = filled_dir(3000).await;
             let before = asked(&meta);
             for i in 0..3000 {
                 let a = c.lookup(d, &format!("f{i:05}")).await.unwrap();
@@ -381,12 +383,8 @@ mod tests {
 
         #[tokio::test]
         async fn a_large_directory_is_read_a_page_from_each_miss_on() {
-            let meta = FakeMeta::new(8);
-            let writer = client(&meta, 10_000).await;
-            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
             let n = 6000;
-            fill(&writer, d, n).await;
-            let c = client(&meta, 10_000).await;
+            let (meta, c, d) = filled_dir(n).await;
             let before = asked(&meta);
             for i in 0..n {
                 c.lookup(d, &format!("f{i:05}")).await.unwrap();
@@ -406,12 +404,8 @@ mod tests {
 
         #[tokio::test]
         async fn random_lookups_in_a_large_directory_stop_scanning() {
-            let meta = FakeMeta::new(8);
-            let writer = client(&meta, 10_000).await;
-            let d = writer.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
             let n = 8000;
-            fill(&writer, d, n).await;
-            let c = client(&meta, 10_000).await;
+            let (meta, c, d) = filled_dir(n).await;
             let before = asked(&meta).1;
             let mut x: u64 = 7;
             for _ in 0..300 {
