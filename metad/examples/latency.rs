@@ -1,8 +1,10 @@
 //! One metad client's request latency against a running cluster: N reads
 //! (GetAttr of the root, a Lookup that finds nothing) and N writes (Mkdir,
-//! then Rmdir of the same names), one at a time, reported as percentiles.
+//! then Rmdir of the same names), one at a time, reported as percentiles;
+//! then the same N Mkdirs with CONCURRENCY in flight (throughput and
+//! latency under load: how well concurrent writes share commits).
 //!
-//!   cargo run --release -p torchfs-metad --example latency -- 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 300
+//!   cargo run --release -p torchfs-metad --example latency -- 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 300 16
 
 use std::time::Instant;
 
@@ -38,11 +40,15 @@ async fn timed(client: &MetaClient, reqs: impl Iterator<Item = MetaRequest>) -> 
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(addrs) = args.next() else {
-        bail!("usage: latency HOST:PORT[,HOST:PORT...] [REQUESTS]");
+        bail!("usage: latency HOST:PORT[,HOST:PORT...] [REQUESTS] [CONCURRENCY]");
     };
     let n: usize = match args.next() {
         Some(s) => s.parse().context("REQUESTS must be a number")?,
         None => 300,
+    };
+    let concurrency: usize = match args.next() {
+        Some(s) => s.parse().context("CONCURRENCY must be a number")?,
+        None => 16,
     };
     let client = MetaClient::new(
         addrs.split(',').map(str::to_owned).collect(),
@@ -96,5 +102,42 @@ async fn main() -> Result<()> {
         )
         .await,
     );
+    let started = Instant::now();
+    let ms = concurrent_mkdirs(&client, n, concurrency, &format!("latency-{tag}-c")).await;
+    let seconds = started.elapsed().as_secs_f64();
+    report(&format!("mkdir, {concurrency} in flight"), ms);
+    println!(
+        "mkdir, {concurrency} in flight: {:.0} ops/s",
+        n as f64 / seconds
+    );
     Ok(())
+}
+
+/// `n` Mkdirs named `prefix-i`, `concurrency` at a time; their latencies.
+async fn concurrent_mkdirs(
+    client: &MetaClient,
+    n: usize,
+    concurrency: usize,
+    prefix: &str,
+) -> Vec<f64> {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let req = MetaRequest::Mkdir {
+                parent: ROOT_INO,
+                name: format!("{prefix}-{i}"),
+                mode: 0o755,
+                umask: 0,
+                uid: 0,
+                gid: 0,
+            };
+            async move {
+                let started = Instant::now();
+                let _ = client.call(req).await;
+                started.elapsed().as_secs_f64() * 1e3
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
 }

@@ -26,7 +26,9 @@ pub struct MetadConfig {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Take a snapshot (and purge the log behind it) every this many entries.
+    /// Take a snapshot (and purge the log behind it) every this many
+    /// entries, or every as many entries as there are inodes when that is
+    /// more (see `compaction`).
     pub snapshot_every_logs: u64,
     /// Largest piece a snapshot is sent to a lagging voter in (each piece
     /// is one RPC; capnp refuses messages over 64 MiB).

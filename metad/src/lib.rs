@@ -4,6 +4,7 @@
 //! - [`config`]: [`MetadConfig`] and [`MetadError`].
 //! - [`state`]: the namespace state machine (deterministic `apply`).
 //! - [`store`]: the Raft log (segment files), vote and snapshots (redb) and the state-machine store.
+//! - `compaction`: when to snapshot (scaled to the namespace's size).
 //! - `network`: Raft RPCs to peers (an actor owning the capnp connections).
 //! - `node`: request handling (redirects, writes, linearizable reads, liveness).
 //! - `service`: the listener and capnp servers.
@@ -11,6 +12,7 @@
 //! Entry points: [`run`] (async, inside a tokio `LocalSet`) and
 //! [`run_blocking`].
 
+mod compaction;
 pub mod config;
 mod leases;
 mod network;
@@ -76,13 +78,16 @@ pub async fn run(
     let sm =
         StateMachineStore::open(db.clone(), config.stripe).map_err(|e| store_err(e.to_string()))?;
     let sm_data = sm.data.clone();
+    let compaction_sm_data = sm.data.clone();
 
     let raft_config = openraft::Config {
         cluster_name: "torchfs-metad".into(),
         heartbeat_interval: config.heartbeat_interval_ms,
         election_timeout_min: config.election_timeout_min_ms,
         election_timeout_max: config.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_logs.max(1)),
+        // `compaction` asks for snapshots, at intervals that grow with the
+        // namespace.
+        snapshot_policy: SnapshotPolicy::Never,
         // Keep a few entries behind the snapshot so a briefly lagging
         // follower catches up from the log rather than a full snapshot.
         max_in_snapshot_log_to_keep: (config.snapshot_every_logs / 10).min(100),
@@ -142,6 +147,11 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
+    let compactor = tokio::spawn(compaction::run(
+        raft.clone(),
+        compaction_sm_data,
+        config.snapshot_every_logs,
+    ));
     let ticker = tokio::spawn({
         let node = node.clone();
         async move {
@@ -180,6 +190,8 @@ pub async fn run(
 
     ticker.abort();
     let _ = ticker.await;
+    compactor.abort();
+    let _ = compactor.await;
     let _ = raft.shutdown().await;
     rpc.stop().await;
     drop(node);

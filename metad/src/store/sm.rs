@@ -28,6 +28,9 @@ pub struct SmData {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    /// As bytes, not a sequence of u8 (one call per byte): the same
+    /// bincode encoding, written and read as one copy.
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
@@ -104,6 +107,9 @@ fn bad_snapshot(meta: &SnapshotMeta, e: &bincode::Error) -> io::Error {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = Cursor<Vec<u8>>;
 
+    /// Encodes the state on this (the voter's) thread, where applies
+    /// cannot change it meanwhile, and writes it to the database on a
+    /// blocking thread: the commit and its fsync do not hold up Raft.
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot> {
         let (bytes, last_applied, membership) = {
             let d = self.read_data();
@@ -119,7 +125,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: bytes,
         };
-        put_meta(&self.db, KEY_SNAPSHOT, &stored, true)?;
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            put_meta(&db, KEY_SNAPSHOT, &stored, true).map(|()| stored)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("write the snapshot: {e}")))??;
         Ok(Snapshot {
             meta,
             snapshot: Cursor::new(stored.data),
