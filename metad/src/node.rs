@@ -14,12 +14,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
-    errno, Attr, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest,
+    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest,
     NodeId, NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
 };
 
 use crate::leases::{Leases, LEASE_MS};
-use crate::state::{Command, Op, Outcome};
+use crate::state::{Applied, Command, Op, Outcome};
 
 /// Orphans freed by one `Reclaim` command at most.
 const RECLAIM_PER_COMMAND_MAX: usize = 1024;
@@ -175,10 +175,10 @@ impl Node {
             .collect()
     }
 
-    async fn propose(&self, cmd: Command) -> Outcome {
+    async fn propose(&self, cmd: Command) -> Applied {
         match self.raft.client_write(cmd).await {
             Ok(resp) => resp.data,
-            Err(e) => Err(self.forward::<ClientWriteError<TypeConfig>>(e)),
+            Err(e) => Err(self.forward::<ClientWriteError<TypeConfig>>(e)).into(),
         }
     }
 
@@ -214,7 +214,7 @@ impl Node {
                 now_ns: now_ns(),
                 op: Op::Reclaim { inos: reclaim },
             };
-            if let Err(e) = self.propose(cmd).await {
+            if let Err(e) = self.propose(cmd).await.outcome {
                 tracing::debug!("reclaim {count} orphans: {e}");
             }
         }
@@ -233,7 +233,7 @@ impl Node {
                 now_ns: now_ns(),
                 op: Op::ReleaseLocks { client_ids: lapsed },
             };
-            if let Err(e) = self.propose(cmd).await {
+            if let Err(e) = self.propose(cmd).await.outcome {
                 tracing::debug!("release locks: {e}");
             }
         }
@@ -260,7 +260,7 @@ impl Node {
                 now_ns: now_ns(),
                 op: Op::DropGarbage { inos: deleted },
             };
-            self.propose(cmd).await?;
+            self.propose(cmd).await.outcome?;
         }
         let garbage = {
             let sm = self.read_sm();
@@ -304,7 +304,7 @@ impl Node {
 
     /// Answers one request (any voter; followers redirect). `write_id`
     /// matters only for writes (reads and heartbeats are idempotent).
-    pub async fn execute(&self, req: MetaRequest, write_id: Option<WriteId>) -> Outcome {
+    pub async fn execute(&self, req: MetaRequest, write_id: Option<WriteId>) -> Applied {
         let (leader, term, is_leader) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
@@ -315,7 +315,7 @@ impl Node {
             )
         };
         if !is_leader || leader != Some(self.id) {
-            return Err(self.not_leader(leader));
+            return Err(self.not_leader(leader)).into();
         }
         if let MetaRequest::CreateOpen { client_id, .. } = &req {
             return self.create_open(*client_id, req, write_id, term).await;
@@ -323,6 +323,12 @@ impl Node {
         if req.is_write() {
             return self.execute_write(req, write_id, term).await;
         }
+        self.execute_read(req, term).await.into()
+    }
+
+    /// Everything but writes, on the leader of `term`: keep-alives,
+    /// opens and heartbeats (leader-local bookkeeping), and reads.
+    async fn execute_read(&self, req: MetaRequest, term: u64) -> Outcome {
         if let MetaRequest::KeepAlive {
             client_id,
             open,
@@ -406,13 +412,15 @@ impl Node {
         req: MetaRequest,
         write_id: Option<WriteId>,
         term: u64,
-    ) -> Outcome {
+    ) -> Applied {
         if let Some(id) = &write_id {
-            id.check()?;
+            if let Err(e) = id.check() {
+                return Err(e).into();
+            }
             // A retry of a write already applied: its answer is
             // committed, so no new log entry is needed.
             if let Some(done) = self.read_sm().state.sessions().answered(id) {
-                return done.clone();
+                return done.clone().into();
             }
         }
         if let MetaRequest::SetLock { lock, .. } = &req {
@@ -443,10 +451,10 @@ impl Node {
         req: MetaRequest,
         write_id: Option<WriteId>,
         term: u64,
-    ) -> Outcome {
+    ) -> Applied {
         use std::sync::atomic::Ordering;
         if client_id == 0 {
-            return Err(MetaError::Invalid("create: client id 0 is reserved".into()));
+            return Err(MetaError::Invalid("create: client id 0 is reserved".into())).into();
         }
         if let MetaRequest::CreateOpen { parent, name, .. } = &req {
             if let Some(ino) = self.read_sm().state.entry_ino(*parent, name) {
@@ -463,29 +471,12 @@ impl Node {
         }
         self.creates_in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(&self.creates_in_flight);
-        let outcome = self.execute_write(req, write_id, term).await;
-        if let Ok(MetaReply::Layout { attr, .. }) = &outcome {
+        let applied = self.execute_write(req, write_id, term).await;
+        if let Ok(MetaReply::Layout { attr, .. }) = &applied.outcome {
             self.leases(term)
                 .opened(client_id, attr.ino, Instant::now());
         }
-        outcome
-    }
-
-    /// The attributes of `inos` in this voter's state machine as it is
-    /// now (those that exist), for a reply's `dirs`.
-    pub fn attrs_now(&self, inos: &[Ino]) -> Vec<Attr> {
-        if inos.is_empty() {
-            return Vec::new();
-        }
-        let sm = self.read_sm();
-        inos.iter()
-            .filter_map(
-                |ino| match sm.state.read(&MetaRequest::GetAttr { ino: *ino }) {
-                    Ok(MetaReply::Attr(attr)) => Some(attr),
-                    _ => None,
-                },
-            )
-            .collect()
+        applied
     }
 
     fn read_sm(&self) -> std::sync::RwLockReadGuard<'_, SmData> {

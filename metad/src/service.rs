@@ -145,22 +145,13 @@ impl mc::metadata::Server for MetadataImpl {
             .get()
             .and_then(|p| p.get_request())
             .and_then(|r| Ok((read_request(r)?, read_write_id(r)?)));
-        let (outcome, dirs) = match req {
-            Ok((req, write_id)) => {
-                let changed = req.changed_dirs();
-                let outcome = self.node.execute(req, write_id).await;
-                // Read after the write applied: as new as it, or newer.
-                let dirs = match &outcome {
-                    Ok(_) => self.node.attrs_now(&changed),
-                    Err(_) => Vec::new(),
-                };
-                (outcome, dirs)
-            }
-            Err(e) => (Err(MetaError::Invalid(e.to_string())), Vec::new()),
+        let applied = match req {
+            Ok((req, write_id)) => self.node.execute(req, write_id).await,
+            Err(e) => Err(MetaError::Invalid(e.to_string())).into(),
         };
         let mut response = results.get().init_response();
-        write_response(&outcome, response.reborrow());
-        write_dirs(&dirs, response);
+        write_response(&applied.outcome, response.reborrow());
+        write_dirs(&applied.dirs, response);
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use torchfs_metad::store::{open_db, StateMachineStore};
 use torchfs_metad::{run_blocking, MetadConfig};
 use torchfs_proto::meta::{
-    errno, MetaError, MetaReply, MetaRequest, NodeInfo, StripeConfig, ROOT_INO,
+    errno, Attr, ChangedDir, MetaError, MetaReply, MetaRequest, NodeInfo, StripeConfig, ROOT_INO,
 };
 
 use common::{
@@ -245,6 +245,10 @@ fn port_in_use_fails_fast_with_a_clear_error() {
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
 
+fn attrs(dirs: &[ChangedDir]) -> Vec<Attr> {
+    dirs.iter().map(|d| d.attr.clone()).collect()
+}
+
 #[test]
 fn namespace_writes_answer_with_the_directories_they_changed() -> Result<()> {
     // Bound, not `..`: the voters and their directory live to the end.
@@ -271,14 +275,22 @@ fn namespace_writes_answer_with_the_directories_they_changed() -> Result<()> {
                 other => bail!("GetAttr: {other:?}"),
             }
         };
+        let root_before = getattr(ROOT_INO).await?;
         let (reply, dirs) = client.call_dirs(mkdir(ROOT_INO, "a")).await?;
         let MetaReply::Attr(a) = reply else {
             bail!("Mkdir: {reply:?}");
         };
-        // The parent as it is after the write: one more link, new times.
-        assert_eq!(dirs, vec![getattr(ROOT_INO).await?]);
-        assert_eq!(dirs[0].mtime_ns, a.ctime_ns);
-        client.call(mkdir(ROOT_INO, "b")).await?;
+        // The parent as it is after the write (one more link, new times),
+        // and its ctime before it.
+        let root = getattr(ROOT_INO).await?;
+        assert_eq!(attrs(&dirs), vec![root.clone()]);
+        assert_eq!(dirs[0].attr.mtime_ns, a.ctime_ns);
+        assert_eq!(dirs[0].ctime_before_ns, Some(root_before.ctime_ns));
+        // Each change gives the directory a later ctime, and the next
+        // change's "before" is exactly it: nothing came between.
+        let (_, dirs) = client.call_dirs(mkdir(ROOT_INO, "b")).await?;
+        assert_eq!(dirs[0].ctime_before_ns, Some(root.ctime_ns));
+        assert!(dirs[0].attr.ctime_ns > root.ctime_ns);
         let b = getattr(ROOT_INO).await?;
         let rename = MetaRequest::Rename {
             parent: ROOT_INO,
@@ -289,7 +301,9 @@ fn namespace_writes_answer_with_the_directories_they_changed() -> Result<()> {
         };
         let (_, dirs) = client.call_dirs(rename).await?;
         let (root, a_now) = (getattr(ROOT_INO).await?, getattr(a.ino).await?);
-        assert_eq!(dirs, vec![root.clone(), a_now]);
+        assert_eq!(attrs(&dirs), vec![root.clone(), a_now]);
+        let before: Vec<_> = dirs.iter().map(|d| d.ctime_before_ns).collect();
+        assert_eq!(before, vec![Some(b.ctime_ns), Some(a.ctime_ns)]);
         assert_eq!(root.nlink, b.nlink - 1);
         // Reads, and writes that fail, carry none.
         let (_, dirs) = client

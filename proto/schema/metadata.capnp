@@ -407,6 +407,11 @@ struct Response {
   # applied, so a client need not ask for them (the kernel revalidates a
   # directory after each change in it). Empty otherwise and from an older
   # metad.
+  dirsCtimeBefore @26 :List(Int64);
+  # For each of `dirs`, its ctime just before this request changed it
+  # (metad keeps a directory's ctime strictly increasing). A client that
+  # holds the directory's listing as of that ctime knows no one else
+  # changed it in between. Empty from an older metad.
 }
 
 interface Metadata {

@@ -61,6 +61,18 @@ pub struct Attr {
     pub frozen: bool,
 }
 
+/// A directory a write changed, as the reply reports it
+/// (`Response.dirs`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChangedDir {
+    /// Its attributes right after the write applied.
+    pub attr: Attr,
+    /// Its ctime just before the write changed it (metad keeps a
+    /// directory's ctime strictly increasing, so equal means unchanged);
+    /// None from an older metad.
+    pub ctime_before_ns: Option<i64>,
+}
+
 /// How files are cut into stripes: `k` data + `m` parity fragments of
 /// `unit_bytes` each (DESIGN.md §2).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,18 +4,28 @@
 //! when full, expired entries go first, then everything (a cold cache is
 //! only slower).
 //!
-//! A directory can also be held *complete*: every name it had when metad
-//! listed it (or when this client made it) is among the dentries, so a
-//! name missing there is answered "no such entry" until the listing is an
-//! entry TTL old. That is the staleness a negative dentry already has (the
-//! kernel keeps one for the entry TTL), applied to every name at once: a
-//! create in such a directory needs no lookup round trip first.
+//! A directory can also be held *complete*: every name it holds is among
+//! the dentries (fresh or expired), so a name missing there is answered "no
+//! such entry" with no round trip. Only a directory this client made is
+//! (empty, from its mkdir on), and it stays complete while this client's
+//! own changes to it are the only ones: each write's reply carries the
+//! directory's ctime before and after the change (metad keeps it strictly
+//! increasing), and a "before" that is not the ctime held means someone
+//! else changed it, which ends completeness. It also ends an entry TTL
+//! after the last change that renewed it: a name another client made since
+//! is missed for at most that long, the staleness a negative dentry has.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use torchfs_proto::meta::{Attr, Ino, Xattr};
+
+#[derive(Clone, Copy)]
+struct Complete {
+    until: Instant,
+    ctime_ns: i64,
+}
 
 pub(crate) struct MetaCache {
     attr_ttl: Duration,
@@ -26,8 +36,9 @@ pub(crate) struct MetaCache {
     /// Every extended attribute of an inode, as one GetXattrs answered
     /// (kept for the attribute TTL).
     xattrs: HashMap<Ino, (Arc<Vec<Xattr>>, Instant)>,
-    /// Directories held complete, and until when.
-    complete: HashMap<Ino, Instant>,
+    /// Directories held complete: until when, and their ctime as of the
+    /// listing held.
+    complete: HashMap<Ino, Complete>,
 }
 
 impl MetaCache {
@@ -116,13 +127,12 @@ impl MetaCache {
             return;
         }
         if self.dentries.len() >= self.entries_max {
-            // Dropping expired names keeps a complete directory complete
-            // (a name its listing held expires with it); dropping fresh
-            // ones does not.
+            // A complete directory's names stay until then, expired or not:
+            // dropping any may drop one of them.
             self.dentries.retain(|_, (_, expires)| now < *expires);
+            self.complete.clear();
             if self.dentries.len() >= self.entries_max {
                 self.dentries.clear();
-                self.complete.clear();
             }
         }
         self.dentries
@@ -137,24 +147,48 @@ impl MetaCache {
             .map(|(ino, _)| ino)
     }
 
-    /// Holds `dir` complete from `now` for the entry TTL: the caller has
-    /// just put every name metad listed in it (or made it, empty).
-    pub fn put_complete(&mut self, dir: Ino, now: Instant) {
+    /// Holds `dir` complete from `now` for the entry TTL, as of its ctime
+    /// `ctime_ns`: the caller has just made it (empty).
+    pub fn put_complete(&mut self, dir: Ino, ctime_ns: i64, now: Instant) {
         if self.entry_ttl.is_zero() {
             return;
         }
         if self.complete.len() >= self.entries_max {
-            self.complete.retain(|_, until| now < *until);
+            self.complete.retain(|_, c| now < c.until);
         }
-        self.complete.insert(dir, now + self.entry_ttl);
+        let until = now + self.entry_ttl;
+        self.complete.insert(dir, Complete { until, ctime_ns });
+    }
+
+    /// After this client changed `dir` (its dentries already updated for
+    /// the change): while complete, it stays so for another entry TTL
+    /// when its ctime before the change is the one held (no one else
+    /// changed it in between), and stops being complete otherwise.
+    pub fn changed_complete(
+        &mut self,
+        dir: Ino,
+        ctime_before_ns: Option<i64>,
+        ctime_ns: i64,
+        now: Instant,
+    ) {
+        let Some(held) = self.complete.get_mut(&dir) else {
+            return;
+        };
+        if now < held.until && ctime_before_ns == Some(held.ctime_ns) {
+            *held = Complete {
+                until: now + self.entry_ttl,
+                ctime_ns,
+            };
+        } else {
+            self.complete.remove(&dir);
+        }
     }
 
     /// Whether `name` is known absent from `dir`: the directory is held
-    /// complete and no fresh dentry names it. (A dentry that expired
-    /// before the listing did was not in it: put again otherwise.)
+    /// complete and no dentry (fresh or expired) names it.
     pub fn known_absent(&self, dir: Ino, name: &str, now: Instant) -> bool {
-        self.complete.get(&dir).is_some_and(|until| now < *until)
-            && self.entry(dir, name, now).is_none()
+        self.complete.get(&dir).is_some_and(|c| now < c.until)
+            && !self.dentries.contains_key(&(dir, name.to_string()))
     }
 
     /// Stops holding `dir` complete (it changed in a way this client did
@@ -220,35 +254,47 @@ mod tests {
     }
 
     #[test]
-    fn a_complete_directory_answers_missing_names_until_its_listing_expires() {
+    fn a_complete_directory_answers_missing_names_until_an_entry_ttl_after_its_last_change() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut c = MetaCache::new(ms(100), ms(50), 10);
-        // "old" was cached before the listing, which did not hold it.
-        c.put_entry(1, "old", 7, t0);
-        c.put_entry(1, "a", 5, t0 + ms(20));
-        c.put_complete(1, t0 + ms(20));
+        c.put_complete(1, 100, t0);
         assert!(c.known_absent(1, "b", t0 + ms(30)));
-        assert!(!c.known_absent(1, "a", t0 + ms(30)));
-        assert!(!c.known_absent(1, "old", t0 + ms(30)), "fresh dentry");
-        assert!(
-            c.known_absent(1, "old", t0 + ms(55)),
-            "expired before the listing"
-        );
         assert!(!c.known_absent(2, "b", t0 + ms(30)), "another directory");
-        assert!(!c.known_absent(1, "b", t0 + ms(70)), "the listing expired");
-        c.put_complete(1, t0 + ms(80));
+        // This client's create, with nobody else's change in between: the
+        // name is there (its dentry outlives its TTL while complete), the
+        // rest still absent, for another TTL.
+        c.put_entry(1, "a", 5, t0 + ms(40));
+        c.changed_complete(1, Some(100), 101, t0 + ms(40));
+        assert!(c.known_absent(1, "b", t0 + ms(80)));
+        assert!(!c.known_absent(1, "a", t0 + ms(80)));
+        assert!(c.entry(1, "a", t0 + ms(95)).is_none(), "expired dentry");
+        assert!(!c.known_absent(1, "a", t0 + ms(95)));
+        assert!(!c.known_absent(1, "b", t0 + ms(90)), "a TTL after the change");
+        // A change whose "before" is not the ctime held: another client
+        // changed the directory first.
+        c.put_complete(1, 200, t0 + ms(100));
+        c.changed_complete(1, Some(201), 202, t0 + ms(101));
+        assert!(!c.known_absent(1, "b", t0 + ms(102)));
+        // No ctime (an older metad) ends it too.
+        c.put_complete(1, 200, t0 + ms(110));
+        c.changed_complete(1, None, 202, t0 + ms(111));
+        assert!(!c.known_absent(1, "b", t0 + ms(112)));
+        // An expired one is not renewed.
+        c.put_complete(1, 300, t0 + ms(120));
+        c.changed_complete(1, Some(300), 301, t0 + ms(171));
+        assert!(!c.known_absent(1, "b", t0 + ms(172)));
+        c.put_complete(1, 400, t0 + ms(180));
         c.forget_complete(1);
-        assert!(!c.known_absent(1, "b", t0 + ms(81)));
-        // Evicting fresh dentries ends completeness: they may be the
-        // listing's names.
-        c.put_complete(1, t0 + ms(90));
+        assert!(!c.known_absent(1, "b", t0 + ms(181)));
+        // Evicting dentries ends completeness: they may be its names.
+        c.put_complete(1, 500, t0 + ms(190));
         for i in 0..20 {
-            c.put_entry(3, &format!("n{i}"), 100 + i, t0 + ms(90));
+            c.put_entry(3, &format!("n{i}"), 100 + i, t0 + ms(190));
         }
-        assert!(!c.known_absent(1, "b", t0 + ms(91)));
+        assert!(!c.known_absent(1, "b", t0 + ms(191)));
         let mut z = MetaCache::new(Duration::ZERO, Duration::ZERO, 10);
-        z.put_complete(1, t0);
+        z.put_complete(1, 0, t0);
         assert!(!z.known_absent(1, "b", t0));
     }
 

@@ -48,7 +48,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use torchfs_proto::client::{Answer, MetaClient, MetaClientOptions};
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
-use torchfs_proto::meta::{Attr, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
+use torchfs_proto::meta::{ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
 use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 
 use crate::codec::{CodecError, ReedSolomon};
@@ -436,7 +436,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     async fn meta_call_dirs(
         &self,
         req: MetaRequest,
-    ) -> (Result<MetaReply, ClientError>, Vec<Attr>) {
+    ) -> (Result<MetaReply, ClientError>, Vec<ChangedDir>) {
         self.inner
             .meta_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -446,16 +446,23 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
-    /// Caches directory attributes metad sent with a write's reply: read
-    /// after the write applied, so as fresh as a GetAttr's answer (the
-    /// kernel asks for a directory's attributes after each change in it).
-    fn note_dirs(&self, dirs: Vec<Attr>) {
+    /// Caches what metad said of the directories a write changed: their
+    /// attributes right after it (the kernel asks for a directory's
+    /// attributes after each change in it), and whether a directory held
+    /// complete still is (see `meta_cache`). Called once the cache holds
+    /// the change itself.
+    fn note_dirs(&self, dirs: Vec<ChangedDir>) {
         if dirs.is_empty() {
             return;
         }
         let now = std::time::Instant::now();
         let mut cache = lock(&self.inner.cache);
-        for attr in dirs {
+        for ChangedDir {
+            attr,
+            ctime_before_ns,
+        } in dirs
+        {
+            cache.changed_complete(attr.ino, ctime_before_ns, attr.ctime_ns, now);
             if !attr.frozen {
                 cache.put_attr(attr, now);
             }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use torchfs_proto::meta::{
-    Attr, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, NamedAttr, RenameMode,
+    Attr, ChangedDir, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, NamedAttr, RenameMode,
     SetAttr, StatFs, LOOKUP_NAMES_MAX,
 };
 use torchfs_rdma::Transport;
@@ -340,7 +340,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         // New, so empty: complete from before it existed (the earliest
         // time its listing could be from), which lets the creates that
         // fill it skip their lookups.
-        lock(&self.inner.cache).put_complete(attr.ino, asked_at);
+        lock(&self.inner.cache).put_complete(attr.ino, attr.ctime_ns, asked_at);
         Ok(self.created(parent, name, attr, dirs))
     }
 
@@ -467,13 +467,23 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let (reply, dirs) = self.meta_call_dirs(req).await;
         let moved = lock(&self.inner.cache).last_known(parent, name);
         self.forget_name(parent, name, moved);
-        {
-            // A name moved in (or swapped) is not among the dentries.
-            let mut cache = lock(&self.inner.cache);
-            cache.forget_complete(parent);
-            cache.forget_complete(new_parent);
-        }
+        let renamed = reply.is_ok();
         let removed = self.removed(new_parent, new_name, "Rename", reply);
+        {
+            let mut cache = lock(&self.inner.cache);
+            match moved {
+                // The moved name's new entry, so a directory held complete
+                // stays so (`note_dirs` says whether it does).
+                Some(ino) if renamed && mode != RenameMode::Exchange => {
+                    cache.put_entry(new_parent, new_name, ino, Instant::now());
+                }
+                // An inode this client did not know, or two swapped.
+                _ => {
+                    cache.forget_complete(parent);
+                    cache.forget_complete(new_parent);
+                }
+            }
+        }
         self.note_dirs(dirs);
         removed
     }
@@ -501,7 +511,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         &self,
         request: &'static str,
         req: MetaRequest,
-    ) -> (Result<Attr, ClientError>, Vec<Attr>) {
+    ) -> (Result<Attr, ClientError>, Vec<ChangedDir>) {
         let (reply, dirs) = self.meta_call_dirs(req).await;
         (reply.and_then(|r| attr_of(request, r)), dirs)
     }
@@ -579,7 +589,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// Caches what a create-like call returned. metad took a new entry in
     /// `parent`, so a frozen table holding it is out of date (thawed).
     /// `dirs`: the directories' attributes metad sent with the reply.
-    pub(super) fn created(&self, parent: Ino, name: &str, attr: Attr, dirs: Vec<Attr>) -> Attr {
+    pub(super) fn created(
+        &self,
+        parent: Ino,
+        name: &str,
+        attr: Attr,
+        dirs: Vec<ChangedDir>,
+    ) -> Attr {
         self.frozen_changed(parent);
         {
             let mut cache = lock(&self.inner.cache);

@@ -445,6 +445,36 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_directory_only_this_client_changes_stays_complete_past_the_ttl() {
+            let meta = FakeMeta::new(8);
+            let ttl_ms = 200;
+            let c = client(&meta, ttl_ms).await;
+            let other = client(&meta, ttl_ms).await;
+            let d = c.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            let before = asked(&meta);
+            // Creates and unlinks over five TTLs, each change renewing it.
+            for i in 0..10 {
+                let name = format!("f{i}");
+                assert!(enoent(c.lookup(d, &name).await));
+                c.create(d, &name, MODE, ROOT, true).await.unwrap();
+                if i % 3 == 0 {
+                    c.unlink(d, &name).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(ttl_ms / 2)).await;
+            }
+            assert!(enoent(c.lookup(d, "f3").await), "unlinked here");
+            assert_eq!(asked(&meta), before, "no lookup went to metad");
+            // Another client's create: missed until this client's next
+            // change in the directory shows a ctime it did not expect.
+            other.create(d, "theirs", MODE, ROOT, true).await.unwrap();
+            assert!(enoent(c.lookup(d, "theirs").await));
+            c.create(d, "mine", MODE, ROOT, true).await.unwrap();
+            assert!(c.lookup(d, "theirs").await.is_ok());
+            assert!(enoent(c.lookup(d, "f99").await));
+            assert_eq!(asked(&meta).0, before.0 + 2, "both asked of metad");
+        }
+
+        #[tokio::test]
         async fn a_name_found_taken_or_moved_in_ends_completeness() {
             let meta = FakeMeta::new(8);
             let c = client(&meta, 10_000).await;

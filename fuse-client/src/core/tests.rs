@@ -44,6 +44,20 @@ pub(crate) struct MetaState {
 }
 
 impl MetaState {
+    /// Gives directory `ino` a later ctime (as metad does on each change
+    /// in it); its ctime before and its attributes after.
+    fn dir_changed(&mut self, ino: Ino) -> Option<ChangedDir> {
+        let (attr, _) = self.files.get_mut(&ino)?;
+        let before = attr.ctime_ns;
+        attr.ctime_ns += 1;
+        Some(ChangedDir {
+            attr: attr.clone(),
+            ctime_before_ns: Some(before),
+        })
+    }
+}
+
+impl MetaState {
     /// A new inode of `kind` named `name` in `parent`, with an empty layout.
     fn add(
         &mut self,
@@ -290,6 +304,22 @@ impl MetaService for FakeMeta {
     fn call(&self, req: MetaRequest) -> impl Future<Output = Result<MetaReply, MetaError>> + Send {
         let reply = self.handle(req);
         async move { reply }
+    }
+
+    fn call_dirs(
+        &self,
+        req: MetaRequest,
+    ) -> impl Future<Output = Result<Answer, MetaError>> + Send {
+        let changed = req.changed_dirs();
+        let answer = self.handle(req).map(|reply| {
+            let mut st = self.0.lock().unwrap();
+            let dirs = changed
+                .into_iter()
+                .filter_map(|ino| st.dir_changed(ino))
+                .collect();
+            (reply, dirs)
+        });
+        async move { answer }
     }
 }
 

@@ -29,7 +29,7 @@ use torchfs_proto::meta::{
     errno, FrozenBody, FrozenEntry, Ino, MetaError, MetaReply, FROZEN_PAGE_ENTRIES_MAX,
 };
 
-use super::{fs, Body, Inode, Outcome, State};
+use super::{stamp_ctime, fs, Body, Inode, Outcome, State};
 
 impl State {
     /// EROFS when `ino` is frozen; `what` names the change refused (e.g.
@@ -122,7 +122,7 @@ impl State {
             if let Some(node) = self.inodes.get_mut(i) {
                 if !node.attr.frozen {
                     node.attr.frozen = true;
-                    node.attr.ctime_ns = now;
+                    stamp_ctime(&mut node.attr, now);
                 }
             }
         }
@@ -155,7 +155,7 @@ impl State {
             if let Some(node) = self.inodes.get_mut(i) {
                 if node.attr.frozen {
                     node.attr.frozen = false;
-                    node.attr.ctime_ns = now;
+                    stamp_ctime(&mut node.attr, now);
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use torchfs_proto::meta::{errno, Attr, Ino, Layout, MetaError, MetaReply, StripeEntry};
 
-use super::{fs, Body, Outcome, State};
+use super::{stamp_ctime, fs, Body, Outcome, State};
 
 /// The error for a file-only operation on `body`, which is not a file.
 fn not_a_file(ino: Ino, body: &Body) -> MetaError {
@@ -91,7 +91,7 @@ impl State {
         }
         attr.size = size;
         attr.mtime_ns = now;
-        attr.ctime_ns = now;
+        stamp_ctime(attr, now);
         Ok(MetaReply::Committed {
             attr: attr.clone(),
             replaced,

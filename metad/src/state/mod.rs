@@ -46,7 +46,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
-    errno, Attr, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
+    errno, Attr, ChangedDir, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
     NamedAttr, NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, LOOKUP_NAMES_MAX,
     NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
 };
@@ -126,8 +126,25 @@ impl std::fmt::Display for Command {
     }
 }
 
-/// What `apply` answers for one command; this is also openraft's response type.
+/// What `apply` answers for one command.
 pub type Outcome = Result<MetaReply, MetaError>;
+
+/// What a write answers its client: the outcome and the directories it
+/// changed (see [`State::apply_reporting`]). openraft's response type.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub dirs: Vec<ChangedDir>,
+}
+
+impl From<Outcome> for Applied {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            dirs: Vec::new(),
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 enum Body {
@@ -183,6 +200,14 @@ pub struct State {
     garbage: BTreeMap<Ino, Layout>,
     /// Held locks per inode, sorted by start (see `locks`).
     locks: BTreeMap<Ino, Vec<FileLock>>,
+}
+
+/// Sets `attr`'s ctime for a change at `now`, strictly later than the
+/// ctime it had: a directory's ctime then names each change to it, so a
+/// client that knows it as of one change can tell whether another came
+/// between (see `Response.dirsCtimeBefore`), however the clock moved.
+pub(super) fn stamp_ctime(attr: &mut Attr, now: i64) {
+    attr.ctime_ns = now.max(attr.ctime_ns.saturating_add(1));
 }
 
 fn fs(errno: i32, what: impl Into<String>) -> MetaError {
@@ -430,6 +455,35 @@ impl State {
                 outcome
             }
         }
+    }
+
+    /// [`Self::apply`], also saying which directories the command changed:
+    /// each one's attributes after it and ctime before it (the reply's
+    /// `dirs`; none when it failed).
+    pub fn apply_reporting(&mut self, cmd: &Command) -> Applied {
+        let changed = match &cmd.op {
+            Op::Client { req, .. } => req.changed_dirs(),
+            _ => Vec::new(),
+        };
+        let before: Vec<Option<i64>> = changed
+            .iter()
+            .map(|ino| self.inodes.get(ino).map(|n| n.attr.ctime_ns))
+            .collect();
+        let outcome = self.apply(cmd);
+        if outcome.is_err() {
+            return Applied::from(outcome);
+        }
+        let dirs = changed
+            .iter()
+            .zip(before)
+            .filter_map(|(ino, ctime_before_ns)| {
+                Some(ChangedDir {
+                    attr: self.inodes.get(ino)?.attr.clone(),
+                    ctime_before_ns: Some(ctime_before_ns?),
+                })
+            })
+            .collect();
+        Applied { outcome, dirs }
     }
 
     fn apply_request(&mut self, req: &MetaRequest, now: i64, closed: &[Ino]) -> Outcome {

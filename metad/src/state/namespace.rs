@@ -11,7 +11,7 @@ use torchfs_proto::meta::{
 };
 
 use super::layout::truncate_layout;
-use super::{acl, check_name, fs, xattrs, Body, Inode, Outcome, State};
+use super::{stamp_ctime, acl, check_name, fs, xattrs, Body, Inode, Outcome, State};
 
 /// Longest symlink target accepted (bytes), as Linux's PATH_MAX.
 const SYMLINK_BYTES_MAX: usize = 4096;
@@ -59,7 +59,7 @@ impl State {
     pub(super) fn touch_dir(&mut self, ino: Ino, now: i64) {
         if let Some(d) = self.inodes.get_mut(&ino) {
             d.attr.mtime_ns = now;
-            d.attr.ctime_ns = now;
+            stamp_ctime(&mut d.attr, now);
         }
     }
 
@@ -278,7 +278,7 @@ impl State {
             .insert(new_name.to_string(), ino);
         let node = self.inode_mut(ino)?;
         node.attr.nlink = node.attr.nlink.saturating_add(1);
-        node.attr.ctime_ns = now;
+        stamp_ctime(&mut node.attr, now);
         let attr = node.attr.clone();
         self.touch_dir(new_parent, now);
         Ok(MetaReply::Attr(attr))
@@ -293,7 +293,7 @@ impl State {
             return Vec::new();
         };
         node.attr.nlink = node.attr.nlink.saturating_sub(1);
-        node.attr.ctime_ns = now;
+        stamp_ctime(&mut node.attr, now);
         if node.attr.nlink > 0 {
             return Vec::new();
         }
@@ -376,7 +376,7 @@ impl State {
         if let Some(t) = set.mtime {
             a.mtime_ns = resolve(t, now);
         }
-        a.ctime_ns = now;
+        stamp_ctime(a, now);
         let Some(size) = set.size else {
             return Ok(MetaReply::Attr(node.attr.clone()));
         };

@@ -4,7 +4,7 @@
 
 use torchfs_proto::meta::{errno, FileKind, Ino, MetaReply, RenameMode};
 
-use super::{check_name, fs, Body, Inode, Outcome, State};
+use super::{stamp_ctime, check_name, fs, Body, Inode, Outcome, State};
 
 impl State {
     /// Whether `ino` is `ancestor` or lies below it.
@@ -125,7 +125,7 @@ impl State {
             self.set_dir_parent(src, new_parent);
         }
         if let Some(n) = self.inodes.get_mut(&src) {
-            n.attr.ctime_ns = now;
+            stamp_ctime(&mut n.attr, now);
         }
         self.touch_dir(parent, now);
         self.touch_dir(new_parent, now);
@@ -170,7 +170,7 @@ impl State {
         }
         for ino in [a_ino, b_ino] {
             if let Some(n) = self.inodes.get_mut(&ino) {
-                n.attr.ctime_ns = now;
+                stamp_ctime(&mut n.attr, now);
             }
         }
         self.touch_dir(a_parent, now);

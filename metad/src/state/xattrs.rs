@@ -15,7 +15,7 @@ use torchfs_proto::meta::{
     XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
 
-use super::{fs, Outcome, State};
+use super::{stamp_ctime, fs, Outcome, State};
 
 /// Name prefixes torchfs stores.
 const NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];
@@ -114,7 +114,7 @@ impl State {
             node.attr.mode = (node.attr.mode & !0o777) | bits;
         }
         node.attr.has_xattrs = true;
-        node.attr.ctime_ns = now;
+        stamp_ctime(&mut node.attr, now);
         Ok(MetaReply::Attr(node.attr.clone()))
     }
 
@@ -126,7 +126,7 @@ impl State {
             return Err(fs(errno::ENODATA, format!("no xattr {name:?}")));
         }
         node.attr.has_xattrs = !node.xattrs.is_empty();
-        node.attr.ctime_ns = now;
+        stamp_ctime(&mut node.attr, now);
         Ok(MetaReply::Attr(node.attr.clone()))
     }
 }

@@ -25,7 +25,7 @@ use openraft::BasicNode;
 use redb::{Database, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Command, Outcome};
+use crate::state::{Applied, Command};
 
 mod log;
 mod migrate;
@@ -41,7 +41,7 @@ openraft::declare_raft_types!(
     /// openraft's types for metad: the log carries [`Command`]s.
     pub TypeConfig:
         D = Command,
-        R = Outcome,
+        R = Applied,
         NodeId = u64,
         Node = BasicNode,
 );

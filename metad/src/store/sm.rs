@@ -15,7 +15,7 @@ use super::{
     get_meta, put_meta, Entry, LogId, Snapshot, SnapshotMeta, StoreResult, StoredMembership,
     TypeConfig, KEY_SNAPSHOT,
 };
-use crate::state::{Outcome, State};
+use crate::state::{Applied, Outcome, State};
 
 /// Everything the state machine holds; also the snapshot format.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -76,14 +76,29 @@ impl StateMachineStore {
 
     /// Applies one committed entry and says what it answered.
     pub fn apply_entry(&self, entry: Entry) -> Outcome {
+        self.apply_entry_with(entry, |state, cmd| state.apply(cmd).into())
+            .outcome
+    }
+
+    /// [`Self::apply_entry`] with the directories the entry changed, for
+    /// a client waiting on it (only the leader has one).
+    fn apply_entry_reporting(&self, entry: Entry) -> Applied {
+        self.apply_entry_with(entry, State::apply_reporting)
+    }
+
+    fn apply_entry_with(
+        &self,
+        entry: Entry,
+        apply: impl FnOnce(&mut State, &crate::state::Command) -> Applied,
+    ) -> Applied {
         let mut d = self.write_data();
         d.last_applied = Some(entry.log_id);
         match entry.payload {
-            EntryPayload::Blank => Ok(MetaReply::Unit),
-            EntryPayload::Normal(cmd) => d.state.apply(&cmd),
+            EntryPayload::Blank => Ok(MetaReply::Unit).into(),
+            EntryPayload::Normal(cmd) => apply(&mut d.state, &cmd),
             EntryPayload::Membership(m) => {
                 d.membership = StoredMembership::new(Some(entry.log_id), m);
-                Ok(MetaReply::Unit)
+                Ok(MetaReply::Unit).into()
             }
         }
     }
@@ -153,9 +168,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let outcome = self.apply_entry(entry);
-            if let Some(responder) = responder {
-                responder.send(outcome);
+            match responder {
+                Some(responder) => responder.send(self.apply_entry_reporting(entry)),
+                // A follower's: its answer is the leader's to give.
+                None => {
+                    let _ = self.apply_entry(entry);
+                }
             }
         }
         Ok(())

@@ -27,7 +27,7 @@ use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::{read_dirs, read_response, write_request, write_write_id};
-use crate::meta::{Attr, MetaError, MetaReply, MetaRequest, WriteId};
+use crate::meta::{ChangedDir, MetaError, MetaReply, MetaRequest, WriteId};
 use crate::metadata_capnp as mc;
 use crate::rpc::{is_host_port, two_party};
 
@@ -75,9 +75,9 @@ struct Command {
     reply: oneshot::Sender<Result<Answer, MetaError>>,
 }
 
-/// A reply and the attributes of the directories the request changed
-/// (`Response.dirs`: empty for reads, failures and an older metad).
-pub type Answer = (MetaReply, Vec<Attr>);
+/// A reply and the directories the request changed (`Response.dirs`:
+/// empty for reads, failures and an older metad).
+pub type Answer = (MetaReply, Vec<ChangedDir>);
 
 /// Cheap to clone; Send + Sync; usable from any tokio runtime (the
 /// Cap'n Proto RPC system, which is not Send, lives on a thread of its own).
@@ -357,7 +357,7 @@ impl Actor {
         addr: &str,
         req: &MetaRequest,
         write_id: Option<WriteId>,
-    ) -> Result<(Result<MetaReply, MetaError>, Vec<Attr>), AttemptError> {
+    ) -> Result<(Result<MetaReply, MetaError>, Vec<ChangedDir>), AttemptError> {
         let client = self
             .connection(addr)
             .await

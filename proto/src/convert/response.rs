@@ -2,7 +2,7 @@
 //! response may carry instead of a reply, around the generated reply
 //! converters (`ops`).
 
-use crate::meta::{Attr, MetaError, MetaReply};
+use crate::meta::{ChangedDir, MetaError, MetaReply};
 use crate::metadata_capnp as mc;
 
 use super::ops::{read_reply, write_reply};
@@ -86,22 +86,44 @@ pub fn read_response(
     read_reply(r)
 }
 
-/// Writes the attributes of the directories a write changed beside its
-/// reply (`Response.dirs`).
-pub fn write_dirs(dirs: &[Attr], b: mc::response::Builder<'_>) {
+/// Writes the directories a write changed beside its reply
+/// (`Response.dirs`, `Response.dirsCtimeBefore`).
+pub fn write_dirs(dirs: &[ChangedDir], mut b: mc::response::Builder<'_>) {
     if dirs.is_empty() {
         return;
     }
-    let mut list = b.init_dirs(dirs.len() as u32);
-    for (i, a) in dirs.iter().enumerate() {
-        write_attr(a, list.reborrow().get(i as u32));
+    let mut list = b.reborrow().init_dirs(dirs.len() as u32);
+    for (i, d) in dirs.iter().enumerate() {
+        write_attr(&d.attr, list.reborrow().get(i as u32));
+    }
+    if dirs.iter().all(|d| d.ctime_before_ns.is_some()) {
+        let mut before = b.init_dirs_ctime_before(dirs.len() as u32);
+        for (i, d) in dirs.iter().enumerate() {
+            before.set(i as u32, d.ctime_before_ns.unwrap_or_default());
+        }
     }
 }
 
-/// Reads `Response.dirs` (empty when absent).
-pub fn read_dirs(r: mc::response::Reader<'_>) -> Result<Vec<Attr>> {
+/// Reads `Response.dirs` and their ctimes before the change (empty when
+/// absent; no ctimes from an older metad or when the lists disagree).
+pub fn read_dirs(r: mc::response::Reader<'_>) -> Result<Vec<ChangedDir>> {
     if !r.has_dirs() {
         return Ok(Vec::new());
     }
-    r.get_dirs()?.iter().map(read_attr).collect()
+    let attrs = r.get_dirs()?;
+    let before = if r.has_dirs_ctime_before() {
+        Some(r.get_dirs_ctime_before()?).filter(|b| b.len() == attrs.len())
+    } else {
+        None
+    };
+    attrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Ok(ChangedDir {
+                attr: read_attr(a)?,
+                ctime_before_ns: before.as_ref().map(|b| b.get(i as u32)),
+            })
+        })
+        .collect()
 }

@@ -463,6 +463,34 @@ fn write_id_rides_beside_the_request() {
     assert_eq!(read_write_id(root).unwrap(), None);
 }
 
+/// Writes `dirs` beside a Unit reply and reads them back.
+fn rt_dirs(dirs: &[ChangedDir]) -> Vec<ChangedDir> {
+    let mut msg = capnp::message::Builder::new_default();
+    {
+        let mut b = msg.init_root::<mc::response::Builder>();
+        write_response(&Ok(MetaReply::Unit), b.reborrow());
+        write_dirs(dirs, b);
+    }
+    let words = capnp::serialize::write_message_to_words(&msg);
+    let reader = capnp::serialize::read_message(&mut &words[..], Default::default()).unwrap();
+    read_dirs(reader.get_root().unwrap()).unwrap()
+}
+
+#[test]
+fn changed_dirs_ride_beside_the_reply_with_their_ctime_before() {
+    let changed = |ino, before| ChangedDir {
+        attr: Attr { ino, ..attr() },
+        ctime_before_ns: before,
+    };
+    let both = [changed(1, Some(-3)), changed(9, Some(1 << 62))];
+    assert_eq!(rt_dirs(&both), both);
+    assert_eq!(rt_dirs(&[]), []);
+    // One without a ctime (as an older metad sends them): none has one,
+    // rather than ctimes paired with the wrong directories.
+    let back = rt_dirs(&[changed(1, Some(5)), changed(2, None)]);
+    assert_eq!(back, [changed(1, None), changed(2, None)]);
+}
+
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
     // Non-UTF-8 name.

@@ -2,6 +2,7 @@
 //! and the shared harness; layouts, nodes, sessions and frozen trees have
 //! test modules of their own (locks too).
 
+mod dirs;
 mod encoding;
 mod frozen;
 mod layout;
