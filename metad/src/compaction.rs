@@ -5,9 +5,10 @@
 //! entries costs each write more as the namespace grows (at 30,000 files,
 //! a snapshot every 1,000 entries was a fifth of the leader's CPU). Here a
 //! snapshot is due once the entries applied since the last one reach the
-//! configured floor or the number of inodes, whichever is more (capped at
-//! [`SNAPSHOT_LOGS_MAX`] so the log stays bounded): the encoding work per
-//! write then stays about constant. openraft's own policy is off
+//! configured floor or an eighth of the number of inodes, whichever is more
+//! (capped at [`SNAPSHOT_LOGS_MAX`] so the log stays bounded): each write
+//! then pays for encoding at most [`INODES_PER_LOG`] inodes, however large
+//! the namespace. openraft's own policy is off
 //! (`SnapshotPolicy::Never`); this task asks for each snapshot.
 
 use std::sync::{Arc, RwLock};
@@ -16,6 +17,9 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 
 use crate::store::{MetaRaft, SmData};
+
+/// Inodes a snapshot encodes per entry since the last one, at most.
+pub const INODES_PER_LOG: u64 = 8;
 
 /// Most entries between two snapshots, however large the namespace: at a
 /// few hundred bytes an entry, a few hundred MiB of log to replay.
@@ -27,7 +31,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// Entries applied since the last snapshot at which the next is due.
 pub fn snapshot_due_after(floor_logs: u64, inodes: u64) -> u64 {
-    floor_logs.max(1).max(inodes.min(SNAPSHOT_LOGS_MAX))
+    floor_logs
+        .max(1)
+        .max((inodes / INODES_PER_LOG).min(SNAPSHOT_LOGS_MAX))
 }
 
 /// Watches what this voter applied and asks for a snapshot when one is
@@ -72,8 +78,9 @@ mod tests {
     #[test]
     fn small_namespaces_snapshot_at_the_floor_large_ones_at_their_size() {
         assert_eq!(snapshot_due_after(1000, 10), 1000);
-        assert_eq!(snapshot_due_after(1000, 30_000), 30_000);
-        assert_eq!(snapshot_due_after(1000, 50_000_000), SNAPSHOT_LOGS_MAX);
+        assert_eq!(snapshot_due_after(1000, 8_000), 1000);
+        assert_eq!(snapshot_due_after(1000, 80_000), 10_000);
+        assert_eq!(snapshot_due_after(1000, 50_000_000_000), SNAPSHOT_LOGS_MAX);
         assert_eq!(snapshot_due_after(0, 0), 1);
     }
 }

@@ -27,8 +27,8 @@ pub struct MetadConfig {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and purge the log behind it) every this many
-    /// entries, or every as many entries as there are inodes when that is
-    /// more (see `compaction`).
+    /// entries, or every eighth as many entries as there are inodes when
+    /// that is more (see `compaction`).
     pub snapshot_every_logs: u64,
     /// Largest piece a snapshot is sent to a lagging voter in (each piece
     /// is one RPC; capnp refuses messages over 64 MiB).

@@ -14,8 +14,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
-    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest,
-    NodeId, NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
+    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
+    NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
 };
 
 use crate::leases::{Leases, LEASE_MS};

@@ -77,6 +77,13 @@ impl Metric {
             }));
         self
     }
+
+    /// Also bounded by doing all of `parts` one after the other (see
+    /// [`Bound::Serial`]).
+    pub fn bounded_serial(mut self, parts: Vec<Bound>) -> Metric {
+        self.bounded_by.push(Bound::Serial(parts));
+        self
+    }
 }
 
 pub struct Ctx {

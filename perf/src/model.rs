@@ -60,6 +60,10 @@ pub enum Bound {
         metric: String,
         target: String,
     },
+    /// Each operation needs all of these, one after the other (a durable
+    /// create through FUSE: the FUSE ceiling's create, then an fdatasync):
+    /// the rate is 1 / (1/a + 1/b + ...). Only for rates.
+    Serial(Vec<Bound>),
 }
 
 /// One figure: a metric of a workload on one target, every repeat kept.

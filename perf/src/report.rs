@@ -79,38 +79,45 @@ pub fn ratio_rows(results: &Results) -> Vec<RatioRow> {
 /// higher-is-better figure, the largest otherwise. Probe bounds count only
 /// when their unit matches.
 pub fn limit_of(results: &Results, f: &Figure) -> Option<(f64, String)> {
-    let mut candidates: Vec<(f64, String)> = Vec::new();
-    for b in &f.bounded_by {
-        match b {
-            Bound::SameMetricOn(target) => {
-                if let Some(v) = results.median(&f.workload, &f.metric, target) {
-                    candidates.push((v, target.clone()));
-                }
-            }
-            Bound::Figure {
-                workload,
-                metric,
-                target,
-            } => {
-                if let Some(v) = results.median(workload, metric, target) {
-                    candidates.push((v, format!("{target} {workload} {metric}")));
-                }
-            }
-            Bound::Probe { workload, metric } => {
-                let probe = results
-                    .figures
-                    .iter()
-                    .find(|p| &p.workload == workload && &p.metric == metric && p.unit == f.unit);
-                if let Some(v) = probe.and_then(|p| p.summary).map(|s| s.median) {
-                    candidates.push((v, format!("{workload} {metric}")));
-                }
-            }
-        }
-    }
+    let candidates = f.bounded_by.iter().filter_map(|b| resolve(results, f, b));
     if f.higher_is_better {
-        candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0))
+        candidates.min_by(|a, b| a.0.total_cmp(&b.0))
     } else {
-        candidates.into_iter().max_by(|a, b| a.0.total_cmp(&b.0))
+        candidates.max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+}
+
+/// One bound's value and what it is, if measured.
+fn resolve(results: &Results, f: &Figure, b: &Bound) -> Option<(f64, String)> {
+    match b {
+        Bound::SameMetricOn(target) => results
+            .median(&f.workload, &f.metric, target)
+            .map(|v| (v, target.clone())),
+        Bound::Figure {
+            workload,
+            metric,
+            target,
+        } => results
+            .median(workload, metric, target)
+            .map(|v| (v, format!("{target} {workload} {metric}"))),
+        Bound::Probe { workload, metric } => results
+            .figures
+            .iter()
+            .find(|p| &p.workload == workload && &p.metric == metric && p.unit == f.unit)
+            .and_then(|p| p.summary)
+            .map(|s| (s.median, format!("{workload} {metric}"))),
+        Bound::Serial(parts) if f.higher_is_better && !parts.is_empty() => {
+            let resolved: Option<Vec<(f64, String)>> =
+                parts.iter().map(|p| resolve(results, f, p)).collect();
+            let resolved = resolved?;
+            if resolved.iter().any(|(v, _)| *v <= 0.0) {
+                return None;
+            }
+            let seconds: f64 = resolved.iter().map(|(v, _)| 1.0 / v).sum();
+            let what: Vec<String> = resolved.into_iter().map(|(_, w)| w).collect();
+            Some((1.0 / seconds, what.join(" then ")))
+        }
+        Bound::Serial(_) => None,
     }
 }
 

@@ -135,6 +135,40 @@ fn limit_is_the_tightest_measured_bound_with_matching_units() {
 }
 
 #[test]
+fn a_serial_bound_adds_the_times_of_its_parts() {
+    let mut r = sample_results();
+    let sync = Bound::Probe {
+        workload: "disk".into(),
+        metric: "fdatasync".into(),
+    };
+    let null = Bound::SameMetricOn("fuse-null".into());
+    r.figures.extend([
+        figure("disk", "fdatasync", "machine", "ops/s", &[5000.0]),
+        figure("metadata", "unlink", "fuse-null", "ops/s", &[4000.0]),
+        bounded(
+            figure("metadata", "unlink", "torchfs", "ops/s", &[700.0]),
+            vec![
+                null.clone(),
+                sync.clone(),
+                Bound::Serial(vec![null.clone(), sync.clone()]),
+            ],
+        ),
+        // A part not measured: no bound from it.
+        bounded(
+            figure("metadata", "rename", "torchfs", "ops/s", &[700.0]),
+            vec![Bound::Serial(vec![null, sync])],
+        ),
+    ]);
+    let unlink = r.figure("metadata", "unlink", "torchfs").unwrap();
+    let (v, what) = limit_of(&r, unlink).unwrap();
+    // 1 / (1/4000 + 1/5000): tighter than either alone.
+    assert!((v - 20_000.0 / 9.0).abs() < 1e-6, "{v}");
+    assert_eq!(what, "fuse-null then disk fdatasync");
+    let rename = r.figure("metadata", "rename", "torchfs").unwrap();
+    assert_eq!(limit_of(&r, rename), None);
+}
+
+#[test]
 fn ratio_rows_use_medians_and_leave_gaps_empty() {
     let r = sample_results();
     assert_eq!(baseline_columns(&r), vec!["ext4", "gluster"]);

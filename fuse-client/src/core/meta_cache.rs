@@ -270,7 +270,10 @@ mod tests {
         assert!(!c.known_absent(1, "a", t0 + ms(80)));
         assert!(c.entry(1, "a", t0 + ms(95)).is_none(), "expired dentry");
         assert!(!c.known_absent(1, "a", t0 + ms(95)));
-        assert!(!c.known_absent(1, "b", t0 + ms(90)), "a TTL after the change");
+        assert!(
+            !c.known_absent(1, "b", t0 + ms(90)),
+            "a TTL after the change"
+        );
         // A change whose "before" is not the ctime held: another client
         // changed the directory first.
         c.put_complete(1, 200, t0 + ms(100));

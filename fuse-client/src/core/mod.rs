@@ -48,7 +48,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use torchfs_proto::client::{Answer, MetaClient, MetaClientOptions};
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
-use torchfs_proto::meta::{ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig};
+use torchfs_proto::meta::{
+    ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig,
+};
 use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 
 use crate::codec::{CodecError, ReedSolomon};

@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use torchfs_proto::meta::{
-    Attr, ChangedDir, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, NamedAttr, RenameMode,
-    SetAttr, StatFs, LOOKUP_NAMES_MAX,
+    Attr, ChangedDir, DirEntry, FileKind, Ino, MetaError, MetaReply, MetaRequest, NamedAttr,
+    RenameMode, SetAttr, StatFs, LOOKUP_NAMES_MAX,
 };
 use torchfs_rdma::Transport;
 

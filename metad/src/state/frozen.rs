@@ -29,7 +29,7 @@ use torchfs_proto::meta::{
     errno, FrozenBody, FrozenEntry, Ino, MetaError, MetaReply, FROZEN_PAGE_ENTRIES_MAX,
 };
 
-use super::{stamp_ctime, fs, Body, Inode, Outcome, State};
+use super::{fs, stamp_ctime, Body, Inode, Outcome, State};
 
 impl State {
     /// EROFS when `ino` is frozen; `what` names the change refused (e.g.

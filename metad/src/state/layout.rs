@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use torchfs_proto::meta::{errno, Attr, Ino, Layout, MetaError, MetaReply, StripeEntry};
 
-use super::{stamp_ctime, fs, Body, Outcome, State};
+use super::{fs, stamp_ctime, Body, Outcome, State};
 
 /// The error for a file-only operation on `body`, which is not a file.
 fn not_a_file(ino: Ino, body: &Body) -> MetaError {

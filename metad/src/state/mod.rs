@@ -46,9 +46,9 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use torchfs_proto::meta::{
-    errno, Attr, ChangedDir, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply, MetaRequest,
-    NamedAttr, NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId, LOOKUP_NAMES_MAX,
-    NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
+    errno, Attr, ChangedDir, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply,
+    MetaRequest, NamedAttr, NodeId, NodeInfo, PlacementGroup, StripeConfig, WriteId,
+    LOOKUP_NAMES_MAX, NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
 };
 
 pub use nodes::placement_groups;

@@ -11,7 +11,7 @@ use torchfs_proto::meta::{
 };
 
 use super::layout::truncate_layout;
-use super::{stamp_ctime, acl, check_name, fs, xattrs, Body, Inode, Outcome, State};
+use super::{acl, check_name, fs, stamp_ctime, xattrs, Body, Inode, Outcome, State};
 
 /// Longest symlink target accepted (bytes), as Linux's PATH_MAX.
 const SYMLINK_BYTES_MAX: usize = 4096;

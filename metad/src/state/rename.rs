@@ -4,7 +4,7 @@
 
 use torchfs_proto::meta::{errno, FileKind, Ino, MetaReply, RenameMode};
 
-use super::{stamp_ctime, check_name, fs, Body, Inode, Outcome, State};
+use super::{check_name, fs, stamp_ctime, Body, Inode, Outcome, State};
 
 impl State {
     /// Whether `ino` is `ancestor` or lies below it.

@@ -15,7 +15,7 @@ use torchfs_proto::meta::{
     XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
 
-use super::{stamp_ctime, fs, Outcome, State};
+use super::{fs, stamp_ctime, Outcome, State};
 
 /// Name prefixes torchfs stores.
 const NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];

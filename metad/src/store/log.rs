@@ -63,6 +63,10 @@ enum Job {
         durable: bool,
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
+    /// The committed index changed; its latest encoding waits in
+    /// [`Flusher::committed`]. One job stands for every change made until
+    /// the flusher takes it, so a commit does not wake the flusher each time.
+    Committed,
 }
 
 impl Job {
@@ -73,14 +77,7 @@ impl Job {
 
     /// Neither durable nor waited for: may wait for the next commit.
     fn can_wait(&self) -> bool {
-        matches!(
-            self,
-            Job::Meta {
-                durable: false,
-                done: None,
-                ..
-            }
-        )
+        matches!(self, Job::Committed)
     }
 }
 
@@ -92,6 +89,8 @@ struct Shared {
     wal: WalReader,
     /// None only while dropping.
     queue: Option<mpsc::SyncSender<Job>>,
+    /// The latest committed index not yet taken by the flusher, encoded.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
     flusher: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -136,11 +135,13 @@ impl LogStore {
         super::migrate::move_log_out_of_db(&db, &mut wal)?;
         let reader = wal.reader();
         let (queue, jobs) = mpsc::sync_channel(QUEUE_DEPTH);
+        let committed = Arc::new(Mutex::new(None));
         let shared = Arc::new_cyclic(|weak| {
             let flusher = Flusher {
                 db: db.clone(),
                 wal,
                 shared: weak.clone(),
+                committed: committed.clone(),
             };
             // A thread of its own: fdatasync blocks.
             let spawned = std::thread::Builder::new()
@@ -158,6 +159,7 @@ impl LogStore {
                 unflushed: Mutex::new(BTreeMap::new()),
                 wal: reader,
                 queue: Some(queue),
+                committed,
                 flusher,
             }
         });
@@ -286,12 +288,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Only speeds up recovery (replay at start instead of after the next
         // election): queued, not waited for.
         let bytes = Self::encode(KEY_COMMITTED, &committed)?;
-        self.send(Job::Meta {
-            key: KEY_COMMITTED,
-            bytes,
-            durable: false,
-            done: None,
-        })
+        let waiting = self
+            .shared
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(bytes)
+            .is_some();
+        if waiting {
+            // The flusher has a job for it already and will take this one.
+            return Ok(());
+        }
+        self.send(Job::Committed)
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId>> {
@@ -359,39 +367,38 @@ struct Flusher {
     db: Arc<Database>,
     wal: Wal,
     shared: std::sync::Weak<Shared>,
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Flusher {
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
-        // The latest write nobody waits for and nobody needs durable (the
-        // committed index; each replaces the one before), and since when one
-        // has been waiting.
-        let mut deferred: Option<(Job, Instant)> = None;
+        // Since when a committed index has waited to be written: nobody
+        // waits for it or needs it durable, so it rides along with the next
+        // durable write, or goes on its own after DEFER_MS_MAX.
+        let mut committed_since: Option<Instant> = None;
         let wait_max = Duration::from_millis(DEFER_MS_MAX);
         loop {
-            let first = match &deferred {
+            let first = match committed_since {
                 None => match jobs.recv() {
                     Ok(job) => job,
                     Err(_) => break,
                 },
-                Some((_, since)) => {
-                    match jobs.recv_timeout(wait_max.saturating_sub(since.elapsed())) {
-                        Ok(job) => job,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Some((job, _)) = deferred.take() {
-                                self.write(vec![job]);
-                            }
-                            continue;
+                Some(since) => match jobs.recv_timeout(wait_max.saturating_sub(since.elapsed())) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        committed_since = None;
+                        if let Some(job) = self.take_committed() {
+                            self.write(vec![job]);
                         }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        continue;
                     }
-                }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
             };
             let mut batch = Vec::new();
             let mut push = |job: Job| {
                 if job.can_wait() {
-                    let since = deferred.take().map_or_else(Instant::now, |(_, s)| s);
-                    deferred = Some((job, since));
+                    committed_since.get_or_insert_with(Instant::now);
                 } else {
                     batch.push(job);
                 }
@@ -404,22 +411,33 @@ impl Flusher {
                 }
             }
             let rides = batch.iter().any(Job::is_durable_meta)
-                || deferred
-                    .as_ref()
-                    .is_some_and(|(_, s)| s.elapsed() >= wait_max);
-            if rides {
-                if let Some((job, _)) = deferred.take() {
-                    batch.push(job);
-                }
+                || committed_since.is_some_and(|s| s.elapsed() >= wait_max);
+            if rides && committed_since.take().is_some() {
+                batch.extend(self.take_committed());
             }
             if !batch.is_empty() {
                 self.write(batch);
             }
         }
         // Closing: what was put off is written before the database is let go.
-        if let Some((job, _)) = deferred {
+        if let Some(job) = self.take_committed() {
             self.write(vec![job]);
         }
+    }
+
+    /// The latest committed index as a write, if one is waiting.
+    fn take_committed(&self) -> Option<Job> {
+        let bytes = self
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(Job::Meta {
+            key: KEY_COMMITTED,
+            bytes,
+            durable: false,
+            done: None,
+        })
     }
 
     /// Commits `batch` and tells every waiter how it went.
@@ -440,6 +458,7 @@ impl Flusher {
                         let _ = done.send(result.clone());
                     }
                 }
+                Job::Committed => {}
             }
         }
     }
@@ -491,6 +510,8 @@ impl Flusher {
                     metas.push((key, bytes.as_slice()));
                     durable |= *d;
                 }
+                // Taken as a `Meta` before it gets here.
+                Job::Committed => {}
             }
         }
         self.append(first, &mut records, &mut lens)?;

@@ -217,6 +217,13 @@ async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() 
     tokio::time::sleep(std::time::Duration::from_millis(DEFER_WAIT_TEST_MS)).await;
     assert_eq!(log.read_committed().await.unwrap(), at(8));
 
+    // Of many changes before it is written, the latest is what lands.
+    for index in 10..=12 {
+        log.save_committed(at(index)).await.unwrap();
+    }
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), at(12));
+
     // And closing the store writes what is still put off.
     log.save_committed(at(9)).await.unwrap();
     drop(log);
@@ -228,7 +235,7 @@ async fn committed_index_rides_with_the_next_write_and_is_never_lost_on_close() 
     let db = Arc::new(open_db(&path).unwrap());
     let mut log = LogStore::open(db, &dir.path().join("log")).unwrap();
     assert_eq!(log.read_committed().await.unwrap(), at(9));
-    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
 }
 
 /// Longer than the flusher's wait for a commit to ride along with.

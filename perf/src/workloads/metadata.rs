@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{drop_caches, live_targets, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
+use crate::model::Bound;
 use crate::probes;
 use crate::targets::{nullfs, Target};
 
@@ -59,9 +60,21 @@ impl Workload for Metadata {
                 } else {
                     &[]
                 };
-                Metric::new(NAME, *name, unit)
+                let metric = Metric::new(NAME, *name, unit)
                     .cold()
-                    .bounded(&[nullfs::NAME], commits)
+                    .bounded(&[nullfs::NAME], commits);
+                if commits.is_empty() {
+                    return metric;
+                }
+                // One at a time, each needs the FUSE round trips and then
+                // a commit: the tighter bound of the two in series.
+                metric.bounded_serial(vec![
+                    Bound::SameMetricOn(nullfs::NAME.into()),
+                    Bound::Probe {
+                        workload: "disk".into(),
+                        metric: probes::sync::SYNC_METRIC.into(),
+                    },
+                ])
             })
             .collect();
         for round in 0..ctx.config.repeats {

@@ -87,5 +87,8 @@ fn failed_writes_report_nothing_and_renames_report_both_directories() {
         .iter()
         .map(|d| (d.attr.ino, d.ctime_before_ns, d.attr.ctime_ns))
         .collect();
-    assert_eq!(report, vec![(ROOT_INO, Some(12), 13), (a.ino, Some(10), 13)]);
+    assert_eq!(
+        report,
+        vec![(ROOT_INO, Some(12), 13), (a.ino, Some(10), 13)]
+    );
 }
