@@ -436,7 +436,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             })
             .await;
         let victim = lock(&self.inner.cache).last_known(parent, name);
-        self.forget_name(parent, name, victim);
+        self.forget_name_unless(parent, name, victim, reply.is_ok());
         self.note_dirs(dirs);
         match reply? {
             MetaReply::Unit | MetaReply::Freed(_) => Ok(()),
@@ -541,7 +541,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             // the name goes.
             _ => lock(&self.inner.cache).last_known(parent, name),
         };
-        self.forget_name(parent, name, victim);
+        self.forget_name_unless(parent, name, victim, reply.is_ok());
         if let Some(ino) = victim {
             self.inner.data_cache.invalidate(ino);
         }
@@ -563,6 +563,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(())
     }
 
+    /// [`Self::forget_name`] after a removal that `succeeded` or not: when
+    /// it failed the name may still be there, so `parent` is no longer
+    /// held complete (its dentries no longer hold every name).
+    fn forget_name_unless(&self, parent: Ino, name: &str, ino: Option<Ino>, succeeded: bool) {
+        if !succeeded {
+            lock(&self.inner.cache).forget_complete(parent);
+        }
+        self.forget_name(parent, name, ino);
+    }
+
     /// Forgets a removed or moved name, and the attributes it changed.
     fn forget_name(&self, parent: Ino, name: &str, ino: Option<Ino>) {
         let mut cache = lock(&self.inner.cache);
@@ -573,14 +583,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
-    /// Passes a create-like call's answer on; EEXIST means `parent` holds
-    /// a name this client did not know of, so it is no longer complete.
+    /// Passes a create-like call's answer on. After a failure `parent` is
+    /// no longer held complete: EEXIST means it holds a name this client
+    /// did not know of, and a write that timed out may have been applied.
     pub(super) fn unless_taken<R>(
         &self,
         parent: Ino,
         answer: Result<R, ClientError>,
     ) -> Result<R, ClientError> {
-        if matches!(&answer, Err(e) if e.errno() == libc::EEXIST) {
+        if answer.is_err() {
             lock(&self.inner.cache).forget_complete(parent);
         }
         answer

@@ -475,6 +475,23 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_failed_removal_ends_completeness() {
+            let meta = FakeMeta::new(8);
+            let c = client(&meta, 10_000).await;
+            let d = c.mkdir(ROOT_INO, "d", MODE, ROOT).await.unwrap().ino;
+            c.create(d, "x", MODE, ROOT, true).await.unwrap();
+            // The fake metad refuses Rmdir: "x" is still there, though the
+            // client dropped what it knew of it.
+            assert!(c.rmdir(d, "x").await.is_err());
+            assert!(c.lookup(d, "x").await.is_ok());
+            c.create(d, "y", MODE, ROOT, true).await.unwrap();
+            assert!(
+                c.lookup(d, "x").await.is_ok(),
+                "not renewed by a later change"
+            );
+        }
+
+        #[tokio::test]
         async fn a_name_found_taken_or_moved_in_ends_completeness() {
             let meta = FakeMeta::new(8);
             let c = client(&meta, 10_000).await;
