@@ -173,6 +173,26 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if !held {
             return Ok(());
         }
+        self.unlock_all(ino, owner).await
+    }
+
+    /// [`Self::unlock_owner`] when it needs no round trip (the owner holds
+    /// no lock on `ino` here): done at once, true. False: nothing was done,
+    /// call [`Self::unlock_owner`].
+    pub(super) fn unlock_owner_now(&self, ino: Ino, owner: u64) -> bool {
+        let key = (ino, owner);
+        let mut t = lock(&self.inner.locks);
+        if t.held.contains(&key) {
+            return false;
+        }
+        if let Some(w) = t.waits.get_mut(&key) {
+            w.closes += 1;
+        }
+        true
+    }
+
+    /// Releases every lock `owner` holds on `ino`.
+    async fn unlock_all(&self, ino: Ino, owner: u64) -> Result<(), ClientError> {
         let all = LockSpec {
             owner,
             pid: 0,

@@ -886,3 +886,35 @@ async fn empty_writes_change_nothing_and_huge_offsets_are_efbig() {
     c.release(fh).await.unwrap();
     assert_eq!(store.count(), 0);
 }
+
+#[tokio::test]
+async fn closes_with_nothing_to_do_are_done_at_once_and_others_are_not() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let mode = NewMode {
+        mode: 0o644,
+        umask: 0,
+    };
+    let attr = c
+        .create(ROOT_INO, "f", mode, Owner { uid: 0, gid: 0 }, true)
+        .await
+        .unwrap();
+    let fh = c.open(attr.ino, true, false).await.unwrap();
+    c.write(fh, 0, b"hello").await.unwrap();
+    // Unflushed data: only the async path may close it.
+    assert!(c.flush_now(attr.ino, fh, 7).is_none());
+    assert!(c.release_now(attr.ino, fh, None).is_none());
+    assert_eq!(store.count(), 0);
+    c.flush(fh).await.unwrap();
+    assert_eq!(store.count(), 3);
+    assert!(matches!(c.flush_now(attr.ino, fh, 7), Some(Ok(()))));
+    assert!(matches!(c.release_now(attr.ino, fh, Some(7)), Some(Ok(()))));
+    // Released: the handle is gone.
+    let gone = c.flush_now(attr.ino, fh, 7);
+    assert!(matches!(gone, Some(Err(ClientError::BadHandle { .. }))), "{gone:?}");
+    // A read-only open closes at once too.
+    let fh = c.open(attr.ino, false, false).await.unwrap();
+    assert_eq!(read_all(&c, fh).await, b"hello");
+    assert!(matches!(c.flush_now(attr.ino, fh, 8), Some(Ok(()))));
+    assert!(matches!(c.release_now(attr.ino, fh, None), Some(Ok(()))));
+}

@@ -118,6 +118,59 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         result
     }
 
+    /// A close's [`Self::unlock_owner`] and [`Self::flush`] when neither
+    /// has anything to do (`owner` holds no lock on `ino` here, and the
+    /// file has nothing unflushed): done at once, so a front-end replies on
+    /// the thread that read the request (a thread wake-up costs more).
+    /// `None`: nothing was done, call the async ones.
+    pub fn flush_now(
+        &self,
+        ino: Ino,
+        fh: FileHandle,
+        owner: u64,
+    ) -> Option<Result<(), ClientError>> {
+        if is_control_fh(fh) {
+            return None;
+        }
+        let file = match self.inner.handles.get(fh) {
+            Ok((file, _)) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        let st = file.state.try_lock().ok()?;
+        let clean = st.dirty.is_empty() && st.uploaded.is_empty();
+        (clean && self.unlock_owner_now(ino, owner)).then_some(Ok(()))
+    }
+
+    /// [`Self::release`] (with the flock `owner`'s unlock, if any) when it
+    /// has nothing to flush or unlock: done at once (see
+    /// [`Self::flush_now`]). `None`: nothing was done, call the async ones.
+    pub fn release_now(
+        &self,
+        ino: Ino,
+        fh: FileHandle,
+        owner: Option<u64>,
+    ) -> Option<Result<(), ClientError>> {
+        if is_control_fh(fh) {
+            return None;
+        }
+        let file = match self.inner.handles.get(fh) {
+            Ok((file, _)) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        {
+            let st = file.state.try_lock().ok()?;
+            if !(st.dirty.is_empty() && st.uploaded.is_empty()) {
+                return None;
+            }
+            if let Some(owner) = owner {
+                if !self.unlock_owner_now(ino, owner) {
+                    return None;
+                }
+            }
+        }
+        Some(self.inner.handles.close(fh))
+    }
+
     pub(super) async fn flush_file(&self, file: &Arc<OpenFile>) -> Result<(), ClientError> {
         let mut st = file.state.lock().await;
         let result = async {

@@ -431,6 +431,9 @@ impl Filesystem for TorchFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if let Some(done) = self.fs.client.flush_now(ino.0, fh.0, lock_owner.0) {
+            return reply_empty(done, reply);
+        }
         self.spawn(|fs| async move {
             let unlocked = fs.client.unlock_owner(ino.0, lock_owner.0).await;
             reply_empty(fs.client.flush(fh.0).await.and(unlocked), reply);
@@ -448,6 +451,10 @@ impl Filesystem for TorchFs {
         reply: ReplyEmpty,
     ) {
         self.fs.io_modes.release(fh.0);
+        let owner = lock_owner.map(|o| o.0);
+        if let Some(done) = self.fs.client.release_now(ino.0, fh.0, owner) {
+            return reply_empty(done, reply);
+        }
         self.spawn(|fs| async move {
             // Set when the file held a flock: its owner is the open file.
             let unlocked = match lock_owner {
