@@ -3,14 +3,18 @@
 //! with O_DIRECT through a [`DiskIo`].
 //!
 //! **Put.** The data is checked against the sender's CRC32C (computed from
-//! the chunk CRCs, one pass), written to a uniquely named temp file and
-//! fdatasync'd, renamed into place, and the directory is fsync'd: a crash
-//! or a full disk at any point leaves either the old fragment or the new
-//! one, never a torn one, and a put is acknowledged only once its data and
-//! its name are durable. The directory fsync is shared by the puts in
-//! flight on the shard ([`GroupSync`]): one fsync covers every rename done
-//! before it started. Temp files left by a crash are removed by [`scan`]
-//! at start.
+//! the chunk CRCs, one pass) and written with one O_DIRECT write and an
+//! fdatasync, then the directory is fsync'd; a put is acknowledged only
+//! once its data and its name are durable. A new key (every key a client
+//! writes has a fresh generation) is written at its final name: a crash or
+//! full disk mid-way can leave a torn file only for a put never
+//! acknowledged, and the CRCs refuse it on read. A key that exists is
+//! replaced through a uniquely named temp file renamed over it, so a crash
+//! leaves the old fragment or the new one, never a torn one (as does a put
+//! of a key another put is writing at that moment). The directory fsync is
+//! shared by the puts in flight on the shard ([`GroupSync`]): one fsync
+//! covers every create and rename done before it started. Temp files left
+//! by a crash are removed by [`scan`] at start.
 //!
 //! **Get.** Reads the header block and, at the same time, the chunks the
 //! requested range touches (one read when the range starts in the first
@@ -28,7 +32,7 @@
 //! before chunks existed.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -106,9 +110,24 @@ pub struct DmaStore<I: DiskIo> {
     node: Arc<NodeUsage>,
     /// Makes temp names unique, so concurrent puts of one key do not collide.
     temp_seq: Cell<u64>,
+    /// New keys being written at their final names (see `put`).
+    writing: RefCell<HashSet<FragmentKey>>,
     /// The shard directory, opened on the first put and kept open.
     dir_handle: RefCell<Option<Rc<I::Dir>>>,
     dir_sync: GroupSync,
+}
+
+/// Marks a key as being written at its final name until dropped (also
+/// when the put is cancelled).
+struct Writing<'a> {
+    keys: &'a RefCell<HashSet<FragmentKey>>,
+    key: FragmentKey,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.keys.borrow_mut().remove(&self.key);
+    }
 }
 
 /// Data bytes `start..end` of a fragment, held in `buf` from index `at`.
@@ -145,6 +164,7 @@ impl<I: DiskIo> DmaStore<I> {
             used_bytes: Cell::new(used),
             node,
             temp_seq: Cell::new(0),
+            writing: RefCell::new(HashSet::new()),
             dir_handle: RefCell::new(None),
             dir_sync: GroupSync::new(),
         }
@@ -445,11 +465,26 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
         // Padding goes to disk too: zero it rather than leak old memory.
         image[HEADER_BLOCK_BYTES + data.length_bytes..].fill(0);
 
-        let seq = self.temp_seq.get();
-        self.temp_seq.set(seq + 1);
-        let temp = self.dir.join(format!("{key}{TEMP_MARK}.{seq}"));
-        if let Err(source) = self.io.write_new(&temp, data.image).await {
-            let _ = self.io.remove(&temp).await;
+        // A new key is written at its final name: there is nothing there to
+        // keep whole until the new file is (a put that was never
+        // acknowledged may leave a torn file, which the CRCs catch on read),
+        // and it saves a rename per put. A key being replaced, or one
+        // another put is writing right now, goes through a temp file.
+        let final_path = self.path_of(&key);
+        let direct = old_bytes == 0 && self.writing.borrow_mut().insert(key);
+        let _writing = direct.then(|| Writing {
+            keys: &self.writing,
+            key,
+        });
+        let target = if direct {
+            final_path.clone()
+        } else {
+            let seq = self.temp_seq.get();
+            self.temp_seq.set(seq + 1);
+            self.dir.join(format!("{key}{TEMP_MARK}.{seq}"))
+        };
+        if let Err(source) = self.io.write_new(&target, data.image).await {
+            let _ = self.io.remove(&target).await;
             if is_no_space(&source) {
                 return Err(StoreError::NoSpace {
                     key,
@@ -464,13 +499,15 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
                 source,
             });
         }
-        if let Err(source) = self.io.rename(&temp, &self.path_of(&key)).await {
-            let _ = self.io.remove(&temp).await;
-            return Err(StoreError::Io {
-                key,
-                op: "rename",
-                source,
-            });
+        if !direct {
+            if let Err(source) = self.io.rename(&target, &final_path).await {
+                let _ = self.io.remove(&target).await;
+                return Err(StoreError::Io {
+                    key,
+                    op: "rename",
+                    source,
+                });
+            }
         }
         // Bookkeeping first: the new file is in place whatever the
         // directory sync says.

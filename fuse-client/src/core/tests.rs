@@ -911,7 +911,10 @@ async fn closes_with_nothing_to_do_are_done_at_once_and_others_are_not() {
     assert!(matches!(c.release_now(attr.ino, fh, Some(7)), Some(Ok(()))));
     // Released: the handle is gone.
     let gone = c.flush_now(attr.ino, fh, 7);
-    assert!(matches!(gone, Some(Err(ClientError::BadHandle { .. }))), "{gone:?}");
+    assert!(
+        matches!(gone, Some(Err(ClientError::BadHandle { .. }))),
+        "{gone:?}"
+    );
     // A read-only open closes at once too.
     let fh = c.open(attr.ino, false, false).await.unwrap();
     assert_eq!(read_all(&c, fh).await, b"hello");

@@ -31,10 +31,12 @@ fn open_with<I: DiskIo>(dir: &Path, io: I, capacity_bytes: u64) -> DmaStore<I> {
     DmaStore::new(dir.to_path_buf(), io, scanned, node)
 }
 
-/// [`GlommioDisk`] counting the bytes read, to see what a get costs.
+/// [`GlommioDisk`] counting the bytes read and the renames, to see what a
+/// get or a put costs.
 struct Counting {
     disk: GlommioDisk,
     read_bytes: Rc<Cell<u64>>,
+    renames: Rc<Cell<u64>>,
 }
 
 impl DiskIo for Counting {
@@ -66,6 +68,7 @@ impl DiskIo for Counting {
         self.disk.close(file).await
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.renames.set(self.renames.get() + 1);
         self.disk.rename(from, to).await
     }
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -207,6 +210,60 @@ fn capacity_limit_is_no_space_and_keeps_old_fragment() {
     });
 }
 
+#[test]
+fn a_new_key_is_written_in_place_and_a_replaced_one_through_a_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        let renames = Rc::new(Cell::new(0));
+        let io = Counting {
+            disk: GlommioDisk::new(Faults::for_dir(&path)),
+            read_bytes: Rc::default(),
+            renames: renames.clone(),
+        };
+        let store = open_with(&path, io, u64::MAX);
+        let key = FragmentKey {
+            ino: 1,
+            stripe: 0,
+            generation: 1,
+            index: 0,
+        };
+        let put = |fill: u8| {
+            let mut buf = store.put_buffer(10);
+            buf.as_mut().fill(fill);
+            store.put(key, buf, crc32c::crc32c(&[fill; 10]))
+        };
+        put(1).await.unwrap();
+        assert_eq!(renames.get(), 0, "new: written at its name");
+        put(2).await.unwrap();
+        assert_eq!(renames.get(), 1, "replaced: a temp file renamed over it");
+        // Two puts of one new key at once: one writes in place, the other
+        // through a temp file; either way the fragment is whole.
+        let other = FragmentKey {
+            generation: 2,
+            ..key
+        };
+        let put_other = |fill: u8| {
+            let mut buf = store.put_buffer(4096);
+            buf.as_mut().fill(fill);
+            store.put(other, buf, crc32c::crc32c(&[fill; 4096]))
+        };
+        let (a, b) = futures::join!(put_other(3), put_other(3));
+        a.unwrap();
+        b.unwrap();
+        let crc = crc32c::crc32c(&[3u8; 4096]);
+        assert_eq!(
+            &*store.get(other, 0, 4096, crc).await.unwrap(),
+            &[3u8; 4096][..]
+        );
+        let names: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temp file left: {names:?}");
+    });
+}
+
 #[cfg(feature = "testing")]
 #[test]
 fn disk_full_is_no_space_and_leaves_no_temp_file() {
@@ -248,6 +305,21 @@ fn disk_full_is_no_space_and_leaves_no_temp_file() {
             &*store.get(key, 0, 10, old_crc).await.unwrap(),
             &[3u8; 10][..]
         );
+        // A new key, written at its final name, leaves nothing either.
+        let fresh = FragmentKey {
+            generation: 2,
+            ..key
+        };
+        let mut buf = store.put_buffer(10);
+        buf.as_mut().fill(5);
+        let err = store
+            .put(fresh, buf, crc32c::crc32c(&[5u8; 10]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 1);
+        let err = store.get(fresh, 0, 10, 0).await.err().unwrap();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
 
         crate::faults::set(
             &path,
@@ -271,6 +343,7 @@ fn ranged_get_reads_only_the_chunks_it_touches() {
         let io = Counting {
             disk: GlommioDisk::new(Faults::for_dir(&path)),
             read_bytes: read_bytes.clone(),
+            renames: Rc::default(),
         };
         let store = open_with(&path, io, u64::MAX);
         let data = pattern(1 << 20);
