@@ -1,10 +1,11 @@
-//! Group commit of a shard's directory fsync. Every put renames its temp
-//! file into place and may be acknowledged only once that rename is
-//! durable, which takes an fsync of the directory; one fsync makes durable
-//! every rename done before it started, so puts in flight on a shard share
-//! one instead of queueing one each behind the journal.
+//! Group commit of a shard's directory fsync. Every put creates its file
+//! (or renames a temp file over an old one) and may be acknowledged only
+//! once that name is durable, which takes an fsync of the directory; one
+//! fsync makes durable every create and rename done before it started, so
+//! puts in flight on a shard share one instead of queueing one each behind
+//! the journal.
 //!
-//! [`GroupSync::run`] is called after the caller's rename. If no sync is
+//! [`GroupSync::run`] is called after the caller's create or rename. If no sync is
 //! running, the caller leads one. Otherwise it waits: a sync already
 //! running may have started before its rename, so it cannot count. When
 //! the running sync ends, its leader hands the lead to the first waiter,
