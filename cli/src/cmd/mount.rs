@@ -20,8 +20,9 @@ pub struct MountArgs {
         default_value = super::DEFAULT_METAD_ADDRS
     )]
     pub metad: Vec<String>,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 2)]
+    /// FUSE worker threads (they answer cache hits and empty closes
+    /// themselves, and hand the rest to the client's tasks).
+    #[arg(long, default_value_t = 4)]
     pub threads: usize,
     #[command(flatten)]
     pub access: AccessArgs,

@@ -2,9 +2,10 @@
 //! client-core calls. Nothing here knows how data is stored; it maps
 //! inodes, attributes, handles and errors.
 //!
-//! fuser's worker threads only read requests and check their arguments:
-//! each request is then a task on the client's runtime, which replies when
-//! the core answers. A request waiting on metad or a storage node pins no
+//! fuser's worker threads read requests and check their arguments, and
+//! answer what the cache answers (lookups, getattrs, closes with nothing to
+//! do) at once; every other request is a task on the client's runtime,
+//! which replies when the core answers. A request waiting on metad or a storage node pins no
 //! thread, so a mount has as many requests in flight as the kernel sends
 //! (the kernel bounds them: one per blocked syscall, plus `max_background`
 //! for readahead and writeback).
@@ -56,8 +57,10 @@ use request::{errno, name_str, new_mode, owner, reply_empty, set_time};
 /// How the mount behaves; set at mount time.
 #[derive(Clone, Debug)]
 pub struct FuseOptions {
-    /// fuser worker threads (each with its own /dev/fuse fd). They only
-    /// read and dispatch requests, so few are needed.
+    /// fuser worker threads (each with its own /dev/fuse fd). They read
+    /// and dispatch requests, and answer cache hits and empty closes
+    /// themselves: 4 served 16 creating threads ~11% faster than 2 here
+    /// (2 vCPUs), with single-thread creates unchanged.
     pub threads: usize,
     /// How long the kernel may cache a name lookup.
     pub entry_ttl: Duration,
@@ -76,7 +79,7 @@ pub struct FuseOptions {
 impl Default for FuseOptions {
     fn default() -> Self {
         Self {
-            threads: 2,
+            threads: 4,
             entry_ttl: Duration::from_secs(1),
             attr_ttl: Duration::from_secs(1),
             allow_other: false,
