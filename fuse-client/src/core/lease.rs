@@ -99,7 +99,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 mod tests {
     use torchfs_proto::meta::{Garbage, Ino, ROOT_INO};
 
-    use crate::core::tests::{client, FakeMeta, FakeStore};
+    use crate::core::tests::{client, create_file, FakeMeta, FakeStore};
     use crate::core::{NewMode, Owner};
 
     /// Waits (up to 2 s) until metad saw a keep-alive that satisfies `ok`.
@@ -123,14 +123,7 @@ mod tests {
     async fn open_files_are_leased_and_handed_garbage_is_deleted_and_reported() {
         let (meta, store) = (FakeMeta::new(8), FakeStore::default());
         let c = client(&meta, &store, 8).await;
-        let mode = NewMode {
-            mode: 0o644,
-            umask: 0,
-        };
-        let attr = c
-            .create(ROOT_INO, "f", mode, Owner { uid: 0, gid: 0 }, true)
-            .await
-            .unwrap();
+        let attr = create_file(&c, "f").await;
         let fh = c.open(attr.ino, true, false).await.unwrap();
         let id = c.inner.lease_id;
         assert_ne!(id, 0);

@@ -461,6 +461,17 @@ pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Creates an empty file `name` (mode 0644, owned by root) in the root.
+pub(crate) async fn create_file(c: &TestClient, name: &str) -> Attr {
+    let mode = NewMode {
+        mode: 0o644,
+        umask: 0,
+    };
+    c.create(ROOT_INO, name, mode, Owner { uid: 0, gid: 0 }, true)
+        .await
+        .unwrap()
+}
+
 pub(crate) async fn read_all(c: &TestClient, fh: FileHandle) -> Vec<u8> {
     c.read(fh, 0, 1 << 20).await.unwrap().to_vec()
 }
@@ -891,14 +902,7 @@ async fn empty_writes_change_nothing_and_huge_offsets_are_efbig() {
 async fn closes_with_nothing_to_do_are_done_at_once_and_others_are_not() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
-    let mode = NewMode {
-        mode: 0o644,
-        umask: 0,
-    };
-    let attr = c
-        .create(ROOT_INO, "f", mode, Owner { uid: 0, gid: 0 }, true)
-        .await
-        .unwrap();
+    let attr = create_file(&c, "f").await;
     let fh = c.open(attr.ino, true, false).await.unwrap();
     c.write(fh, 0, b"hello").await.unwrap();
     // Unflushed data: only the async path may close it.

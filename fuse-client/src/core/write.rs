@@ -129,16 +129,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         fh: FileHandle,
         owner: u64,
     ) -> Option<Result<(), ClientError>> {
-        if is_control_fh(fh) {
-            return None;
-        }
-        let file = match self.inner.handles.get(fh) {
-            Ok((file, _)) => file,
-            Err(e) => return Some(Err(e)),
-        };
-        let st = file.state.try_lock().ok()?;
-        let clean = st.dirty.is_empty() && st.uploaded.is_empty();
-        (clean && self.unlock_owner_now(ino, owner)).then_some(Ok(()))
+        self.when_clean(fh, || self.unlock_owner_now(ino, owner).then_some(Ok(())))
     }
 
     /// [`Self::release`] (with the flock `owner`'s unlock, if any) when it
@@ -150,6 +141,21 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         fh: FileHandle,
         owner: Option<u64>,
     ) -> Option<Result<(), ClientError>> {
+        self.when_clean(fh, || {
+            if owner.is_some_and(|owner| !self.unlock_owner_now(ino, owner)) {
+                return None;
+            }
+            Some(self.inner.handles.close(fh))
+        })
+    }
+
+    /// `then()` while `fh` has nothing unflushed (and no flush holds its
+    /// state); `None` otherwise. An unknown handle is answered at once.
+    fn when_clean(
+        &self,
+        fh: FileHandle,
+        then: impl FnOnce() -> Option<Result<(), ClientError>>,
+    ) -> Option<Result<(), ClientError>> {
         if is_control_fh(fh) {
             return None;
         }
@@ -157,18 +163,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Ok((file, _)) => file,
             Err(e) => return Some(Err(e)),
         };
-        {
-            let st = file.state.try_lock().ok()?;
-            if !(st.dirty.is_empty() && st.uploaded.is_empty()) {
-                return None;
-            }
-            if let Some(owner) = owner {
-                if !self.unlock_owner_now(ino, owner) {
-                    return None;
-                }
-            }
+        let st = file.state.try_lock().ok()?;
+        if !(st.dirty.is_empty() && st.uploaded.is_empty()) {
+            return None;
         }
-        Some(self.inner.handles.close(fh))
+        then()
     }
 
     pub(super) async fn flush_file(&self, file: &Arc<OpenFile>) -> Result<(), ClientError> {
