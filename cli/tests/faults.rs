@@ -58,8 +58,9 @@ fn flipped_byte_in_a_fragment_is_detected_and_read_is_right() -> Result<()> {
     }
     let _serial = serial();
     let tc = TestCluster::start()?;
-    // One small file: data fragment 0 plus m parity fragments are stored.
-    let data = pattern(100_000, 77);
+    // One file of less than a stripe unit: data fragment 0 plus m parity
+    // fragments are stored, as files (past the fragment log's 256 KiB).
+    let data = pattern(300_000, 77);
     std::fs::write(tc.path("small.bin"), &data)?;
     let frags: Vec<PathBuf> = (0..6)
         .flat_map(|i| fragment_files(&tc.cluster.storage_dir(i)))

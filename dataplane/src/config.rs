@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use crate::store::log::LogConfig;
+
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
     pub node_id: u64,
@@ -24,6 +26,8 @@ pub struct StorageConfig {
     /// the process (root with CAP_IPC_LOCK is exempt). Set it lower when
     /// one unprivileged user runs several nodes on a host.
     pub io_memory_bytes: Option<usize>,
+    /// Which fragments go to each shard's fragment log, and its segment size.
+    pub log: LogConfig,
 }
 
 impl Default for StorageConfig {
@@ -39,6 +43,7 @@ impl Default for StorageConfig {
             heartbeat_ms: 1_000,
             capacity_bytes: None,
             io_memory_bytes: None,
+            log: LogConfig::default(),
         }
     }
 }

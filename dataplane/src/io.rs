@@ -54,7 +54,32 @@ pub trait DiskIo {
     async fn open_dir(&self, path: &Path) -> io::Result<Self::Dir>;
     /// Makes renames and removals in `dir` done before the call durable.
     async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()>;
+
+    /// Creates `path` (which must not exist) holding `len_bytes` of zeros
+    /// (block-aligned), durable, and returns it open for reading and
+    /// writing. Writes into the zeros are then overwrites: no block
+    /// allocation on the write path, so io_uring need not hand them to a
+    /// worker thread and an fdatasync has only the data to flush.
+    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<Self::File>;
+    /// Opens `path` for reading, writing and punching holes.
+    async fn open_rw(&self, path: &Path) -> io::Result<Self::File>;
+    /// Writes all of `buf` at `offset_bytes` (block-aligned) of a file
+    /// from [`Self::create_zeroed`] or [`Self::open_rw`]; durable only
+    /// after a [`Self::sync_data`] that starts after it ends.
+    async fn write_at(
+        &self,
+        file: &Self::File,
+        offset_bytes: u64,
+        buf: Self::WriteBuf,
+    ) -> io::Result<()>;
+    async fn sync_data(&self, file: &Self::File) -> io::Result<()>;
+    /// Frees bytes `offset_bytes..offset_bytes + len_bytes` (block-aligned)
+    /// of a file open for writing: they read as zeros from then on.
+    async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()>;
 }
+
+/// Zeros written per write while a file is zero-filled (bytes).
+const ZERO_WRITE_BYTES: usize = 1 << 20;
 
 /// Keeps the OS error number (ENOSPC must stay recognisable): glommio's
 /// own conversion to `io::Error` flattens it into a message.
@@ -63,6 +88,20 @@ fn os_error(e: GlommioError<()>) -> io::Error {
         GlommioError::IoError(e) => e,
         GlommioError::EnhancedIoError { source, .. } => source,
         other => io::Error::other(other.to_string()),
+    }
+}
+
+/// A disk operation that failed: what it was doing, and the OS error.
+#[derive(Debug)]
+pub struct DiskError {
+    pub op: &'static str,
+    pub source: io::Error,
+}
+
+impl DiskError {
+    /// Wraps an `io::Error` of `op` (for `map_err`).
+    pub fn of(op: &'static str) -> impl Fn(io::Error) -> Self {
+        move |source| Self { op, source }
     }
 }
 
@@ -113,7 +152,6 @@ impl DiskIo for GlommioDisk {
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaFile> {
-        self.faults.on_read()?;
         DmaFile::open(path).await.map_err(os_error)
     }
 
@@ -123,6 +161,7 @@ impl DiskIo for GlommioDisk {
         offset_bytes: u64,
         len_bytes: usize,
     ) -> io::Result<ReadResult> {
+        self.faults.on_read()?;
         let data = file
             .read_at_aligned(offset_bytes, len_bytes)
             .await
@@ -159,5 +198,74 @@ impl DiskIo for GlommioDisk {
 
     async fn sync_dir(&self, dir: &Directory) -> io::Result<()> {
         dir.sync().await.map_err(os_error)
+    }
+
+    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<DmaFile> {
+        // Write-only while empty: glommio probes whether the device can be
+        // polled with a read of the first file it opens there, and an
+        // empty file open for reading answers that read with success,
+        // which would turn on the poll ring for a device without one (every
+        // later I/O then fails with EOPNOTSUPP).
+        let file = glommio::io::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .dma_open(path)
+            .await
+            .map_err(os_error)?;
+        let zeroed = async {
+            let mut zeros = glommio::allocate_dma_buffer(ZERO_WRITE_BYTES);
+            zeros.as_bytes_mut().fill(0);
+            let zeros = std::rc::Rc::new(zeros);
+            let mut offset = 0u64;
+            while offset < len_bytes {
+                let n = ZERO_WRITE_BYTES.min((len_bytes - offset) as usize);
+                let written = if n == ZERO_WRITE_BYTES {
+                    file.write_rc_at(zeros.clone(), offset).await
+                } else {
+                    let mut tail = glommio::allocate_dma_buffer(n);
+                    tail.as_bytes_mut().fill(0);
+                    file.write_at(tail, offset).await
+                }
+                .map_err(os_error)?;
+                if written != n {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                offset += n as u64;
+            }
+            file.fdatasync().await.map_err(os_error)
+        }
+        .await;
+        let closed = file.close().await.map_err(os_error);
+        zeroed.and(closed)?;
+        self.open_rw(path).await
+    }
+
+    async fn open_rw(&self, path: &Path) -> io::Result<DmaFile> {
+        glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(os_error)
+    }
+
+    async fn write_at(&self, file: &DmaFile, offset_bytes: u64, buf: DmaBuffer) -> io::Result<()> {
+        self.faults.on_write()?;
+        let len_bytes = buf.len();
+        let n = file.write_at(buf, offset_bytes).await.map_err(os_error)?;
+        if n != len_bytes {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    async fn sync_data(&self, file: &DmaFile) -> io::Result<()> {
+        file.fdatasync().await.map_err(os_error)
+    }
+
+    async fn punch(&self, file: &DmaFile, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        file.deallocate(offset_bytes, len_bytes)
+            .await
+            .map_err(os_error)
     }
 }

@@ -30,8 +30,9 @@ pub mod store;
 pub use config::StorageConfig;
 pub use control::METAD_STARTUP_TIMEOUT_MS;
 
-use store::dma::{self, NodeUsage, ScanResult};
+use store::dma::{self, NodeUsage, Place, ScanResult};
 use store::format;
+use store::log;
 
 /// Why a storage node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,8 @@ pub enum DataplaneError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("bad fragment log setting: {0}")]
+    LogConfig(String),
     #[error("scanning shard directory {dir}: {source}")]
     Scan {
         dir: PathBuf,
@@ -264,32 +267,51 @@ fn scan_shards(data_dir: &Path, shards: usize) -> Result<Vec<ScanResult>, Datapl
     }
     let mut moves = Vec::new();
     for (i, r) in results.iter().enumerate() {
-        for (key, size) in &r.fragments {
+        for (key, place) in &r.fragments {
             if key.shard(shards) != i {
-                moves.push((shard_dir(i), *key, *size));
+                moves.push((Some(i), shard_dir(i), *key, *place));
             }
         }
     }
     for (dir, r) in &extra {
-        moves.extend(r.fragments.iter().map(|(k, s)| (dir.clone(), *k, *s)));
+        moves.extend(r.fragments.iter().map(|(k, p)| (None, dir.clone(), *k, *p)));
     }
-    for (from_dir, key, size) in moves {
+    for (from_shard, from_dir, key, place) in moves {
         let to = key.shard(shards);
-        let from = from_dir.join(format::file_name(&key));
-        std::fs::rename(&from, shard_dir(to).join(format::file_name(&key)))
-            .map_err(scan_err(from))?;
-        if let Some(i) = from_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("shard-"))
-        {
-            if let Ok(i) = i.parse::<usize>() {
-                if i < shards {
-                    results[i].fragments.remove(&key);
-                }
+        let to_path = shard_dir(to).join(format::file_name(&key));
+        match place {
+            Place::File { .. } => {
+                let from = from_dir.join(format::file_name(&key));
+                std::fs::rename(&from, &to_path).map_err(scan_err(from))?;
+            }
+            // A record moves out to a fragment file of the shard it
+            // belongs to (a change of shard count is rare; files need no
+            // log of their own to move).
+            Place::Log { seq, offset, bytes } => {
+                let segments = match from_shard {
+                    Some(i) => &mut results[i].segments,
+                    None => {
+                        &mut extra
+                            .iter_mut()
+                            .find(|(d, _)| *d == from_dir)
+                            .expect("moves come from scanned directories")
+                            .1
+                            .segments
+                    }
+                };
+                log::move_record_to_file(segments, seq, offset, bytes, &to_path)
+                    .map_err(scan_err(to_path.clone()))?;
             }
         }
-        results[to].fragments.insert(key, size);
+        if let Some(i) = from_shard {
+            results[i].fragments.remove(&key);
+        }
+        results[to].fragments.insert(
+            key,
+            Place::File {
+                bytes: place.bytes(),
+            },
+        );
     }
     Ok(results)
 }
@@ -326,6 +348,7 @@ fn io_memory_bytes(shards: usize) -> usize {
 /// Starts the node; returns once every shard is listening and the node is
 /// registered with metad (when `config.metad` names any).
 pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
+    config.log.validate().map_err(DataplaneError::LogConfig)?;
     let shards = config.shard_count();
     check_writable(&config.data_dir)?;
     claim_node_id(&config.data_dir, config.node_id)?;
@@ -337,7 +360,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         })?,
     };
     let scans = scan_shards(&config.data_dir, shards)?;
-    let used: u64 = scans.iter().flat_map(|s| s.fragments.values()).sum();
+    let used: u64 = scans.iter().map(ScanResult::used_bytes).sum();
     let removed: usize = scans.iter().map(|s| s.temp_files_removed).sum();
     if removed > 0 {
         tracing::info!("removed {removed} temp files left by an interrupted put");
@@ -403,6 +426,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
             listener,
             dir: config.data_dir.join(format!("shard-{index}")),
             scanned,
+            log: config.log,
             usage: usage.clone(),
             faults: faults.clone(),
             stop,

@@ -21,6 +21,7 @@ use torchfs_rdma::frame::{self, FrameIoError};
 use crate::faults::Faults;
 use crate::io::GlommioDisk;
 use crate::store::dma::{DmaStore, NodeUsage, ScanResult};
+use crate::store::log::LogConfig;
 use crate::store::{format, FragmentStore};
 
 /// Bytes of fragment buffers one shard holds at once (KiB units in the
@@ -37,6 +38,7 @@ pub(crate) struct ShardSetup {
     pub listener: std::net::TcpListener,
     pub dir: PathBuf,
     pub scanned: ScanResult,
+    pub log: LogConfig,
     pub usage: Arc<NodeUsage>,
     pub faults: Faults,
     pub stop: oneshot::Receiver<()>,
@@ -88,6 +90,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
         GlommioDisk::new(setup.faults),
         setup.scanned,
         setup.usage,
+        setup.log,
     );
     let shard = Rc::new(Shard::new(setup.index, setup.shards, store));
     let mut stop = setup.stop;

@@ -198,3 +198,44 @@ async fn ranged_gets() {
         );
     }
 }
+
+/// One put at a time of 100 KB fragments to a one-shard node, as fragment
+/// files and as log records: what a single writer's close waits for.
+#[ignore]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_latency_files_and_log() {
+    use torchfs_dataplane::store::log::LogConfig;
+    const PUTS: u64 = 400;
+    for (name, log) in [
+        ("files", LogConfig::off()),
+        ("log", LogConfig::default()),
+        ("files", LogConfig::off()),
+        ("log", LogConfig::default()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(StorageConfig {
+            shards: 1,
+            log,
+            ..config(dir.path(), 1)
+        })
+        .unwrap();
+        let t = transport();
+        let d = data(100_000, 4);
+        let addr = node.shard_addrs()[0];
+        let mut latencies = Vec::new();
+        for i in 0..PUTS {
+            let k = key(1, i, 0);
+            let begun = Instant::now();
+            t.put(addr, k, &d).await.unwrap();
+            latencies.push(begun.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "{name}: {PUTS} puts of 100 KB one at a time: p50 {} us, p90 {} us, p99 {} us",
+            percentile_us(&latencies, 0.5),
+            percentile_us(&latencies, 0.9),
+            percentile_us(&latencies, 0.99),
+        );
+        node.stop();
+    }
+}

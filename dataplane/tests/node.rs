@@ -3,18 +3,25 @@
 
 use std::path::Path;
 
+use torchfs_dataplane::store::log::LogConfig;
 use torchfs_dataplane::{start, DataplaneError, StorageConfig, StorageNode};
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
 
 const SHARDS: usize = 2;
 
+/// Fragments of up to 100,000 bytes go to the log: the tests below store
+/// both records and files.
 fn config(dir: &Path, node_id: u64) -> StorageConfig {
     StorageConfig {
         node_id,
         data_dir: dir.to_path_buf(),
         shards: SHARDS,
         capacity_bytes: Some(1 << 30),
+        log: LogConfig {
+            fragment_bytes_max: 100_000,
+            ..LogConfig::default()
+        },
         ..StorageConfig::default()
     }
 }
@@ -178,10 +185,11 @@ async fn put_get_delete_corrupt_restart() {
         "{err}"
     );
 
-    // Restart on the same directory: everything still served.
+    // Restart on the same directory: everything still served, records
+    // (fragments 1 and 2) and files alike.
     let node = start(config(dir.path(), 7)).unwrap();
     assert_eq!(node.used_bytes(), used);
-    for (k, d) in &fragments[4..] {
+    for (k, d) in fragments[1..3].iter().chain(&fragments[4..]) {
         let mut whole = vec![0u8; d.len()];
         t.get(addr_of(&node, k), *k, 0, crc32c::crc32c(d), &mut whole)
             .await
@@ -189,6 +197,59 @@ async fn put_get_delete_corrupt_restart() {
         assert_eq!(&whole, d);
     }
     node.stop();
+}
+
+#[tokio::test]
+async fn a_new_shard_count_moves_records_and_files_to_their_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path(), 3)).unwrap();
+    let t = transport();
+    let fragments: Vec<(FragmentKey, Vec<u8>)> = (0..12u8)
+        .map(|i| (key(100 + i as u64, i % 6), data(1 + i as usize * 20_000, i)))
+        .collect();
+    for (k, d) in &fragments {
+        t.put(addr_of(&node, k), *k, d).await.unwrap();
+    }
+    let used = node.used_bytes();
+    node.stop();
+
+    let shards = 3;
+    let node = start(StorageConfig {
+        shards,
+        ..config(dir.path(), 3)
+    })
+    .unwrap();
+    assert_eq!(node.used_bytes(), used);
+    for (k, d) in &fragments {
+        let mut whole = vec![0u8; d.len()];
+        t.get(
+            node.shard_addrs()[k.shard(shards)],
+            *k,
+            0,
+            crc32c::crc32c(d),
+            &mut whole,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{k} ({} bytes): {e}", d.len()));
+        assert_eq!(&whole, d);
+    }
+    node.stop();
+}
+
+#[tokio::test]
+async fn bad_log_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = start(StorageConfig {
+        log: LogConfig {
+            fragment_bytes_max: 1 << 20,
+            segment_bytes: 1 << 20,
+        },
+        ..config(dir.path(), 1)
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, DataplaneError::LogConfig(_)), "{err}");
+    assert!(err.to_string().contains("log segments"), "{err}");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use torchfs_dataplane::store::log::LogConfig;
 use torchfs_dataplane::StorageConfig;
 
 #[derive(Args)]
@@ -45,6 +46,14 @@ pub struct StorageArgs {
     /// RLIMIT_MEMLOCK; io_uring charges it to the user, root is exempt).
     #[arg(long)]
     pub io_memory_bytes: Option<usize>,
+    /// Fragments of at most this many bytes are appended to the shard's
+    /// fragment log (one write and a shared fdatasync per put) instead of
+    /// each getting a file; 0 turns the log off.
+    #[arg(long, default_value_t = LogConfig::default().fragment_bytes_max)]
+    pub log_fragment_bytes_max: u32,
+    /// Size of each fragment log segment file (zero-filled ahead of need).
+    #[arg(long, default_value_t = LogConfig::default().segment_bytes)]
+    pub log_segment_bytes: u64,
     /// TOML file with defaults for these flags (table [storage]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -59,6 +68,12 @@ impl StorageArgs {
         if shards == 0 || shards > 256 {
             anyhow::bail!("--shards {shards}: must be between 1 and 256");
         }
+        let log = LogConfig {
+            fragment_bytes_max: self.log_fragment_bytes_max,
+            segment_bytes: self.log_segment_bytes,
+        };
+        log.validate()
+            .map_err(|e| anyhow::anyhow!("--log-fragment-bytes-max / --log-segment-bytes: {e}"))?;
         Ok(StorageConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -73,6 +88,7 @@ impl StorageArgs {
             heartbeat_ms: self.heartbeat_ms,
             capacity_bytes: self.capacity_bytes,
             io_memory_bytes: self.io_memory_bytes,
+            log,
         })
     }
 }

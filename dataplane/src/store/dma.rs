@@ -1,6 +1,8 @@
-//! [`DmaStore`]: fragments as files on local disk, one directory per shard,
-//! `<dir>/<key>.frag` in the format of [`super::format`], read and written
-//! with O_DIRECT through a [`DiskIo`].
+//! [`DmaStore`]: fragments on local disk, one directory per shard, read
+//! and written with O_DIRECT through a [`DiskIo`]. Small fragments (up to
+//! `LogConfig::fragment_bytes_max`) are records of the shard's fragment
+//! log ([`super::log`]); larger ones are files `<dir>/<key>.frag`, in the
+//! format of [`super::format`], as described below.
 //!
 //! **Put.** The data is checked against the sender's CRC32C (computed from
 //! the chunk CRCs, one pass) and written with one O_DIRECT write and an
@@ -44,6 +46,7 @@ use torchfs_proto::fragment::FragmentKey;
 
 use super::format::{self, Checksums, FragmentHeader, HeaderError, HEADER_BLOCK_BYTES};
 use super::group_sync::GroupSync;
+use super::log::{self, FragmentLog, LogConfig, ScannedSegment};
 use super::{crc, FragmentStore, Slice, StoreError};
 use crate::io::{align_up, is_no_space, DiskIo, BLOCK_BYTES};
 
@@ -55,13 +58,40 @@ pub struct NodeUsage {
     pub capacity_bytes: u64,
 }
 
+/// Where a stored fragment is, and the bytes it takes there (header
+/// block and padding included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The file `<key>.frag`.
+    File { bytes: u64 },
+    /// A record at `offset` of log segment `seq`.
+    Log { seq: u64, offset: u64, bytes: u64 },
+}
+
+impl Place {
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Place::File { bytes } | Place::Log { bytes, .. } => *bytes,
+        }
+    }
+}
+
 /// What [`scan`] found in a shard directory.
 #[derive(Debug, Default)]
 pub struct ScanResult {
-    /// Stored fragments and their file sizes (bytes).
-    pub fragments: BTreeMap<FragmentKey, u64>,
+    /// Stored fragments.
+    pub fragments: BTreeMap<FragmentKey, Place>,
+    /// Log segments holding records.
+    pub segments: Vec<ScannedSegment>,
     /// Leftover temp files removed.
     pub temp_files_removed: usize,
+}
+
+impl ScanResult {
+    /// Bytes the fragments take.
+    pub fn used_bytes(&self) -> u64 {
+        self.fragments.values().map(Place::bytes).sum()
+    }
 }
 
 const TEMP_MARK: &str = ".frag.tmp";
@@ -69,8 +99,9 @@ const TEMP_MARK: &str = ".frag.tmp";
 /// block-aligned u32, so aligned lengths never overflow.
 const ROOM_BYTES_MAX: u32 = u32::MAX / BLOCK_BYTES as u32 * BLOCK_BYTES as u32;
 
-/// Lists a shard directory (creating it if needed) and removes leftover
-/// temp files. Runs at start, before the executor serves.
+/// Lists a shard directory (creating it if needed), removes leftover
+/// temp files and walks the log ([`log::scan`]). Runs at start, before
+/// the executor serves.
 pub fn scan(dir: &Path) -> io::Result<ScanResult> {
     std::fs::create_dir_all(dir)?;
     let mut result = ScanResult::default();
@@ -82,9 +113,11 @@ pub fn scan(dir: &Path) -> io::Result<ScanResult> {
             std::fs::remove_file(entry.path())?;
             result.temp_files_removed += 1;
         } else if let Some(key) = format::parse_file_name(name) {
-            result.fragments.insert(key, entry.metadata()?.len());
+            let bytes = entry.metadata()?.len();
+            result.fragments.insert(key, Place::File { bytes });
         }
     }
+    result.segments = log::scan(dir, &mut result.fragments)?;
     Ok(result)
 }
 
@@ -103,9 +136,10 @@ impl<W: AsMut<[u8]>> AsMut<[u8]> for BlockBuf<W> {
 
 pub struct DmaStore<I: DiskIo> {
     dir: PathBuf,
-    io: I,
-    /// Stored fragments and their file sizes; this shard's alone.
-    index: RefCell<BTreeMap<FragmentKey, u64>>,
+    io: Rc<I>,
+    /// Stored fragments; this shard's alone.
+    index: RefCell<BTreeMap<FragmentKey, Place>>,
+    log: Rc<FragmentLog<I>>,
     used_bytes: Cell<u64>,
     node: Arc<NodeUsage>,
     /// Makes temp names unique, so concurrent puts of one key do not collide.
@@ -115,19 +149,6 @@ pub struct DmaStore<I: DiskIo> {
     /// The shard directory, opened on the first put and kept open.
     dir_handle: RefCell<Option<Rc<I::Dir>>>,
     dir_sync: GroupSync,
-}
-
-/// Marks a key as being written at its final name until dropped (also
-/// when the put is cancelled).
-struct Writing<'a> {
-    keys: &'a RefCell<HashSet<FragmentKey>>,
-    key: FragmentKey,
-}
-
-impl Drop for Writing<'_> {
-    fn drop(&mut self) {
-        self.keys.borrow_mut().remove(&self.key);
-    }
 }
 
 /// Data bytes `start..end` of a fragment, held in `buf` from index `at`.
@@ -152,14 +173,29 @@ impl<B: std::ops::Deref<Target = [u8]>> Extent<B> {
     }
 }
 
-impl<I: DiskIo> DmaStore<I> {
+impl<I: DiskIo + 'static> DmaStore<I> {
     /// A store over `dir` holding what [`scan`] found there. The scanned
-    /// bytes must already be counted in `node`.
-    pub fn new(dir: PathBuf, io: I, scanned: ScanResult, node: Arc<NodeUsage>) -> Self {
-        let used: u64 = scanned.fragments.values().sum();
+    /// bytes must already be counted in `node`. `log` must be valid
+    /// ([`LogConfig::validate`]).
+    pub fn new(
+        dir: PathBuf,
+        io: I,
+        scanned: ScanResult,
+        node: Arc<NodeUsage>,
+        log: LogConfig,
+    ) -> Self {
+        let used = scanned.used_bytes();
+        let io = Rc::new(io);
+        let log = Rc::new(FragmentLog::new(
+            dir.clone(),
+            io.clone(),
+            log,
+            scanned.segments,
+        ));
         Self {
             dir,
             io,
+            log,
             index: RefCell::new(scanned.fragments),
             used_bytes: Cell::new(used),
             node,
@@ -175,8 +211,21 @@ impl<I: DiskIo> DmaStore<I> {
         (self.dir_sync.syncs(), self.dir_sync.callers())
     }
 
+    /// The shard's fragment log (figures for tests and tuning).
+    pub fn log(&self) -> &FragmentLog<I> {
+        &self.log
+    }
+
     pub fn path_of(&self, key: &FragmentKey) -> PathBuf {
         self.dir.join(format::file_name(key))
+    }
+
+    /// The file holding `key` and the offset of its header block there.
+    pub fn stored_at(&self, key: &FragmentKey) -> Option<(PathBuf, u64)> {
+        match self.index.borrow().get(key)? {
+            Place::File { .. } => Some((self.path_of(key), 0)),
+            Place::Log { seq, offset, .. } => Some((self.log.segment_path(*seq)?, *offset)),
+        }
     }
 
     fn account(&self, old_bytes: u64, new_bytes: u64) {
@@ -186,24 +235,13 @@ impl<I: DiskIo> DmaStore<I> {
         self.node.used_bytes.fetch_sub(old_bytes, Ordering::Relaxed);
     }
 
-    async fn sync_dir(&self) -> io::Result<()> {
-        let open = self.dir_handle.borrow().clone();
-        let dir = match open {
-            Some(dir) => dir,
-            None => {
-                let dir = Rc::new(self.io.open_dir(&self.dir).await?);
-                *self.dir_handle.borrow_mut() = Some(dir.clone());
-                dir
-            }
-        };
-        self.io.sync_dir(&dir).await
-    }
-
-    /// Reads data bytes `range` (block-aligned start) of an open fragment.
+    /// Reads data bytes `range` (block-aligned start) of the fragment
+    /// whose header block is at `base` of `file`.
     async fn read_extent(
         &self,
         key: FragmentKey,
         file: &I::File,
+        base: u64,
         range: Range<u32>,
     ) -> Result<Extent<I::ReadBuf>, StoreError> {
         let len_bytes = align_up((range.end - range.start) as usize);
@@ -211,7 +249,7 @@ impl<I: DiskIo> DmaStore<I> {
             .io
             .read_at(
                 file,
-                (HEADER_BLOCK_BYTES as u64) + u64::from(range.start),
+                base + (HEADER_BLOCK_BYTES as u64) + u64::from(range.start),
                 len_bytes,
             )
             .await
@@ -232,6 +270,7 @@ impl<I: DiskIo> DmaStore<I> {
         &self,
         key: FragmentKey,
         file: &I::File,
+        base: u64,
         room_bytes: u32,
         offset: u32,
         length: u32,
@@ -249,7 +288,7 @@ impl<I: DiskIo> DmaStore<I> {
             let data_bytes = align_up(guess.end as usize);
             let buf = self
                 .io
-                .read_at(file, 0, HEADER_BLOCK_BYTES + data_bytes)
+                .read_at(file, base, HEADER_BLOCK_BYTES + data_bytes)
                 .await
                 .map_err(read_error(key))?;
             let header = FragmentHeader::decode(&buf).map_err(corrupt)?;
@@ -262,20 +301,22 @@ impl<I: DiskIo> DmaStore<I> {
             return Ok((header, extent));
         }
         let (block, extent) = futures::join!(
-            self.io.read_at(file, 0, HEADER_BLOCK_BYTES),
-            self.read_extent(key, file, guess)
+            self.io.read_at(file, base, HEADER_BLOCK_BYTES),
+            self.read_extent(key, file, base, guess)
         );
         let block = block.map_err(read_error(key))?;
         let header = FragmentHeader::decode(&block).map_err(corrupt)?;
         Ok((header, extent?))
     }
 
-    /// The checked bytes `offset..offset + length` of an open fragment
-    /// whose file is `file_bytes` long (see the module docs).
+    /// The checked bytes `offset..offset + length` of the fragment at
+    /// `base` of `file`, `file_bytes` long there (see the module docs).
+    #[allow(clippy::too_many_arguments)]
     async fn read_checked(
         &self,
         key: FragmentKey,
         file: &I::File,
+        base: u64,
         file_bytes: u64,
         offset: u32,
         length: u32,
@@ -288,7 +329,7 @@ impl<I: DiskIo> DmaStore<I> {
             .saturating_sub(HEADER_BLOCK_BYTES as u64)
             .min(u64::from(ROOM_BYTES_MAX)) as u32;
         let (header, mut extent) = self
-            .read_header_and_guess(key, file, room_bytes, offset, length)
+            .read_header_and_guess(key, file, base, room_bytes, offset, length)
             .await?;
         let corrupt = |source| StoreError::CorruptHeader { key, source };
         if header.key != key {
@@ -321,7 +362,7 @@ impl<I: DiskIo> DmaStore<I> {
             Checksums::Chunks { .. } => 0..0,
         };
         if !extent.covers(&need) {
-            extent = self.read_extent(key, file, need.clone()).await?;
+            extent = self.read_extent(key, file, base, need.clone()).await?;
         }
         match &header.checksums {
             Checksums::Whole => {
@@ -420,7 +461,7 @@ fn read_error(key: FragmentKey) -> impl Fn(io::Error) -> StoreError {
     }
 }
 
-impl<I: DiskIo> FragmentStore for DmaStore<I> {
+impl<I: DiskIo + 'static> FragmentStore for DmaStore<I> {
     type PutBuf = BlockBuf<I::WriteBuf>;
     type GetBuf = Slice<I::ReadBuf>;
 
@@ -448,83 +489,37 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
             });
         }
         let needed_bytes = format::file_bytes(length_bytes);
-        let old_bytes = self.index.borrow().get(&key).copied().unwrap_or(0);
+        let old_bytes = self.index.borrow().get(&key).map_or(0, Place::bytes);
         let used_bytes = self.node.used_bytes.load(Ordering::Relaxed);
         let capacity_bytes = self.node.capacity_bytes;
-        if (used_bytes + needed_bytes).saturating_sub(old_bytes) > capacity_bytes {
-            return Err(StoreError::NoSpace {
-                key,
-                needed_bytes,
-                used_bytes,
-                capacity_bytes,
-            });
-        }
-
-        let image = data.image.as_mut();
-        header.encode(image);
-        // Padding goes to disk too: zero it rather than leak old memory.
-        image[HEADER_BLOCK_BYTES + data.length_bytes..].fill(0);
-
-        // A new key is written at its final name: there is nothing there to
-        // keep whole until the new file is (a put that was never
-        // acknowledged may leave a torn file, which the CRCs catch on read),
-        // and it saves a rename per put. A key being replaced, or one
-        // another put is writing right now, goes through a temp file.
-        let final_path = self.path_of(&key);
-        let direct = old_bytes == 0 && self.writing.borrow_mut().insert(key);
-        let _writing = direct.then(|| Writing {
-            keys: &self.writing,
+        let no_space = StoreError::NoSpace {
             key,
-        });
-        let target = if direct {
-            final_path.clone()
-        } else {
-            let seq = self.temp_seq.get();
-            self.temp_seq.set(seq + 1);
-            self.dir.join(format!("{key}{TEMP_MARK}.{seq}"))
+            needed_bytes,
+            used_bytes,
+            capacity_bytes,
         };
-        if let Err(source) = self.io.write_new(&target, data.image).await {
-            let _ = self.io.remove(&target).await;
-            if is_no_space(&source) {
-                return Err(StoreError::NoSpace {
-                    key,
-                    needed_bytes,
-                    used_bytes,
-                    capacity_bytes,
-                });
-            }
-            return Err(StoreError::Io {
-                key,
-                op: "write",
-                source,
-            });
+        if (used_bytes + needed_bytes).saturating_sub(old_bytes) > capacity_bytes {
+            return Err(no_space);
         }
-        if !direct {
-            if let Err(source) = self.io.rename(&target, &final_path).await {
-                let _ = self.io.remove(&target).await;
-                return Err(StoreError::Io {
+        // Padding goes to disk too: zero it rather than leak old memory.
+        let image = data.image.as_mut();
+        image[HEADER_BLOCK_BYTES + data.length_bytes..].fill(0);
+        let stored = if self.log.config().takes(length_bytes) {
+            self.put_logged(key, &header, data.image).await
+        } else {
+            self.put_file(key, &header, data.image).await
+        };
+        stored.map_err(|e| {
+            if is_no_space(&e.source) {
+                no_space
+            } else {
+                StoreError::Io {
                     key,
-                    op: "rename",
-                    source,
-                });
+                    op: e.op,
+                    source: e.source,
+                }
             }
-        }
-        // Bookkeeping first: the new file is in place whatever the
-        // directory sync says.
-        let old_bytes = self
-            .index
-            .borrow_mut()
-            .insert(key, needed_bytes)
-            .unwrap_or(0);
-        self.account(old_bytes, needed_bytes);
-        self.dir_sync
-            .run(|| self.sync_dir())
-            .await
-            .map_err(|source| StoreError::Io {
-                key,
-                op: "sync directory",
-                source,
-            })
+        })
     }
 
     async fn get(
@@ -534,34 +529,46 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
         length: u32,
         expected_crc32c: u32,
     ) -> Result<Self::GetBuf, StoreError> {
-        let Some(file_bytes) = self.index.borrow().get(&key).copied() else {
+        let Some(place) = self.index.borrow().get(&key).copied() else {
             return Err(StoreError::NotFound { key });
         };
-        let file = self
-            .io
-            .open(&self.path_of(&key))
-            .await
-            .map_err(read_error(key))?;
-        let result = self
-            .read_checked(key, &file, file_bytes, offset, length, expected_crc32c)
-            .await;
-        self.io.close(file).await;
-        result
+        match place {
+            Place::File { bytes } => {
+                let file = self
+                    .io
+                    .open(&self.path_of(&key))
+                    .await
+                    .map_err(read_error(key))?;
+                let result = self
+                    .read_checked(key, &file, 0, bytes, offset, length, expected_crc32c)
+                    .await;
+                self.io.close(file).await;
+                result
+            }
+            Place::Log {
+                seq,
+                offset: base,
+                bytes,
+            } => {
+                let file = self.log.file(seq).await.map_err(read_error(key))?;
+                self.read_checked(key, &file, base, bytes, offset, length, expected_crc32c)
+                    .await
+            }
+        }
     }
 
     async fn delete(&self, key: FragmentKey) -> Result<(), StoreError> {
-        let Some(old_bytes) = self.index.borrow_mut().remove(&key) else {
+        let Some(old) = self.index.borrow_mut().remove(&key) else {
             return Err(StoreError::NotFound { key });
         };
-        self.account(old_bytes, 0);
-        match self.io.remove(&self.path_of(&key)).await {
-            Err(source) if source.kind() != io::ErrorKind::NotFound => Err(StoreError::Io {
+        self.account(old.bytes(), 0);
+        self.drop_old(key, old, false)
+            .await
+            .map_err(|e| StoreError::Io {
                 key,
-                op: "remove",
-                source,
-            }),
-            _ => Ok(()),
-        }
+                op: e.op,
+                source: e.source,
+            })
     }
 
     fn list(&self) -> Vec<FragmentKey> {
@@ -573,5 +580,10 @@ impl<I: DiskIo> FragmentStore for DmaStore<I> {
     }
 }
 
+mod write;
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod log_tests;

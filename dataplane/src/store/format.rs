@@ -20,6 +20,13 @@
 //! read at 2x (3 chunks when unaligned) while keeping the table to 16
 //! entries for the default 1 MiB fragment.
 //!
+//! A record of a shard's fragment log (`super::log`) is the same image,
+//! with bytes `4072..4096` of the header block saying where it sits: the
+//! segment's nonce, its sequence number and the record's offset (the
+//! [`Stamp`]), covered by the header CRC; they are zero in a fragment file.
+//! The chunk table of a record never reaches them (records are far smaller
+//! than the [`STAMP_CHUNKS_MAX`] chunks that would).
+//!
 //! Version 1 (before chunks) is the same block with bytes `56..60` zero,
 //! the header CRC over bytes `0..60` only and no table; such fragments are
 //! still served, by reading and checking them whole.
@@ -40,6 +47,32 @@ pub const CHUNK_BYTES_MIN: u32 = 64 << 10;
 const CHUNK_TABLE_AT: usize = 64;
 /// Chunk CRCs that fit the header block after the fixed fields.
 pub const CHUNKS_MAX: usize = (HEADER_BLOCK_BYTES - CHUNK_TABLE_AT) / 4;
+/// Where a log record's [`Stamp`] sits in its header block.
+pub const STAMP_AT: usize = HEADER_BLOCK_BYTES - 24;
+/// Chunk CRCs that fit before the stamp.
+pub const STAMP_CHUNKS_MAX: usize = (STAMP_AT - CHUNK_TABLE_AT) / 4;
+
+/// Where a log record sits: its segment (a random nonce, so that a copy of
+/// another segment's record found inside data is not taken for one, and
+/// the sequence number) and its offset in the segment file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub nonce: u64,
+    pub seq: u64,
+    pub offset: u64,
+}
+
+impl Stamp {
+    /// The stamp in a header block (zero for a fragment file). Only
+    /// meaningful once [`FragmentHeader::decode`] accepted the block.
+    pub fn read(block: &[u8]) -> Self {
+        Self {
+            nonce: u64_at(block, STAMP_AT),
+            seq: u64_at(block, STAMP_AT + 8),
+            offset: u64_at(block, STAMP_AT + 16),
+        }
+    }
+}
 
 /// Why a header block cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,11 +183,26 @@ impl FragmentHeader {
     /// Writes the version-2 header block into `block` (at least
     /// HEADER_BLOCK_BYTES). The header must come from [`Self::for_data`].
     pub fn encode(&self, block: &mut [u8]) {
+        self.encode_stamped(block, Stamp::default());
+    }
+
+    /// [`Self::encode`] for a log record at `stamp`. The header must have
+    /// at most [`STAMP_CHUNKS_MAX`] chunks.
+    pub fn encode_stamped(&self, block: &mut [u8], stamp: Stamp) {
         let block = &mut block[..HEADER_BLOCK_BYTES];
         block.fill(0);
         block[0..8].copy_from_slice(&MAGIC);
         block[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         self.encode_fields(block);
+        if stamp != Stamp::default() {
+            debug_assert!(match &self.checksums {
+                Checksums::Chunks { crc32cs, .. } => crc32cs.len() <= STAMP_CHUNKS_MAX,
+                Checksums::Whole => true,
+            });
+            block[STAMP_AT..STAMP_AT + 8].copy_from_slice(&stamp.nonce.to_le_bytes());
+            block[STAMP_AT + 8..STAMP_AT + 16].copy_from_slice(&stamp.seq.to_le_bytes());
+            block[STAMP_AT + 16..STAMP_AT + 24].copy_from_slice(&stamp.offset.to_le_bytes());
+        }
         if let Checksums::Chunks {
             chunk_bytes,
             crc32cs,
@@ -355,6 +403,28 @@ mod tests {
             h.encode(&mut block);
             assert_eq!(FragmentHeader::decode(&block).unwrap(), h, "{len}");
         }
+    }
+
+    #[test]
+    fn a_stamp_rides_in_the_header_and_its_crc() {
+        let d = data(200_000);
+        let h = FragmentHeader::for_data(key(), &d);
+        let stamp = Stamp {
+            nonce: 0x1234_5678_9abc_def0,
+            seq: 7,
+            offset: 3 << 20,
+        };
+        let mut block = vec![0u8; HEADER_BLOCK_BYTES];
+        h.encode_stamped(&mut block, stamp);
+        assert_eq!(FragmentHeader::decode(&block).unwrap(), h);
+        assert_eq!(Stamp::read(&block), stamp);
+        block[STAMP_AT + 16] ^= 1;
+        assert!(matches!(
+            FragmentHeader::decode(&block),
+            Err(HeaderError::HeaderChecksum { .. })
+        ));
+        h.encode(&mut block);
+        assert_eq!(Stamp::read(&block), Stamp::default());
     }
 
     #[test]

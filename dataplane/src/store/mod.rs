@@ -1,6 +1,7 @@
 //! The chunk store: where a shard keeps its fragments. [`FragmentStore`] is
 //! the contract; [`dma::DmaStore`] keeps fragments on local disk with
-//! O_DIRECT, [`memory::MemoryStore`] in memory (to isolate unit tests).
+//! O_DIRECT (small ones in the shard's [`log`]), [`memory::MemoryStore`]
+//! in memory (to isolate unit tests).
 //! Every implementation passes [`conformance::run`].
 //!
 //! Contract shared by all stores:
@@ -26,6 +27,7 @@ pub mod crc;
 pub mod dma;
 pub mod format;
 mod group_sync;
+pub mod log;
 pub mod memory;
 
 /// Why a store refused or failed a request.

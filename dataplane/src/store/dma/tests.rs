@@ -17,26 +17,35 @@ pub(crate) fn run_local<F: std::future::Future<Output = ()> + 'static>(
         .expect("executor ran");
 }
 
+/// A store keeping every fragment as a file (the log off).
 fn open(dir: &Path, capacity_bytes: u64) -> DmaStore<GlommioDisk> {
     open_with(dir, GlommioDisk::new(Faults::for_dir(dir)), capacity_bytes)
 }
 
-fn open_with<I: DiskIo>(dir: &Path, io: I, capacity_bytes: u64) -> DmaStore<I> {
+fn open_with<I: DiskIo + 'static>(dir: &Path, io: I, capacity_bytes: u64) -> DmaStore<I> {
+    open_logged(dir, io, capacity_bytes, LogConfig::off())
+}
+
+pub(crate) fn open_logged<I: DiskIo + 'static>(
+    dir: &Path,
+    io: I,
+    capacity_bytes: u64,
+    log: LogConfig,
+) -> DmaStore<I> {
     let scanned = scan(dir).unwrap();
-    let used: u64 = scanned.fragments.values().sum();
     let node = Arc::new(NodeUsage {
-        used_bytes: AtomicU64::new(used),
+        used_bytes: AtomicU64::new(scanned.used_bytes()),
         capacity_bytes,
     });
-    DmaStore::new(dir.to_path_buf(), io, scanned, node)
+    DmaStore::new(dir.to_path_buf(), io, scanned, node, log)
 }
 
 /// [`GlommioDisk`] counting the bytes read and the renames, to see what a
 /// get or a put costs.
-struct Counting {
-    disk: GlommioDisk,
-    read_bytes: Rc<Cell<u64>>,
-    renames: Rc<Cell<u64>>,
+pub(crate) struct Counting {
+    pub(crate) disk: GlommioDisk,
+    pub(crate) read_bytes: Rc<Cell<u64>>,
+    pub(crate) renames: Rc<Cell<u64>>,
 }
 
 impl DiskIo for Counting {
@@ -80,6 +89,26 @@ impl DiskIo for Counting {
     async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()> {
         self.disk.sync_dir(dir).await
     }
+    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<Self::File> {
+        self.disk.create_zeroed(path, len_bytes).await
+    }
+    async fn open_rw(&self, path: &Path) -> io::Result<Self::File> {
+        self.disk.open_rw(path).await
+    }
+    async fn write_at(
+        &self,
+        file: &Self::File,
+        offset_bytes: u64,
+        buf: Self::WriteBuf,
+    ) -> io::Result<()> {
+        self.disk.write_at(file, offset_bytes, buf).await
+    }
+    async fn sync_data(&self, file: &Self::File) -> io::Result<()> {
+        self.disk.sync_data(file).await
+    }
+    async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        self.disk.punch(file, offset_bytes, len_bytes).await
+    }
 }
 
 fn key(stripe: u64) -> FragmentKey {
@@ -95,7 +124,7 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8) ^ (i >> 9) as u8).collect()
 }
 
-async fn put<I: DiskIo>(store: &DmaStore<I>, key: FragmentKey, data: &[u8]) {
+async fn put<I: DiskIo + 'static>(store: &DmaStore<I>, key: FragmentKey, data: &[u8]) {
     let mut buf = store.put_buffer(data.len() as u32);
     buf.as_mut().copy_from_slice(data);
     store.put(key, buf, crc32c::crc32c(data)).await.unwrap();
@@ -111,12 +140,17 @@ fn write_image(path: &Path, header_block: &[u8], data: &[u8]) {
 
 /// Flips one data byte of a stored fragment, behind the store's back.
 pub(crate) fn flip_data_byte(path: &Path, at: usize) {
+    flip_data_byte_at(path, 0, at)
+}
+
+/// [`flip_data_byte`] of the fragment whose header block is at `base`.
+pub(crate) fn flip_data_byte_at(path: &Path, base: u64, at: usize) {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .unwrap();
-    let pos = (HEADER_BLOCK_BYTES + at) as u64;
+    let pos = base + (HEADER_BLOCK_BYTES + at) as u64;
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(pos)).unwrap();
     f.read_exact(&mut b).unwrap();
@@ -426,7 +460,7 @@ fn damaged_chunk_is_named_and_other_chunks_are_served() {
     });
 }
 
-async fn err_code<I: DiskIo>(
+async fn err_code<I: DiskIo + 'static>(
     store: &DmaStore<I>,
     key: FragmentKey,
     offset: u32,

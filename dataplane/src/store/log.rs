@@ -1,0 +1,475 @@
+//! A shard's fragment log: small fragments as records appended to
+//! preallocated segment files, so a put is one O_DIRECT overwrite and a
+//! share of one fdatasync, instead of a file create, a write, an fdatasync,
+//! a close and a directory fsync (each its own io_uring round, most of
+//! them handed to io_uring's worker threads).
+//!
+//! **Records.** A record is the image of a fragment file (header block,
+//! data padded to 4 KiB; see [`super::format`]) whose header carries a
+//! [`Stamp`]: the segment's random nonce, its sequence number and the
+//! record's offset. Segments are `<seq>-<nonce>.seg` in the shard
+//! directory, zero-filled when created ([`DiskIo::create_zeroed`]) so that
+//! writing a record allocates nothing. Their first block says what the
+//! file is (`TFSLOG`, sequence, nonce) and is never punched: glommio
+//! decides whether a device can be polled by reading the first block of
+//! the first file it opens there, and a hole (or an empty file) would
+//! answer "yes" on a device that cannot.
+//!
+//! **Put.** Reserves the next `record_bytes` of the active segment, writes
+//! the record there and waits for an fdatasync of the segment that started
+//! after its write ended ([`GroupSync`]: the puts in flight on a shard
+//! share one). Records are written concurrently, so one may land before
+//! an earlier one; nothing depends on order within a segment.
+//!
+//! **Delete and replace.** The record's blocks are punched out (header and
+//! data read as zeros from then on); a segment that is no longer active
+//! and holds no live record is removed. As with a fragment file's unlink,
+//! a delete is not durable until something syncs the segment: after a
+//! crash a deleted fragment may come back (orphan collection's job). A
+//! replaced record that comes back loses to its replacement, which is
+//! later in (segment, offset) order.
+//!
+//! **Start.** [`scan`] walks each segment block by block: a block that
+//! decodes as a header (its CRC right) with this very segment's stamp at
+//! this offset is a record and the walk jumps past it; any other block
+//! (zeros, a punched record, the torn remains of a put that was never
+//! acknowledged) is stepped over, holes by `SEEK_DATA`. The stamp is what
+//! makes this safe: a header copied inside some fragment's data (say, a
+//! backup of another node) names another segment or offset. Later records
+//! of a key win, older ones are punched, and a record wins over a
+//! fragment file of the same key (only a crash during a replacement
+//! leaves both; see `DmaStore::put` for why either is then right). Every
+//! segment found is sealed (new records go to a new segment) and its tail
+//! past the last record is punched, freeing the zeros.
+//!
+//! A put whose future is dropped after its write leaves a record nothing
+//! indexes until the next start; its space is then found again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+
+use super::format::{FragmentHeader, Stamp};
+use super::group_sync::GroupSync;
+use crate::io::{DiskError, DiskIo, BLOCK_BYTES};
+
+mod scan;
+pub use scan::{move_record_to_file, scan, ScannedSegment};
+
+/// Where the log keeps small fragments, and which fragments are small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Fragments of at most this many data bytes go to the log; larger
+    /// ones (and all, when 0) are fragment files.
+    pub fragment_bytes_max: u32,
+    /// Size of each segment file (bytes, a multiple of 4 KiB).
+    pub segment_bytes: u64,
+}
+
+impl Default for LogConfig {
+    /// 256 KiB fragments (a file of up to 1 MiB in 4+2 stripes puts its
+    /// fragments here; above that, bandwidth rather than syncs sets a
+    /// put's pace), 8 MiB segments (zero-filled in a few ms, ahead of need).
+    fn default() -> Self {
+        Self {
+            fragment_bytes_max: 256 << 10,
+            segment_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The most data bytes a log record may hold: its chunk table must end
+/// before the stamp.
+pub const LOG_FRAGMENT_BYTES_MAX: u32 = 16 << 20;
+
+impl LogConfig {
+    /// No log: every fragment is a file.
+    pub fn off() -> Self {
+        Self {
+            fragment_bytes_max: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the sizes fit together; says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.fragment_bytes_max == 0 {
+            return Ok(());
+        }
+        if self.fragment_bytes_max > LOG_FRAGMENT_BYTES_MAX {
+            return Err(format!(
+                "log fragments of up to {} bytes: at most {LOG_FRAGMENT_BYTES_MAX}",
+                self.fragment_bytes_max
+            ));
+        }
+        let record_bytes = super::format::file_bytes(self.fragment_bytes_max);
+        if !self.segment_bytes.is_multiple_of(BLOCK_BYTES as u64)
+            || self.segment_bytes < BLOCK_BYTES as u64 + 4 * record_bytes
+        {
+            return Err(format!(
+                "log segments of {} bytes: need a multiple of {BLOCK_BYTES} holding a {BLOCK_BYTES}-byte \
+                 first block and at least 4 of the largest records ({record_bytes} bytes)",
+                self.segment_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a fragment of `length_bytes` goes to the log.
+    pub fn takes(&self, length_bytes: u32) -> bool {
+        length_bytes <= self.fragment_bytes_max && self.fragment_bytes_max > 0
+    }
+}
+
+/// One segment file.
+struct Segment<F> {
+    seq: u64,
+    nonce: u64,
+    path: PathBuf,
+    /// Open for reading and writing; opened on first use for segments
+    /// found at start.
+    file: RefCell<Option<Rc<F>>>,
+    /// Records in it the index points at.
+    live: Cell<u32>,
+    /// No more records go here; removed once `live` is 0.
+    sealed: Cell<bool>,
+    sync: GroupSync,
+}
+
+/// The segment records are appended to.
+struct Active<F> {
+    segment: Rc<Segment<F>>,
+    next_offset: u64,
+}
+
+struct State<F> {
+    segments: BTreeMap<u64, Rc<Segment<F>>>,
+    active: Option<Active<F>>,
+    /// A zero-filled segment made ahead of need.
+    spare: Option<Rc<Segment<F>>>,
+    next_seq: u64,
+}
+
+/// See the module docs. Single-threaded: one per shard executor.
+pub struct FragmentLog<I: DiskIo> {
+    dir: PathBuf,
+    io: Rc<I>,
+    config: LogConfig,
+    state: RefCell<State<I::File>>,
+    /// A segment is being made (by a put, or ahead of need).
+    creating: Cell<bool>,
+    /// Puts waiting for that segment.
+    waiting: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Segments made, for tests and tuning.
+    segments_created: Cell<u64>,
+}
+
+/// Clears `creating` and wakes the waiting puts when a segment has been
+/// made, or its maker was dropped midway.
+struct Creating<'a, I: DiskIo>(&'a FragmentLog<I>);
+
+impl<I: DiskIo> Drop for Creating<'_, I> {
+    fn drop(&mut self) {
+        self.0.creating.set(false);
+        for w in self.0.waiting.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// A fresh nonce: the std hasher's per-process random keys, mixed with
+/// the time and the sequence number.
+fn nonce(seq: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(seq);
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Zero is the stamp of a fragment file.
+    h.finish().max(1)
+}
+
+impl<I: DiskIo + 'static> FragmentLog<I> {
+    /// The log of the shard directory `dir`, holding the segments [`scan`]
+    /// found (all sealed: new records go to a new segment).
+    pub fn new(dir: PathBuf, io: Rc<I>, config: LogConfig, scanned: Vec<ScannedSegment>) -> Self {
+        let next_seq = scanned.iter().map(|s| s.seq + 1).max().unwrap_or(0);
+        let segments = scanned
+            .into_iter()
+            .map(|s| {
+                let segment = Segment {
+                    seq: s.seq,
+                    nonce: s.nonce,
+                    path: s.path,
+                    file: RefCell::new(None),
+                    live: Cell::new(s.live),
+                    sealed: Cell::new(true),
+                    sync: GroupSync::new(),
+                };
+                (s.seq, Rc::new(segment))
+            })
+            .collect();
+        Self {
+            dir,
+            io,
+            config,
+            state: RefCell::new(State {
+                segments,
+                active: None,
+                spare: None,
+                next_seq,
+            }),
+            creating: Cell::new(false),
+            waiting: RefCell::new(Vec::new()),
+            segments_created: Cell::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Segment files made, and segment files there are now.
+    pub fn segment_counts(&self) -> (u64, usize) {
+        (
+            self.segments_created.get(),
+            self.state.borrow().segments.len(),
+        )
+    }
+
+    /// Syncs run and puts they served, all segments (group commit figures).
+    pub fn syncs(&self) -> (u64, u64) {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .fold((0, 0), |(s, c), seg| {
+                (s + seg.sync.syncs(), c + seg.sync.callers())
+            })
+    }
+
+    /// The path of segment `seq` (tests reach records through it).
+    pub fn segment_path(&self, seq: u64) -> Option<PathBuf> {
+        self.state
+            .borrow()
+            .segments
+            .get(&seq)
+            .map(|s| s.path.clone())
+    }
+
+    /// Appends `image` (a fragment file image of `header`, whose header
+    /// block is rewritten here with the record's stamp) and returns where
+    /// it sits, `(seq, offset)`, once it is durable.
+    pub async fn append(
+        self: &Rc<Self>,
+        header: &FragmentHeader,
+        mut image: I::WriteBuf,
+    ) -> Result<(u64, u64), DiskError> {
+        let record_bytes = image.as_ref().len() as u64;
+        let (segment, offset) = self.reserve(record_bytes).await?;
+        header.encode_stamped(
+            image.as_mut(),
+            Stamp {
+                nonce: segment.nonce,
+                seq: segment.seq,
+                offset,
+            },
+        );
+        let file = segment
+            .file
+            .borrow()
+            .clone()
+            .expect("an active segment is open");
+        self.io
+            .write_at(&file, offset, image)
+            .await
+            .map_err(DiskError::of("write log record"))?;
+        segment
+            .sync
+            .run(|| self.io.sync_data(&file))
+            .await
+            .map_err(DiskError::of("sync log segment"))?;
+        segment.live.set(segment.live.get() + 1);
+        Ok((segment.seq, offset))
+    }
+
+    /// The next `record_bytes` of the active segment, making a segment
+    /// when there is none or it is full.
+    async fn reserve(
+        self: &Rc<Self>,
+        record_bytes: u64,
+    ) -> Result<(Rc<Segment<I::File>>, u64), DiskError> {
+        loop {
+            {
+                let mut state = self.state.borrow_mut();
+                if let Some(active) = &mut state.active {
+                    if active.next_offset + record_bytes <= self.config.segment_bytes {
+                        let offset = active.next_offset;
+                        active.next_offset += record_bytes;
+                        let half_full = active.next_offset * 2 >= self.config.segment_bytes;
+                        let segment = active.segment.clone();
+                        let want_spare = half_full && state.spare.is_none();
+                        drop(state);
+                        if want_spare && !self.creating.get() {
+                            let log = self.clone();
+                            glommio::spawn_local(async move { log.make_spare().await }).detach();
+                        }
+                        return Ok((segment, offset));
+                    }
+                }
+            }
+            if self.creating.get() {
+                let (tx, rx) = oneshot::channel();
+                self.waiting.borrow_mut().push(tx);
+                let _ = rx.await;
+                continue;
+            }
+            self.creating.set(true);
+            let _creating = Creating(&**self);
+            let spare = self.state.borrow_mut().spare.take();
+            let segment = match spare {
+                Some(s) => s,
+                None => self
+                    .create_segment()
+                    .await
+                    .map_err(DiskError::of("create log segment"))?,
+            };
+            let old = self.state.borrow_mut().active.replace(Active {
+                segment,
+                next_offset: BLOCK_BYTES as u64,
+            });
+            if let Some(old) = old {
+                old.segment.sealed.set(true);
+                if old.segment.live.get() == 0 {
+                    self.remove_segment(old.segment.seq).await;
+                }
+            }
+        }
+    }
+
+    /// Makes the spare segment (spawned once the active one is half full).
+    async fn make_spare(self: Rc<Self>) {
+        if self.creating.get() || self.state.borrow().spare.is_some() {
+            return;
+        }
+        self.creating.set(true);
+        let _creating = Creating(&self);
+        match self.create_segment().await {
+            Ok(segment) => self.state.borrow_mut().spare = Some(segment),
+            // The put that needs a segment tries again and reports it.
+            Err(e) => tracing::warn!("{}: make a spare log segment: {e}", self.dir.display()),
+        }
+    }
+
+    /// A new zero-filled segment file, durable with its name.
+    async fn create_segment(&self) -> io::Result<Rc<Segment<I::File>>> {
+        let seq = {
+            let mut state = self.state.borrow_mut();
+            state.next_seq += 1;
+            state.next_seq - 1
+        };
+        let nonce = nonce(seq);
+        let path = self.dir.join(scan::segment_name(seq, nonce));
+        let file = match self
+            .io
+            .create_zeroed(&path, self.config.segment_bytes)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.io.remove(&path).await;
+                return Err(e);
+            }
+        };
+        let synced = async {
+            let mut first = self.io.alloc(BLOCK_BYTES);
+            scan::encode_first_block(first.as_mut(), seq, nonce);
+            self.io.write_at(&file, 0, first).await?;
+            self.io.sync_data(&file).await?;
+            let dir = self.io.open_dir(&self.dir).await?;
+            self.io.sync_dir(&dir).await
+        }
+        .await;
+        if let Err(e) = synced {
+            self.io.close(file).await;
+            let _ = self.io.remove(&path).await;
+            return Err(e);
+        }
+        let segment = Rc::new(Segment {
+            seq,
+            nonce,
+            path,
+            file: RefCell::new(Some(Rc::new(file))),
+            live: Cell::new(0),
+            sealed: Cell::new(false),
+            sync: GroupSync::new(),
+        });
+        self.state
+            .borrow_mut()
+            .segments
+            .insert(seq, segment.clone());
+        self.segments_created.set(self.segments_created.get() + 1);
+        Ok(segment)
+    }
+
+    async fn remove_segment(&self, seq: u64) {
+        let Some(segment) = self.state.borrow_mut().segments.remove(&seq) else {
+            return;
+        };
+        // Reads in flight keep their open file. Like a fragment file's
+        // unlink, not made durable (see the module docs).
+        if let Err(e) = self.io.remove(&segment.path).await {
+            tracing::warn!("remove log segment {}: {e}", segment.path.display());
+        }
+    }
+
+    /// Segment `seq`'s file, opened on first use.
+    pub async fn file(&self, seq: u64) -> io::Result<Rc<I::File>> {
+        let segment = self.state.borrow().segments.get(&seq).cloned();
+        let Some(segment) = segment else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("log segment {seq} is gone"),
+            ));
+        };
+        if let Some(f) = segment.file.borrow().clone() {
+            return Ok(f);
+        }
+        let file = Rc::new(self.io.open_rw(&segment.path).await?);
+        let mut slot = segment.file.borrow_mut();
+        Ok(slot.get_or_insert(file).clone())
+    }
+
+    /// Frees the record at `offset` of segment `seq` (`record_bytes`
+    /// long), which the index no longer points at. `durable`: also sync
+    /// the segment, so the record cannot come back after a crash.
+    pub async fn release(
+        &self,
+        seq: u64,
+        offset: u64,
+        record_bytes: u64,
+        durable: bool,
+    ) -> io::Result<()> {
+        let file = self.file(seq).await?;
+        self.io.punch(&file, offset, record_bytes).await?;
+        let segment = self.state.borrow().segments.get(&seq).cloned();
+        let Some(segment) = segment else {
+            return Ok(());
+        };
+        if durable {
+            segment.sync.run(|| self.io.sync_data(&file)).await?;
+        }
+        segment.live.set(segment.live.get().saturating_sub(1));
+        if segment.sealed.get() && segment.live.get() == 0 {
+            self.remove_segment(seq).await;
+        }
+        Ok(())
+    }
+}
