@@ -55,12 +55,15 @@ pub trait DiskIo {
     /// Makes renames and removals in `dir` done before the call durable.
     async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()>;
 
-    /// Creates `path` (which must not exist) holding `len_bytes` of zeros
-    /// (block-aligned), durable, and returns it open for reading and
-    /// writing. Writes into the zeros are then overwrites: no block
-    /// allocation on the write path, so io_uring need not hand them to a
-    /// worker thread and an fdatasync has only the data to flush.
-    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<Self::File>;
+    /// Creates `path` (which must not exist) with `head` (block-aligned)
+    /// at offset 0 and `len_bytes` allocated (the rest reads as zeros),
+    /// durable, and returns it open for reading and writing.
+    async fn create_preallocated(
+        &self,
+        path: &Path,
+        len_bytes: u64,
+        head: Self::WriteBuf,
+    ) -> io::Result<Self::File>;
     /// Opens `path` for reading, writing and punching holes.
     async fn open_rw(&self, path: &Path) -> io::Result<Self::File>;
     /// Writes all of `buf` at `offset_bytes` (block-aligned) of a file
@@ -77,9 +80,6 @@ pub trait DiskIo {
     /// of a file open for writing: they read as zeros from then on.
     async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()>;
 }
-
-/// Zeros written per write while a file is zero-filled (bytes).
-const ZERO_WRITE_BYTES: usize = 1 << 20;
 
 /// Keeps the OS error number (ENOSPC must stay recognisable): glommio's
 /// own conversion to `io::Error` flattens it into a message.
@@ -200,43 +200,36 @@ impl DiskIo for GlommioDisk {
         dir.sync().await.map_err(os_error)
     }
 
-    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<DmaFile> {
-        // Write-only while empty: glommio probes whether the device can be
-        // polled with a read of the first file it opens there, and an
-        // empty file open for reading answers that read with success,
-        // which would turn on the poll ring for a device without one (every
-        // later I/O then fails with EOPNOTSUPP).
+    async fn create_preallocated(
+        &self,
+        path: &Path,
+        len_bytes: u64,
+        head: DmaBuffer,
+    ) -> io::Result<DmaFile> {
+        // Write-only until the head is written: glommio probes whether the
+        // device can be polled with a read of the first block of the first
+        // file it opens there, and an empty or unwritten block answers that
+        // read with success, which would turn on the poll ring for a device
+        // without one (every later I/O then fails with EOPNOTSUPP).
         let file = glommio::io::OpenOptions::new()
             .write(true)
             .create_new(true)
             .dma_open(path)
             .await
             .map_err(os_error)?;
-        let zeroed = async {
-            let mut zeros = glommio::allocate_dma_buffer(ZERO_WRITE_BYTES);
-            zeros.as_bytes_mut().fill(0);
-            let zeros = std::rc::Rc::new(zeros);
-            let mut offset = 0u64;
-            while offset < len_bytes {
-                let n = ZERO_WRITE_BYTES.min((len_bytes - offset) as usize);
-                let written = if n == ZERO_WRITE_BYTES {
-                    file.write_rc_at(zeros.clone(), offset).await
-                } else {
-                    let mut tail = glommio::allocate_dma_buffer(n);
-                    tail.as_bytes_mut().fill(0);
-                    file.write_at(tail, offset).await
-                }
+        let made = async {
+            file.pre_allocate(len_bytes, false)
+                .await
                 .map_err(os_error)?;
-                if written != n {
-                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-                }
-                offset += n as u64;
+            let head_bytes = head.len();
+            if file.write_at(head, 0).await.map_err(os_error)? != head_bytes {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
             file.fdatasync().await.map_err(os_error)
         }
         .await;
         let closed = file.close().await.map_err(os_error);
-        zeroed.and(closed)?;
+        made.and(closed)?;
         self.open_rw(path).await
     }
 

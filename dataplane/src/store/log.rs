@@ -8,12 +8,17 @@
 //! data padded to 4 KiB; see [`super::format`]) whose header carries a
 //! [`Stamp`]: the segment's random nonce, its sequence number and the
 //! record's offset. Segments are `<seq>-<nonce>.seg` in the shard
-//! directory, zero-filled when created ([`DiskIo::create_zeroed`]) so that
-//! writing a record allocates nothing. Their first block says what the
+//! directory, their space allocated when created
+//! ([`DiskIo::create_preallocated`]) so that a record's write neither
+//! extends the file nor allocates blocks. (Zero-filling them instead
+//! would make writes pure overwrites, saving ~0.06 ms per put at one put
+//! in flight, but it doubles the bytes written, and with puts in flight
+//! from several writers it lost: 293-392 against 310-437 files/s of
+//! 100 KiB, see docs/ARCHITECTURE.md.) Their first block says what the
 //! file is (`TFSLOG`, sequence, nonce) and is never punched: glommio
 //! decides whether a device can be polled by reading the first block of
-//! the first file it opens there, and a hole (or an empty file) would
-//! answer "yes" on a device that cannot.
+//! the first file it opens there, and a hole (or an unwritten block)
+//! would answer "yes" on a device that cannot.
 //!
 //! **Put.** Reserves the next `record_bytes` of the active segment, writes
 //! the record there and waits for an fdatasync of the segment that started
@@ -40,7 +45,7 @@
 //! fragment file of the same key (only a crash during a replacement
 //! leaves both; see `DmaStore::put` for why either is then right). Every
 //! segment found is sealed (new records go to a new segment) and its tail
-//! past the last record is punched, freeing the zeros.
+//! past the last record is punched, freeing its space.
 //!
 //! A put whose future is dropped after its write leaves a record nothing
 //! indexes until the next start; its space is then found again.
@@ -73,7 +78,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     /// 256 KiB fragments (a file of up to 1 MiB in 4+2 stripes puts its
     /// fragments here; above that, bandwidth rather than syncs sets a
-    /// put's pace), 8 MiB segments (zero-filled in a few ms, ahead of need).
+    /// put's pace), 8 MiB segments (made ahead of need).
     fn default() -> Self {
         Self {
             fragment_bytes_max: 256 << 10,
@@ -149,7 +154,7 @@ struct Active<F> {
 struct State<F> {
     segments: BTreeMap<u64, Rc<Segment<F>>>,
     active: Option<Active<F>>,
-    /// A zero-filled segment made ahead of need.
+    /// A segment made ahead of need.
     spare: Option<Rc<Segment<F>>>,
     next_seq: u64,
 }
@@ -368,7 +373,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         }
     }
 
-    /// A new zero-filled segment file, durable with its name.
+    /// A new segment file, its space allocated, durable with its name.
     async fn create_segment(&self) -> io::Result<Rc<Segment<I::File>>> {
         let seq = {
             let mut state = self.state.borrow_mut();
@@ -377,9 +382,11 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         };
         let nonce = nonce(seq);
         let path = self.dir.join(scan::segment_name(seq, nonce));
+        let mut head = self.io.alloc(BLOCK_BYTES);
+        scan::encode_first_block(head.as_mut(), seq, nonce);
         let file = match self
             .io
-            .create_zeroed(&path, self.config.segment_bytes)
+            .create_preallocated(&path, self.config.segment_bytes, head)
             .await
         {
             Ok(f) => f,
@@ -389,10 +396,6 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             }
         };
         let synced = async {
-            let mut first = self.io.alloc(BLOCK_BYTES);
-            scan::encode_first_block(first.as_mut(), seq, nonce);
-            self.io.write_at(&file, 0, first).await?;
-            self.io.sync_data(&file).await?;
             let dir = self.io.open_dir(&self.dir).await?;
             self.io.sync_dir(&dir).await
         }

@@ -89,8 +89,13 @@ impl DiskIo for Counting {
     async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()> {
         self.disk.sync_dir(dir).await
     }
-    async fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<Self::File> {
-        self.disk.create_zeroed(path, len_bytes).await
+    async fn create_preallocated(
+        &self,
+        path: &Path,
+        len_bytes: u64,
+        head: Self::WriteBuf,
+    ) -> io::Result<Self::File> {
+        self.disk.create_preallocated(path, len_bytes, head).await
     }
     async fn open_rw(&self, path: &Path) -> io::Result<Self::File> {
         self.disk.open_rw(path).await
