@@ -11,10 +11,9 @@
 //! directory, their space allocated when created
 //! ([`DiskIo::create_preallocated`]) so that a record's write neither
 //! extends the file nor allocates blocks. (Zero-filling them instead
-//! would make writes pure overwrites, saving ~0.06 ms per put at one put
-//! in flight, but it doubles the bytes written, and with puts in flight
-//! from several writers it lost: 293-392 against 310-437 files/s of
-//! 100 KiB, see docs/ARCHITECTURE.md.) Their first block says what the
+//! makes writes pure overwrites, faster one put at a time, but it doubles
+//! the bytes written and lost through the mount; figures in
+//! docs/ARCHITECTURE.md.) Their first block says what the
 //! file is (`TFSLOG`, sequence, nonce) and is never punched: glommio
 //! decides whether a device can be polled by reading the first block of
 //! the first file it opens there, and a hole (or an unwritten block)
