@@ -106,6 +106,12 @@ struct NamedAttr {
   attr @1 :Attr;
 }
 
+struct FileLayout {
+  # A file's attributes and layout (`GetLayouts`).
+  attr @0 :Attr;
+  layout @1 :Layout;
+}
+
 struct DirEntry {
   name @0 :Text;
   ino @1 :UInt64;
@@ -328,6 +334,12 @@ struct Request {
       # the directory ends there. A client's statahead (and `ls -l`).
       ino @90 :UInt64; start @91 :Text; limit @92 :UInt32;
     }
+    getLayouts :group $noLog {
+      # `getLayout` of many files in one request, answered with those that
+      # exist and are regular files (in the order asked; at most
+      # `LAYOUTS_MAX` inodes). A prefetcher's batch.
+      inos @93 :List(UInt64);
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -400,6 +412,8 @@ struct Response {
     lookedUp @24 :List(NamedAttr);
     # LookupMany: the names found and their inodes' attributes;
     # ReadDirPlus: the entries and their attributes.
+    layouts @27 :List(FileLayout);
+    # GetLayouts: the files found.
   }
   dirs @25 :List(Attr);
   # After a write that changed directories (a create, link, unlink, rmdir

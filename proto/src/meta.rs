@@ -160,6 +160,13 @@ pub struct NamedAttr {
     pub attr: Attr,
 }
 
+/// A file's attributes and layout ([`MetaRequest::GetLayouts`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    pub attr: Attr,
+    pub layout: Layout,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: String,
@@ -412,6 +419,10 @@ pub const LOOKUP_NAMES_MAX: usize = 1024;
 /// Entries one [`MetaRequest::ReadDirPlus`] answers at most (bounded like
 /// [`LOOKUP_NAMES_MAX`]).
 pub const READDIR_PLUS_MAX: u32 = 1024;
+
+/// Inodes one [`MetaRequest::GetLayouts`] may ask: a bounded reply (a
+/// small file's layout is a few hundred bytes).
+pub const LAYOUTS_MAX: usize = 256;
 
 /// Names one write of one client so that metad applies it exactly once
 /// however often it is retried (client sessions, Raft thesis §6.3): metad

@@ -37,6 +37,8 @@ pub(crate) struct MetaState {
     pub(crate) lookup_many: Vec<Vec<String>>,
     /// `GetLayout` requests seen.
     pub(crate) get_layouts: usize,
+    /// `GetLayouts` requests seen: the inodes each asked.
+    pub(crate) layout_batches: Vec<usize>,
     /// `Lookup` requests seen.
     pub(crate) lookups: usize,
     /// `ReadDirPlus` requests seen: (directory, start).
@@ -227,6 +229,19 @@ impl FakeMeta {
                 st.get_layouts += 1;
                 let (attr, layout) = st.files.get(&ino).ok_or_else(enoent)?.clone();
                 Ok(MetaReply::Layout { attr, layout })
+            }
+            MetaRequest::GetLayouts { inos } => {
+                st.layout_batches.push(inos.len());
+                let found = inos
+                    .iter()
+                    .filter_map(|i| st.files.get(i))
+                    .filter(|(attr, _)| attr.kind == FileKind::File)
+                    .map(|(attr, layout)| FileLayout {
+                        attr: attr.clone(),
+                        layout: layout.clone(),
+                    })
+                    .collect();
+                Ok(MetaReply::Layouts(found))
             }
             MetaRequest::Open { ino, client_id } => {
                 st.opened.push((client_id, ino));

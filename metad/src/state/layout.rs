@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use torchfs_proto::meta::{errno, Attr, Ino, Layout, MetaError, MetaReply, StripeEntry};
+use torchfs_proto::meta::{
+    errno, Attr, FileLayout, Ino, Layout, MetaError, MetaReply, StripeEntry, LAYOUTS_MAX,
+};
 
 use super::{fs, stamp_ctime, Body, Outcome, State};
 
@@ -43,6 +45,26 @@ impl State {
             attr: attr.clone(),
             layout: layout.clone(),
         })
+    }
+
+    /// [`Self::get_layout`] of each of `inos` that is a regular file, in
+    /// the order asked; the others are left out.
+    pub(super) fn get_layouts(&self, inos: &[Ino]) -> Outcome {
+        if inos.len() > LAYOUTS_MAX {
+            return Err(MetaError::Invalid(format!(
+                "GetLayouts of {} inodes: at most {LAYOUTS_MAX}",
+                inos.len()
+            )));
+        }
+        let found = inos
+            .iter()
+            .filter_map(|ino| self.file(*ino).ok())
+            .map(|(attr, layout)| FileLayout {
+                attr: attr.clone(),
+                layout: layout.clone(),
+            })
+            .collect();
+        Ok(MetaReply::Layouts(found))
     }
 
     /// Replaces the given stripes of a file's layout (inserting new ones in

@@ -307,6 +307,7 @@ impl State {
                 _ => Err(fs(errno::EINVAL, format!("inode {ino} is not a symlink"))),
             },
             MetaRequest::GetLayout { ino } => self.get_layout(*ino),
+            MetaRequest::GetLayouts { inos } => self.get_layouts(inos),
             MetaRequest::ReadFrozen { ino, offset, limit } => {
                 self.read_frozen(*ino, *offset, *limit)
             }

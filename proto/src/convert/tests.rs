@@ -257,6 +257,10 @@ fn every_request_round_trips() {
             start: "f0001".into(),
             limit: 512,
         },
+        MetaRequest::GetLayouts {
+            inos: vec![4, 1 << 40],
+        },
+        MetaRequest::GetLayouts { inos: vec![] },
     ] {
         rt_req(req);
     }
@@ -314,6 +318,31 @@ fn every_reply_round_trips() {
                 stripes: vec![stripe(2)],
             },
         }),
+        Ok(MetaReply::Layouts(vec![
+            FileLayout {
+                attr: attr(),
+                layout: Layout {
+                    config: StripeConfig {
+                        k: 4,
+                        m: 2,
+                        unit_bytes: 1 << 20,
+                    },
+                    stripes: vec![stripe(0), stripe(3)],
+                },
+            },
+            FileLayout {
+                attr: attr(),
+                layout: Layout {
+                    config: StripeConfig {
+                        k: 4,
+                        m: 2,
+                        unit_bytes: 1 << 20,
+                    },
+                    stripes: vec![],
+                },
+            },
+        ])),
+        Ok(MetaReply::Layouts(vec![])),
         Ok(MetaReply::Committed {
             attr: attr(),
             replaced: vec![stripe(1)],

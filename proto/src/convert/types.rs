@@ -3,9 +3,10 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLock, FrozenBody, FrozenEntry,
-    Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus, PlacementGroup,
-    RenameMode, SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr, XattrMode,
+    Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLayout, FileLock, FrozenBody,
+    FrozenEntry, Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus,
+    PlacementGroup, RenameMode, SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr,
+    XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -115,6 +116,20 @@ pub(super) fn read_named_attr(r: mc::named_attr::Reader<'_>) -> Result<NamedAttr
     Ok(NamedAttr {
         name: text(r.get_name(), "namedAttr.name")?,
         attr: read_attr(r.get_attr()?)?,
+    })
+}
+
+pub(super) fn write_file_layout(e: &FileLayout, mut b: mc::file_layout::Builder<'_>) {
+    write_attr(&e.attr, b.reborrow().init_attr());
+    write_layout(&e.layout, b.reborrow().init_layout());
+}
+
+pub(super) fn read_file_layout(r: mc::file_layout::Reader<'_>) -> Result<FileLayout> {
+    need(r.has_attr(), "fileLayout.attr")?;
+    need(r.has_layout(), "fileLayout.layout")?;
+    Ok(FileLayout {
+        attr: read_attr(r.get_attr()?)?,
+        layout: read_layout(r.get_layout()?)?,
     })
 }
 

@@ -343,6 +343,11 @@ impl EpochCache {
         self.with(|st| st.resolve(rank, position, slot))
     }
 
+    /// See `CacheState::inos_ahead`.
+    pub fn inos_ahead(&self, ahead: u64) -> Vec<Ino> {
+        super::lock(&self.state).inos_ahead(ahead)
+    }
+
     pub fn next_job(&self) -> Option<Job> {
         self.with(|st| st.next_job())
     }

@@ -214,16 +214,23 @@ async fn chunks_of_one_file_share_the_layout_the_prefetcher_fetched() {
             ("f0".to_string(), Some(range))
         })
         .collect();
-    meta.0.lock().unwrap().get_layouts = 0;
+    {
+        let mut m = meta.0.lock().unwrap();
+        m.get_layouts = 0;
+        m.layout_batches.clear();
+    }
     publish(&c, &render_plan(0, 0, &items)).await.unwrap();
     wait_for(&c, "every chunk cached", |s| {
         s["plans"][0]["lead_items"] == 10
     })
     .await;
-    let asked = meta.0.lock().unwrap().get_layouts;
+    let asked = {
+        let m = meta.0.lock().unwrap();
+        m.get_layouts + m.layout_batches.len()
+    };
     assert!(
         (1..=2).contains(&asked),
-        "10 chunks of one file fetched with {asked} GetLayouts"
+        "10 chunks of one file fetched with {asked} GetLayout(s) requests"
     );
     // The chunks are the file's bytes.
     let fh = c.open(files[0].0, false, false).await.unwrap();
@@ -232,6 +239,38 @@ async fn chunks_of_one_file_share_the_layout_the_prefetcher_fetched() {
         assert_eq!(*got, files[0].1[offset as usize..offset as usize + 100]);
     }
     c.release(fh).await.unwrap();
+    assert_eq!(stats(&c).await["stalls"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_over_many_files_fetches_their_layouts_in_batches() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let sizes = vec![1000usize; 40];
+    let files = write_files(&meta, &store, &sizes).await;
+    let c = client_with(&meta, &store, mem_only(1 << 20)).await;
+    let order: Vec<usize> = (0..40).map(|i| (i * 7) % 40).collect();
+    let items: Vec<_> = order.iter().map(|i| (format!("f{i}"), None)).collect();
+    meta.0.lock().unwrap().get_layouts = 0;
+    publish(&c, &render_plan(0, 0, &items)).await.unwrap();
+    wait_for(&c, "every file cached", |s| {
+        s["plans"][0]["lead_items"] == 40
+    })
+    .await;
+    let (single, batches) = {
+        let m = meta.0.lock().unwrap();
+        (m.get_layouts, m.layout_batches.clone())
+    };
+    let batched: usize = batches.iter().sum();
+    assert!(
+        single + batches.len() <= 10 && single + batched >= 40,
+        "40 files prefetched with {single} GetLayout and GetLayouts of {batches:?}"
+    );
+    for &i in &order[..5] {
+        let fh = c.open(files[i].0, false, false).await.unwrap();
+        let got = c.read(fh, 0, 1000).await.unwrap();
+        assert_eq!(*got, files[i].1[..]);
+        c.release(fh).await.unwrap();
+    }
     assert_eq!(stats(&c).await["stalls"], 0);
 }
 

@@ -105,3 +105,36 @@ fn readdir_plus_answers_at_most_its_page_bound() {
         assert_eq!(got.len(), READDIR_PLUS_MAX as usize, "limit {limit}");
     }
 }
+
+#[test]
+fn get_layouts_answers_the_files_that_exist_in_the_order_asked() {
+    let mut t = T::new();
+    let a = t.create(ROOT_INO, "a");
+    let b = t.create(ROOT_INO, "b");
+    let d = t.mkdir(ROOT_INO, "d");
+    let inos = |r: Outcome| match r {
+        Ok(MetaReply::Layouts(found)) => found.into_iter().map(|f| f.attr.ino).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let ask = |inos: Vec<Ino>| MetaRequest::GetLayouts { inos };
+    // A directory and a missing inode are left out, as is nothing else.
+    assert_eq!(
+        inos(t.r(ask(vec![b.ino, d.ino, 999_999, a.ino]))),
+        [b.ino, a.ino]
+    );
+    assert_eq!(inos(t.r(ask(vec![]))), Vec::<Ino>::new());
+    // Each answer is what GetLayout says of that file.
+    let Ok(MetaReply::Layouts(found)) = t.r(ask(vec![a.ino])) else {
+        panic!("GetLayouts")
+    };
+    match t.r(MetaRequest::GetLayout { ino: a.ino }) {
+        Ok(MetaReply::Layout { attr, layout }) => {
+            assert_eq!(found[0].attr, attr);
+            assert_eq!(found[0].layout, layout);
+        }
+        other => panic!("{other:?}"),
+    }
+    let too_many = (0..=torchfs_proto::meta::LAYOUTS_MAX as u64).collect();
+    let r = t.r(ask(too_many));
+    assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
+}

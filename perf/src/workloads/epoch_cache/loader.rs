@@ -80,6 +80,30 @@ pub(super) fn run_epochs(
         let before = mnt.map(stats).transpose()?;
         let (wall_s, wait_s) = trainer(ctx, &spec_path, spec.samples.len(), spec.batch)?;
         let after = mnt.map(stats).transpose()?;
+        if let (Some(b), Some(a)) = (&before, &after) {
+            let d = |v: &serde_json::Value, path: &[&str]| {
+                let mut x = v;
+                for k in path {
+                    x = &x[*k];
+                }
+                x.as_f64().unwrap_or(0.0)
+            };
+            let delta = |path: &[&str]| d(a, path) - d(b, path);
+            ctx.log(format!(
+                "[{NAME}] {} {}% {} epoch {}: prefetches {:.0}, prefetched {:.0} MB, wasted {:.0} MB, \
+                 evicted {:.0} MB, readahead {:.0} MB, metad requests {:.0}",
+                case.name,
+                pct,
+                mode.label(),
+                epoch + 1,
+                delta(&["prefetch", "issued"]),
+                delta(&["tiers", "memory", "prefetched_bytes"]) / 1e6,
+                delta(&["tiers", "memory", "wasted_bytes"]) / 1e6,
+                delta(&["tiers", "memory", "evicted_bytes"]) / 1e6,
+                delta(&["prefetch", "readahead_bytes"]) / 1e6,
+                delta(&["meta_requests"]),
+            ));
+        }
         let n = spec.samples.len() as f64;
         let mut row = Row {
             case: case.name,
@@ -93,6 +117,7 @@ pub(super) fn run_epochs(
             stall_s: None,
             trainer_wait_s: wait_s,
             storage_mb: None,
+            wasted_mb: None,
             metad_per_sample: None,
         };
         if let (Some(b), Some(a)) = (before, after) {
@@ -104,6 +129,8 @@ pub(super) fn run_epochs(
             row.storage_mb =
                 Some((num(&a, "storage_read_bytes") - num(&b, "storage_read_bytes")) / 1e6);
             row.metad_per_sample = Some((num(&a, "meta_requests") - num(&b, "meta_requests")) / n);
+            let wasted = |v: &serde_json::Value| num(&v["tiers"]["memory"], "wasted_bytes");
+            row.wasted_mb = Some((wasted(&a) - wasted(&b)) / 1e6);
         }
         ctx.log(format!(
             "[{NAME}] {} {}% {} epoch {}: {:.1} s, {:.0} samples/s, hit {:.2}, no-stall {:.1}%, trainer waited {:.2} s",

@@ -143,6 +143,9 @@ struct Row {
     stall_s: Option<f64>,
     trainer_wait_s: f64,
     storage_mb: Option<f64>,
+    /// Bytes the prefetcher brought into the memory tier that were
+    /// evicted before any read used them.
+    wasted_mb: Option<f64>,
     /// Requests the client sent metad per sample read.
     metad_per_sample: Option<f64>,
 }

@@ -20,11 +20,12 @@ pub(super) fn record(
          prefetch {} batches per worker; dataset cases: {} x {} B small files; large files in {} B chunks. \
          Cache % is the client's memory budget as a share of the dataset. Hit ratio, no-stall % and \
          stall s come from the client (`.torchfs/stats`, per FUSE read); trainer wait is the time the \
-         training loop waited for a batch; metad/sample counts the client's requests to metad \
+         training loop waited for a batch; wasted MB is what the prefetcher brought into memory that \
+         was evicted before any read used it; metad/sample counts the client's requests to metad \
          (plan resolution, lookups, opens) per sample. \"frozen\": the dataset frozen with \
          `torchfs freeze` before the mount.\n\n\
-         | case | cache | mode | epoch | wall s | samples/s | hit ratio | reads without stall | client stall s | trainer wait s | storage MB | metad/sample |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         | case | cache | mode | epoch | wall s | samples/s | hit ratio | reads without stall | client stall s | trainer wait s | storage MB | wasted MB | metad/sample |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         c.workers, c.epoch_cache_batch, c.epoch_cache_step_ms, PREFETCH_BATCHES, c.loader_files,
         c.loader_file_bytes, c.epoch_cache_chunk_bytes
     );
@@ -32,7 +33,7 @@ pub(super) fn record(
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} | {:.2} | {} | {} | {} |\n",
             r.case,
             if r.mode == Mode::Local {
                 "-".into()
@@ -49,6 +50,7 @@ pub(super) fn record(
             opt(r.stall_s, 2),
             r.trainer_wait_s,
             opt(r.storage_mb, 0),
+            opt(r.wasted_mb, 0),
             opt(r.metad_per_sample, 2)
         ));
     }

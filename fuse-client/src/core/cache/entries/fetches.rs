@@ -103,6 +103,24 @@ impl CacheState {
         }
     }
 
+    /// The inodes of the resolved plan items from each rank's prefetch
+    /// frontier on, at most `ahead` items per rank: what the prefetcher
+    /// fetches next (their layouts are fetched together).
+    pub fn inos_ahead(&self, ahead: u64) -> Vec<Ino> {
+        let mut out = Vec::new();
+        for r in self.plans.ranks.values() {
+            let from = r.frontier.max(r.cursor);
+            for p in from..(from + ahead).min(r.end()) {
+                if let Some((plan, i)) = r.locate(p) {
+                    if let Slot::Resolved { ino, .. } = plan.slots[i] {
+                        out.push(ino);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn reserve(&mut self, len: u64) {
         self.inflight_bytes += len;
         self.inflight_requests += 1;
