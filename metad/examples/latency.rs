@@ -4,7 +4,11 @@
 //! then the same N Mkdirs with CONCURRENCY in flight (throughput and
 //! latency under load: how well concurrent writes share commits).
 //!
-//!   cargo run --release -p torchfs-metad --example latency -- 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 300 16
+//! With PAUSE_US, the one-at-a-time mkdirs are also run that many
+//! microseconds apart (the gap a client leaves between its creates), to
+//! see whether a write waits for what the one before left in flight.
+//!
+//!   cargo run --release -p torchfs-metad --example latency -- 127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403 300 16 [PAUSE_US]
 
 use std::time::Instant;
 
@@ -26,8 +30,19 @@ fn report(what: &str, mut ms: Vec<f64>) {
 }
 
 async fn timed(client: &MetaClient, reqs: impl Iterator<Item = MetaRequest>) -> Vec<f64> {
+    timed_apart(client, reqs, 0).await
+}
+
+async fn timed_apart(
+    client: &MetaClient,
+    reqs: impl Iterator<Item = MetaRequest>,
+    pause_us: u64,
+) -> Vec<f64> {
     let mut ms = Vec::new();
     for req in reqs {
+        if pause_us > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(pause_us)).await;
+        }
         let started = Instant::now();
         // A Lookup of a missing name answers ENOENT: still one round trip.
         let _ = client.call(req).await;
@@ -40,7 +55,7 @@ async fn timed(client: &MetaClient, reqs: impl Iterator<Item = MetaRequest>) -> 
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(addrs) = args.next() else {
-        bail!("usage: latency HOST:PORT[,HOST:PORT...] [REQUESTS] [CONCURRENCY]");
+        bail!("usage: latency HOST:PORT[,HOST:PORT...] [REQUESTS] [CONCURRENCY] [PAUSE_US]");
     };
     let n: usize = match args.next() {
         Some(s) => s.parse().context("REQUESTS must be a number")?,
@@ -49,6 +64,10 @@ async fn main() -> Result<()> {
     let concurrency: usize = match args.next() {
         Some(s) => s.parse().context("CONCURRENCY must be a number")?,
         None => 16,
+    };
+    let pause_us: u64 = match args.next() {
+        Some(s) => s.parse().context("PAUSE_US must be a number")?,
+        None => 0,
     };
     let client = MetaClient::new(
         addrs.split(',').map(str::to_owned).collect(),
@@ -102,6 +121,20 @@ async fn main() -> Result<()> {
         )
         .await,
     );
+    if pause_us > 0 {
+        let mkdir = |i: usize| MetaRequest::Mkdir {
+            parent: ROOT_INO,
+            name: name(i + n),
+            mode: 0o755,
+            umask: 0,
+            uid: 0,
+            gid: 0,
+        };
+        report(
+            &format!("mkdir, {pause_us} us apart"),
+            timed_apart(&client, (0..n).map(mkdir), pause_us).await,
+        );
+    }
     let started = Instant::now();
     let ms = concurrent_mkdirs(&client, n, concurrency, &format!("latency-{tag}-c")).await;
     let seconds = started.elapsed().as_secs_f64();
