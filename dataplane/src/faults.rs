@@ -1,4 +1,4 @@
-//! Fault injection (DESIGN.md §1: failures are tested on purpose). Without
+//! Fault injection (docs/ARCHITECTURE.md: Design: failures are tested on purpose). Without
 //! the `testing` feature [`Faults`] is an empty type whose checks compile to
 //! nothing. With it, a node's faults are switched per data directory through
 //! [`set`] (so parallel tests on separate directories do not interfere), or

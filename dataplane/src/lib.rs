@@ -1,4 +1,4 @@
-//! torchfs storage node (DESIGN.md §1, §2): one glommio executor per shard,
+//! torchfs storage node (docs/ARCHITECTURE.md: Design and Data path): one glommio executor per shard,
 //! each owning a shard of the fragment key space, its own directory of
 //! O_DIRECT fragment files and its own TCP port; registration and
 //! heartbeats with metad on a separate control-plane thread.

@@ -1,4 +1,4 @@
-//! Stripe math (DESIGN.md §2): where file bytes live. The code is
+//! Stripe math (docs/ARCHITECTURE.md: Data path): where file bytes live. The code is
 //! systematic: data fragment `i` of stripe `s` holds file bytes
 //! `[s*k*unit + i*unit, s*k*unit + (i+1)*unit)`. Fragments past a stripe's
 //! `encoded_bytes` are not stored and read as zeros; bytes past its

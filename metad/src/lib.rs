@@ -1,4 +1,4 @@
-//! torchfs metadata service (DESIGN.md §3): an openraft cluster of 1, 3 or 5
+//! torchfs metadata service (docs/ARCHITECTURE.md: Metadata): an openraft cluster of 1, 3 or 5
 //! voters over Cap'n Proto RPC, persisted in log segment files and redb.
 //!
 //! - [`config`]: [`MetadConfig`] and [`MetadError`].

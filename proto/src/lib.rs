@@ -1,5 +1,5 @@
 //! Wire schemas, ids and error codes shared by every torchfs part
-//! (DESIGN.md §1: services meet only here and in the transport).
+//! (docs/ARCHITECTURE.md: Design: services meet only here and in the transport).
 //!
 //! - [`meta`]: metadata API domain types (requests, replies, errors).
 //! - [`convert`]: domain types <-> Cap'n Proto (`metadata_capnp`).

@@ -56,7 +56,7 @@ pub struct Attr {
     /// holding fresh attributes answers getxattr on an inode without any
     /// with no round trip.
     pub has_xattrs: bool,
-    /// Part of a frozen dataset version (DESIGN.md §3): metad refuses every
+    /// Part of a frozen dataset version (docs/ARCHITECTURE.md: Metadata): metad refuses every
     /// change to it, so clients may serve it from a table loaded once.
     pub frozen: bool,
 }
@@ -74,7 +74,7 @@ pub struct ChangedDir {
 }
 
 /// How files are cut into stripes: `k` data + `m` parity fragments of
-/// `unit_bytes` each (DESIGN.md §2).
+/// `unit_bytes` each (docs/ARCHITECTURE.md: Data path).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StripeConfig {
     pub k: u8,
@@ -326,7 +326,7 @@ pub struct ClusterMap {
 
 impl ClusterMap {
     /// The placement group of a stripe: a hash of (ino, stripe) over the
-    /// group table (DESIGN.md §2). None while there are no groups.
+    /// group table (docs/ARCHITECTURE.md: Data path). None while there are no groups.
     pub fn group_of(&self, ino: Ino, stripe: u64) -> Option<&PlacementGroup> {
         if self.groups.is_empty() {
             return None;

@@ -1,4 +1,4 @@
-//! torchfs transport (DESIGN.md §1, §2): the [`Transport`] abstraction that
+//! torchfs transport (docs/ARCHITECTURE.md: Design and Data path): the [`Transport`] abstraction that
 //! moves fragment bytes between the client core and storage-node shards,
 //! the wire framing both ends share ([`frame`]), and the TCP
 //! implementation ([`TcpTransport`]).

@@ -1,5 +1,5 @@
 //! `torchfs freeze` / `torchfs unfreeze`: make a directory tree an
-//! immutable dataset version, or thaw one (DESIGN.md §3). Mounts load a
+//! immutable dataset version, or thaw one (docs/ARCHITECTURE.md: Metadata). Mounts load a
 //! frozen tree's metadata once and then serve it with no metad round trip.
 
 use std::path::{Component, Path, PathBuf};

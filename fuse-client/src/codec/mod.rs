@@ -1,4 +1,4 @@
-//! Reed-Solomon erasure coding over ISA-L (DESIGN.md §2): a systematic code
+//! Reed-Solomon erasure coding over ISA-L (docs/ARCHITECTURE.md: Data path): a systematic code
 //! with a Cauchy generator matrix, so any `k` of the `k + m` fragments of a
 //! stripe rebuild the others. All fragments passed in one call have the same
 //! length; callers zero-pad short fragments (the stripe math does that).

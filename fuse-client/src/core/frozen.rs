@@ -1,4 +1,4 @@
-//! Frozen dataset versions (DESIGN.md §3): the whole metadata of a frozen
+//! Frozen dataset versions (docs/ARCHITECTURE.md: Metadata): the whole metadata of a frozen
 //! tree, loaded from metad once, serves lookup, getattr, readdir, readlink
 //! and the layouts of opens and prefetches with no metadata round trip.
 //!

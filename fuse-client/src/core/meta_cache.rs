@@ -1,4 +1,4 @@
-//! Attribute and dentry cache with TTLs (DESIGN.md §3: clients cache
+//! Attribute and dentry cache with TTLs (docs/ARCHITECTURE.md: Metadata: clients cache
 //! attributes and entries, revalidate on open). Pure data structure: the
 //! caller passes the clock, so expiry is tested without sleeping. Bounded:
 //! when full, expired entries go first, then everything (a cold cache is

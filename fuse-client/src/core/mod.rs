@@ -2,7 +2,7 @@
 //! Python batch API) needs to serve POSIX calls, and nothing of any
 //! front-end. It caches metadata with TTLs, keeps per-inode write buffers,
 //! encodes and uploads stripes, reads (degraded if need be) and commits
-//! layouts on flush (close-to-open, DESIGN.md §2-§3).
+//! layouts on flush (close-to-open, docs/ARCHITECTURE.md: Data path and Metadata).
 //!
 //! Layout of the module:
 //! - [`meta_cache`]: attribute and dentry cache with TTLs.

@@ -2,7 +2,7 @@
 //! the caller's buffer (many fragments in parallel, bounded), and when a
 //! fragment cannot be had (node down, unreachable, timed out, missing,
 //! checksum mismatch) fetch the same column of any k other fragments and
-//! decode it (DESIGN.md §2, degraded read).
+//! decode it (docs/ARCHITECTURE.md: Data path, degraded read).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

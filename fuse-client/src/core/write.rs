@@ -1,6 +1,6 @@
 //! The write path: buffer writes per stripe, encode and upload a stripe as
 //! soon as it is complete (or earlier when the file's buffer budget is
-//! spent), and commit the layout on flush (close-to-open, DESIGN.md §2).
+//! spent), and commit the layout on flush (close-to-open, docs/ARCHITECTURE.md: Data path).
 //!
 //! No degraded writes in v0: a stripe is uploaded only when all k+m of its
 //! nodes take their fragment; a node down or failing makes the write (or

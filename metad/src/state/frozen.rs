@@ -1,4 +1,4 @@
-//! Frozen dataset versions (DESIGN.md §3): a directory tree made immutable
+//! Frozen dataset versions (docs/ARCHITECTURE.md: Metadata): a directory tree made immutable
 //! so that clients may load its whole metadata table once
 //! ([`MetaRequest::ReadFrozen`]) and serve it from memory.
 //!

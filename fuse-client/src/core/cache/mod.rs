@@ -1,4 +1,4 @@
-//! The epoch cache (DESIGN.md §4): file data kept in this client ahead of
+//! The epoch cache (docs/ARCHITECTURE.md: The epoch cache): file data kept in this client ahead of
 //! the reads a plan announces, in a memory tier and an optional local-disk
 //! tier, evicted by next use (Belady) when plans are known and by LRU when
 //! not.
