@@ -318,30 +318,22 @@ fn every_reply_round_trips() {
                 stripes: vec![stripe(2)],
             },
         }),
-        Ok(MetaReply::Layouts(vec![
-            FileLayout {
-                attr: attr(),
-                layout: Layout {
-                    config: StripeConfig {
-                        k: 4,
-                        m: 2,
-                        unit_bytes: 1 << 20,
+        Ok(MetaReply::Layouts(
+            [vec![stripe(0), stripe(3)], vec![]]
+                .into_iter()
+                .map(|stripes| FileLayout {
+                    attr: attr(),
+                    layout: Layout {
+                        config: StripeConfig {
+                            k: 4,
+                            m: 2,
+                            unit_bytes: 1 << 20,
+                        },
+                        stripes,
                     },
-                    stripes: vec![stripe(0), stripe(3)],
-                },
-            },
-            FileLayout {
-                attr: attr(),
-                layout: Layout {
-                    config: StripeConfig {
-                        k: 4,
-                        m: 2,
-                        unit_bytes: 1 << 20,
-                    },
-                    stripes: vec![],
-                },
-            },
-        ])),
+                })
+                .collect(),
+        )),
         Ok(MetaReply::Layouts(vec![])),
         Ok(MetaReply::Committed {
             attr: attr(),
