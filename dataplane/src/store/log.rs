@@ -26,8 +26,8 @@
 //! an earlier one; nothing depends on order within a segment.
 //!
 //! **Delete and replace.** The record's blocks are punched out (header and
-//! data read as zeros from then on); a segment that is no longer active
-//! and holds no live record is removed. As with a fragment file's unlink,
+//! data read as zeros from then on); a segment that is no longer active,
+//! holds no live record and has no put in flight is removed. As with a fragment file's unlink,
 //! a delete is not durable until something syncs the segment: after a
 //! crash a deleted fragment may come back (orphan collection's job). A
 //! replaced record that comes back loses to its replacement, which is
@@ -139,7 +139,9 @@ struct Segment<F> {
     file: RefCell<Option<Rc<F>>>,
     /// Records in it the index points at.
     live: Cell<u32>,
-    /// No more records go here; removed once `live` is 0.
+    /// Records reserved in it whose puts have not ended.
+    pending: Cell<u32>,
+    /// No more records go here; removed once `live` and `pending` are 0.
     sealed: Cell<bool>,
     sync: GroupSync,
 }
@@ -170,6 +172,23 @@ pub struct FragmentLog<I: DiskIo> {
     waiting: RefCell<Vec<oneshot::Sender<()>>>,
     /// Segments made, for tests and tuning.
     segments_created: Cell<u64>,
+}
+
+/// Counts a put in flight in its segment (also when the put is dropped
+/// midway), so the segment is not removed under it.
+struct Pending<'a, F>(&'a Segment<F>);
+
+impl<F> Drop for Pending<'_, F> {
+    fn drop(&mut self) {
+        self.0.pending.set(self.0.pending.get() - 1);
+    }
+}
+
+impl<F> Segment<F> {
+    /// Sealed, with no live record and no put in flight.
+    fn is_done(&self) -> bool {
+        self.sealed.get() && self.live.get() == 0 && self.pending.get() == 0
+    }
 }
 
 /// Clears `creating` and wakes the waiting puts when a segment has been
@@ -214,6 +233,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
                     path: s.path,
                     file: RefCell::new(None),
                     live: Cell::new(s.live),
+                    pending: Cell::new(0),
                     sealed: Cell::new(true),
                     sync: GroupSync::new(),
                 };
@@ -274,10 +294,32 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
     pub async fn append(
         self: &Rc<Self>,
         header: &FragmentHeader,
-        mut image: I::WriteBuf,
+        image: I::WriteBuf,
     ) -> Result<(u64, u64), DiskError> {
         let record_bytes = image.as_ref().len() as u64;
         let (segment, offset) = self.reserve(record_bytes).await?;
+        let pending = Pending(&segment);
+        let stored = self.write_record(&segment, offset, header, image).await;
+        if stored.is_ok() {
+            segment.live.set(segment.live.get() + 1);
+        }
+        drop(pending);
+        if segment.is_done() {
+            // This put failed, and a later one sealed the segment meanwhile.
+            self.remove_segment(segment.seq).await;
+        }
+        stored.map(|()| (segment.seq, offset))
+    }
+
+    /// Writes `image` at `offset` of `segment`, stamped, and waits for a
+    /// sync of the segment that started after the write.
+    async fn write_record(
+        &self,
+        segment: &Segment<I::File>,
+        offset: u64,
+        header: &FragmentHeader,
+        mut image: I::WriteBuf,
+    ) -> Result<(), DiskError> {
         header.encode_stamped(
             image.as_mut(),
             Stamp {
@@ -299,9 +341,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             .sync
             .run(|| self.io.sync_data(&file))
             .await
-            .map_err(DiskError::of("sync log segment"))?;
-        segment.live.set(segment.live.get() + 1);
-        Ok((segment.seq, offset))
+            .map_err(DiskError::of("sync log segment"))
     }
 
     /// The next `record_bytes` of the active segment, making a segment
@@ -317,6 +357,8 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
                     if active.next_offset + record_bytes <= self.config.segment_bytes {
                         let offset = active.next_offset;
                         active.next_offset += record_bytes;
+                        // Counted before any await: `append` holds it from here.
+                        active.segment.pending.set(active.segment.pending.get() + 1);
                         let half_full = active.next_offset * 2 >= self.config.segment_bytes;
                         let segment = active.segment.clone();
                         let want_spare = half_full && state.spare.is_none();
@@ -351,7 +393,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             });
             if let Some(old) = old {
                 old.segment.sealed.set(true);
-                if old.segment.live.get() == 0 {
+                if old.segment.is_done() {
                     self.remove_segment(old.segment.seq).await;
                 }
             }
@@ -410,6 +452,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             path,
             file: RefCell::new(Some(Rc::new(file))),
             live: Cell::new(0),
+            pending: Cell::new(0),
             sealed: Cell::new(false),
             sync: GroupSync::new(),
         });
@@ -469,7 +512,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             segment.sync.run(|| self.io.sync_data(&file)).await?;
         }
         segment.live.set(segment.live.get().saturating_sub(1));
-        if segment.sealed.get() && segment.live.get() == 0 {
+        if segment.is_done() {
             self.remove_segment(seq).await;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Tests of the disk store's fragment log (`store::log`) on a real
 //! directory (glommio, O_DIRECT): records, restarts, holes, segments.
 
-use super::tests::{flip_data_byte_at, open_logged, run_local};
+use super::tests::{flip_data_byte_at, open_logged, run_local, Counting};
 use super::*;
 use crate::faults::Faults;
 use crate::io::GlommioDisk;
@@ -230,6 +230,44 @@ fn concurrent_puts_share_segment_syncs() {
         let (syncs, callers) = store.log().syncs();
         assert_eq!(callers, 32);
         assert!(syncs < callers, "{syncs} syncs for {callers} puts");
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(&get(&store, key(i as u64), d).await, d);
+        }
+    });
+}
+
+#[test]
+fn a_segment_sealed_while_puts_into_it_are_in_flight_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let data: Vec<Vec<u8>> = (0..17).map(|i| pattern(8192, i as u8)).collect();
+    let d = data.clone();
+    run_local(move || async move {
+        // Writes held back 20 ms, so the puts are still in flight when
+        // later ones fill and seal their segments.
+        let io = Counting {
+            disk: GlommioDisk::new(Faults::for_dir(&p)),
+            read_bytes: Rc::default(),
+            renames: Rc::default(),
+            write_delay_ms: 20,
+        };
+        let store = open_logged(&p, io, u64::MAX, small_segments());
+        // 17 records at once, 5 to a segment.
+        futures::future::join_all(
+            d.iter()
+                .enumerate()
+                .map(|(i, d)| put(&store, key(i as u64), d)),
+        )
+        .await;
+        assert!(store.log().segment_counts().0 >= 4);
+        for (i, d) in d.iter().enumerate() {
+            assert_eq!(&get(&store, key(i as u64), d).await, d);
+        }
+    });
+    run_local(move || async move {
+        let store = store(&path, small_segments());
+        assert_eq!(store.list().len(), 17);
         for (i, d) in data.iter().enumerate() {
             assert_eq!(&get(&store, key(i as u64), d).await, d);
         }

@@ -41,11 +41,13 @@ pub(crate) fn open_logged<I: DiskIo + 'static>(
 }
 
 /// [`GlommioDisk`] counting the bytes read and the renames, to see what a
-/// get or a put costs.
+/// get or a put costs, and holding each `write_at` back for
+/// `write_delay_ms` (to keep puts in flight).
 pub(crate) struct Counting {
     pub(crate) disk: GlommioDisk,
     pub(crate) read_bytes: Rc<Cell<u64>>,
     pub(crate) renames: Rc<Cell<u64>>,
+    pub(crate) write_delay_ms: u64,
 }
 
 impl DiskIo for Counting {
@@ -106,6 +108,9 @@ impl DiskIo for Counting {
         offset_bytes: u64,
         buf: Self::WriteBuf,
     ) -> io::Result<()> {
+        if self.write_delay_ms > 0 {
+            glommio::timer::sleep(std::time::Duration::from_millis(self.write_delay_ms)).await;
+        }
         self.disk.write_at(file, offset_bytes, buf).await
     }
     async fn sync_data(&self, file: &Self::File) -> io::Result<()> {
@@ -259,6 +264,7 @@ fn a_new_key_is_written_in_place_and_a_replaced_one_through_a_temp_file() {
             disk: GlommioDisk::new(Faults::for_dir(&path)),
             read_bytes: Rc::default(),
             renames: renames.clone(),
+            write_delay_ms: 0,
         };
         let store = open_with(&path, io, u64::MAX);
         let key = FragmentKey {
@@ -383,6 +389,7 @@ fn ranged_get_reads_only_the_chunks_it_touches() {
             disk: GlommioDisk::new(Faults::for_dir(&path)),
             read_bytes: read_bytes.clone(),
             renames: Rc::default(),
+            write_delay_ms: 0,
         };
         let store = open_with(&path, io, u64::MAX);
         let data = pattern(1 << 20);
