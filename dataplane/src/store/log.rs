@@ -27,9 +27,10 @@
 //!
 //! **Delete and replace.** The record's blocks are punched out (header and
 //! data read as zeros from then on); a segment that is no longer active,
-//! holds no live record and has no put in flight is removed. As with a fragment file's unlink,
-//! a delete is not durable until something syncs the segment: after a
-//! crash a deleted fragment may come back (orphan collection's job). A
+//! holds no live record and has no put in flight is removed. As with a
+//! fragment file's unlink, a delete is not durable until something syncs
+//! the segment: after a crash a deleted fragment may come back (orphan
+//! collection's job). A
 //! replaced record that comes back loses to its replacement, which is
 //! later in (segment, offset) order.
 //!
