@@ -269,7 +269,8 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         )
     }
 
-    /// Syncs run and puts they served, all segments (group commit figures).
+    /// Syncs run and puts they served, over the segments there are now
+    /// (group commit figures).
     pub fn syncs(&self) -> (u64, u64) {
         self.state
             .borrow()
