@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use torchfs_proto::meta::Ino;
 
-use super::belady::{overlaps, Installed, Plans, Rank, Slot, NO_USE, WHOLE_FILE_END};
+use super::belady::{
+    overlaps, Installed, Plans, Rank, Slot, NEXT_PLAN_LEAD_ITEMS, NO_USE, WHOLE_FILE_END,
+};
 use super::plan::{Plan, PlanError};
 use super::stats::{Counters, RankGauges, Snapshot, TierCounters, TierGauges};
 use super::tiers::{DiskDir, Tier};

@@ -19,7 +19,7 @@ impl CacheState {
         loop {
             let mut best: Option<(u32, u64, Slot)> = None;
             for (&rank, r) in self.plans.ranks.iter_mut() {
-                let limit = (r.head() + self.window_items).min(r.end());
+                let limit = r.prefetch_limit(self.window_items, NEXT_PLAN_LEAD_ITEMS);
                 let mut p = r.frontier.max(r.cursor);
                 let mut candidate = None;
                 while p < limit {
