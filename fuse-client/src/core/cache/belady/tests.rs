@@ -85,6 +85,33 @@ fn next_epoch_follows_and_old_plans_go() {
 }
 
 #[test]
+fn the_prefetch_scan_goes_a_bounded_lead_into_the_next_plan() {
+    let mut p = Plans::default();
+    let epoch =
+        |e: u64| -> Vec<String> { (0..100).map(|i| format!("f{}", e * 1000 + i)).collect() };
+    for e in [1, 2] {
+        let names = epoch(e);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        p.install(plan(0, e, &refs));
+    }
+    resolve_all(&mut p, 0);
+    let r = &p.ranks[&0];
+    // Epoch 1 is 0..100, epoch 2 100..200: a window of 1000 stops 10
+    // items into epoch 2, a window of 50 stops where it says.
+    assert_eq!(r.prefetch_limit(1000, 10), 110);
+    assert_eq!(r.prefetch_limit(50, 10), 50);
+    assert_eq!(r.prefetch_limit(1000, 1000), 200);
+    // Halfway through epoch 2 the bound is epoch 2's end (no epoch 3).
+    for i in 0..100 {
+        p.consume(1000 + i, 0, 10);
+    }
+    for i in 0..50 {
+        p.consume(2000 + i, 0, 10);
+    }
+    assert_eq!(p.ranks[&0].prefetch_limit(1000, 10), 200);
+}
+
+#[test]
 fn stragglers_do_not_hold_the_cursor() {
     let mut p = Plans::default();
     let names: Vec<String> = (0..4 * STRAGGLER_ITEMS).map(|i| format!("f{i}")).collect();
