@@ -51,7 +51,7 @@
 //! indexes until the next start; its space is then found again.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -173,7 +173,14 @@ pub struct FragmentLog<I: DiskIo> {
     waiting: RefCell<Vec<oneshot::Sender<()>>>,
     /// Segments made, for tests and tuning.
     segments_created: Cell<u64>,
+    /// Sealed segments whose files are open, least recently used first.
+    open_sealed: RefCell<VecDeque<u64>>,
 }
+
+/// Files of sealed segments a shard keeps open: a file descriptor each,
+/// and a store of small fragments has a segment per 8 MiB of them (a
+/// process's default limit is 1,024 descriptors).
+pub const OPEN_SEALED_MAX: usize = 64;
 
 /// Counts a put in flight in its segment (also when the put is dropped
 /// midway), so the segment is not removed under it.
@@ -254,6 +261,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             creating: Cell::new(false),
             waiting: RefCell::new(Vec::new()),
             segments_created: Cell::new(0),
+            open_sealed: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -397,6 +405,8 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
                 old.segment.sealed.set(true);
                 if old.segment.is_done() {
                     self.remove_segment(old.segment.seq).await;
+                } else {
+                    self.used_sealed(old.segment.seq);
                 }
             }
         }
@@ -470,6 +480,7 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         let Some(segment) = self.state.borrow_mut().segments.remove(&seq) else {
             return;
         };
+        self.open_sealed.borrow_mut().retain(|s| *s != seq);
         // Reads in flight keep their open file. Like a fragment file's
         // unlink, not made durable (see the module docs).
         if let Err(e) = self.io.remove(&segment.path).await {
@@ -477,7 +488,8 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         }
     }
 
-    /// Segment `seq`'s file, opened on first use.
+    /// Segment `seq`'s file, opened on first use. Sealed segments keep
+    /// at most [`OPEN_SEALED_MAX`] files open, the most recently used.
     pub async fn file(&self, seq: u64) -> io::Result<Rc<I::File>> {
         let segment = self.state.borrow().segments.get(&seq).cloned();
         let Some(segment) = segment else {
@@ -486,12 +498,46 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
                 format!("log segment {seq} is gone"),
             ));
         };
-        if let Some(f) = segment.file.borrow().clone() {
-            return Ok(f);
+        let open = segment.file.borrow().clone();
+        let file = match open {
+            Some(f) => f,
+            None => {
+                let file = Rc::new(self.io.open_rw(&segment.path).await?);
+                let mut slot = segment.file.borrow_mut();
+                slot.get_or_insert(file).clone()
+            }
+        };
+        if segment.sealed.get() {
+            self.used_sealed(seq);
         }
-        let file = Rc::new(self.io.open_rw(&segment.path).await?);
-        let mut slot = segment.file.borrow_mut();
-        Ok(slot.get_or_insert(file).clone())
+        Ok(file)
+    }
+
+    /// Notes that sealed segment `seq`'s file is open and was just used;
+    /// closes the least recently used beyond [`OPEN_SEALED_MAX`] (reads in
+    /// flight keep theirs until they end).
+    fn used_sealed(&self, seq: u64) {
+        let mut lru = self.open_sealed.borrow_mut();
+        if lru.back() != Some(&seq) {
+            lru.retain(|s| *s != seq);
+            lru.push_back(seq);
+        }
+        while lru.len() > OPEN_SEALED_MAX {
+            let Some(old) = lru.pop_front() else { break };
+            if let Some(segment) = self.state.borrow().segments.get(&old) {
+                segment.file.borrow_mut().take();
+            }
+        }
+    }
+
+    /// Files of sealed segments open now (tests).
+    pub fn open_sealed_files(&self) -> usize {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .filter(|s| s.sealed.get() && s.file.borrow().is_some())
+            .count()
     }
 
     /// Frees the record at `offset` of segment `seq` (`record_bytes`

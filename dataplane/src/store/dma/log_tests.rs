@@ -215,6 +215,43 @@ fn full_segments_are_sealed_and_removed_once_empty() {
 }
 
 #[test]
+fn sealed_segments_keep_a_bounded_number_of_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let n = 5 * (crate::store::log::OPEN_SEALED_MAX as u64 + 20);
+    let p = path.clone();
+    run_local(move || async move {
+        let store = store(&p, small_segments());
+        for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+            let data: Vec<(u64, Vec<u8>)> = chunk
+                .iter()
+                .map(|i| (*i, pattern(8192, *i as u8)))
+                .collect();
+            futures::future::join_all(data.iter().map(|(i, d)| put(&store, key(*i), d))).await;
+        }
+        let open = store.log().open_sealed_files();
+        assert!(open <= crate::store::log::OPEN_SEALED_MAX, "{open} open");
+    });
+    run_local(move || async move {
+        let store = store(&path, small_segments());
+        assert!(store.log().segment_counts().1 > crate::store::log::OPEN_SEALED_MAX);
+        // Every record read, twice, in an order that cycles through all
+        // the segments: files are closed and opened again as needed.
+        for _ in 0..2 {
+            for i in 0..n {
+                let d = pattern(8192, i as u8);
+                assert_eq!(get(&store, key(i), &d).await, d);
+            }
+        }
+        let open = store.log().open_sealed_files();
+        assert!(
+            (1..=crate::store::log::OPEN_SEALED_MAX).contains(&open),
+            "{open} open"
+        );
+    });
+}
+
+#[test]
 fn concurrent_puts_share_segment_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
