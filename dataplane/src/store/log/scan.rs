@@ -42,9 +42,7 @@ pub(crate) fn encode_first_block(block: &mut [u8], seq: u64, nonce: u64) {
 /// Whether `block` is the first block of segment `seq` with `nonce`.
 fn is_first_block(block: &[u8], seq: u64, nonce: u64) -> bool {
     let mut expected = [0u8; 24];
-    expected[0..8].copy_from_slice(&FIRST_BLOCK_MAGIC);
-    expected[8..16].copy_from_slice(&seq.to_le_bytes());
-    expected[16..24].copy_from_slice(&nonce.to_le_bytes());
+    encode_first_block(&mut expected, seq, nonce);
     block.len() >= 24 && block[..24] == expected[..]
 }
 

@@ -26,7 +26,12 @@ fn stats(mnt: &Path) -> Result<serde_json::Value> {
 }
 
 fn num(v: &serde_json::Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or(0.0)
+    num_at(v, &[key])
+}
+
+/// The number at `path` (object keys) in `v`; 0 when absent.
+fn num_at(v: &serde_json::Value, path: &[&str]) -> f64 {
+    path.iter().fold(v, |x, k| &x[*k]).as_f64().unwrap_or(0.0)
 }
 
 /// What a worker is told: the epoch's samples in order and its share.
@@ -81,14 +86,7 @@ pub(super) fn run_epochs(
         let (wall_s, wait_s) = trainer(ctx, &spec_path, spec.samples.len(), spec.batch)?;
         let after = mnt.map(stats).transpose()?;
         if let (Some(b), Some(a)) = (&before, &after) {
-            let d = |v: &serde_json::Value, path: &[&str]| {
-                let mut x = v;
-                for k in path {
-                    x = &x[*k];
-                }
-                x.as_f64().unwrap_or(0.0)
-            };
-            let delta = |path: &[&str]| d(a, path) - d(b, path);
+            let delta = |path: &[&str]| num_at(a, path) - num_at(b, path);
             ctx.log(format!(
                 "[{NAME}] {} {}% {} epoch {}: prefetches {:.0}, prefetched {:.0} MB, wasted {:.0} MB, \
                  evicted {:.0} MB, readahead {:.0} MB, metad requests {:.0}",
@@ -129,8 +127,8 @@ pub(super) fn run_epochs(
             row.storage_mb =
                 Some((num(&a, "storage_read_bytes") - num(&b, "storage_read_bytes")) / 1e6);
             row.metad_per_sample = Some((num(&a, "meta_requests") - num(&b, "meta_requests")) / n);
-            let wasted = |v: &serde_json::Value| num(&v["tiers"]["memory"], "wasted_bytes");
-            row.wasted_mb = Some((wasted(&a) - wasted(&b)) / 1e6);
+            let wasted = ["tiers", "memory", "wasted_bytes"];
+            row.wasted_mb = Some((num_at(&a, &wasted) - num_at(&b, &wasted)) / 1e6);
         }
         ctx.log(format!(
             "[{NAME}] {} {}% {} epoch {}: {:.1} s, {:.0} samples/s, hit {:.2}, no-stall {:.1}%, trainer waited {:.2} s",
