@@ -95,6 +95,14 @@ struct StripeEntry {
   crcs @4 :List(UInt32);    # CRC32C of each of the k+m fragments (0 for a fragment not stored)
 }
 
+# The version of a stripe that a client's write was merged into
+# (`commitStripes`): its generation and valid bytes as the client read them.
+# Generation 0: the stripe did not exist (a hole).
+struct StripeBase {
+  generation @0 :UInt64;
+  validBytes @1 :UInt32;
+}
+
 struct Layout {
   config @0 :StripeConfig;
   stripes @1 :List(StripeEntry);
@@ -340,6 +348,17 @@ struct Request {
       # `LAYOUTS_MAX` inodes). A prefetcher's batch.
       inos @93 :List(UInt64);
     }
+    commitStripes :group {
+      # `commitLayout` for a file that other clients may write too:
+      # `bases[i]` is the version of `stripes[i]` the client merged its
+      # writes into. If any stripe's version is no longer its base, nothing
+      # changes and the answer is `conflict`; the client merges again and
+      # retries. Else the stripes replace theirs and the size becomes
+      # max(size, `sizeAtLeast`): a commit never shrinks a file (truncation
+      # is `setAttr`'s).
+      ino @94 :UInt64; sizeAtLeast @95 :UInt64; stripes @96 :List(StripeEntry);
+      bases @97 :List(StripeBase);
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -414,6 +433,12 @@ struct Response {
     # ReadDirPlus: the entries and their attributes.
     layouts @27 :List(FileLayout);
     # GetLayouts: the files found.
+    conflict :group {
+      # CommitStripes: nothing was committed. The file's attributes and the
+      # current entries of the stripes the commit named (a stripe missing
+      # here does not exist now).
+      attr @28 :Attr; stripes @29 :List(StripeEntry);
+    }
   }
   dirs @25 :List(Attr);
   # After a write that changed directories (a create, link, unlink, rmdir

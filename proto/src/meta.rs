@@ -126,6 +126,24 @@ pub struct StripeEntry {
     pub crcs: Vec<u32>,
 }
 
+/// The version of a stripe that a client's write was merged into
+/// ([`MetaRequest::CommitStripes`]): generation 0 is a hole (no entry).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StripeBase {
+    pub generation: u64,
+    pub valid_bytes: u32,
+}
+
+impl StripeBase {
+    /// The version `entry` is (a hole when `None`).
+    pub fn of(entry: Option<&StripeEntry>) -> Self {
+        entry.map_or(Self::default(), |e| Self {
+            generation: e.generation,
+            valid_bytes: e.valid_bytes,
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Layout {
     pub config: StripeConfig,

@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use torchfs_proto::meta::{Ino, Layout, StripeConfig, StripeEntry};
+use rangemap::RangeSet;
+use torchfs_proto::meta::{Ino, Layout, StripeBase, StripeConfig, StripeEntry};
 
 use crate::stripe::{self, FragmentPiece, StripeError, StripePiece};
 
@@ -29,6 +30,13 @@ pub(crate) struct FileState {
     pub uploaded: BTreeMap<u64, StripeEntry>,
     /// Stripe buffers not yet uploaded (prefix of the stripe, see above).
     pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// The byte ranges of each stripe this client wrote since its last
+    /// commit (in `dirty` or `uploaded`): what a merge re-applies over
+    /// another client's version of the stripe.
+    pub written: BTreeMap<u64, RangeSet<u32>>,
+    /// The end of this client's writes since its last commit: the size
+    /// its commit asks for (metad keeps the larger of it and the size).
+    pub written_end: u64,
 }
 
 /// What a read must fetch from storage: `pieces` index into `entries`.
@@ -52,6 +60,8 @@ impl FileState {
             committed,
             uploaded: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            written: BTreeMap::new(),
+            written_end: 0,
         })
     }
 
@@ -68,6 +78,12 @@ impl FileState {
             (e.stripe, e.generation, e.encoded_bytes, e.valid_bytes).hash(&mut h);
         }
         h.finish()
+    }
+
+    /// The version of `stripe` this client's writes to it are merged into:
+    /// the committed one as this client knows it.
+    pub fn base(&self, stripe: u64) -> StripeBase {
+        StripeBase::of(self.committed.get(&stripe))
     }
 
     /// Whether this client holds changes metad has not seen.
@@ -125,7 +141,17 @@ impl FileState {
             buf.resize(end, 0);
         }
         buf[start..end].copy_from_slice(data);
-        buf.len() >= stripe_bytes
+        let full = buf.len() >= stripe_bytes;
+        if piece.len_bytes > 0 {
+            self.written
+                .entry(piece.stripe)
+                .or_default()
+                .insert(piece.offset..piece.offset + piece.len_bytes);
+        }
+        self.written_end = self
+            .written_end
+            .max(stripe::stripe_start(&self.config, piece.stripe) + end as u64);
+        full
     }
 
     /// The dirty stripe to upload early when the buffer budget is spent:
@@ -149,6 +175,40 @@ impl FileState {
     pub fn record_commit(&mut self) {
         let uploaded = std::mem::take(&mut self.uploaded);
         self.committed.extend(uploaded);
+        self.written.clear();
+        self.written_end = 0;
+    }
+
+    /// For a merge after a commit that conflicted: `current` is another
+    /// client's version of `stripe` (None: the stripe is gone) in a file
+    /// of `size` bytes. Returns how many leading bytes of `current` the
+    /// merged stripe keeps (0 when this client's writes cover them all)
+    /// and the ranges of this client's writes to lay over them.
+    pub fn merge_source(
+        &self,
+        stripe: u64,
+        current: Option<&StripeEntry>,
+        size: u64,
+    ) -> (u32, RangeSet<u32>) {
+        let ours = self.written.get(&stripe).cloned().unwrap_or_default();
+        let in_file = size.saturating_sub(stripe::stripe_start(&self.config, stripe));
+        let theirs = current.map_or(0, |e| {
+            (e.valid_bytes.min(e.encoded_bytes) as u64).min(in_file) as u32
+        });
+        let covered = ours
+            .iter()
+            .next()
+            .is_some_and(|r| r.start == 0 && r.end >= theirs);
+        (if covered { 0 } else { theirs }, ours)
+    }
+
+    /// After a merged stripe is uploaded: `current` (None: a hole) is the
+    /// version it is based on now.
+    pub fn rebase(&mut self, stripe: u64, current: Option<StripeEntry>) {
+        match current {
+            Some(entry) => self.committed.insert(stripe, entry),
+            None => self.committed.remove(&stripe),
+        };
     }
 
     /// Applies a truncation to `size` to the local state (metad applies it
@@ -167,6 +227,13 @@ impl FileState {
         if let Some(buf) = self.dirty.get_mut(&boundary) {
             buf.truncate(keep_bytes as usize);
         }
+        // Written bytes past the end are gone: a merge must not bring
+        // them back over another client's data.
+        self.written.retain(|s, _| *s < first_gone);
+        if let Some(ranges) = self.written.get_mut(&boundary) {
+            ranges.remove(keep_bytes..u32::MAX);
+        }
+        self.written_end = self.written_end.min(size);
         self.committed.retain(|s, _| *s < first_gone);
         if let Some(e) = self.committed.get_mut(&boundary) {
             e.valid_bytes = e.valid_bytes.min(keep_bytes);

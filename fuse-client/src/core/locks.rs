@@ -8,6 +8,14 @@
 //! so a process killed while waiting does not get the lock afterwards.
 //! Which (inode, owner) pairs may hold locks is remembered here, so that
 //! closing a file that was never locked costs no round trip.
+//!
+//! Lock coherence, as NFS gives it (docs/ARCHITECTURE.md, "Data path:
+//! many writers"): taking a lock refetches the file's layout and, when it
+//! changed, drops this client's view of the file (its state, cached data
+//! and attributes) and tells the front-end to drop the kernel's; releasing
+//! a lock, by unlock or by close, first commits this client's writes to
+//! the file. An unlock whose flush fails keeps the lock and answers the
+//! error: the next holder never starts from a half-written state.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -15,6 +23,7 @@ use std::time::Duration;
 use torchfs_proto::meta::{errno, FileLock, Ino, LockKind, MetaError, MetaReply, MetaRequest};
 use torchfs_rdma::Transport;
 
+use super::file::FileState;
 use super::{lock, unexpected, Client, ClientError, MetaService};
 
 /// The first and the longest pause between tries of a blocking lock.
@@ -96,11 +105,33 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// F_SETLK, or F_SETLKW with `wait` (then it returns once the lock is
-    /// taken, or EINTR when the owner closed the file meanwhile).
-    pub async fn set_lock(&self, ino: Ino, spec: LockSpec, wait: bool) -> Result<(), ClientError> {
-        if !wait {
-            return self.try_lock(ino, spec).await;
+    /// taken, or EINTR when the owner closed the file meanwhile). An unlock
+    /// commits this client's writes to the file first. Answers whether the
+    /// file changed since this client last saw it (a lock was taken and
+    /// another client committed in between): the front-end then drops what
+    /// it caches of the file (the kernel's pages and attributes).
+    pub async fn set_lock(
+        &self,
+        ino: Ino,
+        spec: LockSpec,
+        wait: bool,
+    ) -> Result<bool, ClientError> {
+        if spec.kind == LockKind::Unlock {
+            self.flush_ino(ino).await?;
+            self.try_lock(ino, spec).await?;
+            return Ok(false);
         }
+        if wait {
+            self.wait_lock(ino, spec).await?;
+        } else {
+            self.try_lock(ino, spec).await?;
+        }
+        self.revalidate(ino).await
+    }
+
+    /// F_SETLKW: tries, then waits with reads until nothing conflicts, and
+    /// tries again; EINTR when the owner closed the file meanwhile.
+    async fn wait_lock(&self, ino: Ino, spec: LockSpec) -> Result<(), ClientError> {
         let key = (ino, spec.owner);
         let closes_at_start = {
             let mut t = lock(&self.inner.locks);
@@ -137,6 +168,45 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
     }
 
+    /// After a lock is taken: the file as metad holds it now becomes this
+    /// client's view, unless it is the one this client has (same version).
+    /// Unflushed writes of this client stay, merged at their commit. Answers
+    /// whether the view changed.
+    async fn revalidate(&self, ino: Ino) -> Result<bool, ClientError> {
+        let (attr, layout) = match self.meta_call(MetaRequest::GetLayout { ino }).await? {
+            MetaReply::Layout { attr, layout } => (attr, layout),
+            other => return Err(unexpected("GetLayout", other)),
+        };
+        let fresh = FileState::from_layout(ino, attr.size, layout)
+            .map_err(|source| ClientError::Layout { ino, source })?;
+        let version = fresh.version();
+        let changed = match self.inner.handles.file_of(ino) {
+            Some(file) => {
+                let mut st = file.state.lock().await;
+                let changed = st.version() != version;
+                if changed && !st.pending() {
+                    *st = fresh;
+                    file.publish(&st);
+                }
+                changed
+            }
+            None => true,
+        };
+        if changed {
+            self.inner.data_cache.validate(ino, version);
+        }
+        self.cache_attr(attr);
+        Ok(changed)
+    }
+
+    /// Commits this client's writes to `ino`, if it has the file open.
+    async fn flush_ino(&self, ino: Ino) -> Result<(), ClientError> {
+        match self.inner.handles.file_of(ino) {
+            Some(file) => self.flush_file(&file).await,
+            None => Ok(()),
+        }
+    }
+
     async fn try_lock(&self, ino: Ino, spec: LockSpec) -> Result<(), ClientError> {
         let req = MetaRequest::SetLock {
             ino,
@@ -159,8 +229,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// A close by `owner` (flush for fcntl locks, release for flock):
-    /// releases every lock it holds on `ino` and stops its waits. No round
-    /// trip when it never locked.
+    /// commits this client's writes to `ino`, then releases every lock the
+    /// owner holds on it (POSIX: a close releases them even when the flush
+    /// failed; the error is answered) and stops its waits. No round trip
+    /// when it never locked.
     pub async fn unlock_owner(&self, ino: Ino, owner: u64) -> Result<(), ClientError> {
         let key = (ino, owner);
         let held = {
@@ -173,7 +245,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if !held {
             return Ok(());
         }
-        self.unlock_all(ino, owner).await
+        let flushed = self.flush_ino(ino).await;
+        let unlocked = self.unlock_all(ino, owner).await;
+        flushed.and(unlocked)
     }
 
     /// [`Self::unlock_owner`] when it needs no round trip (the owner holds

@@ -37,6 +37,8 @@ mod statahead;
 #[cfg(test)]
 mod tests;
 mod write;
+#[cfg(test)]
+mod writers_tests;
 mod xattrs;
 
 use std::collections::HashMap;
@@ -180,6 +182,8 @@ pub enum ClientError {
     Layout { ino: Ino, source: StripeError },
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error("inode {ino}: {tries} commits in a row conflicted with other clients' writes")]
+    CommitConflict { ino: Ino, tries: u32 },
     #[error("offset {offset} + {len_bytes} bytes is past the largest file size")]
     TooLarge { offset: u64, len_bytes: u64 },
     #[error("plan rejected: {0}")]
@@ -234,6 +238,7 @@ impl ClientError {
             | ClientError::Unrecoverable { .. }
             | ClientError::Layout { .. }
             | ClientError::CacheDir { .. }
+            | ClientError::CommitConflict { .. }
             | ClientError::FrozenTable(_)
             | ClientError::Codec(_) => libc::EIO,
         }

@@ -41,6 +41,11 @@ pub(crate) struct MetaState {
     pub(crate) layout_batches: Vec<usize>,
     /// `Lookup` requests seen.
     pub(crate) lookups: usize,
+    /// `CommitStripes` requests seen (conflicting ones too).
+    pub(crate) commits: usize,
+    /// Before each `CommitStripes`: another client changes the named
+    /// stripes that exist (a hot stripe): their valid bytes drop by one.
+    pub(crate) interfere: bool,
     /// `ReadDirPlus` requests seen: (directory, start).
     pub(crate) readdir_plus: Vec<(Ino, String)>,
 }
@@ -259,8 +264,35 @@ impl FakeMeta {
                     garbage: std::mem::take(&mut st.garbage),
                 })
             }
-            MetaRequest::CommitLayout { ino, size, stripes } => {
+            MetaRequest::CommitStripes {
+                ino,
+                size_at_least,
+                stripes,
+                bases,
+            } => {
+                st.commits += 1;
+                let interfere = st.interfere;
                 let (attr, layout) = st.files.get_mut(&ino).ok_or_else(enoent)?;
+                for e in layout.stripes.iter_mut() {
+                    if interfere && stripes.iter().any(|s| s.stripe == e.stripe) {
+                        e.valid_bytes = e.valid_bytes.saturating_sub(1);
+                    }
+                }
+                let current = |s: u64| layout.stripes.iter().find(|o| o.stripe == s);
+                if stripes
+                    .iter()
+                    .zip(&bases)
+                    .any(|(e, base)| StripeBase::of(current(e.stripe)) != *base)
+                {
+                    let now = stripes
+                        .iter()
+                        .filter_map(|e| current(e.stripe).cloned())
+                        .collect();
+                    return Ok(MetaReply::Conflict {
+                        attr: attr.clone(),
+                        stripes: now,
+                    });
+                }
                 let mut replaced = Vec::new();
                 for e in stripes {
                     if let Some(pos) = layout.stripes.iter().position(|o| o.stripe == e.stripe) {
@@ -270,7 +302,7 @@ impl FakeMeta {
                     }
                 }
                 layout.stripes.sort_by_key(|e| e.stripe);
-                attr.size = size;
+                attr.size = attr.size.max(size_at_least);
                 Ok(MetaReply::Committed {
                     attr: attr.clone(),
                     replaced,

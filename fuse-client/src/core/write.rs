@@ -6,11 +6,13 @@
 //! nodes take their fragment; a node down or failing makes the write (or
 //! flush) fail with EIO and the data stays buffered for a retry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use torchfs_proto::fragment::FragmentKey;
-use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeConfig, StripeEntry};
+use torchfs_proto::meta::{Ino, MetaReply, MetaRequest, StripeBase, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
 use super::control::is_control_fh;
@@ -22,6 +24,11 @@ use crate::stripe;
 
 /// Deletes one background cleanup keeps in flight.
 const DELETES_IN_FLIGHT_MAX: usize = 16;
+
+/// Commits a flush tries before it gives up on a stripe that other
+/// clients keep committing (a hot stripe): then the flush fails with EIO
+/// and the writes stay buffered for the next flush.
+pub(super) const COMMIT_TRIES_MAX: u32 = 16;
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Writes `data` at `offset` into this client's buffers (uploading
@@ -38,6 +45,29 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             return self.control_write(fh, offset, data);
         }
         let file = self.inner.handles.writable(fh)?;
+        let mut st = file.state.lock().await;
+        self.write_locked(&file, &mut st, offset, data).await
+    }
+
+    /// A write to a handle opened with O_APPEND: `data` goes to the end of
+    /// the file as this client knows it (with its own unflushed writes;
+    /// fresh from metad after a lock is taken). Answers the bytes written
+    /// and where they went.
+    pub async fn append(&self, fh: FileHandle, data: &[u8]) -> Result<(u32, u64), ClientError> {
+        let file = self.inner.handles.writable(fh)?;
+        let mut st = file.state.lock().await;
+        let offset = st.size;
+        let written = self.write_locked(&file, &mut st, offset, data).await?;
+        Ok((written, offset))
+    }
+
+    async fn write_locked(
+        &self,
+        file: &OpenFile,
+        st: &mut FileState,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, ClientError> {
         // Cached bytes of this inode are stale from here on.
         self.inner.data_cache.invalidate(file.ino);
         let len_bytes = data.len() as u64;
@@ -45,7 +75,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         offset
             .checked_add(len_bytes)
             .ok_or(ClientError::TooLarge { offset, len_bytes })?;
-        let mut st = file.state.lock().await;
         let cfg = st.config;
         let pieces = stripe::split_stripes(&cfg, offset, len_bytes).map_err(|source| {
             ClientError::Layout {
@@ -61,7 +90,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                         let Some(victim) = st.eviction_candidate(piece.stripe) else {
                             break;
                         };
-                        self.upload_dirty(&mut st, victim).await?;
+                        self.upload_dirty(st, victim).await?;
                     }
                     if let Some((entry, old_bytes)) = st.rmw_source(&piece) {
                         let old = self
@@ -72,7 +101,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 }
                 let chunk = &data[piece.buf_offset..piece.buf_offset + piece.len_bytes as usize];
                 if st.apply_write(&piece, chunk) {
-                    self.upload_dirty(&mut st, piece.stripe).await?;
+                    self.upload_dirty(st, piece.stripe).await?;
                 }
                 st.size = st.size.max(
                     stripe::stripe_start(&cfg, piece.stripe)
@@ -83,7 +112,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             Ok::<(), ClientError>(())
         }
         .await;
-        file.publish(&st);
+        file.publish(st);
         result.map(|()| data.len() as u32)
     }
 
@@ -179,25 +208,105 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             if st.uploaded.is_empty() {
                 return Ok(());
             }
-            let req = MetaRequest::CommitLayout {
+            self.commit(&mut st).await
+        }
+        .await;
+        file.publish(&st);
+        result
+    }
+
+    /// Commits the uploaded stripes, each over the version it was merged
+    /// into. When another client committed one of them in between, its
+    /// version becomes the base: this client's written ranges are laid
+    /// over it, the stripe is uploaded again and the commit retried
+    /// (docs/ARCHITECTURE.md, "Data path: many writers").
+    async fn commit(&self, st: &mut FileState) -> Result<(), ClientError> {
+        for attempt in 0..COMMIT_TRIES_MAX {
+            let req = MetaRequest::CommitStripes {
                 ino: st.ino,
-                size: st.size,
+                size_at_least: st.written_end,
+                bases: st.uploaded.keys().map(|s| st.base(*s)).collect(),
                 stripes: st.uploaded.values().cloned().collect(),
             };
-            match self.meta_call(req).await? {
+            let (attr, current) = match self.meta_call(req).await? {
                 MetaReply::Committed { attr, replaced } => {
                     st.record_commit();
                     st.size = attr.size;
                     self.cache_attr(attr);
                     self.delete_in_background(st.ino, st.config, replaced);
-                    Ok(())
+                    return Ok(());
                 }
-                other => Err(unexpected("CommitLayout", other)),
+                MetaReply::Conflict { attr, stripes } => (attr, stripes),
+                other => return Err(unexpected("CommitStripes", other)),
+            };
+            tracing::debug!(
+                "inode {}: commit {attempt} conflicted on {} stripes",
+                st.ino,
+                current.len()
+            );
+            st.size = attr.size.max(st.written_end);
+            let mut current: BTreeMap<u64, StripeEntry> =
+                current.into_iter().map(|e| (e.stripe, e)).collect();
+            let moved: Vec<u64> = st
+                .uploaded
+                .keys()
+                .copied()
+                .filter(|s| StripeBase::of(current.get(s)) != st.base(*s))
+                .collect();
+            for stripe in moved {
+                self.merge(st, stripe, current.remove(&stripe), attr.size)
+                    .await?;
             }
+            // Two writers that keep colliding should not retry in step.
+            let pause_ms = rand::random::<u64>() % (1 << attempt.min(6));
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         }
-        .await;
-        file.publish(&st);
-        result
+        Err(ClientError::CommitConflict {
+            ino: st.ino,
+            tries: COMMIT_TRIES_MAX,
+        })
+    }
+
+    /// Lays this client's written ranges of `stripe` over `current` (another
+    /// client's committed version, None: gone) and uploads the result as
+    /// this client's new version of the stripe, based on `current`.
+    async fn merge(
+        &self,
+        st: &mut FileState,
+        stripe: u64,
+        current: Option<StripeEntry>,
+        size: u64,
+    ) -> Result<(), ClientError> {
+        let cfg = st.config;
+        let Some(ours) = st.uploaded.get(&stripe).cloned() else {
+            return Ok(());
+        };
+        let (theirs_bytes, ranges) = st.merge_source(stripe, current.as_ref(), size);
+        let ours_end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let mut buf = match &current {
+            Some(entry) if theirs_bytes > 0 => {
+                self.read_stripe_prefix(st.ino, &cfg, entry, theirs_bytes)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let ours_bytes = ours_end.min(ours.valid_bytes.min(ours.encoded_bytes));
+        let mine = self
+            .read_stripe_prefix(st.ino, &cfg, &ours, ours_bytes)
+            .await?;
+        buf.resize(buf.len().max(ours_end as usize), 0);
+        for r in ranges.iter() {
+            let (start, end) = (r.start as usize, r.end as usize);
+            let have = end.min(mine.len()).max(start);
+            buf[start..have].copy_from_slice(&mine[start..have]);
+            buf[have..end].fill(0);
+        }
+        st.dirty.insert(stripe, buf);
+        self.upload_dirty(st, stripe).await?;
+        // Only now: until the merged stripe is stored, the upload this
+        // client holds is still based on the old version.
+        st.rebase(stripe, current);
+        Ok(())
     }
 
     /// Encodes and uploads the dirty buffer of `stripe`, recording the new

@@ -4,29 +4,41 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fuser::{FileHandle, FopenFlags, Generation, ReplyCreate, ReplyOpen};
+use fuser::{FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen, ReplyWrite};
 
 use super::attr::file_attr;
 use super::passthrough::OpenAs;
 use super::{errno, Fs};
 use crate::core::{NewMode, Owner};
 
+/// How open(2) opens a file: for writing, truncating, appending.
+#[derive(Clone, Copy)]
+pub(super) struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    /// O_APPEND: each write goes to the file's end as this client knows it
+    /// (the kernel's own idea of the end may be older), so the handle
+    /// bypasses the page cache, which would hold the bytes where the kernel
+    /// thought they went.
+    pub append: bool,
+}
+
 /// What a create(2) with O_CREAT asks for besides the name.
 pub(super) struct CreateOpen {
     pub exclusive: bool,
     pub truncate: bool,
+    pub append: bool,
     pub mode: NewMode,
     pub owner: Owner,
 }
 
 impl Fs {
-    pub(super) async fn open(
-        self: Arc<Self>,
-        ino: u64,
-        write: bool,
-        truncate: bool,
-        reply: ReplyOpen,
-    ) {
+    pub(super) async fn open(self: Arc<Self>, ino: u64, mode: OpenMode, reply: ReplyOpen) {
+        let OpenMode {
+            write,
+            truncate,
+            append,
+        } = mode;
         let fh = match self.client.open(ino, write, truncate).await {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(&e)),
@@ -44,7 +56,7 @@ impl Fs {
             FopenFlags::FOPEN_NOFLUSH
         };
         // Files a plan reads by ranges: no kernel readahead across ranges.
-        let direct = self.client.prefers_direct_io(ino);
+        let direct = append || self.client.prefers_direct_io(ino);
         if !self.passthrough.load(Ordering::Relaxed) {
             let flags = if direct {
                 FopenFlags::FOPEN_DIRECT_IO
@@ -97,7 +109,12 @@ impl Fs {
         match result {
             Ok((attr, fh)) => {
                 let mut flags = FopenFlags::empty();
-                if self.passthrough.load(Ordering::Relaxed) {
+                if open.append {
+                    flags = FopenFlags::FOPEN_DIRECT_IO;
+                    if self.passthrough.load(Ordering::Relaxed) {
+                        self.io_modes.open_direct(attr.ino, fh);
+                    }
+                } else if self.passthrough.load(Ordering::Relaxed) {
                     if let OpenAs::Direct = self.io_modes.open(attr.ino, fh, false, || None) {
                         flags = FopenFlags::FOPEN_DIRECT_IO;
                     }
@@ -111,6 +128,49 @@ impl Fs {
                 )
             }
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl Fs {
+    /// A write to a handle opened with O_APPEND: at the end of the file as
+    /// this client knows it (fresh after a lock: lock coherence), not at
+    /// `offset`, the kernel's own idea of the end. When they differ, the
+    /// kernel's attributes and pages of the file are stale: dropped.
+    pub(super) async fn append(
+        self: Arc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+        reply: ReplyWrite,
+    ) {
+        match self.client.append(fh, &data).await {
+            Ok((written, at)) => {
+                if at != offset {
+                    self.drop_kernel_cache(ino).await;
+                }
+                reply.written(written)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Tells the kernel to drop its cached attributes and pages of `ino`
+    /// (another client changed the file). The notification blocks until the
+    /// kernel has dropped the pages: off the runtime's threads.
+    pub(super) async fn drop_kernel_cache(&self, ino: u64) {
+        let Some(notifier) = self.notifier.get().cloned() else {
+            return;
+        };
+        let sent =
+            tokio::task::spawn_blocking(move || notifier.inval_inode(INodeNo(ino), 0, 0)).await;
+        match sent {
+            Ok(Ok(())) => {}
+            // The kernel holds nothing of an inode it has forgotten.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Ok(Err(e)) => tracing::warn!("drop the kernel's cache of inode {ino}: {e}"),
+            Err(e) => tracing::warn!("drop the kernel's cache of inode {ino}: {e}"),
         }
     }
 }

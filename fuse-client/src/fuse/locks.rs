@@ -10,6 +10,7 @@
 use fuser::{Errno, ReplyEmpty, ReplyLock};
 use torchfs_proto::meta::LockKind;
 
+use super::Fs;
 use crate::core::{Client, LockSpec};
 
 /// The kernel's lock type (F_RDLCK, F_WRLCK, F_UNLCK) as a [`LockKind`].
@@ -56,16 +57,19 @@ pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: Repl
     }
 }
 
-/// F_SETLK / F_SETLKW (`wait`).
-pub(super) async fn setlk(
-    client: &Client,
-    ino: u64,
-    spec: LockSpec,
-    wait: bool,
-    reply: ReplyEmpty,
-) {
-    match client.set_lock(ino, spec, wait).await {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(super::errno(&e)),
+impl Fs {
+    /// F_SETLK / F_SETLKW (`wait`). A lock taken on a file another client
+    /// changed drops the kernel's cached pages and attributes of it before
+    /// the caller goes on (lock coherence).
+    pub(super) async fn setlk(&self, ino: u64, spec: LockSpec, wait: bool, reply: ReplyEmpty) {
+        match self.client.set_lock(ino, spec, wait).await {
+            Ok(stale) => {
+                if stale {
+                    self.drop_kernel_cache(ino).await;
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(super::errno(&e)),
+        }
     }
 }

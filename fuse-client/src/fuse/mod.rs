@@ -35,13 +35,13 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub use fuser::BackgroundSession as MountSession;
 use fuser::{
     AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, IoctlFlags,
-    KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
@@ -118,11 +118,14 @@ pub fn mount(
             next_dir_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             io_modes: IoModes::default(),
+            notifier: OnceLock::new(),
         }),
         runtime,
         meta_runtime,
     };
+    let shared = fs.fs.clone();
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    let _ = shared.notifier.set(session.notifier());
     readahead::raise(mountpoint, options.request_bytes_max);
     Ok(session)
 }
@@ -146,6 +149,9 @@ struct Fs {
     /// Whether the kernel granted passthrough at init.
     passthrough: AtomicBool,
     io_modes: IoModes,
+    /// Tells the kernel to drop what it caches of a file (set once the
+    /// session is up).
+    notifier: OnceLock<Notifier>,
 }
 
 impl TorchFs {
@@ -360,9 +366,12 @@ impl Filesystem for TorchFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        self.spawn(|fs| fs.open(ino.0, write, truncate, reply));
+        let mode = files::OpenMode {
+            write: !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY),
+            truncate: flags.0 & libc::O_TRUNC != 0,
+            append: flags.0 & libc::O_APPEND != 0,
+        };
+        self.spawn(|fs| fs.open(ino.0, mode, reply));
     }
 
     fn read(
@@ -387,17 +396,20 @@ impl Filesystem for TorchFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         // fuser lends the request buffer only for this call.
         let data = data.to_vec();
+        if flags.0 & libc::O_APPEND != 0 {
+            return self.spawn(|fs| fs.append(ino.0, fh.0, offset, data, reply));
+        }
         self.spawn(|fs| async move {
             match fs.client.write(fh.0, offset, &data).await {
                 Ok(written) => reply.written(written),
@@ -504,7 +516,7 @@ impl Filesystem for TorchFs {
             Ok(spec) => spec,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|fs| async move { locks::setlk(&fs.client, ino.0, spec, sleep, reply).await });
+        self.spawn(|fs| async move { fs.setlk(ino.0, spec, sleep, reply).await });
     }
 
     fn fsync(
@@ -693,6 +705,7 @@ impl Filesystem for TorchFs {
         let open = files::CreateOpen {
             exclusive: flags & libc::O_EXCL != 0,
             truncate: flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
             mode: new_mode(mode, umask),
             owner: owner(req),
         };

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use torchfs_proto::meta::{
-    errno, Attr, FileLayout, Ino, Layout, MetaError, MetaReply, StripeEntry, LAYOUTS_MAX,
+    errno, Attr, FileLayout, Ino, Layout, MetaError, MetaReply, StripeBase, StripeEntry,
+    LAYOUTS_MAX,
 };
 
 use super::{fs, stamp_ctime, Body, Outcome, State};
@@ -80,37 +81,8 @@ impl State {
             format!("commit the layout of {} stripes", stripes.len())
         })?;
         let (attr, layout) = self.file_mut(ino)?;
-        let width = layout.config.width();
-        let stripe_bytes = layout.config.stripe_bytes();
-        let mut seen = BTreeSet::new();
-        for s in stripes {
-            if s.crcs.len() != width {
-                return Err(MetaError::Invalid(format!(
-                    "stripe {} has {} checksums, the layout has {width} fragments",
-                    s.stripe,
-                    s.crcs.len()
-                )));
-            }
-            if s.valid_bytes > s.encoded_bytes || s.encoded_bytes as u64 > stripe_bytes {
-                return Err(MetaError::Invalid(format!(
-                    "stripe {}: valid {} / encoded {} bytes, stripe holds {stripe_bytes}",
-                    s.stripe, s.valid_bytes, s.encoded_bytes
-                )));
-            }
-            if !seen.insert(s.stripe) {
-                return Err(MetaError::Invalid(format!(
-                    "stripe {} given twice",
-                    s.stripe
-                )));
-            }
-        }
-        let mut replaced = Vec::new();
-        for s in stripes {
-            match layout.stripes.binary_search_by_key(&s.stripe, |e| e.stripe) {
-                Ok(i) => replaced.push(std::mem::replace(&mut layout.stripes[i], s.clone())),
-                Err(i) => layout.stripes.insert(i, s.clone()),
-            }
-        }
+        check_entries(layout, stripes)?;
+        let replaced = replace_stripes(layout, stripes);
         attr.size = size;
         attr.mtime_ns = now;
         stamp_ctime(attr, now);
@@ -119,6 +91,99 @@ impl State {
             replaced,
         })
     }
+
+    /// [`Self::commit_layout`] for a file other clients may write too: each
+    /// stripe commits only over the version it was merged into (`bases`);
+    /// if any stripe moved on, nothing changes and the answer is
+    /// `Conflict` with every named stripe as it is now (those that exist).
+    /// The size only grows.
+    /// docs/ARCHITECTURE.md, "Data path: many writers".
+    pub(super) fn commit_stripes(
+        &mut self,
+        ino: Ino,
+        size_at_least: u64,
+        stripes: &[StripeEntry],
+        bases: &[StripeBase],
+        now: i64,
+    ) -> Outcome {
+        self.check_thawed(ino, || format!("commit {} stripes", stripes.len()))?;
+        let (attr, layout) = self.file_mut(ino)?;
+        if bases.len() != stripes.len() {
+            return Err(MetaError::Invalid(format!(
+                "{} stripes with {} bases",
+                stripes.len(),
+                bases.len()
+            )));
+        }
+        check_entries(layout, stripes)?;
+        let mut now_entries = Vec::new();
+        let mut conflicted = false;
+        for (s, base) in stripes.iter().zip(bases) {
+            let current = layout
+                .stripes
+                .binary_search_by_key(&s.stripe, |e| e.stripe)
+                .ok()
+                .map(|i| &layout.stripes[i]);
+            conflicted |= StripeBase::of(current) != *base;
+            now_entries.extend(current.cloned());
+        }
+        if conflicted {
+            return Ok(MetaReply::Conflict {
+                attr: attr.clone(),
+                stripes: now_entries,
+            });
+        }
+        let replaced = replace_stripes(layout, stripes);
+        attr.size = attr.size.max(size_at_least);
+        attr.mtime_ns = now;
+        stamp_ctime(attr, now);
+        Ok(MetaReply::Committed {
+            attr: attr.clone(),
+            replaced,
+        })
+    }
+}
+
+/// Refuses entries that do not fit `layout` (checksum count, sizes) or
+/// name a stripe twice.
+fn check_entries(layout: &Layout, stripes: &[StripeEntry]) -> Result<(), MetaError> {
+    let width = layout.config.width();
+    let stripe_bytes = layout.config.stripe_bytes();
+    let mut seen = BTreeSet::new();
+    for s in stripes {
+        if s.crcs.len() != width {
+            return Err(MetaError::Invalid(format!(
+                "stripe {} has {} checksums, the layout has {width} fragments",
+                s.stripe,
+                s.crcs.len()
+            )));
+        }
+        if s.valid_bytes > s.encoded_bytes || s.encoded_bytes as u64 > stripe_bytes {
+            return Err(MetaError::Invalid(format!(
+                "stripe {}: valid {} / encoded {} bytes, stripe holds {stripe_bytes}",
+                s.stripe, s.valid_bytes, s.encoded_bytes
+            )));
+        }
+        if !seen.insert(s.stripe) {
+            return Err(MetaError::Invalid(format!(
+                "stripe {} given twice",
+                s.stripe
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Puts `stripes` into `layout` (in stripe order); answers those replaced.
+fn replace_stripes(layout: &mut Layout, stripes: &[StripeEntry]) -> Vec<StripeEntry> {
+    let mut replaced = Vec::new();
+    for s in stripes {
+        match layout.stripes.binary_search_by_key(&s.stripe, |e| e.stripe) {
+            Ok(i) => replaced.push(std::mem::replace(&mut layout.stripes[i], s.clone())),
+            Err(i) => layout.stripes.insert(i, s.clone()),
+        }
+    }
+    replaced
 }
 
 /// Cuts a layout down to `size` bytes: stripes wholly past it are dropped

@@ -584,6 +584,12 @@ impl State {
             MetaRequest::CommitLayout { ino, size, stripes } => {
                 self.commit_layout(*ino, *size, stripes, now)
             }
+            MetaRequest::CommitStripes {
+                ino,
+                size_at_least,
+                stripes,
+                bases,
+            } => self.commit_stripes(*ino, *size_at_least, stripes, bases, now),
             MetaRequest::RegisterNode { info } => self.register_node(info),
             MetaRequest::Freeze { ino } => self.freeze(*ino, now),
             MetaRequest::Unfreeze { ino } => self.unfreeze(*ino, now),

@@ -177,6 +177,18 @@ fn every_request_round_trips() {
             size: 9000,
             stripes: vec![stripe(0), stripe(1)],
         },
+        MetaRequest::CommitStripes {
+            ino: 4,
+            size_at_least: 1 << 40,
+            stripes: vec![stripe(0), stripe(3)],
+            bases: vec![
+                StripeBase::default(),
+                StripeBase {
+                    generation: u64::MAX,
+                    valid_bytes: 7,
+                },
+            ],
+        },
         MetaRequest::RegisterNode { info: node(8) },
         MetaRequest::Heartbeat {
             id: 8,
@@ -338,6 +350,14 @@ fn every_reply_round_trips() {
         Ok(MetaReply::Committed {
             attr: attr(),
             replaced: vec![stripe(1)],
+        }),
+        Ok(MetaReply::Conflict {
+            attr: attr(),
+            stripes: vec![stripe(2), stripe(5)],
+        }),
+        Ok(MetaReply::Conflict {
+            attr: attr(),
+            stripes: vec![],
         }),
         Ok(MetaReply::AttrFreed {
             attr: attr(),

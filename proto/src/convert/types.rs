@@ -5,8 +5,8 @@
 use crate::meta::{
     Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLayout, FileLock, FrozenBody,
     FrozenEntry, Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus,
-    PlacementGroup, RenameMode, SetAttr, SetTime, StatFs, StripeConfig, StripeEntry, Voter, Xattr,
-    XattrMode,
+    PlacementGroup, RenameMode, SetAttr, SetTime, StatFs, StripeBase, StripeConfig, StripeEntry,
+    Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -229,6 +229,18 @@ fn read_stripe_config(r: mc::stripe_config::Reader<'_>) -> StripeConfig {
         m: r.get_m(),
         unit_bytes: r.get_unit_bytes(),
     }
+}
+
+pub(super) fn write_stripe_base(s: &StripeBase, mut b: mc::stripe_base::Builder<'_>) {
+    b.set_generation(s.generation);
+    b.set_valid_bytes(s.valid_bytes);
+}
+
+pub(super) fn read_stripe_base(r: mc::stripe_base::Reader<'_>) -> Result<StripeBase> {
+    Ok(StripeBase {
+        generation: r.get_generation(),
+        valid_bytes: r.get_valid_bytes(),
+    })
 }
 
 pub(super) fn write_stripe_entry(s: &StripeEntry, mut b: mc::stripe_entry::Builder<'_>) {

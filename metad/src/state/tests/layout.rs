@@ -1,6 +1,7 @@
 //! Layout commits and truncation.
 
 use super::*;
+use torchfs_proto::meta::StripeBase;
 
 #[test]
 fn truncation_drops_and_clamps_stripes() {
@@ -96,6 +97,104 @@ fn commit_layout_replaces_by_stripe() {
     });
     assert!(matches!(r, Err(MetaError::Invalid(_))));
     assert_eq!(errno_of(t.commit(ROOT_INO, 1, &[])), EISDIR);
+}
+
+/// A `CommitStripes` of `stripes` (generation `generation`, 200 bytes each)
+/// over `bases`.
+fn commit_stripes(
+    ino: Ino,
+    size: u64,
+    stripes: &[(u64, u64)],
+    bases: &[StripeBase],
+) -> MetaRequest {
+    MetaRequest::CommitStripes {
+        ino,
+        size_at_least: size,
+        stripes: stripes
+            .iter()
+            .map(|&(s, generation)| StripeEntry {
+                generation,
+                ..stripe(s, 200)
+            })
+            .collect(),
+        bases: bases.to_vec(),
+    }
+}
+
+fn base(generation: u64, valid_bytes: u32) -> StripeBase {
+    StripeBase {
+        generation,
+        valid_bytes,
+    }
+}
+
+#[test]
+fn commit_stripes_commits_only_over_the_version_it_was_based_on() {
+    let mut t = T::new();
+    let f = t.create(ROOT_INO, "f");
+    let hole = StripeBase::default();
+    // Two stripes over holes: committed, size as asked.
+    let r = t.w(commit_stripes(f.ino, 400, &[(0, 5), (1, 5)], &[hole, hole]));
+    let Ok(MetaReply::Committed { attr, replaced }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((attr.size, replaced.len()), (400, 0));
+    // A second writer based stripe 1 on the hole too: nothing changes, and
+    // the answer names stripe 1 as it is now.
+    let before = t.st.clone();
+    let r = t.w(commit_stripes(f.ino, 800, &[(1, 6), (3, 6)], &[hole, hole]));
+    let Ok(MetaReply::Conflict { attr, stripes }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(attr.size, 400);
+    assert_eq!(stripes.len(), 1);
+    assert_eq!((stripes[0].stripe, stripes[0].generation), (1, 5));
+    assert_unchanged(&before, &t.st);
+    // Merged into generation 5: committed; the size never shrinks.
+    let r = t.w(commit_stripes(f.ino, 300, &[(1, 7)], &[base(5, 200)]));
+    let Ok(MetaReply::Committed { attr, replaced }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(attr.size, 400, "a commit does not shrink the file");
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].generation, 5);
+    // A truncation that clamps stripe 1 (same generation, fewer valid
+    // bytes) is a new version: a write based on the old one conflicts.
+    t.w(MetaRequest::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            size: Some(250),
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let r = t.w(commit_stripes(f.ino, 400, &[(1, 8)], &[base(7, 200)]));
+    let Ok(MetaReply::Conflict { stripes, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((stripes[0].generation, stripes[0].valid_bytes), (7, 50));
+    // A stripe that is gone is answered by its absence.
+    t.w(MetaRequest::SetAttr {
+        ino: f.ino,
+        set: SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let r = t.w(commit_stripes(f.ino, 400, &[(1, 8)], &[base(7, 50)]));
+    let Ok(MetaReply::Conflict { attr, stripes }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((attr.size, stripes.len()), (0, 0));
+    let r = t.w(commit_stripes(f.ino, 400, &[(1, 8)], &[hole]));
+    let Ok(MetaReply::Committed { attr, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(attr.size, 400, "the size grows to the writer's end");
+    // Bases that do not match the stripes are refused.
+    let r = t.w(commit_stripes(f.ino, 400, &[(1, 9)], &[]));
+    assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
 }
 
 #[test]

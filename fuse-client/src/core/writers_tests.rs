@@ -1,0 +1,173 @@
+//! Several clients writing one file (docs/ARCHITECTURE.md, "Data path:
+//! many writers"): disjoint writes merge, overlapping ones keep the last
+//! committer's bytes byte by byte, the size is the largest any writer made,
+//! and a stripe that keeps changing under a commit ends in a clear error
+//! with the writes still held. Over the in-memory metad and storage of
+//! `tests`.
+
+use torchfs_proto::meta::SetAttr;
+
+use super::tests::*;
+use super::*;
+
+const STRIPE: usize = CFG.k as usize * CFG.unit_bytes as usize;
+
+/// Opens `ino` for writing on each client.
+async fn open_all(clients: &[&TestClient], ino: Ino) -> Vec<FileHandle> {
+    let mut fhs = Vec::new();
+    for c in clients {
+        fhs.push(c.open(ino, true, false).await.unwrap());
+    }
+    fhs
+}
+
+/// What a fresh client reads of the whole file.
+async fn read_fresh(meta: &FakeMeta, store: &FakeStore, ino: Ino) -> Vec<u8> {
+    let c = client(meta, store, 8).await;
+    let fh = c.open(ino, false, false).await.unwrap();
+    read_all(&c, fh).await
+}
+
+#[tokio::test]
+async fn disjoint_writes_to_one_stripe_both_survive() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let (a, b) = (
+        client(&meta, &store, 8).await,
+        client(&meta, &store, 8).await,
+    );
+    let ino = create_file(&a, "shared").await.ino;
+    // Both open before either writes, as two ranks would.
+    let fhs = open_all(&[&a, &b], ino).await;
+    let (first, second) = (pattern(20, 1), pattern(20, 2));
+    a.write(fhs[0], 0, &first).await.unwrap();
+    b.write(fhs[1], 20, &second).await.unwrap();
+    a.fsync(fhs[0]).await.unwrap();
+    b.fsync(fhs[1]).await.unwrap();
+    let mut want = first.clone();
+    want.extend_from_slice(&second);
+    assert_eq!(read_fresh(&meta, &store, ino).await, want);
+    // Again, committing in the other order, over what is there now.
+    a.write(fhs[0], 40, &pattern(10, 3)).await.unwrap();
+    b.write(fhs[1], 5, &pattern(5, 4)).await.unwrap();
+    b.release(fhs[1]).await.unwrap();
+    a.release(fhs[0]).await.unwrap();
+    want[5..10].copy_from_slice(&pattern(5, 4));
+    want.extend_from_slice(&pattern(10, 3));
+    assert_eq!(read_fresh(&meta, &store, ino).await, want);
+}
+
+#[tokio::test]
+async fn a_stale_size_never_cuts_another_writers_stripes() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let (a, b) = (
+        client(&meta, &store, 8).await,
+        client(&meta, &store, 8).await,
+    );
+    let ino = create_file(&a, "shared").await.ino;
+    let fhs = open_all(&[&a, &b], ino).await;
+    // B fills stripes 1 and 2; A, which saw the file empty, writes 10
+    // bytes of stripe 0 after B committed.
+    let theirs = pattern(2 * STRIPE, 5);
+    b.write(fhs[1], STRIPE as u64, &theirs).await.unwrap();
+    b.release(fhs[1]).await.unwrap();
+    a.write(fhs[0], 0, &pattern(10, 6)).await.unwrap();
+    a.release(fhs[0]).await.unwrap();
+    let got = read_fresh(&meta, &store, ino).await;
+    assert_eq!(got.len(), 3 * STRIPE, "the size is the largest end");
+    assert_eq!(&got[..10], &pattern(10, 6)[..]);
+    assert!(got[10..STRIPE].iter().all(|&b| b == 0));
+    assert_eq!(&got[STRIPE..], &theirs[..]);
+}
+
+#[tokio::test]
+async fn overlapping_writes_keep_the_last_committers_bytes_only_where_they_overlap() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let (a, b) = (
+        client(&meta, &store, 8).await,
+        client(&meta, &store, 8).await,
+    );
+    let ino = create_file(&a, "shared").await.ino;
+    // Stripe 0 committed whole first, so both writes read-modify-write.
+    let fh = a.open(ino, true, false).await.unwrap();
+    let old = pattern(STRIPE, 7);
+    a.write(fh, 0, &old).await.unwrap();
+    a.release(fh).await.unwrap();
+    let fhs = open_all(&[&a, &b], ino).await;
+    a.write(fhs[0], 4, &[b'a'; 30]).await.unwrap();
+    b.write(fhs[1], 20, &[b'b'; 30]).await.unwrap();
+    a.release(fhs[0]).await.unwrap();
+    let commits_before = lock(&meta.0).commits;
+    b.release(fhs[1]).await.unwrap();
+    assert_eq!(
+        lock(&meta.0).commits - commits_before,
+        2,
+        "B's first commit conflicts, its merge commits"
+    );
+    let mut want = old;
+    want[4..34].fill(b'a');
+    want[20..50].fill(b'b');
+    assert_eq!(read_fresh(&meta, &store, ino).await, want);
+    settle().await;
+    // The fragments of every superseded version are deleted: the file's
+    // one stripe is all that is stored (k data + m parity).
+    assert_eq!(store.count(), (CFG.k + CFG.m) as usize);
+}
+
+#[tokio::test]
+async fn a_stripe_that_keeps_changing_is_a_clear_error_and_the_writes_stay() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let ino = create_file(&c, "hot").await.ino;
+    let fh = c.open(ino, true, false).await.unwrap();
+    c.write(fh, 0, &pattern(STRIPE, 8)).await.unwrap();
+    c.flush(fh).await.unwrap();
+    c.write(fh, 3, b"xyz").await.unwrap();
+    lock(&meta.0).interfere = true;
+    let err = c.flush(fh).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::CommitConflict { tries, .. } if tries > 1),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EIO);
+    // Once the stripe calms down, the next flush commits the writes over
+    // the other client's version (its valid bytes: one per try fewer).
+    lock(&meta.0).interfere = false;
+    c.flush(fh).await.unwrap();
+    c.release(fh).await.unwrap();
+    let got = read_fresh(&meta, &store, ino).await;
+    assert_eq!(&got[3..6], b"xyz");
+    let valid = STRIPE - super::write::COMMIT_TRIES_MAX as usize;
+    assert_eq!(&got[..3], &pattern(STRIPE, 8)[..3]);
+    assert_eq!(&got[6..valid], &pattern(STRIPE, 8)[6..valid]);
+    assert!(
+        got[valid..].iter().all(|&b| b == 0),
+        "bytes the other client cut stay cut"
+    );
+}
+
+#[tokio::test]
+async fn a_truncation_by_this_client_is_not_undone_by_a_merge() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let (a, b) = (
+        client(&meta, &store, 8).await,
+        client(&meta, &store, 8).await,
+    );
+    let ino = create_file(&a, "cut").await.ino;
+    let fhs = open_all(&[&a, &b], ino).await;
+    // A writes 40 bytes, then cuts its own write to 10 before flushing.
+    a.write(fhs[0], 0, &pattern(40, 1)).await.unwrap();
+    let set = SetAttr {
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    a.setattr(ino, set).await.unwrap();
+    // Meanwhile B writes bytes 50..60 and commits first.
+    b.write(fhs[1], 50, &pattern(10, 2)).await.unwrap();
+    b.release(fhs[1]).await.unwrap();
+    a.release(fhs[0]).await.unwrap();
+    let got = read_fresh(&meta, &store, ino).await;
+    assert_eq!(got.len(), 60);
+    assert_eq!(&got[..10], &pattern(40, 1)[..10]);
+    assert!(got[10..50].iter().all(|&b| b == 0), "{:?}", &got[10..50]);
+    assert_eq!(&got[50..], &pattern(10, 2)[..]);
+}
