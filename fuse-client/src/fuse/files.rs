@@ -148,7 +148,7 @@ impl Fs {
         match self.client.append(fh, &data).await {
             Ok((written, at)) => {
                 if at != offset {
-                    self.drop_kernel_cache(ino).await;
+                    self.drop_kernel_cache(ino, true).await;
                 }
                 reply.written(written)
             }
@@ -156,15 +156,19 @@ impl Fs {
         }
     }
 
-    /// Tells the kernel to drop its cached attributes and pages of `ino`
-    /// (another client changed the file). The notification blocks until the
-    /// kernel has dropped the pages: off the runtime's threads.
-    pub(super) async fn drop_kernel_cache(&self, ino: u64) {
+    /// Tells the kernel to drop its cached attributes of `ino`, and with
+    /// `pages` its cached pages (another client changed the file). The
+    /// notification blocks until the kernel has dropped the pages: off the
+    /// runtime's threads.
+    pub(super) async fn drop_kernel_cache(&self, ino: u64, pages: bool) {
         let Some(notifier) = self.notifier.get().cloned() else {
             return;
         };
+        // A negative offset drops the attributes only.
+        let offset = if pages { 0 } else { -1 };
         let sent =
-            tokio::task::spawn_blocking(move || notifier.inval_inode(INodeNo(ino), 0, 0)).await;
+            tokio::task::spawn_blocking(move || notifier.inval_inode(INodeNo(ino), offset, 0))
+                .await;
         match sent {
             Ok(Ok(())) => {}
             // The kernel holds nothing of an inode it has forgotten.

@@ -58,14 +58,15 @@ pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: Repl
 }
 
 impl Fs {
-    /// F_SETLK / F_SETLKW (`wait`). A lock taken on a file another client
-    /// changed drops the kernel's cached pages and attributes of it before
-    /// the caller goes on (lock coherence).
+    /// F_SETLK / F_SETLKW (`wait`). A lock taken drops the kernel's cached
+    /// attributes of the file (they may be older than the client's view),
+    /// and its pages too when another client changed the file, before the
+    /// caller goes on (lock coherence).
     pub(super) async fn setlk(&self, ino: u64, spec: LockSpec, wait: bool, reply: ReplyEmpty) {
         match self.client.set_lock(ino, spec, wait).await {
             Ok(stale) => {
-                if stale {
-                    self.drop_kernel_cache(ino).await;
+                if spec.kind != LockKind::Unlock {
+                    self.drop_kernel_cache(ino, stale).await;
                 }
                 reply.ok()
             }
