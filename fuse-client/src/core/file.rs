@@ -11,7 +11,7 @@
 //! the first write into a stripe that has any (read-modify-write), unless
 //! that write covers all of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rangemap::RangeSet;
 use torchfs_proto::meta::{Ino, Layout, StripeBase, StripeConfig, StripeEntry};
@@ -84,6 +84,48 @@ impl FileState {
     /// the committed one as this client knows it.
     pub fn base(&self, stripe: u64) -> StripeBase {
         StripeBase::of(self.committed.get(&stripe))
+    }
+
+    /// Takes `fresh` (the file as metad holds it now) as this client's
+    /// view, keeping this client's unflushed writes: a stripe it is writing
+    /// keeps its base (its upload is merged at commit), and the size only
+    /// grows. Returns whether the view changed.
+    pub fn adopt(&mut self, fresh: FileState) -> bool {
+        if !self.pending() {
+            let changed = fresh.committed != self.committed
+                || fresh.size != self.size
+                || fresh.config != self.config;
+            if changed {
+                *self = fresh;
+            }
+            return changed;
+        }
+        if fresh.config != self.config {
+            return false;
+        }
+        let mut changed = false;
+        let stripes: BTreeSet<u64> = self
+            .committed
+            .keys()
+            .chain(fresh.committed.keys())
+            .copied()
+            .filter(|s| !(self.dirty.contains_key(s) || self.uploaded.contains_key(s)))
+            .collect();
+        for stripe in stripes {
+            let now = fresh.committed.get(&stripe);
+            if self.committed.get(&stripe) != now {
+                changed = true;
+                match now {
+                    Some(entry) => self.committed.insert(stripe, entry.clone()),
+                    None => self.committed.remove(&stripe),
+                };
+            }
+        }
+        if fresh.size > self.size {
+            self.size = fresh.size;
+            changed = true;
+        }
+        changed
     }
 
     /// Whether this client holds changes metad has not seen.

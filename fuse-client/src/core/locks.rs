@@ -23,7 +23,6 @@ use std::time::Duration;
 use torchfs_proto::meta::{errno, FileLock, Ino, LockKind, MetaError, MetaReply, MetaRequest};
 use torchfs_rdma::Transport;
 
-use super::file::FileState;
 use super::{lock, unexpected, Client, ClientError, MetaService};
 
 /// The first and the longest pause between tries of a blocking lock.
@@ -169,33 +168,21 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// After a lock is taken: the file as metad holds it now becomes this
-    /// client's view, unless it is the one this client has (same version).
-    /// Unflushed writes of this client stay, merged at their commit. Answers
-    /// whether the view changed.
+    /// client's view, unless it is the one this client has. Unflushed
+    /// writes of this client stay, merged at their commit. Answers whether
+    /// the view changed.
     async fn revalidate(&self, ino: Ino) -> Result<bool, ClientError> {
-        let (attr, layout) = match self.meta_call(MetaRequest::GetLayout { ino }).await? {
-            MetaReply::Layout { attr, layout } => (attr, layout),
-            other => return Err(unexpected("GetLayout", other)),
+        let Some(file) = self.inner.handles.file_of(ino) else {
+            // Not open here (the lock's handle just closed): nothing held.
+            self.inner.data_cache.invalidate(ino);
+            return Ok(true);
         };
-        let fresh = FileState::from_layout(ino, attr.size, layout)
-            .map_err(|source| ClientError::Layout { ino, source })?;
-        let version = fresh.version();
-        let changed = match self.inner.handles.file_of(ino) {
-            Some(file) => {
-                let mut st = file.state.lock().await;
-                let changed = st.version() != version;
-                if changed && !st.pending() {
-                    *st = fresh;
-                    file.publish(&st);
-                }
-                changed
-            }
-            None => true,
-        };
+        let mut st = file.state.lock().await;
+        let changed = self.refresh_view(&mut st).await?;
+        file.publish(&st);
         if changed {
-            self.inner.data_cache.validate(ino, version);
+            self.inner.data_cache.validate(ino, st.version());
         }
-        self.cache_attr(attr);
         Ok(changed)
     }
 

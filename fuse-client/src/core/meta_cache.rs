@@ -107,6 +107,21 @@ impl MetaCache {
         self.xattrs.remove(&ino);
     }
 
+    /// Forgets an inode another client removed: its attributes and every
+    /// name naming it here. Their directories stop being complete (a name
+    /// may name another inode now).
+    pub fn forget_inode(&mut self, ino: Ino) {
+        self.invalidate_attr(ino);
+        let complete = &mut self.complete;
+        self.dentries.retain(|(parent, _), (named, _)| {
+            let keep = *named != ino;
+            if !keep {
+                complete.remove(parent);
+            }
+            keep
+        });
+    }
+
     /// The inode a name resolves to, if cached and fresh.
     pub fn entry(&self, parent: Ino, name: &str, now: Instant) -> Option<Ino> {
         // The key owns its String; a lookup allocates only on the probe.
@@ -209,6 +224,26 @@ impl MetaCache {
 mod tests {
     use super::*;
     use torchfs_proto::meta::FileKind;
+
+    #[test]
+    fn a_forgotten_inode_loses_its_names_and_their_directories_completeness() {
+        let now = Instant::now();
+        let mut c = MetaCache::new(Duration::from_secs(1), Duration::from_secs(1), 100);
+        c.put_complete(1, 5, now);
+        c.put_complete(2, 5, now);
+        c.put_entry(1, "journal", 7, now);
+        c.put_entry(2, "other", 8, now);
+        c.put_attr(attr(7, 10), now);
+        c.forget_inode(7);
+        assert_eq!(c.entry(1, "journal", now), None);
+        assert!(c.attr(7, now).is_none());
+        assert!(
+            !c.known_absent(1, "journal", now),
+            "dir 1 is not complete now"
+        );
+        assert_eq!(c.entry(2, "other", now), Some(8));
+        assert!(c.known_absent(2, "journal", now), "dir 2 stays complete");
+    }
 
     fn attr(ino: Ino, size: u64) -> Attr {
         Attr {

@@ -10,7 +10,7 @@ use torchfs_rdma::Transport;
 use super::control::{is_control_fh, is_control_ino};
 use super::file::FileState;
 use super::namespace::{guard_name, NewMode, Owner};
-use super::{unexpected, Client, ClientError, FileHandle, MetaService};
+use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Opens a regular file. Always revalidates with metad (close-to-open:
@@ -33,8 +33,19 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         };
         let (attr, layout) = match trusted {
             Some(known) => known,
-            None => self.open_layout(ino).await?,
+            None => match self.open_layout(ino).await {
+                Ok(found) => found,
+                Err(e) => return Err(self.stale_if_gone(ino, e)),
+            },
         };
+        // A file with no name left can only be reached through a name
+        // cached before another client unlinked it (an open by path always
+        // has a name). Opens of a file this client holds open
+        // (`/proc/PID/fd`) go on.
+        if attr.nlink == 0 && self.inner.handles.file_of(ino).is_none() {
+            let gone = MetaError::fs(libc::ENOENT, format!("inode {ino} has no name left"));
+            return Err(self.stale_if_gone(ino, gone.into()));
+        }
         self.open_with(attr, layout, write, truncate).await
     }
 
@@ -135,6 +146,20 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             }
         }
         Ok(fh)
+    }
+
+    /// An open of an inode with no name left (or none at all): the kernel
+    /// reached it through a name another client has since removed. The
+    /// names cached here for it go, and the answer is ESTALE, on which the
+    /// kernel looks the name up again and opens what it names now.
+    fn stale_if_gone(&self, ino: Ino, e: ClientError) -> ClientError {
+        match e {
+            ClientError::Meta(MetaError::Fs { errno, message }) if errno == libc::ENOENT => {
+                lock(&self.inner.cache).forget_inode(ino);
+                MetaError::fs(libc::ESTALE, message).into()
+            }
+            other => other,
+        }
     }
 
     /// For FUSE passthrough: the disk-tier file holding all of a file

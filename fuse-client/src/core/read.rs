@@ -268,27 +268,25 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(out)
     }
 
-    /// Refetches the layout of an open file without local changes; true
-    /// when it differed from the one held.
+    /// Refetches the layout of an open file (keeping this client's
+    /// unflushed writes); true when the view changed.
     async fn revalidate_layout(&self, file: &OpenFile) -> Result<bool, ClientError> {
         let mut st = file.state.lock().await;
-        if st.pending() {
-            return Ok(false);
-        }
-        let (attr, layout) = self.current_layout(file.ino).await?;
-        let fresh = FileState::from_layout(file.ino, attr.size, layout).map_err(|source| {
-            ClientError::Layout {
-                ino: file.ino,
-                source,
-            }
-        })?;
-        self.cache_attr(attr);
-        let changed =
-            fresh.committed != st.committed || fresh.size != st.size || fresh.config != st.config;
-        if changed {
-            *st = fresh;
-        }
+        let changed = self.refresh_view(&mut st).await?;
+        file.publish(&st);
         Ok(changed)
+    }
+
+    /// Brings this client's view of an open file (`st`) up to metad's,
+    /// keeping its unflushed writes ([`FileState::adopt`]). Returns whether
+    /// the view changed.
+    pub(super) async fn refresh_view(&self, st: &mut FileState) -> Result<bool, ClientError> {
+        let ino = st.ino;
+        let (attr, layout) = self.current_layout(ino).await?;
+        let fresh = FileState::from_layout(ino, attr.size, layout)
+            .map_err(|source| ClientError::Layout { ino, source })?;
+        self.cache_attr(attr);
+        Ok(st.adopt(fresh))
     }
 
     /// Reads the first `len_bytes` of a stored stripe (the old content a

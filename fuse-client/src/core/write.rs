@@ -20,7 +20,7 @@ use super::file::FileState;
 use super::handles::OpenFile;
 use super::map::{locate, resolve};
 use super::{unexpected, Client, ClientError, FileHandle, MetaService};
-use crate::stripe;
+use crate::stripe::{self, StripePiece};
 
 /// Deletes one background cleanup keeps in flight.
 const DELETES_IN_FLIGHT_MAX: usize = 16;
@@ -92,10 +92,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                         };
                         self.upload_dirty(st, victim).await?;
                     }
-                    if let Some((entry, old_bytes)) = st.rmw_source(&piece) {
-                        let old = self
-                            .read_stripe_prefix(file.ino, &cfg, &entry, old_bytes)
-                            .await?;
+                    if let Some(old) = self.rmw_read(st, &piece).await? {
                         st.dirty.insert(piece.stripe, old);
                     }
                 }
@@ -114,6 +111,42 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         .await;
         file.publish(st);
         result.map(|()| data.len() as u32)
+    }
+
+    /// The stored bytes a write of `piece` must start its stripe buffer
+    /// from (read-modify-write), if any. A version another client replaced
+    /// may be deleted by now: then the stripe is read as metad holds it.
+    async fn rmw_read(
+        &self,
+        st: &mut FileState,
+        piece: &StripePiece,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let Some((entry, old_bytes)) = st.rmw_source(piece) else {
+            return Ok(None);
+        };
+        let cfg = st.config;
+        let read = self
+            .read_stripe_prefix(st.ino, &cfg, &entry, old_bytes)
+            .await;
+        let stale = matches!(
+            read,
+            Err(ClientError::Unrecoverable { .. } | ClientError::Transport { .. })
+        ) && !st.uploaded.contains_key(&piece.stripe);
+        if !stale || !self.refresh_view(st).await? {
+            return read.map(Some);
+        }
+        tracing::info!(
+            "inode {}: stripe {} changed under an open file, read-modify-write retried",
+            st.ino,
+            piece.stripe
+        );
+        match st.rmw_source(piece) {
+            Some((entry, old_bytes)) => self
+                .read_stripe_prefix(st.ino, &cfg, &entry, old_bytes)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Uploads remaining dirty stripes and commits the layout.
@@ -221,6 +254,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// over it, the stripe is uploaded again and the commit retried
     /// (docs/ARCHITECTURE.md, "Data path: many writers").
     async fn commit(&self, st: &mut FileState) -> Result<(), ClientError> {
+        // The last merge that could not read the other version, if the
+        // tries end on one: that error says more than the conflicts.
+        let mut unreadable = None;
         for attempt in 0..COMMIT_TRIES_MAX {
             let req = MetaRequest::CommitStripes {
                 ino: st.ino,
@@ -254,39 +290,51 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 .filter(|s| StripeBase::of(current.get(s)) != st.base(*s))
                 .collect();
             for stripe in moved {
-                self.merge(st, stripe, current.remove(&stripe), attr.size)
+                unreadable = self
+                    .merge(st, stripe, current.remove(&stripe), attr.size)
                     .await?;
+                if unreadable.is_some() {
+                    break;
+                }
             }
             // Two writers that keep colliding should not retry in step.
             let pause_ms = rand::random::<u64>() % (1 << attempt.min(6));
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         }
-        Err(ClientError::CommitConflict {
+        Err(unreadable.unwrap_or(ClientError::CommitConflict {
             ino: st.ino,
             tries: COMMIT_TRIES_MAX,
-        })
+        }))
     }
 
     /// Lays this client's written ranges of `stripe` over `current` (another
     /// client's committed version, None: gone) and uploads the result as
     /// this client's new version of the stripe, based on `current`.
+    /// `Some(error)`: `current` could not be read (nothing changed).
     async fn merge(
         &self,
         st: &mut FileState,
         stripe: u64,
         current: Option<StripeEntry>,
         size: u64,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<ClientError>, ClientError> {
         let cfg = st.config;
         let Some(ours) = st.uploaded.get(&stripe).cloned() else {
-            return Ok(());
+            return Ok(None);
         };
         let (theirs_bytes, ranges) = st.merge_source(stripe, current.as_ref(), size);
         let ours_end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
         let mut buf = match &current {
             Some(entry) if theirs_bytes > 0 => {
-                self.read_stripe_prefix(st.ino, &cfg, entry, theirs_bytes)
-                    .await?
+                match self
+                    .read_stripe_prefix(st.ino, &cfg, entry, theirs_bytes)
+                    .await
+                {
+                    Ok(buf) => buf,
+                    // Replaced (and deleted) again since the conflict: the
+                    // next commit learns the newer version.
+                    Err(e) => return Ok(Some(e)),
+                }
             }
             _ => Vec::new(),
         };
@@ -306,7 +354,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         // Only now: until the merged stripe is stored, the upload this
         // client holds is still based on the old version.
         st.rebase(stripe, current);
-        Ok(())
+        Ok(None)
     }
 
     /// Encodes and uploads the dirty buffer of `stripe`, recording the new

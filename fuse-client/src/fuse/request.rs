@@ -10,8 +10,15 @@ use super::attr::{file_attr, negative_entry, system_time_ns};
 use super::Fs;
 use crate::core::{ClientError, NewMode, Owner};
 
+/// The errno a failed request answers. An EIO is logged with its cause
+/// (the application sees only "I/O error"); the others are the
+/// filesystem's ordinary answers.
 pub(super) fn errno(err: &ClientError) -> Errno {
-    Errno::from_i32(err.errno())
+    let errno = err.errno();
+    if errno == libc::EIO {
+        tracing::warn!("answered EIO: {err}");
+    }
+    Errno::from_i32(errno)
 }
 
 /// A request's name as text, or the request answered with the errno that
