@@ -167,7 +167,12 @@ fn spawn_mount(
         .arg("--metad")
         .arg(cluster.metad_addrs().join(","))
         .args(extra)
-        .env("RUST_LOG", "info")
+        // TFS_TEST_MOUNT_LOG sets the mounts' RUST_LOG (e.g.
+        // `torchfs_client=debug,info` to see why a request failed).
+        .env(
+            "RUST_LOG",
+            std::env::var("TFS_TEST_MOUNT_LOG").unwrap_or("info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
