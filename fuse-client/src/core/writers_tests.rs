@@ -12,6 +12,32 @@ use super::*;
 
 const STRIPE: usize = CFG.k as usize * CFG.unit_bytes as usize;
 
+/// Two clients of one metad and one set of storage nodes, and a file
+/// `ino` one of them created.
+struct Pair {
+    meta: FakeMeta,
+    store: FakeStore,
+    a: TestClient,
+    b: TestClient,
+    ino: Ino,
+}
+
+async fn pair(name: &str) -> Pair {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let (a, b) = (
+        client(&meta, &store, 8).await,
+        client(&meta, &store, 8).await,
+    );
+    let ino = create_file(&a, name).await.ino;
+    Pair {
+        meta,
+        store,
+        a,
+        b,
+        ino,
+    }
+}
+
 /// Opens `ino` for writing on each client.
 async fn open_all(clients: &[&TestClient], ino: Ino) -> Vec<FileHandle> {
     let mut fhs = Vec::new();
@@ -30,12 +56,13 @@ async fn read_fresh(meta: &FakeMeta, store: &FakeStore, ino: Ino) -> Vec<u8> {
 
 #[tokio::test]
 async fn disjoint_writes_to_one_stripe_both_survive() {
-    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
-    let (a, b) = (
-        client(&meta, &store, 8).await,
-        client(&meta, &store, 8).await,
-    );
-    let ino = create_file(&a, "shared").await.ino;
+    let Pair {
+        meta,
+        store,
+        a,
+        b,
+        ino,
+    } = pair("shared").await;
     // Both open before either writes, as two ranks would.
     let fhs = open_all(&[&a, &b], ino).await;
     let (first, second) = (pattern(20, 1), pattern(20, 2));
@@ -58,12 +85,13 @@ async fn disjoint_writes_to_one_stripe_both_survive() {
 
 #[tokio::test]
 async fn a_stale_size_never_cuts_another_writers_stripes() {
-    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
-    let (a, b) = (
-        client(&meta, &store, 8).await,
-        client(&meta, &store, 8).await,
-    );
-    let ino = create_file(&a, "shared").await.ino;
+    let Pair {
+        meta,
+        store,
+        a,
+        b,
+        ino,
+    } = pair("shared").await;
     let fhs = open_all(&[&a, &b], ino).await;
     // B fills stripes 1 and 2; A, which saw the file empty, writes 10
     // bytes of stripe 0 after B committed.
@@ -81,12 +109,13 @@ async fn a_stale_size_never_cuts_another_writers_stripes() {
 
 #[tokio::test]
 async fn overlapping_writes_keep_the_last_committers_bytes_only_where_they_overlap() {
-    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
-    let (a, b) = (
-        client(&meta, &store, 8).await,
-        client(&meta, &store, 8).await,
-    );
-    let ino = create_file(&a, "shared").await.ino;
+    let Pair {
+        meta,
+        store,
+        a,
+        b,
+        ino,
+    } = pair("shared").await;
     // Stripe 0 committed whole first, so both writes read-modify-write.
     let fh = a.open(ino, true, false).await.unwrap();
     let old = pattern(STRIPE, 7);
@@ -147,12 +176,13 @@ async fn a_stripe_that_keeps_changing_is_a_clear_error_and_the_writes_stay() {
 
 #[tokio::test]
 async fn a_truncation_by_this_client_is_not_undone_by_a_merge() {
-    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
-    let (a, b) = (
-        client(&meta, &store, 8).await,
-        client(&meta, &store, 8).await,
-    );
-    let ino = create_file(&a, "cut").await.ino;
+    let Pair {
+        meta,
+        store,
+        a,
+        b,
+        ino,
+    } = pair("cut").await;
     let fhs = open_all(&[&a, &b], ino).await;
     // A writes 40 bytes, then cuts its own write to 10 before flushing.
     a.write(fhs[0], 0, &pattern(40, 1)).await.unwrap();
