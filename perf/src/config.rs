@@ -180,6 +180,19 @@ pub struct RunArgs {
     /// Files each mdtest thread creates [default: 200; 20 with --quick].
     #[arg(long)]
     pub mdtest_files_per_thread: Option<usize>,
+    /// Shared writes: writer processes, each writing its own part of one
+    /// shared file (and, against that, its own file) [default: 8; 4 with
+    /// --quick].
+    #[arg(long)]
+    pub shared_writes_writers: Option<usize>,
+    /// Shared writes: bytes each writer writes, in --request-bytes pwrites
+    /// [default: 4MiB (a torchfs stripe); 1MiB with --quick].
+    #[arg(long, value_parser = bytes_arg)]
+    pub shared_writes_part_bytes: Option<u64>,
+    /// Shared writes: fcntl lock/unlock cycles timed per case [default: 200;
+    /// 20 with --quick].
+    #[arg(long)]
+    pub shared_writes_lock_cycles: Option<usize>,
     /// Fragment size for the erasure-code benchmark (torchfs's unit).
     #[arg(long, value_parser = bytes_arg, default_value = "1MiB")]
     pub codec_fragment_bytes: u64,
@@ -239,6 +252,9 @@ pub struct Config {
     pub meta_files: usize,
     pub mdtest_threads: Vec<usize>,
     pub mdtest_files_per_thread: usize,
+    pub shared_writes_writers: usize,
+    pub shared_writes_part_bytes: u64,
+    pub shared_writes_lock_cycles: usize,
     pub codec_fragment_bytes: u64,
     pub codec_seconds: f64,
     pub fail_nodes: usize,
@@ -361,6 +377,18 @@ impl Config {
                 .mdtest_files_per_thread
                 .unwrap_or(pick(20, 200) as usize)
                 .max(1),
+            shared_writes_writers: args
+                .shared_writes_writers
+                .unwrap_or(pick(4, 8) as usize)
+                .clamp(1, 64),
+            shared_writes_part_bytes: args
+                .shared_writes_part_bytes
+                .unwrap_or(pick(1 << 20, 4 << 20))
+                .max(4096),
+            shared_writes_lock_cycles: args
+                .shared_writes_lock_cycles
+                .unwrap_or(pick(20, 200) as usize)
+                .max(1),
             codec_fragment_bytes: args.codec_fragment_bytes.max(64),
             codec_seconds: args.codec_seconds.unwrap_or(if q { 0.2 } else { 1.0 }),
             fail_nodes: args.fail_nodes,
@@ -430,6 +458,22 @@ mod tests {
         );
         let full = resolve(&[]);
         assert_eq!((full.repeats, full.large_file_bytes), (3, 1 << 30));
+        assert_eq!(
+            (
+                q.shared_writes_writers,
+                q.shared_writes_part_bytes,
+                q.shared_writes_lock_cycles
+            ),
+            (4, 1 << 20, 20)
+        );
+        assert_eq!(
+            (
+                full.shared_writes_writers,
+                full.shared_writes_part_bytes,
+                full.shared_writes_lock_cycles
+            ),
+            (8, 4 << 20, 200)
+        );
         let mine = resolve(&["--quick", "--repeats", "2", "--large-file-bytes", "64MiB"]);
         assert_eq!((mine.repeats, mine.large_file_bytes), (2, 64 << 20));
         assert_eq!(resolve(&["--workloads", "loader"]).workloads, ["loader"]);

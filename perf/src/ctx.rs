@@ -66,6 +66,12 @@ impl Metric {
         self
     }
 
+    /// A latency or a cost: smaller figures are better.
+    pub fn lower_is_better(mut self) -> Metric {
+        self.higher_is_better = false;
+        self
+    }
+
     /// Bounded by the same metric on the FUSE ceiling (and `probes`).
     pub fn bounded(mut self, same_on: &[&str], probes: &[(&str, &str)]) -> Metric {
         self.bounded_by

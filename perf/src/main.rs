@@ -79,7 +79,7 @@ enum Internal {
 fn main() -> ExitCode {
     let workload_help = workloads::registry()
         .iter()
-        .map(|w| format!("  {:<12} {}", w.name(), w.describe()))
+        .map(|w| format!("  {:<14} {}", w.name(), w.describe()))
         .collect::<Vec<_>>()
         .join("\n");
     let command = Cli::command().after_help(format!(

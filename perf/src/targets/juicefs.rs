@@ -28,6 +28,9 @@ pub struct Juicefs {
     root: PathBuf,
     meta_url: String,
     details: BTreeMap<String, String>,
+    /// A second client (`juicefs mount` of the same volume at `<dir>/mnt2`)
+    /// is mounted.
+    second: bool,
 }
 
 impl Juicefs {
@@ -78,23 +81,54 @@ impl Juicefs {
             root,
             meta_url,
             details,
+            second: false,
         })
     }
 
-    fn mount(&self) -> Result<()> {
-        let mnt = self.dir.join("mnt");
+    /// The workloads' client (`FIRST`) or the second one (`SECOND`):
+    /// each has its own mount point, cache directory and log.
+    fn mount(&self, client: Client) -> Result<()> {
+        let (mnt, cache, log) = client.paths(&self.dir);
+        std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
+        std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
         juicefs(&[
             "mount".as_ref(),
             "-d".as_ref(),
             "--cache-dir".as_ref(),
-            self.dir.join("cache").as_os_str(),
+            cache.as_os_str(),
             "--log".as_ref(),
-            self.dir.join("mount.log").as_os_str(),
+            log.as_os_str(),
             self.meta_url.as_ref(),
             mnt.as_os_str(),
         ])?;
         super::wait_for_mount(&mnt, "fuse.juicefs", MOUNT_TIMEOUT, || Ok(()))?;
         Ok(())
+    }
+}
+
+/// A client's mount point, cache directory and log, under the target's
+/// directory.
+#[derive(Clone, Copy)]
+struct Client {
+    mnt: &'static str,
+    cache: &'static str,
+    log: &'static str,
+}
+
+const FIRST: Client = Client {
+    mnt: "mnt",
+    cache: "cache",
+    log: "mount.log",
+};
+const SECOND: Client = Client {
+    mnt: "mnt2",
+    cache: "cache2",
+    log: "mount2.log",
+};
+
+impl Client {
+    fn paths(self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        (dir.join(self.mnt), dir.join(self.cache), dir.join(self.log))
     }
 }
 
@@ -147,12 +181,29 @@ impl Target for Juicefs {
         juicefs(&["umount".as_ref(), self.dir.join("mnt").as_os_str()])?;
         let cache = self.dir.join("cache");
         std::fs::remove_dir_all(&cache).with_context(|| format!("empty {}", cache.display()))?;
-        std::fs::create_dir(&cache).with_context(|| format!("create {}", cache.display()))?;
-        self.mount()?;
+        self.mount(FIRST)?;
         Ok(None)
     }
 
+    fn second_client_root(&mut self) -> Result<Option<PathBuf>> {
+        let (mnt, _, _) = SECOND.paths(&self.dir);
+        if !self.second {
+            self.mount(SECOND)?;
+            self.second = true;
+        }
+        Ok(Some(mnt.join("bench")))
+    }
+
     fn teardown(&mut self) -> Result<()> {
+        if self.second {
+            // juicefs-down.sh knows only the first client.
+            let (mnt, cache, _) = SECOND.paths(&self.dir);
+            if juicefs(&["umount".as_ref(), mnt.as_os_str()]).is_err() {
+                let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+            }
+            let _ = std::fs::remove_dir_all(&cache);
+            self.second = false;
+        }
         let out = run_script(
             &self.dir.join("scripts/juicefs-down.sh"),
             &[self.dir.as_os_str()],

@@ -47,6 +47,14 @@ pub trait Target {
     fn drop_caches(&mut self) -> Result<Option<String>> {
         Ok(None)
     }
+    /// A second client of the same filesystem, for workloads that need
+    /// another client to change files (as another machine would): the
+    /// directory there that is [`Target::root`] here. Started on first use
+    /// and torn down with the target; None where there is no such thing (a
+    /// local directory: every process shares one kernel).
+    fn second_client_root(&mut self) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
     /// Errors if the target has died under the run (its processes exited).
     fn check(&mut self) -> Result<()> {
         Ok(())

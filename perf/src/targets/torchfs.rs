@@ -41,8 +41,25 @@ pub struct Torchfs {
     cluster: Option<Cluster>,
     /// The client workloads use (None with `--torchfs-mount`).
     client: Option<ClientMount>,
+    /// How to start another client of the cluster (None with
+    /// `--torchfs-mount`), and that client once a workload asked for it.
+    second_spec: Option<SecondClient>,
+    second: Option<ClientMount>,
     /// `drop_caches` was asked for without a client to restart (noted once).
     cache_kept_noted: bool,
+}
+
+/// Another `torchfs mount` of the harness's cluster, at `<dir>/client2`.
+struct SecondClient {
+    bin: PathBuf,
+    metad: Vec<String>,
+    dir: PathBuf,
+}
+
+impl SecondClient {
+    fn mountpoint(&self) -> PathBuf {
+        self.dir.join("client2")
+    }
 }
 
 /// A cluster this harness started.
@@ -130,6 +147,11 @@ impl Torchfs {
         let metad: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
         let client_mnt = dir.join("client");
         std::fs::create_dir_all(&client_mnt)?;
+        let second_spec = SecondClient {
+            bin: bin.to_path_buf(),
+            metad: metad.clone(),
+            dir: dir.to_path_buf(),
+        };
         let client = match ClientMount::start(bin, metad, &client_mnt, &dir.join("mount.log")) {
             Ok(c) => c,
             Err(e) => {
@@ -154,6 +176,8 @@ impl Torchfs {
             details,
             cluster: Some(cluster),
             client: Some(client),
+            second_spec: Some(second_spec),
+            second: None,
             cache_kept_noted: false,
         })
     }
@@ -172,6 +196,8 @@ impl Torchfs {
             details,
             cluster: None,
             client: None,
+            second_spec: None,
+            second: None,
             cache_kept_noted: false,
         })
     }
@@ -275,6 +301,15 @@ impl Target for Torchfs {
         if let Some(m) = &self.client {
             details.insert("client mounts".into(), m.starts.to_string());
         }
+        if let (Some(spec), Some(_)) = (&self.second_spec, &self.second) {
+            details.insert(
+                "second client".into(),
+                format!(
+                    "a `torchfs mount` of the same cluster at {}",
+                    spec.mountpoint().display()
+                ),
+            );
+        }
         if let Some(c) = &self.cluster {
             if !c.killed_nodes.is_empty() {
                 details.insert(
@@ -336,6 +371,30 @@ impl Target for Torchfs {
         }
     }
 
+    fn second_client_root(&mut self) -> Result<Option<PathBuf>> {
+        let Some(spec) = &self.second_spec else {
+            return Ok(None);
+        };
+        let mnt = spec.mountpoint();
+        if let Some(m) = self.second.as_mut() {
+            if m.alive().is_err() {
+                self.second = None;
+            }
+        }
+        if self.second.is_none() {
+            std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+            let log = spec.dir.join("mount2.log");
+            self.second = Some(ClientMount::start(
+                &spec.bin,
+                spec.metad.clone(),
+                &mnt,
+                &log,
+            )?);
+        }
+        // Both clients see the same namespace: root is <client>/bench.
+        Ok(Some(mnt.join("bench")))
+    }
+
     fn check(&mut self) -> Result<()> {
         if let Some(m) = self.client.as_mut() {
             m.alive()?;
@@ -347,12 +406,14 @@ impl Target for Torchfs {
     }
 
     fn teardown(&mut self) -> Result<()> {
+        let second = self.second.take().map(|mut m| m.stop());
         let client = self.client.take().map(|mut m| m.stop());
         match self.cluster.as_mut() {
             Some(c) => c.stop()?,
             None => std::fs::remove_dir_all(&self.root)
                 .with_context(|| format!("remove {}", self.root.display()))?,
         }
-        client.unwrap_or(Ok(()))
+        client.unwrap_or(Ok(()))?;
+        second.unwrap_or(Ok(()))
     }
 }

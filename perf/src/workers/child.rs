@@ -99,10 +99,11 @@ fn run(
             Op::ReadWhole => read_whole(&path, &mut buf),
             Op::ReadRange => read_range_task(&mut open, keep_open, &task, &path, &mut buf),
             Op::Write => write_file(&path, spec.id, spec.bytes, content, request),
+            Op::WriteRange => write_range(&path, spec.id, &task, content, request),
         };
         let elapsed_us = started.elapsed().as_secs_f64() * 1e6;
         let expected = match op {
-            Op::ReadRange => task.len,
+            Op::ReadRange | Op::WriteRange => task.len,
             _ => spec.bytes,
         };
         match done {
@@ -199,5 +200,33 @@ fn write_file(
     }
     // close(2) is where torchfs commits the layout: part of the write.
     drop(file);
+    Ok(done)
+}
+
+/// One writer's part of a file that already exists: opened without
+/// truncating, written where the task says, fsync'd, closed (a close error
+/// is the write's error: torchfs commits there too).
+fn write_range(
+    path: &std::path::Path,
+    id: u64,
+    task: &super::Task,
+    content: &Content,
+    request: usize,
+) -> std::io::Result<u64> {
+    use std::os::fd::IntoRawFd;
+    let file = File::options().read(true).write(true).open(path)?;
+    let mut done = 0u64;
+    while done < task.len {
+        let want = (task.len - done).min(request as u64) as usize;
+        let chunk = content.slice(id, task.offset + done, want);
+        file.write_all_at(chunk, task.offset + done)?;
+        done += chunk.len() as u64;
+    }
+    file.sync_all()?;
+    let fd = file.into_raw_fd();
+    // SAFETY: the descriptor was just taken out of the File: closed once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(done)
 }

@@ -36,6 +36,10 @@ pub enum Op {
     /// create, write the file's content, close (no fsync: the parent syncs
     /// once at the end, inside the timing).
     Write,
+    /// open an existing file O_RDWR (no create, no truncate), pwrite the
+    /// task's range in `request_bytes` writes, fsync, close (one of several
+    /// writers of a file, each writing its own part).
+    WriteRange,
 }
 
 /// One unit of work: a whole file, or a range of one.

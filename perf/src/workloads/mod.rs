@@ -18,6 +18,7 @@ pub mod large_file;
 pub mod loader;
 pub mod mdtest;
 pub mod metadata;
+pub mod shared_writes;
 
 use anyhow::Result;
 
@@ -49,6 +50,7 @@ pub fn registry() -> Vec<Box<dyn Workload>> {
         Box::new(loader::Loader),
         Box::new(metadata::Metadata),
         Box::new(mdtest::Mdtest),
+        Box::new(shared_writes::SharedWrites),
         Box::new(epoch_cache::EpochCache),
         Box::new(degraded::Degraded),
     ]
