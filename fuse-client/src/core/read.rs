@@ -61,6 +61,10 @@ pub(crate) fn plan_degraded(
     plan
 }
 
+/// Reads of an open file retried with a fresh layout while other clients
+/// keep replacing its stripes, before the read answers EIO.
+const STALE_READ_TRIES_MAX: usize = 8;
+
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Reads up to `size` bytes at `offset`; short at the end of the file.
     /// Served from the epoch cache when it holds the range (a hit on one
@@ -173,8 +177,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(ReadBuf::Owned(out))
     }
 
-    /// Reads from storage (or this client's buffers), retrying once with a
-    /// fresh layout when stripes were replaced under the open file.
+    /// Reads from storage (or this client's buffers), again with a fresh
+    /// layout when stripes were replaced under the open file (as long as
+    /// metad's layout keeps changing: other writers, at most
+    /// [`STALE_READ_TRIES_MAX`] times), or once with a newer cluster map.
     /// Returns the data and the layout version it was read at.
     async fn read_uncached(
         &self,
@@ -182,27 +188,32 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         offset: u64,
         size: u32,
     ) -> Result<(Vec<u8>, u64), ClientError> {
-        match self.read_once(file, offset, size).await {
+        let mut result = self.read_once(file, offset, size).await;
+        let mut map_refreshed = false;
+        for _ in 0..STALE_READ_TRIES_MAX {
             // Another client may have replaced (and deleted) the stripes
-            // this one opened: with no local changes, refetch the layout
-            // and try once more before reporting EIO.
-            Err(e @ (ClientError::Unrecoverable { .. } | ClientError::Transport { .. })) => {
-                if self.revalidate_layout(file).await? {
-                    tracing::info!(
-                        "inode {}: layout changed under an open file, read retried",
-                        file.ino
-                    );
-                    self.read_once(file, offset, size).await
-                } else if self.refresh_map_now().await {
-                    // Nodes that restarted may listen elsewhere now.
-                    tracing::info!("inode {}: read retried with a newer cluster map", file.ino);
-                    self.read_once(file, offset, size).await
-                } else {
-                    Err(e)
-                }
+            // this one opened: refetch the layout and try again before
+            // reporting EIO.
+            let Err(e @ (ClientError::Unrecoverable { .. } | ClientError::Transport { .. })) =
+                result
+            else {
+                return result;
+            };
+            if self.revalidate_layout(file).await? {
+                tracing::info!(
+                    "inode {}: layout changed under an open file, read retried",
+                    file.ino
+                );
+            } else if !map_refreshed && self.refresh_map_now().await {
+                // Nodes that restarted may listen elsewhere now.
+                map_refreshed = true;
+                tracing::info!("inode {}: read retried with a newer cluster map", file.ino);
+            } else {
+                return Err(e);
             }
-            other => other,
+            result = self.read_once(file, offset, size).await;
         }
+        result
     }
 
     /// `[start, end)` of an open file as of now, with its version

@@ -115,38 +115,39 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// The stored bytes a write of `piece` must start its stripe buffer
     /// from (read-modify-write), if any. A version another client replaced
-    /// may be deleted by now: then the stripe is read as metad holds it.
+    /// may be deleted by now: then the stripe is read again as metad holds
+    /// it, as long as metad's version keeps changing (other writers of the
+    /// stripe), at most [`COMMIT_TRIES_MAX`] times.
     async fn rmw_read(
         &self,
         st: &mut FileState,
         piece: &StripePiece,
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let Some((entry, old_bytes)) = st.rmw_source(piece) else {
-            return Ok(None);
-        };
         let cfg = st.config;
-        let read = self
-            .read_stripe_prefix(st.ino, &cfg, &entry, old_bytes)
-            .await;
-        let stale = matches!(
-            read,
-            Err(ClientError::Unrecoverable { .. } | ClientError::Transport { .. })
-        ) && !st.uploaded.contains_key(&piece.stripe);
-        if !stale || !self.refresh_view(st).await? {
-            return read.map(Some);
-        }
-        tracing::info!(
-            "inode {}: stripe {} changed under an open file, read-modify-write retried",
-            st.ino,
-            piece.stripe
-        );
-        match st.rmw_source(piece) {
-            Some((entry, old_bytes)) => self
+        for _ in 0..COMMIT_TRIES_MAX {
+            let Some((entry, old_bytes)) = st.rmw_source(piece) else {
+                return Ok(None);
+            };
+            let read = self
                 .read_stripe_prefix(st.ino, &cfg, &entry, old_bytes)
-                .await
-                .map(Some),
-            None => Ok(None),
+                .await;
+            let stale = matches!(
+                read,
+                Err(ClientError::Unrecoverable { .. } | ClientError::Transport { .. })
+            ) && !st.uploaded.contains_key(&piece.stripe);
+            if !stale || !self.refresh_view(st).await? {
+                return read.map(Some);
+            }
+            tracing::info!(
+                "inode {}: stripe {} changed under an open file, read-modify-write retried",
+                st.ino,
+                piece.stripe
+            );
         }
+        Err(ClientError::CommitConflict {
+            ino: st.ino,
+            tries: COMMIT_TRIES_MAX,
+        })
     }
 
     /// Uploads remaining dirty stripes and commits the layout.

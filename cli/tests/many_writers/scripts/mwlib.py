@@ -1,6 +1,6 @@
-"""Shared by the helper scripts of cli/tests/many_writers.rs.
+"""Shared by the helper scripts of the cli/tests/many_writers test.
 
-block_bytes() must stay in step with block_bytes() in many_writers.rs: the
+block_bytes() must stay in step with block_bytes() in ../patterns.rs: the
 8-byte little-endian word at absolute file offset 8*w holds (seed << 40) | w,
 so a block's bytes name both the writer's seed and their own place in the
 file (a block written at the wrong offset, zeros, or an older round's bytes
