@@ -129,6 +129,16 @@ fn a_frozen_dataset_is_served_without_metad_round_trips() -> Result<()> {
     // The root, `sub`, the files and the link.
     assert_eq!(s["frozen"]["entries"], (FILES + 3) as u64, "{s}");
 
+    // The kernel keeps a frozen file's pages across opens: the dataset
+    // read again (caches not dropped) sends the mount no read at all.
+    let before = stats(&mnt)?;
+    read_dataset(&mnt, &data)?;
+    let after = stats(&mnt)?;
+    assert_eq!(
+        after["reads"], before["reads"],
+        "a warm read of the frozen dataset reached the mount: {after}"
+    );
+
     // Read it all again, twice, with the kernel's caches dropped: metad
     // sees only the root rechecks (one per CHECK_MS at most).
     let before = stats(&mnt)?;

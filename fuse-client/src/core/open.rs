@@ -190,6 +190,14 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .ok()
     }
 
+    /// Whether `ino` is a file of a loaded frozen dataset version: it
+    /// cannot change while frozen, so a front-end may keep its cached
+    /// pages across opens. A thaw is seen when the table goes (within
+    /// `frozen_check_ms`, as for every answer from the table).
+    pub fn is_immutable(&self, ino: Ino) -> bool {
+        self.in_frozen_table(ino)
+    }
+
     /// Whether an inode is one of the `.torchfs/` control files (front-ends
     /// serve them without a page cache).
     pub fn is_control(&self, ino: Ino) -> bool {

@@ -49,12 +49,17 @@ impl Fs {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
         // A read-only handle has nothing to flush at close (its locks go
-        // at release): spare the kernel that round trip.
-        let no_flush = if write {
+        // at release): spare the kernel that round trip. A file of a frozen
+        // dataset version cannot change: the kernel keeps its pages across
+        // opens (a warm epoch reads them from the page cache).
+        let mut open_flags = if write {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_NOFLUSH
         };
+        if !write && self.client.is_immutable(ino) {
+            open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
         // Files a plan reads by ranges: no kernel readahead across ranges.
         let direct = append || self.client.prefers_direct_io(ino);
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -63,11 +68,11 @@ impl Fs {
             } else {
                 FopenFlags::empty()
             };
-            return reply.opened(FileHandle(fh), flags | no_flush);
+            return reply.opened(FileHandle(fh), flags | open_flags);
         }
         if direct {
             self.io_modes.open_direct(ino, fh);
-            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | no_flush);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | open_flags);
         }
         // Looked up before the I/O-mode decision, which must not wait.
         let file = if write {
@@ -82,9 +87,11 @@ impl Fs {
                 .ok()
         });
         match answer {
-            OpenAs::Cached => reply.opened(FileHandle(fh), no_flush),
-            OpenAs::Direct => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | no_flush),
-            OpenAs::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), no_flush, &id),
+            OpenAs::Cached => reply.opened(FileHandle(fh), open_flags),
+            OpenAs::Direct => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | open_flags)
+            }
+            OpenAs::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), open_flags, &id),
         }
     }
 
