@@ -190,11 +190,18 @@ impl FrozenTable {
     fn claim_check(&self, now: Instant, interval: Duration) -> bool {
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let last = self.checked_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(last) >= interval.as_millis() as u64
+        self.check_due(now, interval)
             && self
                 .checked_ms
                 .compare_exchange(last, now_ms.max(1), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Whether the root is due a recheck (`interval` since the last).
+    fn check_due(&self, now: Instant, interval: Duration) -> bool {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= interval.as_millis() as u64
     }
 
     /// Whether metad's current attributes of the root say the tree is
@@ -345,6 +352,21 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 // it, and the next interval checks again.
                 Err(e) => tracing::debug!("recheck frozen tree {}: {e}", table.root),
             }
+        }
+        state.hits.fetch_add(1, Ordering::Relaxed);
+        Some(table)
+    }
+
+    /// [`Self::frozen`] when no recheck of the root is due: the table
+    /// holding `ino`, at once (front-ends answer from it on the thread that
+    /// read the request). None when none holds it or a recheck is due
+    /// (the async path does it). Counts a hit.
+    pub(super) fn frozen_now(&self, ino: Ino) -> Option<Arc<FrozenTable>> {
+        let state = &self.inner.frozen;
+        let table = state.read().get(ino)?;
+        let interval = Duration::from_millis(self.inner.config.frozen_check_ms);
+        if table.check_due(Instant::now(), interval) {
+            return None;
         }
         state.hits.fetch_add(1, Ordering::Relaxed);
         Some(table)

@@ -89,6 +89,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             // `.torchfs` and the names in it: the control files answer.
             return None;
         }
+        if let Some(found) = self.frozen_now(parent).and_then(|t| t.lookup(parent, name)) {
+            return Some(found.map_err(ClientError::from));
+        }
         let found = self.lookup_cached(parent, name)?;
         if matches!(&found, Ok(attr) if attr.frozen) {
             // A frozen tree's table answers its names (and may be loading).
@@ -103,6 +106,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     pub fn getattr_now(&self, ino: Ino) -> Option<Attr> {
         if is_control_ino(ino) {
             return None;
+        }
+        if let Some(attr) = self.frozen_now(ino).and_then(|t| t.attr(ino)) {
+            return Some(attr);
         }
         let attr = lock(&self.inner.cache).attr(ino, Instant::now())?;
         (!attr.frozen).then(|| self.overlay(attr))

@@ -49,6 +49,32 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         self.open_with(attr, layout, write, truncate).await
     }
 
+    /// [`Self::open`] for reading of a file of a loaded frozen table (no
+    /// recheck due): done at once, so a front-end answers on the thread
+    /// that read the request. None: call [`Self::open`].
+    pub fn open_now(&self, ino: Ino) -> Option<FileHandle> {
+        let (attr, layout) = self.frozen_now(ino)?.layout(ino)?;
+        if attr.kind != FileKind::File {
+            return None;
+        }
+        let fresh = FileState::from_layout(ino, attr.size, layout).ok()?;
+        self.inner.data_cache.validate(ino, fresh.version());
+        self.cache_attr(attr);
+        let mut fresh = Some(fresh);
+        let (fh, file, created) = self
+            .inner
+            .handles
+            .open(ino, false, || fresh.take().expect("taken once"));
+        // A frozen file cannot have changed: a state held busy by another
+        // handle is as good as the table's.
+        if let (false, Some(fresh), Ok(mut st)) = (created, fresh, file.state.try_lock()) {
+            if !st.pending() {
+                *st = fresh;
+            }
+        }
+        Some(fh)
+    }
+
     /// Creates (or, without `exclusive`, opens an existing) regular file
     /// and opens it for writing, in one metad write: the reply carries the
     /// layout an `Open` would fetch, and metad counts the file as held

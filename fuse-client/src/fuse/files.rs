@@ -33,6 +33,29 @@ pub(super) struct CreateOpen {
 }
 
 impl Fs {
+    /// An open the frozen table answers (a read of a file of a frozen
+    /// dataset version, no passthrough, no plan), answered at once on the
+    /// thread that read it: a hand-off to a task costs a thread wake-up,
+    /// more than the open itself. Otherwise the reply is handed back.
+    pub(super) fn open_now(&self, ino: u64, mode: OpenMode, reply: ReplyOpen) -> Option<ReplyOpen> {
+        if mode.write
+            || mode.truncate
+            || mode.append
+            || self.passthrough.load(Ordering::Relaxed)
+            || self.client.prefers_direct_io(ino)
+        {
+            return Some(reply);
+        }
+        let Some(fh) = self.client.open_now(ino) else {
+            return Some(reply);
+        };
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_KEEP_CACHE,
+        );
+        None
+    }
+
     pub(super) async fn open(self: Arc<Self>, ino: u64, mode: OpenMode, reply: ReplyOpen) {
         let OpenMode {
             write,

@@ -371,7 +371,9 @@ impl Filesystem for TorchFs {
             truncate: flags.0 & libc::O_TRUNC != 0,
             append: flags.0 & libc::O_APPEND != 0,
         };
-        self.spawn(|fs| fs.open(ino.0, mode, reply));
+        if let Some(reply) = self.fs.open_now(ino.0, mode, reply) {
+            self.spawn(|fs| fs.open(ino.0, mode, reply));
+        }
     }
 
     fn read(
