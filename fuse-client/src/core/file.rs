@@ -12,6 +12,7 @@
 //! that write covers all of it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rangemap::RangeSet;
 use torchfs_proto::meta::{Ino, Layout, StripeBase, StripeConfig, StripeEntry};
@@ -30,6 +31,9 @@ pub(crate) struct FileState {
     pub uploaded: BTreeMap<u64, StripeEntry>,
     /// Stripe buffers not yet uploaded (prefix of the stripe, see above).
     pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Full stripe buffers a task is uploading now (`upload::start_upload`):
+    /// read like dirty ones; a write into one starts a dirty copy.
+    pub uploading: BTreeMap<u64, Arc<Vec<u8>>>,
     /// The byte ranges of each stripe this client wrote since its last
     /// commit (in `dirty` or `uploaded`): what a merge re-applies over
     /// another client's version of the stripe.
@@ -60,6 +64,7 @@ impl FileState {
             committed,
             uploaded: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            uploading: BTreeMap::new(),
             written: BTreeMap::new(),
             written_end: 0,
         })
@@ -109,7 +114,11 @@ impl FileState {
             .keys()
             .chain(fresh.committed.keys())
             .copied()
-            .filter(|s| !(self.dirty.contains_key(s) || self.uploaded.contains_key(s)))
+            .filter(|s| {
+                !(self.dirty.contains_key(s)
+                    || self.uploading.contains_key(s)
+                    || self.uploaded.contains_key(s))
+            })
             .collect();
         for stripe in stripes {
             let now = fresh.committed.get(&stripe);
@@ -130,7 +139,16 @@ impl FileState {
 
     /// Whether this client holds changes metad has not seen.
     pub fn pending(&self) -> bool {
-        !self.dirty.is_empty() || !self.uploaded.is_empty()
+        !self.dirty.is_empty() || !self.uploading.is_empty() || !self.uploaded.is_empty()
+    }
+
+    /// The buffer of `stripe` this client holds in memory, if any: dirty,
+    /// else being uploaded.
+    pub fn buffer(&self, stripe: u64) -> Option<&[u8]> {
+        self.dirty
+            .get(&stripe)
+            .map(Vec::as_slice)
+            .or_else(|| self.uploading.get(&stripe).map(|b| b.as_slice()))
     }
 
     /// The newest stored version of a stripe: uploaded, else committed.
@@ -269,6 +287,15 @@ impl FileState {
         if let Some(buf) = self.dirty.get_mut(&boundary) {
             buf.truncate(keep_bytes as usize);
         }
+        // Uploads in flight past the end are dropped (their tasks find
+        // them gone and delete what they stored); a cut one continues as
+        // a dirty buffer.
+        self.uploading.retain(|s, _| *s < first_gone);
+        if let Some(buf) = self.uploading.remove(&boundary) {
+            self.dirty
+                .entry(boundary)
+                .or_insert_with(|| buf[..keep_bytes as usize].to_vec());
+        }
         // Written bytes past the end are gone: a merge must not bring
         // them back over another client's data.
         self.written.retain(|s, _| *s < first_gone);
@@ -297,7 +324,7 @@ impl FileState {
             pieces: Vec::new(),
         };
         for piece in stripe::split_stripes(&self.config, offset, out.len() as u64)? {
-            if let Some(buf) = self.dirty.get(&piece.stripe) {
+            if let Some(buf) = self.buffer(piece.stripe) {
                 let start = (piece.offset as usize).min(buf.len());
                 let end = (piece.offset as usize + piece.len_bytes as usize).min(buf.len());
                 out[piece.buf_offset..piece.buf_offset + (end - start)]

@@ -25,6 +25,9 @@ pub(crate) struct OpenFile {
     pending_size: AtomicU64,
     /// Sequential-read detection for readahead (files no plan names).
     pub readahead: Mutex<Readahead>,
+    /// Woken each time a stripe upload of the file ends (writers over the
+    /// in-flight bound and flushes wait on it).
+    pub uploads_done: tokio::sync::Notify,
 }
 
 impl OpenFile {
@@ -89,6 +92,7 @@ impl Handles {
                     state: tokio::sync::Mutex::new(make()),
                     pending_size: AtomicU64::new(NO_PENDING_SIZE),
                     readahead: Mutex::new(Readahead::default()),
+                    uploads_done: tokio::sync::Notify::new(),
                 });
                 t.files.insert(ino, (file.clone(), 1));
                 (file, true)

@@ -19,9 +19,12 @@
 //! - [`lease`]: this client's lease with metad (open inodes kept alive
 //!   after unlink) and the deletion of garbage metad hands out.
 //! - [`locks`]: fcntl and flock locks held in metad (across mounts).
-//! - `namespace`, `read`, `write`, `xattrs`: the operations.
+//! - `namespace`, `read`, `write`, `xattrs`: the operations; `upload`
+//!   (stripes to storage, deletes of replaced ones) and `commit` (commits
+//!   over a base, merges with other writers) under `write`.
 
 pub mod cache;
+mod commit;
 pub mod control;
 mod file;
 pub mod frozen;
@@ -36,6 +39,7 @@ mod read;
 mod statahead;
 #[cfg(test)]
 mod tests;
+mod upload;
 mod write;
 #[cfg(test)]
 mod writers_tests;

@@ -380,6 +380,8 @@ pub(crate) struct FakeStore {
     pub(crate) gets: Arc<AtomicUsize>,
     /// Delay of every get, to keep fetches in flight (ms).
     pub(crate) get_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Delay of every put, to keep uploads in flight (ms).
+    pub(crate) put_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeStore {
@@ -418,13 +420,17 @@ impl Transport for FakeStore {
         key: FragmentKey,
         data: &[u8],
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
-        let result = self.check_up(addr).map(|()| {
-            self.fragments
-                .lock()
-                .unwrap()
-                .insert((addr, key), data.to_vec());
-        });
-        async move { result }
+        let delay_ms = self.put_delay_ms.load(Ordering::Relaxed);
+        let up = self.check_up(addr);
+        let (fragments, data) = (self.fragments.clone(), data.to_vec());
+        async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            }
+            up?;
+            fragments.lock().unwrap().insert((addr, key), data);
+            Ok(())
+        }
     }
 
     fn get(

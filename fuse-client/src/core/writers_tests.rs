@@ -201,3 +201,64 @@ async fn a_truncation_by_this_client_is_not_undone_by_a_merge() {
     assert!(got[10..50].iter().all(|&b| b == 0), "{:?}", &got[10..50]);
     assert_eq!(&got[50..], &pattern(10, 2)[..]);
 }
+
+/// Puts that take `ms` each, so uploads stay in flight.
+fn slow_puts(store: &FakeStore, ms: u64) {
+    store
+        .put_delay_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test]
+async fn full_stripes_upload_while_the_writer_goes_on() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let ino = create_file(&c, "pipelined").await.ino;
+    let fh = c.open(ino, true, false).await.unwrap();
+    slow_puts(&store, 300);
+    let data = pattern(3 * STRIPE + 5, 3);
+    let t0 = std::time::Instant::now();
+    c.write(fh, 0, &data).await.unwrap();
+    let wrote = t0.elapsed();
+    assert!(
+        wrote < std::time::Duration::from_millis(250),
+        "3 full stripes written in {wrote:?}: the writer waited for their puts"
+    );
+    // Readable while in flight, from this client's buffers.
+    assert_eq!(read_all(&c, fh).await, data);
+    // A write into a stripe being uploaded starts from its buffer.
+    c.write(fh, 10, b"again").await.unwrap();
+    let mut want = data.clone();
+    want[10..15].copy_from_slice(b"again");
+    c.release(fh).await.unwrap();
+    slow_puts(&store, 0);
+    assert_eq!(read_fresh(&meta, &store, ino).await, want);
+    settle().await;
+    // Stripe 0 was stored twice (the second replaced the first); what is
+    // stored now is the file's 4 stripes, nothing more.
+    let per_stripe = (CFG.k + CFG.m) as usize;
+    assert_eq!(store.count(), 3 * per_stripe + 1 + CFG.m as usize);
+}
+
+#[tokio::test]
+async fn a_truncation_drops_uploads_in_flight_past_the_end() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    let c = client(&meta, &store, 8).await;
+    let ino = create_file(&c, "cut").await.ino;
+    let fh = c.open(ino, true, false).await.unwrap();
+    slow_puts(&store, 200);
+    c.write(fh, 0, &pattern(2 * STRIPE, 4)).await.unwrap();
+    let set = SetAttr {
+        size: Some(STRIPE as u64 + 7),
+        ..SetAttr::default()
+    };
+    c.setattr(ino, set).await.unwrap();
+    c.release(fh).await.unwrap();
+    slow_puts(&store, 0);
+    let got = read_fresh(&meta, &store, ino).await;
+    assert_eq!(got, pattern(2 * STRIPE, 4)[..STRIPE + 7].to_vec());
+    settle().await;
+    // Stripe 0 whole, stripe 1's 7 bytes: 1 data + m parity fragments.
+    let per_stripe = (CFG.k + CFG.m) as usize;
+    assert_eq!(store.count(), per_stripe + 1 + CFG.m as usize);
+}
