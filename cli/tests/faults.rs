@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -153,8 +154,14 @@ fn full_disk_on_a_storage_node_is_enospc_and_loses_nothing() -> Result<()> {
         .start_storage_with_env(2, &[("TORCHFS_FAULTS", "put_no_space")])?;
     tc.cluster.wait_ready(6, Duration::from_secs(30))?;
     // Every stripe has a fragment on every node (6 nodes, k+m = 6), so any
-    // new data reaches node 3 and must fail with ENOSPC, not EIO.
-    let err = std::fs::write(tc.path("after.bin"), pattern(5 << 20, 9)).unwrap_err();
+    // new data reaches node 3 and must fail with ENOSPC, not EIO: at the
+    // write, or at the fsync when the full stripe's upload was still in
+    // flight when the write returned (as NFS reports it: fsync and close).
+    let written = std::fs::File::create(tc.path("after.bin")).and_then(|mut f| {
+        f.write_all(&pattern(5 << 20, 9))?;
+        f.sync_all()
+    });
+    let err = written.expect_err("a write to a full disk succeeded");
     let log = std::fs::read_to_string(tc.mount_log())?;
     assert_eq!(
         err.raw_os_error(),
