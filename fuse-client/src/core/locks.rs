@@ -125,7 +125,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         } else {
             self.try_lock(ino, spec).await?;
         }
-        self.revalidate(ino).await
+        // The lock is held now: a failed refetch (metad unreachable right
+        // after it answered) must not make the caller believe otherwise.
+        // The file's cached data goes instead; its layout is refetched at
+        // the next open, or by a read that finds a stripe replaced.
+        self.revalidate(ino).await.or_else(|e| {
+            tracing::warn!("inode {ino}: lock taken, but its layout could not be refetched: {e}");
+            self.inner.data_cache.invalidate(ino);
+            Ok(true)
+        })
     }
 
     /// F_SETLKW: tries, then waits with reads until nothing conflicts, and
