@@ -6,68 +6,16 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use common::*;
 
 /// How long the other mount may take to see a change (entry TTL 1 s).
 const SEEN_WITHIN: Duration = Duration::from_secs(3);
 /// A killed mount's locks: its 5 s lease, plus the leader's 1 s tick.
 const RELEASED_WITHIN: Duration = Duration::from_secs(15);
-
-fn flock_of(typ: libc::c_int, start: i64, len: i64) -> libc::flock {
-    // SAFETY: flock is plain old data; all-zero is a valid value.
-    let mut l: libc::flock = unsafe { std::mem::zeroed() };
-    l.l_type = typ as libc::c_short;
-    l.l_whence = libc::SEEK_SET as libc::c_short;
-    l.l_start = start;
-    l.l_len = len;
-    l
-}
-
-/// fcntl F_SETLK/F_SETLKW: 0 or the errno.
-fn setlk(f: &File, typ: libc::c_int, start: i64, len: i64, wait: bool) -> i32 {
-    let l = flock_of(typ, start, len);
-    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
-    // SAFETY: a valid fd and a flock struct that outlives the call.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &l) };
-    if rc == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    }
-}
-
-/// fcntl F_GETLK: the type of the lock that would conflict (F_UNLCK: none).
-fn getlk(f: &File, typ: libc::c_int, start: i64, len: i64) -> (i32, i64, i64) {
-    let mut l = flock_of(typ, start, len);
-    // SAFETY: a valid fd and a flock struct the call fills in.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) };
-    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
-    (l.l_type as i32, l.l_start, l.l_len)
-}
-
-fn flock(f: &File, op: libc::c_int) -> i32 {
-    // SAFETY: a valid fd.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
-    if rc == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    }
-}
-
-fn rw(path: &std::path::Path) -> Result<File> {
-    File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))
-}
 
 /// Polls `ok` until it holds or `within` passes; how long it took.
 fn within(within: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<Duration> {

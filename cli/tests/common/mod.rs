@@ -303,3 +303,59 @@ pub fn check_files(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
     }
     Ok(())
 }
+
+fn flock_of(typ: libc::c_int, start: i64, len: i64) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = typ as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    l.l_start = start;
+    l.l_len = len;
+    l
+}
+
+/// fcntl F_SETLK/F_SETLKW: 0 or the errno.
+pub fn setlk(f: &std::fs::File, typ: libc::c_int, start: i64, len: i64, wait: bool) -> i32 {
+    use std::os::fd::AsRawFd;
+    let l = flock_of(typ, start, len);
+    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
+    // SAFETY: a valid fd and a flock struct that outlives the call.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &l) };
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// fcntl F_GETLK: the type, start and length of the lock that would
+/// conflict (type F_UNLCK: none).
+pub fn getlk(f: &std::fs::File, typ: libc::c_int, start: i64, len: i64) -> (i32, i64, i64) {
+    use std::os::fd::AsRawFd;
+    let mut l = flock_of(typ, start, len);
+    // SAFETY: a valid fd and a flock struct the call fills in.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) };
+    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
+    (l.l_type as i32, l.l_start, l.l_len)
+}
+
+/// flock(2): 0 or the errno.
+pub fn flock(f: &std::fs::File, op: libc::c_int) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// Opens `path` for reading and writing.
+pub fn rw(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))
+}

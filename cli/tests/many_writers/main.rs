@@ -30,8 +30,6 @@ mod sqlite;
 mod unlock;
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -266,48 +264,6 @@ fn wait_all(procs: &mut [Proc], timeout: Duration) -> Vec<String> {
         }
     }
     failed
-}
-
-fn flock_of(typ: libc::c_int, start: i64, len: i64) -> libc::flock {
-    // SAFETY: flock is plain old data; all-zero is a valid value.
-    let mut l: libc::flock = unsafe { std::mem::zeroed() };
-    l.l_type = typ as libc::c_short;
-    l.l_whence = libc::SEEK_SET as libc::c_short;
-    l.l_start = start;
-    l.l_len = len;
-    l
-}
-
-/// fcntl F_SETLK/F_SETLKW: 0 or the errno.
-fn setlk(f: &File, typ: libc::c_int, start: i64, len: i64, wait: bool) -> i32 {
-    let l = flock_of(typ, start, len);
-    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
-    // SAFETY: a valid fd and a flock struct that outlives the call.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &l) };
-    if rc == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    }
-}
-
-/// fcntl F_GETLK: the type, start and length of the lock that would
-/// conflict (type F_UNLCK: none).
-fn getlk(f: &File, typ: libc::c_int, start: i64, len: i64) -> (i32, i64, i64) {
-    let mut l = flock_of(typ, start, len);
-    // SAFETY: a valid fd and a flock struct the call fills in.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) };
-    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
-    (l.l_type as i32, l.l_start, l.l_len)
-}
-
-/// Opens `path` for reading and writing.
-fn rw(path: &Path) -> Result<File> {
-    File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))
 }
 
 /// An errno as its name and text, e.g. "EIO (Input/output error)".

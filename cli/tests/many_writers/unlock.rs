@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::common::{fuse_available, pattern, serial, TestCluster};
-use crate::{errno_name, getlk, mount_logs, rw, setlk, MIB};
+use crate::common::{getlk, rw, setlk};
+use crate::{errno_name, mount_logs, MIB};
 
 /// The committed content: half a stripe and a ragged tail.
 const OLD_LEN: usize = 2 * MIB as usize + 4321;
