@@ -2,6 +2,8 @@
 //! in one write, and the disk-tier file a read-only open may hand to the
 //! kernel (passthrough).
 
+use std::sync::Arc;
+
 use torchfs_proto::meta::{
     Attr, FileKind, Ino, Layout, MetaError, MetaReply, MetaRequest, SetAttr,
 };
@@ -9,13 +11,14 @@ use torchfs_rdma::Transport;
 
 use super::control::{is_control_fh, is_control_ino};
 use super::file::FileState;
+use super::handles::OpenFile;
 use super::namespace::{guard_name, NewMode, Owner};
 use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Opens a regular file. Always revalidates with metad (close-to-open:
-    /// the layout and size are fetched fresh) unless this client holds
-    /// unflushed changes to it, which then stay authoritative, or the file
+    /// the layout and size are fetched fresh; stripes this client holds
+    /// unflushed writes to keep theirs, merged at commit), unless the file
     /// is in a loaded frozen tree (it cannot have changed).
     pub async fn open(
         &self,
@@ -58,21 +61,41 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             return None;
         }
         let fresh = FileState::from_layout(ino, attr.size, layout).ok()?;
+        let (fh, open_already) = self.install(attr, fresh, false);
+        // A frozen file cannot have changed: a state held busy by another
+        // handle is as good as the table's.
+        if let Some((file, fresh)) = open_already {
+            if let Ok(mut st) = file.state.try_lock() {
+                st.adopt(fresh);
+            }
+        }
+        Some(fh)
+    }
+
+    /// A new handle on the file `fresh` describes (as just fetched):
+    /// close-to-open, so cached data of any other version is stale now.
+    /// When the inode is open here already, its shared state comes back
+    /// with `fresh` for the caller to adopt.
+    fn install(
+        &self,
+        attr: Attr,
+        fresh: FileState,
+        write: bool,
+    ) -> (FileHandle, Option<(Arc<OpenFile>, FileState)>) {
+        let ino = attr.ino;
         self.inner.data_cache.validate(ino, fresh.version());
         self.cache_attr(attr);
         let mut fresh = Some(fresh);
         let (fh, file, created) = self
             .inner
             .handles
-            .open(ino, false, || fresh.take().expect("taken once"));
-        // A frozen file cannot have changed: a state held busy by another
-        // handle is as good as the table's.
-        if let (false, Some(fresh), Ok(mut st)) = (created, fresh, file.state.try_lock()) {
-            if !st.pending() {
-                *st = fresh;
-            }
-        }
-        Some(fh)
+            .open(ino, write, || fresh.take().expect("taken once"));
+        let open_already = if created {
+            None
+        } else {
+            fresh.map(|fresh| (file, fresh))
+        };
+        (fh, open_already)
     }
 
     /// Creates (or, without `exclusive`, opens an existing) regular file
@@ -140,21 +163,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         }
         let fresh = FileState::from_layout(ino, attr.size, layout)
             .map_err(|source| ClientError::Layout { ino, source })?;
-        // Close-to-open: cached data of any other version is stale now.
-        self.inner.data_cache.validate(ino, fresh.version());
-        self.cache_attr(attr);
-        let mut fresh = Some(fresh);
-        let (fh, file, created) = self
-            .inner
-            .handles
-            .open(ino, write, || fresh.take().expect("taken once"));
-        if !created {
-            if let Some(fresh) = fresh {
-                let mut st = file.state.lock().await;
-                if !st.pending() {
-                    *st = fresh;
-                }
-            }
+        let (fh, open_already) = self.install(attr, fresh, write);
+        // Unflushed writes of this client stay (and keep their bases).
+        if let Some((file, fresh)) = open_already {
+            let mut st = file.state.lock().await;
+            st.adopt(fresh);
+            file.publish(&st);
         }
         if truncate && write {
             if let Err(e) = self
