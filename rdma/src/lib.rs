@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 
+pub mod conformance;
 pub mod frame;
 mod tcp;
 
