@@ -1,8 +1,11 @@
-//! torchfs client core: metadata cache, stripe reader/writer and
-//! Reed-Solomon coding (ISA-L), independent of any front-end (docs/ARCHITECTURE.md: Design).
-//! The FUSE front-end and other front-ends sit on top of [`core::Client`].
+//! torchfs client core: metadata views and caches, file state, the stripe
+//! reader/writer over the storage client (`torchfs-storage-client`: stripe
+//! rules, ISA-L codec), independent of any front-end (docs/ARCHITECTURE.md:
+//! Design). The FUSE front-end and other front-ends sit on top of
+//! [`core::Client`].
 
-pub mod codec;
 pub mod core;
 pub mod fuse;
-pub mod stripe;
+
+// The stripe rules and the codec live in the storage client.
+pub use torchfs_storage_client::{codec, stripe};

@@ -9,6 +9,8 @@ use torchfs_proto::meta::{
     LAYOUTS_MAX,
 };
 
+use torchfs_storage_client::stripe;
+
 use super::{fs, stamp_ctime, Body, Outcome, State};
 
 /// The error for a file-only operation on `body`, which is not a file.
@@ -144,26 +146,12 @@ impl State {
     }
 }
 
-/// Refuses entries that do not fit `layout` (checksum count, sizes) or
-/// name a stripe twice.
+/// Refuses entries that do not fit `layout` (the stripe rules every
+/// client reads by: checksum count, sizes) or name a stripe twice.
 fn check_entries(layout: &Layout, stripes: &[StripeEntry]) -> Result<(), MetaError> {
-    let width = layout.config.width();
-    let stripe_bytes = layout.config.stripe_bytes();
     let mut seen = BTreeSet::new();
     for s in stripes {
-        if s.crcs.len() != width {
-            return Err(MetaError::Invalid(format!(
-                "stripe {} has {} checksums, the layout has {width} fragments",
-                s.stripe,
-                s.crcs.len()
-            )));
-        }
-        if s.valid_bytes > s.encoded_bytes || s.encoded_bytes as u64 > stripe_bytes {
-            return Err(MetaError::Invalid(format!(
-                "stripe {}: valid {} / encoded {} bytes, stripe holds {stripe_bytes}",
-                s.stripe, s.valid_bytes, s.encoded_bytes
-            )));
-        }
+        stripe::validate_entry(&layout.config, s).map_err(|e| MetaError::Invalid(e.to_string()))?;
         if !seen.insert(s.stripe) {
             return Err(MetaError::Invalid(format!(
                 "stripe {} given twice",

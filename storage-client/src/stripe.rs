@@ -27,6 +27,12 @@ pub enum StripeError {
         encoded_bytes: u32,
         stripe_bytes: u64,
     },
+    #[error("stripe {stripe}: valid_bytes {valid_bytes} exceeds encoded_bytes {encoded_bytes}")]
+    ValidAboveEncoded {
+        stripe: u64,
+        valid_bytes: u32,
+        encoded_bytes: u32,
+    },
     #[error("offset {offset} + {len_bytes} bytes is past the largest file size")]
     Overflow { offset: u64, len_bytes: u64 },
 }
@@ -65,6 +71,13 @@ pub fn validate_entry(cfg: &StripeConfig, entry: &StripeEntry) -> Result<(), Str
             stripe: entry.stripe,
             encoded_bytes: entry.encoded_bytes,
             stripe_bytes: cfg.stripe_bytes(),
+        });
+    }
+    if entry.valid_bytes > entry.encoded_bytes {
+        return Err(StripeError::ValidAboveEncoded {
+            stripe: entry.stripe,
+            valid_bytes: entry.valid_bytes,
+            encoded_bytes: entry.encoded_bytes,
         });
     }
     Ok(())
@@ -359,6 +372,14 @@ mod tests {
         let c = cfg(4, 2, 100);
         assert!(validate_entry(&c, &entry(400, 400)).is_ok());
         assert!(validate_entry(&c, &entry(401, 400)).is_err());
+        assert_eq!(
+            validate_entry(&c, &entry(300, 301)),
+            Err(StripeError::ValidAboveEncoded {
+                stripe: 0,
+                valid_bytes: 301,
+                encoded_bytes: 300
+            })
+        );
         let mut e = entry(10, 10);
         e.crcs.pop();
         assert!(validate_entry(&c, &e).is_err());
