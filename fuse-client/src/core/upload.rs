@@ -32,6 +32,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let Some(mut buf) = st.dirty.remove(&stripe) else {
             return Ok(());
         };
+        // A dirty buffer of a stripe whose upload is in flight started from
+        // that upload's buffer: it supersedes it (the task then finds its
+        // upload gone and deletes what it stored).
+        st.uploading.remove(&stripe);
         let result = self
             .upload_stripe(st.ino, &st.config, stripe, &mut buf)
             .await;

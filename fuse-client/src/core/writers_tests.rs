@@ -262,3 +262,24 @@ async fn a_truncation_drops_uploads_in_flight_past_the_end() {
     let per_stripe = (CFG.k + CFG.m) as usize;
     assert_eq!(store.count(), per_stripe + 1 + CFG.m as usize);
 }
+
+#[tokio::test]
+async fn a_stripe_rewritten_while_its_upload_is_in_flight_keeps_the_newer_bytes() {
+    let (meta, store) = (FakeMeta::new(6), FakeStore::default());
+    // The rewrite starts from the buffer in flight and uploads again; the
+    // first upload's result must not land after the second's. One dirty
+    // stripe at most, so the next stripe's buffer also forces uploads.
+    let c = client(&meta, &store, 1).await;
+    let ino = create_file(&c, "again").await.ino;
+    let fh = c.open(ino, true, false).await.unwrap();
+    slow_puts(&store, 200);
+    let mut want = pattern(STRIPE, 6);
+    c.write(fh, 0, &want).await.unwrap();
+    c.write(fh, 3, b"new").await.unwrap();
+    want[3..6].copy_from_slice(b"new");
+    c.write(fh, STRIPE as u64, b"next").await.unwrap();
+    want.extend_from_slice(b"next");
+    c.release(fh).await.unwrap();
+    slow_puts(&store, 0);
+    assert_eq!(read_fresh(&meta, &store, ino).await, want);
+}
