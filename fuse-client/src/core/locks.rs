@@ -185,13 +185,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             self.inner.data_cache.invalidate(ino);
             return Ok(true);
         };
-        let mut st = file.state.lock().await;
-        let changed = self.refresh_view(&mut st).await?;
-        file.publish(&st);
-        if changed {
-            self.inner.data_cache.validate(ino, st.version());
-        }
-        Ok(changed)
+        self.revalidate_layout(&file).await
     }
 
     /// Commits this client's writes to `ino`, if it has the file open.

@@ -280,11 +280,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     /// Refetches the layout of an open file (keeping this client's
-    /// unflushed writes); true when the view changed.
-    async fn revalidate_layout(&self, file: &OpenFile) -> Result<bool, ClientError> {
+    /// unflushed writes); true when the view changed, and then cached data
+    /// of any other version is dropped.
+    pub(super) async fn revalidate_layout(&self, file: &OpenFile) -> Result<bool, ClientError> {
         let mut st = file.state.lock().await;
         let changed = self.refresh_view(&mut st).await?;
         file.publish(&st);
+        if changed {
+            self.inner.data_cache.validate(file.ino, st.version());
+        }
         Ok(changed)
     }
 
