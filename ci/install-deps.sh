@@ -5,6 +5,9 @@
 set -euo pipefail
 
 packages=(capnproto nasm autoconf automake libtool pkg-config fuse3)
+# RDMA verbs (sideway): its rdma-mummy-sys runs bindgen (libclang) and cmake;
+# rdma-core is loaded at run time and is only needed where a device is.
+packages+=(cmake libclang-dev)
 # POSIX tests: setfacl/getfacl and setfattr (acl, attr); setpriv is in util-linux.
 packages+=(acl attr)
 # The Python package's tests: Debian's CPU build of torch (~150 MB, in

@@ -28,6 +28,22 @@ pub struct StorageConfig {
     pub io_memory_bytes: Option<usize>,
     /// Which fragments go to each shard's fragment log, and its segment size.
     pub log: LogConfig,
+    /// Whether to serve RDMA verbs beside TCP.
+    pub verbs: VerbsMode,
+}
+
+/// Whether a node serves RDMA verbs (rdma_cm on `listen_ip`, on the port of
+/// its first shard: rdma_cm's port space is its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerbsMode {
+    /// TCP only.
+    Off,
+    /// Verbs too when the host has an RDMA device (and it listens); else
+    /// TCP only, with one log line.
+    #[default]
+    Auto,
+    /// Verbs too, or the node does not start.
+    On,
 }
 
 impl Default for StorageConfig {
@@ -44,6 +60,7 @@ impl Default for StorageConfig {
             capacity_bytes: None,
             io_memory_bytes: None,
             log: LogConfig::default(),
+            verbs: VerbsMode::Auto,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`store`]: the chunk store trait, its disk and memory implementations
 //!   and their conformance suite.
 //! - `server`: shard executors serving the fragment protocol.
+//! - `verbs`: the RDMA verbs listener, routing requests to the shards.
 //! - `control`: metad registration and heartbeats.
 //! - [`faults`]: fault injection (feature `testing`).
 
@@ -26,8 +27,9 @@ pub mod faults;
 pub mod io;
 mod server;
 pub mod store;
+mod verbs;
 
-pub use config::StorageConfig;
+pub use config::{StorageConfig, VerbsMode};
 pub use control::METAD_STARTUP_TIMEOUT_MS;
 
 use store::dma::{self, NodeUsage, Place, ScanResult};
@@ -86,10 +88,14 @@ pub enum DataplaneError {
     MetadRefused { message: String },
     #[error("control plane: {message}")]
     Control { message: String },
+    #[error("RDMA verbs listener on {addr}: {message}")]
+    Verbs { addr: SocketAddr, message: String },
 }
 
 /// A running storage node.
 pub struct StorageNode {
+    /// Dropped first: no verbs request reaches a stopping shard.
+    verbs: Option<torchfs_rdma::verbs::VerbsListener>,
     addrs: Vec<SocketAddr>,
     executors: Vec<ExecutorJoinHandle<()>>,
     stop: StopHandle,
@@ -121,6 +127,11 @@ impl StorageNode {
         self.addrs.clone()
     }
 
+    /// Where the node serves RDMA verbs, when it does.
+    pub fn verbs_addr(&self) -> Option<SocketAddr> {
+        self.verbs.as_ref().map(|v| v.local_addr())
+    }
+
     /// Bytes the stored fragments take on disk, all shards.
     pub fn used_bytes(&self) -> u64 {
         self.usage
@@ -136,6 +147,7 @@ impl StorageNode {
     /// died.
     pub fn wait(mut self) -> Result<(), DataplaneError> {
         let mut result = Ok(());
+        // (The verbs listener stops with the node; see Drop.)
         for (shard, executor) in std::mem::take(&mut self.executors).into_iter().enumerate() {
             if let Err(e) = executor.join() {
                 result = Err(DataplaneError::Executor {
@@ -155,7 +167,8 @@ impl StorageNode {
 
     /// Graceful stop: shards stop accepting, finish requests in progress,
     /// and the node stops heartbeating (metad then marks it down).
-    pub fn stop(self) {
+    pub fn stop(mut self) {
+        self.verbs = None;
         self.stop.stop();
         let _ = self.wait();
     }
@@ -163,6 +176,7 @@ impl StorageNode {
 
 impl Drop for StorageNode {
     fn drop(&mut self) {
+        self.verbs = None;
         self.stop.stop();
         for executor in std::mem::take(&mut self.executors) {
             let _ = executor.join();
@@ -412,10 +426,33 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
     let io_memory = config
         .io_memory_bytes
         .unwrap_or_else(|| io_memory_bytes(shards));
+    let verbs_addr = SocketAddr::new(config.listen_ip, addrs[0].port());
+    let want_verbs = match config.verbs {
+        VerbsMode::Off => false,
+        VerbsMode::On => true,
+        VerbsMode::Auto => {
+            let found = !torchfs_rdma::verbs::devices().is_empty();
+            if !found {
+                tracing::info!("no RDMA device: serving TCP only");
+            }
+            found
+        }
+    };
+    let (mut call_senders, mut call_receivers) = (Vec::new(), Vec::new());
+    for _ in 0..shards {
+        let (tx, rx) = futures::channel::mpsc::channel(verbs::CALLS_QUEUED_MAX);
+        call_senders.push(tx);
+        call_receivers.push(want_verbs.then_some(rx));
+    }
     let mut senders = Vec::with_capacity(shards);
     let mut executors = Vec::with_capacity(shards);
     let mut ready = Vec::with_capacity(shards);
-    for (index, (listener, scanned)) in listeners.into_iter().zip(scans).enumerate() {
+    for (index, ((listener, scanned), calls)) in listeners
+        .into_iter()
+        .zip(scans)
+        .zip(call_receivers)
+        .enumerate()
+    {
         let (stop_tx, stop) = oneshot::channel();
         senders.push(stop_tx);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -430,6 +467,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
             usage: usage.clone(),
             faults: faults.clone(),
             stop,
+            verbs: calls,
         };
         // Unbound: a local cluster runs several nodes on few cores.
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -449,6 +487,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         senders: Arc::new(Mutex::new(senders)),
     };
     let mut node = StorageNode {
+        verbs: None,
         addrs,
         executors,
         stop,
@@ -468,6 +507,29 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         }
     }
 
+    if want_verbs {
+        let bridge = Arc::new(verbs::Bridge {
+            shards: call_senders,
+        });
+        let options = torchfs_rdma::verbs::ListenerOptions::default();
+        match torchfs_rdma::verbs::VerbsListener::start(verbs_addr, options, bridge) {
+            Ok(listener) => node.verbs = Some(listener),
+            Err(e) if config.verbs == VerbsMode::Auto => {
+                tracing::warn!("RDMA verbs on {verbs_addr}: {e}; serving TCP only");
+            }
+            Err(e) => {
+                return Err(DataplaneError::Verbs {
+                    addr: verbs_addr,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    let mut transports = vec!["tcp".to_string()];
+    if let Some(addr) = node.verbs_addr() {
+        transports.push(torchfs_rdma::endpoint::advertise_verbs(addr));
+    }
+
     if !config.metad.is_empty() {
         let info = NodeInfo {
             id: config.node_id,
@@ -476,7 +538,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
             capacity_bytes,
             used_bytes: used,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
-            transports: vec!["tcp".into()],
+            transports,
         };
         node.control = Some(control::start(
             config.metad.clone(),

@@ -15,7 +15,7 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use futures::io::{AsyncRead, AsyncWrite};
 use glommio::sync::Semaphore;
-use torchfs_proto::fragment::{FragmentErrorCode, FragmentRequest, FragmentResponse};
+use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey, FragmentRequest, FragmentResponse};
 use torchfs_rdma::frame::{self, FrameIoError};
 
 use crate::faults::Faults;
@@ -42,6 +42,8 @@ pub(crate) struct ShardSetup {
     pub usage: Arc<NodeUsage>,
     pub faults: Faults,
     pub stop: oneshot::Receiver<()>,
+    /// Requests from the node's verbs listener, when it runs one.
+    pub verbs: Option<futures::channel::mpsc::Receiver<crate::verbs::Call>>,
 }
 
 /// The state a shard's connections share (single-threaded).
@@ -50,7 +52,7 @@ pub(crate) struct Shard<S> {
     pub shards: usize,
     pub store: S,
     budget: Semaphore,
-    in_flight: Cell<usize>,
+    pub(crate) in_flight: Cell<usize>,
 }
 
 impl<S: FragmentStore> Shard<S> {
@@ -63,13 +65,93 @@ impl<S: FragmentStore> Shard<S> {
             in_flight: Cell::new(0),
         }
     }
+
+    /// The refusal for a key another shard owns.
+    pub fn misrouted(&self, key: &FragmentKey) -> Option<FragmentResponse> {
+        let owner = key.shard(self.shards);
+        (owner != self.index).then(|| {
+            let message = format!(
+                "{key} belongs to shard {owner} of {}, not {}",
+                self.shards, self.index
+            );
+            refuse(FragmentErrorCode::WrongShard, message)
+        })
+    }
+
+    /// Waits for buffer budget for a put of `length` bytes, then fills a
+    /// put buffer with `fill` (the listener's way of getting the bytes)
+    /// and stores it. `fill`'s error ends the request without a response.
+    pub async fn put<E>(
+        &self,
+        key: FragmentKey,
+        length: u32,
+        crc32c: u32,
+        fill: impl AsyncFnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<FragmentResponse, E>
+    where
+        E: From<std::io::Error>,
+    {
+        let _permit = self
+            .budget
+            .acquire_permit(budget_kib(length))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut data = self.store.put_buffer(length);
+        fill(data.as_mut()).await?;
+        Ok(match self.store.put(key, data, crc32c).await {
+            Ok(()) => FragmentResponse::Ok { length: 0 },
+            Err(e) => {
+                tracing::warn!("shard {}: put: {e}", self.index);
+                e.to_response()
+            }
+        })
+    }
+
+    /// Reads `length` bytes at `offset` of `key` (checked against the
+    /// CRC32Cs) under the buffer budget, and hands them to `send`.
+    pub async fn get<E>(
+        &self,
+        key: FragmentKey,
+        offset: u32,
+        length: u32,
+        expected_crc32c: u32,
+        send: impl AsyncFnOnce(Result<&[u8], FragmentResponse>) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<std::io::Error>,
+    {
+        // A ranged get reads the chunks around its range: up to one more
+        // chunk on each side.
+        let read_bytes = length.saturating_add(2 * format::CHUNK_BYTES_MIN);
+        let _permit = self
+            .budget
+            .acquire_permit(budget_kib(read_bytes))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match self.store.get(key, offset, length, expected_crc32c).await {
+            Ok(bytes) => send(Ok(&bytes)).await,
+            Err(e) => {
+                if e.code() != FragmentErrorCode::NotFound {
+                    tracing::warn!("shard {}: get: {e}", self.index);
+                }
+                send(Err(e.to_response())).await
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: FragmentKey) -> FragmentResponse {
+        match self.store.delete(key).await {
+            Ok(()) => FragmentResponse::Ok { length: 0 },
+            Err(e) => e.to_response(),
+        }
+    }
 }
 
 /// Counts a request in progress for the drain at stop.
-struct Busy<'a>(&'a Cell<usize>);
+pub(crate) struct Busy<'a>(&'a Cell<usize>);
 
 impl<'a> Busy<'a> {
-    fn new(c: &'a Cell<usize>) -> Self {
+    pub(crate) fn new(c: &'a Cell<usize>) -> Self {
         c.set(c.get() + 1);
         Self(c)
     }
@@ -93,6 +175,9 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
         setup.log,
     );
     let shard = Rc::new(Shard::new(setup.index, setup.shards, store));
+    if let Some(calls) = setup.verbs {
+        glommio::spawn_local(crate::verbs::serve_calls(shard.clone(), calls)).detach();
+    }
     let mut stop = setup.stop;
     loop {
         match futures::future::select(std::pin::pin!(listener.accept()), &mut stop).await {
@@ -124,7 +209,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
     }
 }
 
-fn refuse(code: FragmentErrorCode, message: String) -> FragmentResponse {
+pub(crate) fn refuse(code: FragmentErrorCode, message: String) -> FragmentResponse {
     FragmentResponse::Error {
         code,
         message,
@@ -169,17 +254,11 @@ where
             | FragmentRequest::Get { key, .. }
             | FragmentRequest::Delete { key } => *key,
         };
-        let owner = key.shard(shard.shards);
-        if owner != shard.index {
+        if let Some(refusal) = shard.misrouted(&key) {
             if let FragmentRequest::Put { length, .. } = request {
                 frame::skip_bulk(conn, u64::from(length)).await?;
             }
-            let message = format!(
-                "{key} belongs to shard {owner} of {}, not {}",
-                shard.shards, shard.index
-            );
-            frame::write_response(conn, &refuse(FragmentErrorCode::WrongShard, message), &[])
-                .await?;
+            frame::write_response(conn, &refusal, &[]).await?;
             continue;
         }
         match request {
@@ -188,20 +267,11 @@ where
                 length,
                 crc32c,
             } => {
-                let _permit = shard
-                    .budget
-                    .acquire_permit(budget_kib(length))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let mut data = shard.store.put_buffer(length);
-                frame::read_bulk(conn, data.as_mut()).await?;
-                let response = match shard.store.put(key, data, crc32c).await {
-                    Ok(()) => FragmentResponse::Ok { length: 0 },
-                    Err(e) => {
-                        tracing::warn!("shard {}: put: {e}", shard.index);
-                        e.to_response()
-                    }
-                };
+                let response = shard
+                    .put(key, length, crc32c, async |data: &mut [u8]| {
+                        frame::read_bulk(conn, data).await
+                    })
+                    .await?;
                 frame::write_response(conn, &response, &[]).await?;
             }
             FragmentRequest::Get {
@@ -210,34 +280,26 @@ where
                 length,
                 expected_crc32c,
             } => {
-                // A ranged get reads the chunks around its range: up to
-                // one more chunk on each side.
-                let read_bytes = length.saturating_add(2 * format::CHUNK_BYTES_MIN);
-                let _permit = shard
-                    .budget
-                    .acquire_permit(budget_kib(read_bytes))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                match shard.store.get(key, offset, length, expected_crc32c).await {
-                    Ok(bytes) => {
-                        let response = FragmentResponse::Ok {
-                            length: bytes.len() as u32,
-                        };
-                        frame::write_response(conn, &response, &bytes).await?;
-                    }
-                    Err(e) => {
-                        if e.code() != FragmentErrorCode::NotFound {
-                            tracing::warn!("shard {}: get: {e}", shard.index);
-                        }
-                        frame::write_response(conn, &e.to_response(), &[]).await?;
-                    }
-                }
+                shard
+                    .get(
+                        key,
+                        offset,
+                        length,
+                        expected_crc32c,
+                        async |read| match read {
+                            Ok(bytes) => {
+                                let response = FragmentResponse::Ok {
+                                    length: bytes.len() as u32,
+                                };
+                                frame::write_response(conn, &response, bytes).await
+                            }
+                            Err(refusal) => frame::write_response(conn, &refusal, &[]).await,
+                        },
+                    )
+                    .await?;
             }
             FragmentRequest::Delete { key } => {
-                let response = match shard.store.delete(key).await {
-                    Ok(()) => FragmentResponse::Ok { length: 0 },
-                    Err(e) => e.to_response(),
-                };
+                let response = shard.delete(key).await;
                 frame::write_response(conn, &response, &[]).await?;
             }
         }

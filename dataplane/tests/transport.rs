@@ -17,6 +17,7 @@ struct Node {
     node: Option<StorageNode>,
     addrs: Vec<std::net::SocketAddr>,
     dir: PathBuf,
+    silent: Option<std::net::TcpListener>,
 }
 
 impl Peer for Node {
@@ -37,6 +38,14 @@ impl Peer for Node {
         if let Some(node) = self.node.take() {
             node.stop();
         }
+    }
+
+    /// A TCP listener nobody accepts from: connects, then silence.
+    fn silent(&mut self) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
+        let addr = listener.local_addr().expect("silent listener address");
+        self.silent = Some(listener);
+        addr
     }
 }
 
@@ -60,6 +69,7 @@ async fn tcp_passes_the_transport_conformance_suite() {
         addrs: node.shard_addrs(),
         node: Some(node),
         dir: dir.path().to_path_buf(),
+        silent: None,
     };
     let t = TcpTransport::new(TcpOptions {
         connect_timeout_ms: REQUEST_TIMEOUT_MS,
@@ -67,4 +77,117 @@ async fn tcp_passes_the_transport_conformance_suite() {
         idle_connections_max: 4,
     });
     conformance::run(&t, &mut peer, Duration::from_millis(REQUEST_TIMEOUT_MS)).await;
+}
+
+/// The same suite over RDMA verbs, against a node that serves verbs
+/// (`VerbsMode::On`). Needs an RDMA device (soft-RoCE in `ci/rxe-vm.sh`, or
+/// a NIC): `TORCHFS_VERBS_IP` is an address of its interface. Where there
+/// is none it prints SKIPPED and why, except under CI or with
+/// `TORCHFS_VERBS_REQUIRED` set, where it fails (`ci/test.sh` runs it in the
+/// VM and skips it on the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_passes_the_transport_conformance_suite() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let devices = torchfs_rdma::verbs::devices();
+    if devices.is_empty() {
+        let why = "no RDMA device on this host (run it in ci/rxe-vm.sh)";
+        let required = std::env::var_os("TORCHFS_VERBS_REQUIRED").is_some()
+            || std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!required, "verbs required (CI): {why}");
+        println!("SKIPPED verbs_passes_the_transport_conformance_suite: {why}");
+        return;
+    }
+    let ip: std::net::IpAddr = std::env::var("TORCHFS_VERBS_IP")
+        .unwrap_or_else(|_| "127.0.0.1".into())
+        .parse()
+        .expect("TORCHFS_VERBS_IP is an IP address");
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(StorageConfig {
+        node_id: 4,
+        data_dir: dir.path().to_path_buf(),
+        shards: SHARDS,
+        capacity_bytes: Some(1 << 30),
+        listen_ip: ip,
+        host: ip.to_string(),
+        verbs: torchfs_dataplane::VerbsMode::On,
+        ..StorageConfig::default()
+    })
+    .unwrap();
+    let verbs_addr = node.verbs_addr().expect("the node serves verbs");
+    println!("verbs devices {devices:?}; node serves verbs at {verbs_addr}");
+    let mut peer = VerbsNode {
+        inner: Node {
+            addrs: node.shard_addrs(),
+            node: Some(node),
+            dir: dir.path().to_path_buf(),
+            silent: None,
+        },
+        verbs_addr,
+        silent: None,
+    };
+    let t = torchfs_rdma::verbs::VerbsTransport::new(torchfs_rdma::verbs::VerbsOptions {
+        // The first connection registers the client's buffers, which
+        // takes a while under emulation.
+        connect_timeout_ms: 10 * REQUEST_TIMEOUT_MS,
+        request_timeout_ms: REQUEST_TIMEOUT_MS,
+        ..Default::default()
+    });
+    conformance::run(&t, &mut peer, Duration::from_millis(REQUEST_TIMEOUT_MS)).await;
+}
+
+/// A verbs node: one address for every shard (the node routes by key).
+struct VerbsNode {
+    inner: Node,
+    verbs_addr: std::net::SocketAddr,
+    silent: Option<torchfs_rdma::verbs::VerbsListener>,
+}
+
+/// Takes requests and never answers them.
+struct Silent;
+
+impl torchfs_rdma::verbs::FragmentHandler for Silent {
+    async fn handle(
+        &self,
+        _request: torchfs_proto::fragment::FragmentRequest,
+        slot: Option<torchfs_rdma::verbs::pool::Slot>,
+    ) -> (
+        torchfs_proto::fragment::FragmentResponse,
+        Option<torchfs_rdma::verbs::pool::Slot>,
+    ) {
+        let _slot = slot;
+        futures::future::pending().await
+    }
+}
+
+impl Peer for VerbsNode {
+    fn addr(&self, _key: &FragmentKey) -> std::net::SocketAddr {
+        self.verbs_addr
+    }
+    fn corrupt(&self, key: &FragmentKey, at: usize) {
+        self.inner.corrupt(key, at)
+    }
+    fn kill(&mut self) {
+        self.inner.kill()
+    }
+
+    /// A verbs listener whose handler never answers, on a port that was
+    /// free for TCP (rdma_cm's port space is its own, and as free).
+    fn silent(&mut self) -> std::net::SocketAddr {
+        let port = std::net::TcpListener::bind((self.verbs_addr.ip(), 0))
+            .and_then(|l| l.local_addr())
+            .expect("pick a port")
+            .port();
+        let addr = std::net::SocketAddr::new(self.verbs_addr.ip(), port);
+        let listener = torchfs_rdma::verbs::VerbsListener::start(
+            addr,
+            torchfs_rdma::verbs::ListenerOptions::default(),
+            std::sync::Arc::new(Silent),
+        )
+        .expect("start a silent verbs listener");
+        self.silent = Some(listener);
+        addr
+    }
 }

@@ -52,3 +52,18 @@ struct FragmentResponse {
     }
   }
 }
+
+# RDMA verbs (docs/ARCHITECTURE.md: Transports). A request header goes by
+# SEND and names the client's registered buffer: the node RDMA-READs a put's
+# bytes from it, or RDMA-WRITEs a get's bytes into it before it SENDs the
+# FragmentResponse. No bulk bytes follow a header on verbs.
+struct RemoteBuffer {
+  addr @0 :UInt64;
+  rkey @1 :UInt32;
+  length @2 :UInt32;
+}
+
+struct VerbsRequest {
+  request @0 :FragmentRequest;
+  buffer @1 :RemoteBuffer;
+}

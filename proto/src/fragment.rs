@@ -202,7 +202,17 @@ fn parse(
 pub fn encode_request(request: &FragmentRequest) -> Vec<u8> {
     use crate::fragment_capnp::fragment_request;
     let mut message = new_message();
-    let root = message.init_root::<fragment_request::Builder<'_>>();
+    set_request(
+        message.init_root::<fragment_request::Builder<'_>>(),
+        request,
+    );
+    to_bytes(&message)
+}
+
+fn set_request(
+    root: crate::fragment_capnp::fragment_request::Builder<'_>,
+    request: &FragmentRequest,
+) {
     match request {
         FragmentRequest::Put {
             key,
@@ -230,15 +240,19 @@ pub fn encode_request(request: &FragmentRequest) -> Vec<u8> {
             set_key(root.init_delete().init_key(), key);
         }
     }
-    to_bytes(&message)
 }
 
 /// Decodes a request header; lengths above [`FRAGMENT_BYTES_MAX`] are
 /// refused here, before anyone allocates a buffer for them.
 pub fn decode_request(bytes: &[u8]) -> Result<FragmentRequest, FrameError> {
-    use crate::fragment_capnp::fragment_request::Which;
     let message = parse(bytes)?;
-    let root = message.get_root::<crate::fragment_capnp::fragment_request::Reader<'_>>()?;
+    get_request(message.get_root::<crate::fragment_capnp::fragment_request::Reader<'_>>()?)
+}
+
+fn get_request(
+    root: crate::fragment_capnp::fragment_request::Reader<'_>,
+) -> Result<FragmentRequest, FrameError> {
+    use crate::fragment_capnp::fragment_request::Which;
     Ok(match root.which()? {
         Which::Put(put) => FragmentRequest::Put {
             key: get_key(put.get_key()?),
@@ -255,6 +269,54 @@ pub fn decode_request(bytes: &[u8]) -> Result<FragmentRequest, FrameError> {
             key: get_key(delete.get_key()?),
         },
     })
+}
+
+/// The client's registered buffer a verbs request names (RDMA READ source
+/// of a put, RDMA WRITE target of a get).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteBuffer {
+    pub addr: u64,
+    pub rkey: u32,
+    pub length: u32,
+}
+
+/// Encodes a verbs request header: the fragment request and the buffer
+/// its bulk bytes come from or go to.
+pub fn encode_verbs_request(request: &FragmentRequest, buffer: RemoteBuffer) -> Vec<u8> {
+    use crate::fragment_capnp::verbs_request;
+    let mut message = new_message();
+    let mut root = message.init_root::<verbs_request::Builder<'_>>();
+    set_request(root.reborrow().init_request(), request);
+    let mut b = root.init_buffer();
+    b.set_addr(buffer.addr);
+    b.set_rkey(buffer.rkey);
+    b.set_length(buffer.length);
+    to_bytes(&message)
+}
+
+/// Decodes a verbs request header. The buffer must hold the request's
+/// bulk bytes: a put's `length`, a get's `length`.
+pub fn decode_verbs_request(bytes: &[u8]) -> Result<(FragmentRequest, RemoteBuffer), FrameError> {
+    let message = parse(bytes)?;
+    let root = message.get_root::<crate::fragment_capnp::verbs_request::Reader<'_>>()?;
+    let request = get_request(root.get_request()?)?;
+    let b = root.get_buffer()?;
+    let buffer = RemoteBuffer {
+        addr: b.get_addr(),
+        rkey: b.get_rkey(),
+        length: check_bulk_len(b.get_length())?,
+    };
+    let needed = match &request {
+        FragmentRequest::Put { length, .. } | FragmentRequest::Get { length, .. } => *length,
+        FragmentRequest::Delete { .. } => 0,
+    };
+    if buffer.length < needed {
+        return Err(FrameError::malformed(format!(
+            "remote buffer of {} bytes cannot hold the request's {needed} bytes",
+            buffer.length
+        )));
+    }
+    Ok((request, buffer))
 }
 
 fn code_to_capnp(code: FragmentErrorCode) -> crate::fragment_capnp::ErrorCode {
@@ -340,6 +402,41 @@ mod tests {
             generation: u64::MAX,
             index: 5,
         }
+    }
+
+    #[test]
+    fn verbs_requests_round_trip_and_refuse_a_buffer_too_small() {
+        let buffer = RemoteBuffer {
+            addr: 0x7f00_dead_0000,
+            rkey: 0x1234,
+            length: 1 << 20,
+        };
+        let put = FragmentRequest::Put {
+            key: key(),
+            length: 1 << 20,
+            crc32c: 9,
+        };
+        let bytes = encode_verbs_request(&put, buffer);
+        assert_eq!(decode_verbs_request(&bytes), Ok((put.clone(), buffer)));
+        let delete = FragmentRequest::Delete { key: key() };
+        let none = RemoteBuffer {
+            length: 0,
+            ..buffer
+        };
+        let bytes = encode_verbs_request(&delete, none);
+        assert_eq!(decode_verbs_request(&bytes), Ok((delete, none)));
+        // A put whose bytes would not fit the named buffer is malformed.
+        let small = RemoteBuffer {
+            length: 4096,
+            ..buffer
+        };
+        let bytes = encode_verbs_request(&put, small);
+        assert!(matches!(
+            decode_verbs_request(&bytes),
+            Err(FrameError::Malformed { .. })
+        ));
+        // So is a TCP header (not a verbs one) and garbage.
+        assert!(decode_verbs_request(&[1, 2, 3]).is_err());
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub trait Peer {
     fn corrupt(&self, key: &FragmentKey, at: usize);
     /// Stops the node for good (peer death).
     fn kill(&mut self);
+    /// An address that takes connections and never answers a request
+    /// (served until the peer is dropped).
+    fn silent(&mut self) -> SocketAddr;
 }
 
 /// Bytes of the fragments the suite stores: several 64 KiB checksum
@@ -141,8 +144,7 @@ pub async fn run<T: Transport>(t: &T, peer: &mut impl Peer, timeout: Duration) {
     assert_eq!(err.code(), Some(FragmentErrorCode::NotFound), "{err}");
 
     // A peer that takes the connection and never answers: a timeout.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
-    let silent_at = silent.local_addr().expect("silent listener address");
+    let silent_at = peer.silent();
     let started = Instant::now();
     let err = t
         .get(silent_at, bad, 0, bad_crc, &mut one)
@@ -157,7 +159,6 @@ pub async fn run<T: Transport>(t: &T, peer: &mut impl Peer, timeout: Duration) {
         "silent peer: failed after {:?}",
         started.elapsed()
     );
-    drop(silent);
 
     // Peer death: what it held fails at once or within the timeout.
     peer.kill();

@@ -13,8 +13,11 @@ use std::net::SocketAddr;
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 
 pub mod conformance;
+pub mod crc;
+pub mod endpoint;
 pub mod frame;
 mod tcp;
+pub mod verbs;
 
 pub use tcp::{TcpOptions, TcpTransport};
 

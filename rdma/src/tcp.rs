@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-use torchfs_proto::fragment::{
-    FragmentErrorCode, FragmentKey, FragmentRequest, FragmentResponse, FRAGMENT_BYTES_MAX,
-};
+use torchfs_proto::fragment::{FragmentKey, FragmentRequest, FragmentResponse, FRAGMENT_BYTES_MAX};
 
 use crate::frame::{self, FrameIoError};
-use crate::{Transport, TransportError};
+use crate::{crc, Transport, TransportError};
 
 #[derive(Clone, Debug)]
 pub struct TcpOptions {
@@ -159,7 +157,7 @@ async fn exchange(
                 .map_err(io_err(addr))?;
             match frame::read_response(conn).await.map_err(io_err(addr))? {
                 FragmentResponse::Ok { length: 0 } => Ok(false),
-                other => Err(refused(addr, key, other)),
+                other => Err(crc::refused(addr, key, other)),
             }
         }
         Op::Delete { request } => {
@@ -168,7 +166,7 @@ async fn exchange(
                 .map_err(io_err(addr))?;
             match frame::read_response(conn).await.map_err(io_err(addr))? {
                 FragmentResponse::Ok { length: 0 } => Ok(false),
-                other => Err(refused(addr, key, other)),
+                other => Err(crc::refused(addr, key, other)),
             }
         }
         Op::Get {
@@ -181,36 +179,17 @@ async fn exchange(
             frame::write_request(conn, request, &[])
                 .await
                 .map_err(io_err(addr))?;
-            let length = match frame::read_response(conn).await.map_err(io_err(addr))? {
-                FragmentResponse::Ok { length } => length,
-                other => return Err(refused(addr, key, other)),
-            };
-            if length < wanted {
-                // The connection is dropped with the unread bytes.
-                return Err(TransportError::ShortFragment {
-                    addr,
-                    key,
-                    offset: *offset,
-                    requested_bytes: wanted,
-                    available_bytes: length,
-                });
-            }
-            if length > wanted + u32::from(*probe) {
-                return Err(TransportError::Protocol {
-                    addr,
-                    message: format!(
-                        "{key}: asked for {} bytes, the reply has {length}",
-                        wanted + u32::from(*probe)
-                    ),
-                });
-            }
+            let response = frame::read_response(conn).await.map_err(io_err(addr))?;
+            // A short or oversized reply drops the connection with its
+            // unread bytes.
+            let length = crc::reply_length(addr, key, *offset, wanted, *probe, response)?;
             frame::read_bulk(conn, buf).await.map_err(io_err(addr))?;
             if length > wanted {
                 frame::skip_bulk(conn, u64::from(length - wanted))
                     .await
                     .map_err(io_err(addr))?;
             }
-            Ok(*offset == 0 && length == wanted)
+            Ok(crc::is_whole(*offset, wanted, length))
         }
     }
 }
@@ -225,32 +204,6 @@ fn io_err(addr: SocketAddr) -> impl Fn(FrameIoError) -> TransportError {
     }
 }
 
-fn refused(addr: SocketAddr, key: FragmentKey, response: FragmentResponse) -> TransportError {
-    match response {
-        FragmentResponse::Error {
-            code: FragmentErrorCode::ChecksumMismatch,
-            expected,
-            actual,
-            ..
-        } => TransportError::ChecksumMismatch {
-            addr,
-            key,
-            expected,
-            actual,
-        },
-        FragmentResponse::Error { code, message, .. } => TransportError::Remote {
-            addr,
-            key,
-            code,
-            message,
-        },
-        FragmentResponse::Ok { length } => TransportError::Protocol {
-            addr,
-            message: format!("unexpected {length} bulk bytes in a reply for {key}"),
-        },
-    }
-}
-
 impl Transport for TcpTransport {
     async fn put(
         &self,
@@ -258,14 +211,7 @@ impl Transport for TcpTransport {
         key: FragmentKey,
         data: &[u8],
     ) -> Result<(), TransportError> {
-        let length = u32::try_from(data.len())
-            .ok()
-            .filter(|n| *n <= FRAGMENT_BYTES_MAX)
-            .ok_or(TransportError::TooLarge {
-                key,
-                length_bytes: data.len(),
-                max_bytes: FRAGMENT_BYTES_MAX,
-            })?;
+        let length = crc::fragment_len(key, data.len(), FRAGMENT_BYTES_MAX as usize)?;
         let request = FragmentRequest::Put {
             key,
             length,
@@ -284,27 +230,8 @@ impl Transport for TcpTransport {
         expected_crc32c: u32,
         buf: &mut [u8],
     ) -> Result<(), TransportError> {
-        let wanted = u32::try_from(buf.len())
-            .ok()
-            .filter(|n| *n <= FRAGMENT_BYTES_MAX)
-            .ok_or(TransportError::TooLarge {
-                key,
-                length_bytes: buf.len(),
-                max_bytes: FRAGMENT_BYTES_MAX,
-            })?;
-        // A read from offset 0 asks for one byte more than it wants: the
-        // node clamps ranges to the fragment's end, so a reply of exactly
-        // `wanted` bytes proves `buf` holds the whole fragment, and then the
-        // client checks the bytes as received against the CRC metad holds
-        // (catching corruption on the way, not only on disk) at no extra
-        // round trip. A fragment is never larger than FRAGMENT_BYTES_MAX.
-        let probe = offset == 0 && wanted < FRAGMENT_BYTES_MAX;
-        let request = FragmentRequest::Get {
-            key,
-            offset,
-            length: wanted + u32::from(probe),
-            expected_crc32c,
-        };
+        let wanted = crc::fragment_len(key, buf.len(), FRAGMENT_BYTES_MAX as usize)?;
+        let (request, probe) = crc::get_request(key, offset, wanted, expected_crc32c);
         let whole = self
             .run(
                 addr,
@@ -317,18 +244,7 @@ impl Transport for TcpTransport {
                 },
             )
             .await?;
-        if whole {
-            let actual = crc32c::crc32c(buf);
-            if actual != expected_crc32c {
-                return Err(TransportError::ChecksumMismatch {
-                    addr,
-                    key,
-                    expected: expected_crc32c,
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        crc::check_whole(addr, key, whole, expected_crc32c, buf)
     }
 
     async fn delete(&self, addr: SocketAddr, key: FragmentKey) -> Result<(), TransportError> {

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::*;
+use torchfs_proto::fragment::FragmentErrorCode;
 
 #[derive(Default)]
 struct Server {
