@@ -11,7 +11,8 @@ cargo test --workspace --all-features -- --skip verbs_
 
 # RDMA verbs on soft-RoCE inside a VM (ci/rxe-vm.sh): there they must run.
 if [ "$(id -u)" -eq 0 ]; then
-  verbs_bins=$(cargo test -p torchfs-dataplane --all-features --test transport --no-run \
+  verbs_bins=$(cargo test -p torchfs-dataplane -p torchfs-cli --all-features --test transport \
+    --test verbs --no-run \
     --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -31,6 +31,12 @@ pub struct ClusterSpec {
     pub node_down_after_ms: u64,
     /// Passed to every storage node as `--io-memory-bytes` when set.
     pub io_memory_bytes_per_shard: Option<usize>,
+    /// Storage nodes serve RDMA verbs on this address (`--verbs on
+    /// --verbs-ip`); None leaves them on `--verbs auto`.
+    pub verbs_ip: Option<std::net::IpAddr>,
+    /// With `verbs_ip`: how many nodes (the first ones) serve verbs; the
+    /// others run TCP only (a mixed cluster). None: all.
+    pub verbs_nodes: Option<usize>,
 }
 
 impl ClusterSpec {
@@ -45,6 +51,8 @@ impl ClusterSpec {
             shards_per_node: 2,
             node_down_after_ms: 3_000,
             io_memory_bytes_per_shard: shared_io_memory_bytes(6 * 2),
+            verbs_ip: None,
+            verbs_nodes: None,
         })
     }
 
@@ -262,6 +270,18 @@ impl LocalCluster {
         ];
         if let Some(bytes) = self.spec.io_memory_bytes_per_shard {
             args.extend(["--io-memory-bytes".into(), bytes.to_string()]);
+        }
+        if let Some(ip) = self.spec.verbs_ip {
+            if index < self.spec.verbs_nodes.unwrap_or(usize::MAX) {
+                args.extend([
+                    "--verbs".into(),
+                    "on".into(),
+                    "--verbs-ip".into(),
+                    ip.to_string(),
+                ]);
+            } else {
+                args.extend(["--verbs".into(), "off".into()]);
+            }
         }
         self.storage_started[index] = Some(Instant::now());
         self.storage[index] = Some(self.spawn(&format!("storage-{id}"), args, env)?);

@@ -30,6 +30,9 @@ pub struct StorageConfig {
     pub log: LogConfig,
     /// Whether to serve RDMA verbs beside TCP.
     pub verbs: VerbsMode,
+    /// The address verbs are served on: an address of the RDMA device's
+    /// interface (default `listen_ip`; soft-RoCE cannot use loopback).
+    pub verbs_ip: Option<IpAddr>,
 }
 
 /// Whether a node serves RDMA verbs (rdma_cm on `listen_ip`, on the port of
@@ -61,6 +64,19 @@ impl Default for StorageConfig {
             io_memory_bytes: None,
             log: LogConfig::default(),
             verbs: VerbsMode::Auto,
+            verbs_ip: None,
+        }
+    }
+}
+
+impl std::str::FromStr for VerbsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(VerbsMode::Off),
+            "auto" => Ok(VerbsMode::Auto),
+            "on" => Ok(VerbsMode::On),
+            other => Err(format!("{other:?}: use off, auto or on")),
         }
     }
 }

@@ -426,10 +426,12 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
     let io_memory = config
         .io_memory_bytes
         .unwrap_or_else(|| io_memory_bytes(shards));
-    let verbs_addr = SocketAddr::new(config.listen_ip, addrs[0].port());
+    let verbs_ip = config.verbs_ip.unwrap_or(config.listen_ip);
+    let verbs_addr = SocketAddr::new(verbs_ip, addrs[0].port());
     let want_verbs = match config.verbs {
         VerbsMode::Off => false,
         VerbsMode::On => true,
+        VerbsMode::Auto if verbs_ip.is_loopback() => false,
         VerbsMode::Auto => {
             let found = !torchfs_rdma::verbs::devices().is_empty();
             if !found {

@@ -3,9 +3,9 @@
 //! the wire framing both ends share ([`frame`]), and the TCP
 //! implementation ([`TcpTransport`]).
 //!
-//! RDMA verbs will be a second `Transport` implementation chosen per peer at
-//! connect; the trait therefore speaks only of caller-owned buffers (which an
-//! RDMA implementation registers) and never hands out its own.
+//! [`verbs`] is the RDMA implementation; [`MultiTransport`] holds both and
+//! picks per node ([`endpoint`]). The trait speaks only of caller-owned
+//! buffers and never hands out its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,10 +16,26 @@ pub mod conformance;
 pub mod crc;
 pub mod endpoint;
 pub mod frame;
+mod multi;
 mod tcp;
 pub mod verbs;
 
+pub use multi::MultiTransport;
 pub use tcp::{TcpOptions, TcpTransport};
+
+/// What a transport moved, by kind (`.torchfs/stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    pub tcp_requests: u64,
+    /// Fragment bytes sent or asked for over TCP.
+    pub tcp_bytes: u64,
+    pub verbs_requests: u64,
+    pub verbs_bytes: u64,
+    /// Requests that went to TCP because verbs could not connect.
+    pub verbs_fallbacks: u64,
+    /// Nodes currently reached over verbs.
+    pub verbs_nodes: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -114,4 +130,11 @@ pub trait Transport: Send + Sync + 'static {
         addr: SocketAddr,
         key: FragmentKey,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// The cluster's nodes and the transports they advertise, whenever
+    /// the client's map of them changes.
+    fn learn_nodes(&self, _nodes: &[torchfs_proto::meta::NodeStatus]) {}
+    /// What this transport moved so far.
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
 }

@@ -93,6 +93,10 @@ pub struct CacheArgs {
     /// 350 bytes each); 0: never load, ask metad as for any directory.
     #[arg(long, default_value_t = ClientConfig::default().frozen_entries_max)]
     pub frozen_entries_max: usize,
+    /// How to reach storage nodes: auto (RDMA verbs to nodes that serve it
+    /// when this host has a device, else TCP), tcp, or verbs (or fail).
+    #[arg(long, default_value = "auto")]
+    pub transport: torchfs_rdma::endpoint::TransportMode,
 }
 
 impl CacheArgs {
@@ -100,6 +104,7 @@ impl CacheArgs {
     pub fn client_config(&self, metad: &[String]) -> ClientConfig {
         ClientConfig {
             metad: metad.to_vec(),
+            transport_mode: self.transport,
             cache: self.config(),
             frozen_check_ms: self.frozen_check_ms,
             frozen_entries_max: self.frozen_entries_max,

@@ -21,6 +21,10 @@ pub struct StatusArgs {
     /// Give up after this long without an answer.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Also show what this mount moved over each transport (from its
+    /// `.torchfs/stats`).
+    #[arg(long)]
+    pub mount: Option<std::path::PathBuf>,
     /// TOML file with defaults for these flags (table [status]).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -40,6 +44,25 @@ pub fn run(args: StatusArgs) -> Result<()> {
         );
     } else {
         print!("{}", render(&status));
+    }
+    if let Some(mount) = &args.mount {
+        let path = mount.join(".torchfs/stats");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("read {} (is it a torchfs mount?)", path.display()))?;
+        let stats: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let t = &stats["transport"];
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        println!(
+            "mount {}: verbs {} requests, {} to {} nodes; tcp {} requests, {}; {} fell back to tcp",
+            mount.display(),
+            n("verbs_requests"),
+            human_bytes(n("verbs_bytes")),
+            n("verbs_nodes"),
+            n("tcp_requests"),
+            human_bytes(n("tcp_bytes")),
+            n("verbs_fallbacks"),
+        );
     }
     Ok(())
 }
@@ -98,7 +121,7 @@ pub fn render(s: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "  {:<5} {:<6} {:<24} {:>12} {:>12} {:>10}",
+        "  {:<5} {:<6} {:<24} {:>12} {:>12} {:>10}  transports",
         "node", "state", "address (shard ports)", "used", "capacity", "heartbeat"
     );
     for n in &s.map.nodes {
@@ -113,13 +136,14 @@ pub fn render(s: &ClusterStatus) -> String {
             .map_or("-".to_string(), |ms| format!("{ms} ms ago"));
         let _ = writeln!(
             out,
-            "  {:<5} {:<6} {:<24} {:>12} {:>12} {:>10}",
+            "  {:<5} {:<6} {:<24} {:>12} {:>12} {:>10}  {}",
             n.info.id,
             state,
             addr,
             human_bytes(n.info.used_bytes),
             human_bytes(n.info.capacity_bytes),
-            beat
+            beat,
+            n.info.transports.join(" ")
         );
     }
     out

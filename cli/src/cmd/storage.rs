@@ -54,6 +54,14 @@ pub struct StorageArgs {
     /// Size of each fragment log segment file (zero-filled ahead of need).
     #[arg(long, default_value_t = LogConfig::default().segment_bytes)]
     pub log_segment_bytes: u64,
+    /// Serve RDMA verbs beside TCP: off, auto (when this host has an RDMA
+    /// device and --verbs-ip or --listen-ip is not loopback) or on (or fail).
+    #[arg(long, default_value = "auto")]
+    pub verbs: torchfs_dataplane::VerbsMode,
+    /// Address to serve verbs on, of the RDMA device's interface (default:
+    /// --listen-ip).
+    #[arg(long)]
+    pub verbs_ip: Option<IpAddr>,
     /// TOML file with defaults for these flags (table [storage]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -89,6 +97,8 @@ impl StorageArgs {
             capacity_bytes: self.capacity_bytes,
             io_memory_bytes: self.io_memory_bytes,
             log,
+            verbs: self.verbs,
+            verbs_ip: self.verbs_ip,
         })
     }
 }
@@ -97,7 +107,7 @@ pub fn run(args: StorageArgs) -> Result<()> {
     let config = args.to_config()?;
     let node = torchfs_dataplane::start(config)
         .with_context(|| format!("start storage node {}", args.node_id))?;
-    tracing::info!(node = args.node_id, shards = ?node.shard_addrs(), "storage node serving");
+    tracing::info!(node = args.node_id, shards = ?node.shard_addrs(), verbs = ?node.verbs_addr(), "storage node serving");
     node.wait()
         .with_context(|| format!("storage node {}", args.node_id))
 }

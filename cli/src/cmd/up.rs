@@ -33,6 +33,15 @@ pub struct UpArgs {
     /// Executors (shards) per storage node.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// Storage nodes serve RDMA verbs on this address of an RDMA device's
+    /// interface (soft-RoCE cannot use loopback); the mount then picks
+    /// verbs for them under --transport auto.
+    #[arg(long)]
+    pub verbs_ip: Option<std::net::IpAddr>,
+    /// With --verbs-ip: only the first N storage nodes serve verbs, the
+    /// others TCP only (a mixed cluster).
+    #[arg(long)]
+    pub verbs_nodes: Option<usize>,
     /// Skip the demonstration.
     #[arg(long)]
     pub no_demo: bool,
@@ -97,6 +106,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         io_memory_bytes_per_shard: torchfs_cli::local_cluster::shared_io_memory_bytes(
             args.storage_nodes * args.shards,
         ),
+        verbs_ip: args.verbs_ip,
+        verbs_nodes: args.verbs_nodes,
     };
     let metad = spec.metad_addrs();
     println!(

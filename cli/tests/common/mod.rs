@@ -51,8 +51,15 @@ pub struct TestCluster {
 impl TestCluster {
     /// 3 voters, 6 storage nodes, all up, and a mount.
     pub fn start() -> Result<Self> {
+        Self::start_with(|_| {}, &[])
+    }
+
+    /// Like [`TestCluster::start`], with the cluster's spec changed by
+    /// `edit` and extra `torchfs mount` flags.
+    pub fn start_with(edit: impl FnOnce(&mut ClusterSpec), mount_flags: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("torchfs-it-").tempdir()?;
-        let spec = ClusterSpec::with_free_ports(exe(), dir.path().to_path_buf())?;
+        let mut spec = ClusterSpec::with_free_ports(exe(), dir.path().to_path_buf())?;
+        edit(&mut spec);
         let mut cluster = LocalCluster::start(spec)?;
         cluster.wait_ready(6, Duration::from_secs(60))?;
         let mnt = dir.path().join("mnt");
@@ -63,7 +70,7 @@ impl TestCluster {
             mount: None,
             dir,
         };
-        tc.mount()?;
+        tc.mount_with(mount_flags)?;
         Ok(tc)
     }
 
@@ -90,10 +97,15 @@ impl TestCluster {
     /// A second mount of the same cluster at `<dir>/<name>`, as a second
     /// machine would have (its own process, caches and lease).
     pub fn mount_another(&self, name: &str) -> Result<OtherMount> {
+        self.mount_another_with(name, &[])
+    }
+
+    /// Like [`TestCluster::mount_another`], with extra `torchfs mount` flags.
+    pub fn mount_another_with(&self, name: &str, extra: &[&str]) -> Result<OtherMount> {
         let mnt = self.dir.path().join(name);
         std::fs::create_dir_all(&mnt)?;
         let log = self.dir.path().join("logs").join(format!("{name}.log"));
-        let child = spawn_mount(&self.cluster, &mnt, &log, &[])?;
+        let child = spawn_mount(&self.cluster, &mnt, &log, extra)?;
         Ok(OtherMount { mnt, child, log })
     }
 

@@ -166,6 +166,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     .render_stats(
                         self.inner.storage_read_bytes.load(Ordering::Relaxed),
                         self.inner.meta_requests.load(Ordering::Relaxed),
+                        self.inner.transport.counters(),
                         self.frozen_stats(),
                     )
                     .into_bytes(),

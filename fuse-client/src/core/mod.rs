@@ -57,7 +57,9 @@ use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 use torchfs_proto::meta::{
     ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig,
 };
-use torchfs_rdma::{TcpOptions, TcpTransport, Transport, TransportError};
+use torchfs_rdma::endpoint::TransportMode;
+use torchfs_rdma::verbs::VerbsOptions;
+use torchfs_rdma::{MultiTransport, TcpOptions, Transport, TransportError};
 
 use crate::codec::{CodecError, ReedSolomon};
 use crate::stripe::StripeError;
@@ -92,6 +94,8 @@ pub struct ClientConfig {
     /// How often the cluster map is refreshed in the background.
     pub map_refresh_ms: u64,
     pub transport: TcpOptions,
+    /// TCP, RDMA verbs, or verbs where both ends have it (`--transport`).
+    pub transport_mode: TransportMode,
     /// The epoch cache (memory and disk tiers, prefetching).
     pub cache: CacheConfig,
     /// How often a loaded frozen tree's root is rechecked with metad (an
@@ -114,6 +118,7 @@ impl Default for ClientConfig {
             dirty_stripes_max: 8,
             map_refresh_ms: 2_000,
             transport: TcpOptions::default(),
+            transport_mode: TransportMode::Auto,
             cache: CacheConfig::default(),
             frozen_check_ms: 1_000,
             frozen_entries_max: 1_000_000,
@@ -290,7 +295,7 @@ impl MetaService for MetaClient {
 /// The client core. Cheap to clone (an `Arc` inside); Send + Sync. The type
 /// parameters exist so tests can run it over in-memory metadata and
 /// storage; front-ends use the defaults via [`Client::connect`].
-pub struct Client<M: MetaService = MetaClient, T: Transport = TcpTransport> {
+pub struct Client<M: MetaService = MetaClient, T: Transport = MultiTransport> {
     inner: Arc<Inner<M, T>>,
 }
 
@@ -342,7 +347,14 @@ impl Client {
                 source,
             },
         )?;
-        let transport = TcpTransport::new(config.transport.clone());
+        let verbs = VerbsOptions {
+            // A first connection also registers the buffer pool.
+            connect_timeout_ms: config.transport.connect_timeout_ms.max(5_000),
+            request_timeout_ms: config.transport.request_timeout_ms,
+            idle_connections_max: config.transport.idle_connections_max,
+            ..VerbsOptions::default()
+        };
+        let transport = MultiTransport::new(config.transport_mode, config.transport.clone(), verbs);
         Client::with_parts(config, meta, transport).await
     }
 }
@@ -366,6 +378,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 })
             }
         };
+        transport.learn_nodes(&first_map.nodes);
         let cache = MetaCache::new(
             Duration::from_millis(config.attr_ttl_ms),
             Duration::from_millis(config.entry_ttl_ms),
@@ -522,6 +535,7 @@ impl<M: MetaService, T: Transport> Inner<M, T> {
         match self.meta.call(MetaRequest::ClusterMap).await {
             Ok(MetaReply::ClusterMap(map)) => {
                 let newer = map.epoch > before;
+                self.transport.learn_nodes(&map.nodes);
                 self.map.set(map);
                 newer
             }

@@ -170,7 +170,15 @@ impl VerbsTransport {
                 addr,
                 source: std::io::Error::other(e.to_string()),
             }),
-            Err(_) => Err(TransportError::Timeout { addr, timeout_ms }),
+            // A connection that could not be set up in time is a connect
+            // failure (TCP may still reach the node), not a slow request.
+            Err(_) => Err(TransportError::Connect {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no verbs connection within {timeout_ms} ms"),
+                ),
+            }),
         }
     }
 

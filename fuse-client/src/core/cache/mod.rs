@@ -391,11 +391,13 @@ impl EpochCache {
         &self,
         storage_read_bytes: u64,
         meta_requests: u64,
+        transport: torchfs_rdma::TransportCounters,
         frozen: super::frozen::FrozenStats,
     ) -> String {
         let mut snap = super::lock(&self.state).snapshot();
         snap.storage_read_bytes = storage_read_bytes;
         snap.meta_requests = meta_requests;
+        snap.transport = transport;
         snap.frozen = frozen;
         snap.render()
     }

@@ -89,6 +89,7 @@ pub(crate) struct Snapshot {
     pub window_items: u64,
     pub storage_read_bytes: u64,
     pub meta_requests: u64,
+    pub transport: torchfs_rdma::TransportCounters,
     pub frozen: crate::core::frozen::FrozenStats,
     pub ranks: Vec<RankGauges>,
     /// Why the last plan written was refused (cleared by an accepted one).
@@ -167,6 +168,18 @@ impl Snapshot {
             self.frozen.entries,
             self.frozen.hits,
             self.frozen.checks,
+        );
+        let t = &self.transport;
+        let _ = write!(
+            out,
+            "\"transport\":{{\"tcp_requests\":{},\"tcp_bytes\":{},\"verbs_requests\":{},\
+             \"verbs_bytes\":{},\"verbs_fallbacks\":{},\"verbs_nodes\":{}}},",
+            t.tcp_requests,
+            t.tcp_bytes,
+            t.verbs_requests,
+            t.verbs_bytes,
+            t.verbs_fallbacks,
+            t.verbs_nodes
         );
         out.push_str("\"tiers\":{");
         tier(&mut out, "memory", &self.mem, &c.mem, &[]);
