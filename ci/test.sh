@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-# Tests named verbs_* need an RDMA device: they run in the soft-RoCE VM below.
-cargo test --workspace --all-features -- --skip verbs_
+# Tests named device_verbs_* need an RDMA device: they run in the soft-RoCE VM below.
+cargo test --workspace --all-features -- --skip device_verbs_
 
 # RDMA verbs on soft-RoCE inside a VM (ci/rxe-vm.sh): there they must run.
 if [ "$(id -u)" -eq 0 ]; then
@@ -21,7 +21,7 @@ for line in sys.stdin:
         print(m["executable"])')
   [ -n "$verbs_bins" ] || { echo "test: no verbs test binaries" >&2; exit 1; }
   cmd=""
-  for b in $verbs_bins; do cmd+="$b verbs_ --test-threads 1 && "; done
+  for b in $verbs_bins; do cmd+="$b device_verbs_ --test-threads 1 --nocapture && "; done
   ci/rxe-vm.sh bash -c "${cmd}true"
 elif [ "${CI:-}" = "true" ]; then
   echo "test: CI=true but no root: the soft-RoCE VM cannot run the verbs tests" >&2

@@ -45,9 +45,10 @@ fn counter(stats: &serde_json::Value, name: &str) -> u64 {
 const VERBS_NODES: usize = 4;
 
 #[test]
-fn verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes() -> Result<()> {
+fn device_verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes() -> Result<()> {
     let _serial = serial();
-    let Some(ip) = verbs_ip("verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes")
+    let Some(ip) =
+        verbs_ip("device_verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes")
     else {
         return Ok(());
     };
@@ -123,9 +124,9 @@ fn verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes() -> Result<()
 /// CPU seconds per GB of every torchfs process (mount and nodes). A
 /// measurement, printed; `TORCHFS_VERBS_BENCH_MIB` sets the file size.
 #[test]
-fn verbs_against_tcp_same_workload() -> Result<()> {
+fn device_verbs_against_tcp_same_workload() -> Result<()> {
     let _serial = serial();
-    let Some(ip) = verbs_ip("verbs_against_tcp_same_workload") else {
+    let Some(ip) = verbs_ip("device_verbs_against_tcp_same_workload") else {
         return Ok(());
     };
     let mib: usize = std::env::var("TORCHFS_VERBS_BENCH_MIB")

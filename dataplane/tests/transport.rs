@@ -86,7 +86,7 @@ async fn tcp_passes_the_transport_conformance_suite() {
 /// `TORCHFS_VERBS_REQUIRED` set, where it fails (`ci/test.sh` runs it in the
 /// VM and skips it on the host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verbs_passes_the_transport_conformance_suite() {
+async fn device_verbs_passes_the_transport_conformance_suite() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -97,7 +97,7 @@ async fn verbs_passes_the_transport_conformance_suite() {
         let required = std::env::var_os("TORCHFS_VERBS_REQUIRED").is_some()
             || std::env::var("CI").is_ok_and(|v| v == "true");
         assert!(!required, "verbs required (CI): {why}");
-        println!("SKIPPED verbs_passes_the_transport_conformance_suite: {why}");
+        println!("SKIPPED device_verbs_passes_the_transport_conformance_suite: {why}");
         return;
     }
     let ip: std::net::IpAddr = std::env::var("TORCHFS_VERBS_IP")
