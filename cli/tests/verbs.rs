@@ -102,20 +102,89 @@ fn device_verbs_mount_moves_files_over_verbs_and_survives_two_dead_nodes() -> Re
     assert!(status_text.contains("verbs="), "status shows no verbs node");
     drop(other);
 
-    // Two verbs nodes killed: a cold read completes from the survivors
-    // (degraded decode), byte-identical.
+    // Two verbs nodes killed while a cold read over verbs is under way:
+    // the read completes from the survivors (degraded decode),
+    // byte-identical. The reader takes the first 4 MiB, waits for the
+    // kills, then reads on.
+    let degraded = tc.mount_another_with("degraded", &["--transport", "auto"])?;
+    let path = degraded.path("big");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || -> Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        let mut got = vec![0u8; 4 << 20];
+        f.read_exact(&mut got)?;
+        started_tx.send(()).ok();
+        killed_rx.recv().ok();
+        f.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the reader never got its first 4 MiB")?;
+    let before = stats(&degraded.mnt)?;
+    assert!(
+        counter(&before, "verbs_bytes") > 0,
+        "the read so far used no verbs: {before}"
+    );
     tc.cluster.kill_storage(0)?;
     tc.cluster.kill_storage(1)?;
-    let degraded = tc.mount_another_with("degraded", &["--transport", "auto"])?;
     let started = Instant::now();
-    let got = std::fs::read(degraded.path("big"))?;
+    killed_tx.send(()).ok();
+    let got = reader.join().expect("reader thread")?;
     assert!(got == big, "degraded read differs");
     assert!(started.elapsed() < Duration::from_secs(60));
     let s = stats(&degraded.mnt)?;
     println!("degraded reader: {}", s["transport"]);
     assert!(
-        counter(&s, "verbs_bytes") > 0,
-        "degraded read used no verbs: {s}"
+        counter(&s, "verbs_bytes") > counter(&before, "verbs_bytes"),
+        "nothing went over verbs after the kills: {s}"
+    );
+    Ok(())
+}
+
+/// A mount whose buffers cannot be registered (no CAP_IPC_LOCK and a
+/// locked-memory limit below its pool) reaches the verbs nodes over TCP:
+/// one log line, the fallbacks counted, the bytes right.
+#[test]
+fn device_verbs_registration_refused_by_memlock_falls_back_to_tcp() -> Result<()> {
+    let _serial = serial();
+    let Some(ip) = verbs_ip("device_verbs_registration_refused_by_memlock_falls_back_to_tcp")
+    else {
+        return Ok(());
+    };
+    let tc = TestCluster::start_with(|spec| spec.verbs_ip = Some(ip), &["--transport", "tcp"])?;
+    let data = pattern(9 << 20, 11);
+    std::fs::write(tc.path("f"), &data)?;
+    let limited = tc.mount_another_wrapped(
+        "limited",
+        &[
+            "prlimit",
+            "--memlock=1048576:1048576",
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+        ],
+        &["--transport", "auto"],
+    )?;
+    assert!(std::fs::read(limited.path("f"))? == data, "bytes differ");
+    let s = stats(&limited.mnt)?;
+    println!("limited reader: {}", s["transport"]);
+    assert!(
+        counter(&s, "verbs_fallbacks") > 0,
+        "no fallback counted: {s}"
+    );
+    assert_eq!(counter(&s, "verbs_bytes"), 0, "{s}");
+    assert!(counter(&s, "tcp_bytes") >= data.len() as u64, "{s}");
+    // One log line for the host, saying why; none per node or request.
+    let log = std::fs::read_to_string(&limited.log)?;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("verbs")).collect();
+    println!("{}", lines.join("\n"));
+    assert_eq!(lines.len(), 1, "verbs log lines:\n{log}");
+    assert!(
+        lines[0].contains("register") && lines[0].contains("RLIMIT_MEMLOCK"),
+        "the line does not say the registration failed:\n{log}"
     );
     Ok(())
 }

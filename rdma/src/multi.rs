@@ -92,6 +92,9 @@ impl MultiTransport {
         if bulk_bytes > verbs.fragment_bytes_max() {
             return Ok(None);
         }
+        if self.mode == TransportMode::Auto && verbs.unusable() {
+            return Ok(None);
+        }
         if self.mode == TransportMode::Auto {
             let mut fallen = self.fallen_back.lock().unwrap_or_else(|p| p.into_inner());
             match fallen.get(&v) {
@@ -118,7 +121,10 @@ impl MultiTransport {
             .unwrap_or_else(|p| p.into_inner())
             .insert(verbs_addr, until)
             .is_none();
-        if first {
+        // A host-wide failure (buffers not registered) was logged once by
+        // the verbs transport; a node's own failure is logged here.
+        let host_wide = self.verbs.as_ref().is_some_and(VerbsTransport::unusable);
+        if first && !host_wide {
             tracing::warn!("verbs to {verbs_addr} failed ({e}); using TCP for {FALLBACK_MS} ms");
         }
         self.verbs_fallbacks.fetch_add(1, Ordering::Relaxed);

@@ -240,6 +240,16 @@ fn demo(mnt: &Path) -> Result<()> {
         dir.display(),
         names.join(", ")
     );
+    let stats = std::fs::read_to_string(mnt.join(".torchfs/stats")).context("read stats")?;
+    let stats: serde_json::Value = serde_json::from_str(&stats).context("parse stats")?;
+    let t = &stats["transport"];
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    println!(
+        "  fragment bytes moved: {} over RDMA verbs ({} nodes), {} over TCP",
+        super::status::human_bytes(n("verbs_bytes")),
+        n("verbs_nodes"),
+        super::status::human_bytes(n("tcp_bytes")),
+    );
     Ok(())
 }
 

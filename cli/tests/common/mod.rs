@@ -102,10 +102,21 @@ impl TestCluster {
 
     /// Like [`TestCluster::mount_another`], with extra `torchfs mount` flags.
     pub fn mount_another_with(&self, name: &str, extra: &[&str]) -> Result<OtherMount> {
+        self.mount_another_wrapped(name, &[], extra)
+    }
+
+    /// Like [`TestCluster::mount_another_with`], the mount process started
+    /// through `wrapper` (e.g. `prlimit --memlock=...`).
+    pub fn mount_another_wrapped(
+        &self,
+        name: &str,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<OtherMount> {
         let mnt = self.dir.path().join(name);
         std::fs::create_dir_all(&mnt)?;
         let log = self.dir.path().join("logs").join(format!("{name}.log"));
-        let child = spawn_mount(&self.cluster, &mnt, &log, extra)?;
+        let child = spawn_mount_wrapped(&self.cluster, &mnt, &log, wrapper, extra)?;
         Ok(OtherMount { mnt, child, log })
     }
 
@@ -169,11 +180,31 @@ fn spawn_mount(
     log_path: &Path,
     extra: &[&str],
 ) -> Result<Child> {
+    spawn_mount_wrapped(cluster, mnt, log_path, &[], extra)
+}
+
+/// [`spawn_mount`] through a wrapper command (`wrapper[0] wrapper[1..]
+/// torchfs mount ...`).
+fn spawn_mount_wrapped(
+    cluster: &LocalCluster,
+    mnt: &Path,
+    log_path: &Path,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Result<Child> {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(log_path)?;
-    let mut child = Command::new(exe())
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe());
+            c
+        }
+        None => Command::new(exe()),
+    };
+    let mut child = command
         .arg("mount")
         .arg(mnt)
         .arg("--metad")

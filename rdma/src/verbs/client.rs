@@ -63,9 +63,15 @@ struct Conn {
     _events: Events,
 }
 
+/// How long this host's verbs stay off after its buffers could not be
+/// registered (a local problem, the same for every node).
+const UNUSABLE_MS: u64 = 30_000;
+
 pub struct VerbsTransport {
     opts: VerbsOptions,
     devices: Mutex<Vec<Arc<Device>>>,
+    /// Set when registering the buffer pool failed: verbs are off until then.
+    unusable_until: Mutex<Option<std::time::Instant>>,
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
 }
 
@@ -74,7 +80,25 @@ impl VerbsTransport {
         Self {
             opts,
             devices: Mutex::new(Vec::new()),
+            unusable_until: Mutex::new(None),
             idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether verbs are off on this host for now (its buffers could not
+    /// be registered); callers use TCP meanwhile.
+    pub fn unusable(&self) -> bool {
+        let mut until = self
+            .unusable_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match *until {
+            Some(t) if std::time::Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -92,7 +116,18 @@ impl VerbsTransport {
             step: "allocate protection domain",
             message: e.to_string(),
         })?;
-        let pool = BufferPool::register(&pd, self.opts.slot_bytes, self.opts.slots)?;
+        let pool = match BufferPool::register(&pd, self.opts.slot_bytes, self.opts.slots) {
+            Ok(pool) => pool,
+            Err(e) => {
+                let until = std::time::Instant::now() + Duration::from_millis(UNUSABLE_MS);
+                *self
+                    .unusable_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(until);
+                tracing::warn!("RDMA verbs off on this host for {UNUSABLE_MS} ms: {e}");
+                return Err(e);
+            }
+        };
         let device = Arc::new(Device {
             ctx: ctx.clone(),
             pd,
