@@ -164,9 +164,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     .inner
                     .data_cache
                     .render_stats(
-                        self.inner.storage_read_bytes.load(Ordering::Relaxed),
+                        self.inner.storage.read_bytes(),
                         self.inner.meta_requests.load(Ordering::Relaxed),
-                        self.inner.transport.counters(),
+                        self.inner.storage.transport().counters(),
                         self.frozen_stats(),
                     )
                     .into_bytes(),

@@ -6,8 +6,6 @@
 //!
 //! Layout of the module:
 //! - [`meta_cache`]: attribute and dentry cache with TTLs.
-//! - [`map`]: the cluster map (refreshed in the background) and fragment
-//!   addresses.
 //! - [`file`]: per-inode state (layout, dirty stripe buffers, uploaded
 //!   entries): the pure logic of buffering, read-modify-write and truncation.
 //! - [`handles`]: open file handles and the per-inode state they share.
@@ -20,8 +18,12 @@
 //!   after unlink) and the deletion of garbage metad hands out.
 //! - [`locks`]: fcntl and flock locks held in metad (across mounts).
 //! - `namespace`, `read`, `write`, `xattrs`: the operations; `upload`
-//!   (stripes to storage, deletes of replaced ones) and `commit` (commits
-//!   over a base, merges with other writers) under `write`.
+//!   (stripe buffers to storage, deletes of replaced ones) and `commit`
+//!   (commits over a base, merges with other writers) under `write`.
+//!
+//! Stripe I/O (the cluster map, fragment puts and gets, degraded reads,
+//! deletes) is the storage client's (`torchfs_storage_client::StorageClient`),
+//! below this core; the core refreshes the map it works from.
 
 pub mod cache;
 mod commit;
@@ -31,7 +33,6 @@ pub mod frozen;
 mod handles;
 mod lease;
 mod locks;
-mod map;
 mod meta_cache;
 mod namespace;
 mod open;
@@ -45,24 +46,22 @@ mod write;
 mod writers_tests;
 mod xattrs;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use torchfs_proto::client::{Answer, MetaClient, MetaClientOptions};
 use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
-use torchfs_proto::meta::{
-    ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId, StripeConfig,
-};
+use torchfs_proto::meta::{ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId};
 use torchfs_rdma::endpoint::TransportMode;
 use torchfs_rdma::verbs::VerbsOptions;
 use torchfs_rdma::{MultiTransport, TcpOptions, Transport, TransportError};
 
-use crate::codec::{CodecError, ReedSolomon};
+use crate::codec::CodecError;
 use crate::stripe::StripeError;
+use torchfs_storage_client::{StorageClient, StorageError};
 
 pub use cache::{CacheConfig, ReadBuf};
 use cache::{EpochCache, PlanError};
@@ -70,15 +69,12 @@ use control::ControlHandles;
 use frozen::{FrozenState, FrozenTableError};
 use handles::Handles;
 pub use locks::LockSpec;
-use map::MapCache;
 use meta_cache::MetaCache;
 pub use namespace::{NewMode, Owner};
 
 /// An open file, as handed to front-ends.
 pub type FileHandle = u64;
 
-/// Fragment requests (get/put/delete) one client keeps in flight at most.
-const FRAGMENT_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// Entries the attribute and dentry caches hold at most (each).
 const META_CACHE_ENTRIES_MAX: usize = 200_000;
 
@@ -208,6 +204,56 @@ pub enum ClientError {
     },
 }
 
+impl From<StorageError> for ClientError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NoPlacement {
+                ino,
+                stripe,
+                nodes,
+                needed,
+            } => ClientError::NoPlacement {
+                ino,
+                stripe,
+                nodes,
+                needed,
+            },
+            StorageError::NodeDown { node, key } => ClientError::NodeDown { node, key },
+            StorageError::UnknownNode { node, key, epoch } => {
+                ClientError::UnknownNode { node, key, epoch }
+            }
+            StorageError::Resolve {
+                node,
+                host,
+                port,
+                source,
+            } => ClientError::Resolve {
+                node,
+                host,
+                port,
+                source,
+            },
+            StorageError::Transport { node, key, source } => {
+                ClientError::Transport { node, key, source }
+            }
+            StorageError::Unrecoverable {
+                ino,
+                stripe,
+                available,
+                needed,
+                last_error,
+            } => ClientError::Unrecoverable {
+                ino,
+                stripe,
+                available,
+                needed,
+                last_error,
+            },
+            StorageError::Codec(e) => ClientError::Codec(e),
+        }
+    }
+}
+
 impl ClientError {
     /// Whether a newer cluster map could make the failed operation pass: the
     /// node was unreachable or unknown, not refusing the request itself.
@@ -307,27 +353,22 @@ impl<M: MetaService, T: Transport> Clone for Client<M, T> {
     }
 }
 
-pub(crate) struct Inner<M, T> {
+pub(crate) struct Inner<M, T: Transport> {
     config: ClientConfig,
     meta: M,
-    transport: T,
+    /// Stripe I/O: the cluster map, the transport, in-flight bounds.
+    storage: Arc<StorageClient<T>>,
     /// The runtime the client was made on: background data work (fragment
     /// deletes) goes there, whichever runtime the request runs on.
     runtime: tokio::runtime::Handle,
-    map: MapCache,
     cache: Mutex<MetaCache>,
     statahead: Mutex<statahead::Statahead>,
     handles: Handles,
-    codecs: Mutex<HashMap<(u8, u8), Arc<ReedSolomon>>>,
-    /// Bounds fragment requests in flight across all files and tasks.
-    io_slots: Semaphore,
     /// Wakes the background map refresher early (after a transport failure).
     map_refresh: Arc<Notify>,
     data_cache: EpochCache,
     control: ControlHandles,
     frozen: FrozenState,
-    /// Bytes asked of storage nodes (demand reads, prefetch, readahead).
-    storage_read_bytes: AtomicU64,
     /// Requests sent to metad for file operations (not the background
     /// cluster-map refresh).
     meta_requests: AtomicU64,
@@ -378,7 +419,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 })
             }
         };
-        transport.learn_nodes(&first_map.nodes);
+        let map_refresh = Arc::new(Notify::new());
+        let storage = Arc::new(StorageClient::new(
+            transport,
+            first_map,
+            tokio::runtime::Handle::current(),
+            map_refresh.clone(),
+        ));
         let cache = MetaCache::new(
             Duration::from_millis(config.attr_ttl_ms),
             Duration::from_millis(config.entry_ttl_ms),
@@ -390,25 +437,21 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 source,
             })?;
         let inner = Arc::new(Inner {
-            map: MapCache::new(first_map),
+            storage,
             cache: Mutex::new(cache),
             statahead: Mutex::new(statahead::Statahead::new(Duration::from_millis(
                 config.entry_ttl_ms,
             ))),
             handles: Handles::default(),
-            codecs: Mutex::new(HashMap::new()),
-            io_slots: Semaphore::new(FRAGMENT_REQUESTS_IN_FLIGHT_MAX),
-            map_refresh: Arc::new(Notify::new()),
+            map_refresh,
             data_cache,
             control: ControlHandles::default(),
             frozen: FrozenState::default(),
-            storage_read_bytes: AtomicU64::new(0),
             meta_requests: AtomicU64::new(0),
             lease_id: torchfs_proto::client::random_client_id(),
             locks: Mutex::new(locks::LockTable::default()),
             config,
             meta,
-            transport,
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(refresh_map_loop(
@@ -434,17 +477,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .meta
             .runtime()
             .unwrap_or_else(|| self.inner.runtime.clone())
-    }
-
-    /// The code for a stripe configuration, built once per client.
-    fn codec(&self, cfg: &StripeConfig) -> Result<Arc<ReedSolomon>, ClientError> {
-        let mut codecs = lock(&self.inner.codecs);
-        if let Some(rs) = codecs.get(&(cfg.k, cfg.m)) {
-            return Ok(rs.clone());
-        }
-        let rs = Arc::new(ReedSolomon::new(cfg.k as usize, cfg.m as usize)?);
-        codecs.insert((cfg.k, cfg.m), rs.clone());
-        Ok(rs)
     }
 
     async fn meta_call(&self, req: MetaRequest) -> Result<MetaReply, ClientError> {
@@ -497,12 +529,6 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     async fn refresh_map_now(&self) -> bool {
         self.inner.refresh_map().await
     }
-
-    /// Asks the background task to refetch the cluster map now (a node may
-    /// have gone down or moved).
-    fn request_map_refresh(&self) {
-        self.inner.map_refresh.notify_one();
-    }
 }
 
 /// Refetches the cluster map every `map_refresh_ms`, or at once when woken.
@@ -531,12 +557,11 @@ impl<M: MetaService, T: Transport> Inner<M, T> {
     /// Fetches the cluster map and installs it; true when it is newer than
     /// the one held.
     async fn refresh_map(&self) -> bool {
-        let before = self.map.get().epoch;
+        let before = self.storage.map().epoch;
         match self.meta.call(MetaRequest::ClusterMap).await {
             Ok(MetaReply::ClusterMap(map)) => {
                 let newer = map.epoch > before;
-                self.transport.learn_nodes(&map.nodes);
-                self.map.set(map);
+                self.storage.set_map(map);
                 newer
             }
             Ok(other) => {

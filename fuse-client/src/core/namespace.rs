@@ -649,9 +649,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         match self.inner.handles.file_of(ino) {
             Some(file) => match file.state.try_lock() {
                 Ok(st) => st.config,
-                Err(_) => self.inner.map.get().config,
+                Err(_) => self.inner.storage.map().config,
             },
-            None => self.inner.map.get().config,
+            None => self.inner.storage.map().config,
         }
     }
 }

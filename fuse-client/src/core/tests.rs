@@ -11,8 +11,8 @@ use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 use torchfs_proto::meta::*;
 use torchfs_rdma::{Transport, TransportError};
 
-use super::map::tests::test_map;
 use super::*;
+use torchfs_storage_client::map::testing::test_map;
 
 pub(crate) const CFG: StripeConfig = StripeConfig {
     k: 4,

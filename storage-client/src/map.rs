@@ -7,11 +7,11 @@ use std::sync::{Arc, RwLock};
 use torchfs_proto::fragment::FragmentKey;
 use torchfs_proto::meta::{ClusterMap, NodeId, NodeState};
 
-use super::ClientError;
+use crate::error::StorageError;
 
 /// The current map, swapped whole on refresh; readers take an `Arc` and
 /// never block a refresh for long.
-pub(crate) struct MapCache {
+pub struct MapCache {
     current: RwLock<Arc<ClusterMap>>,
 }
 
@@ -41,7 +41,7 @@ impl MapCache {
 
 /// Where one fragment is stored, per the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
+pub struct Target {
     pub node: NodeId,
     pub up: bool,
     pub host: String,
@@ -50,9 +50,9 @@ pub(crate) struct Target {
 
 /// The node and shard port holding `key`: fragment `i` of a stripe lives on
 /// `group.nodes[i]`, on shard `key.shard(ports)` of that node.
-pub(crate) fn locate(map: &ClusterMap, key: FragmentKey) -> Result<Target, ClientError> {
+pub fn locate(map: &ClusterMap, key: FragmentKey) -> Result<Target, StorageError> {
     let needed = map.config.width();
-    let no_placement = || ClientError::NoPlacement {
+    let no_placement = || StorageError::NoPlacement {
         ino: key.ino,
         stripe: key.stripe,
         nodes: map.nodes.len(),
@@ -63,7 +63,7 @@ pub(crate) fn locate(map: &ClusterMap, key: FragmentKey) -> Result<Target, Clien
         .nodes
         .get(key.index as usize)
         .ok_or_else(no_placement)?;
-    let unknown = || ClientError::UnknownNode {
+    let unknown = || StorageError::UnknownNode {
         node,
         key,
         epoch: map.epoch,
@@ -80,11 +80,11 @@ pub(crate) fn locate(map: &ClusterMap, key: FragmentKey) -> Result<Target, Clien
 }
 
 /// Resolves a node's host (an IP address, or a name) and port.
-pub(crate) async fn resolve(target: &Target) -> Result<SocketAddr, ClientError> {
+pub async fn resolve(target: &Target) -> Result<SocketAddr, StorageError> {
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, target.port));
     }
-    let err = |source| ClientError::Resolve {
+    let err = |source| StorageError::Resolve {
         node: target.node,
         host: target.host.clone(),
         port: target.port,
@@ -101,8 +101,8 @@ pub(crate) async fn resolve(target: &Target) -> Result<SocketAddr, ClientError> 
     })
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Maps for tests of this crate and of the layers above it.
+pub mod testing {
     use super::*;
     use torchfs_proto::meta::{NodeInfo, NodeStatus, PlacementGroup, StripeConfig};
 
@@ -142,6 +142,13 @@ pub(crate) mod tests {
             groups,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::test_map;
+    use super::*;
+    use torchfs_proto::meta::StripeConfig;
 
     #[test]
     fn locates_fragments_on_group_nodes() {
@@ -170,7 +177,7 @@ pub(crate) mod tests {
             index: 0,
         };
         let err = locate(&map, key).unwrap_err();
-        assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+        assert!(matches!(err, StorageError::NoPlacement { .. }), "{err}");
     }
 
     #[test]
