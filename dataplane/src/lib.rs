@@ -7,7 +7,8 @@
 //! - [`io`]: the node's disk I/O trait, with glommio behind it.
 //! - [`store`]: the chunk store trait, its disk and memory implementations
 //!   and their conformance suite.
-//! - `server`: shard executors serving the fragment protocol.
+//! - `shard`: a shard's request handling, shared by its listeners.
+//! - `server`: shard executors and their TCP listeners.
 //! - `verbs`: the RDMA verbs listener, routing requests to the shards.
 //! - `control`: metad registration and heartbeats.
 //! - [`faults`]: fault injection (feature `testing`).
@@ -26,6 +27,7 @@ mod control;
 pub mod faults;
 pub mod io;
 mod server;
+mod shard;
 pub mod store;
 mod verbs;
 

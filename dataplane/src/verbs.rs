@@ -13,7 +13,7 @@ use torchfs_proto::fragment::{FragmentErrorCode, FragmentRequest, FragmentRespon
 use torchfs_rdma::verbs::pool::Slot;
 use torchfs_rdma::verbs::FragmentHandler;
 
-use crate::server::{refuse, Busy, Shard};
+use crate::shard::{refuse, Busy, Shard};
 use crate::store::FragmentStore;
 
 /// Requests queued per shard before the listener waits.
