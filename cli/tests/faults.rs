@@ -32,6 +32,74 @@ fn two_storage_nodes_killed_every_file_still_reads() -> Result<()> {
     Ok(())
 }
 
+/// Degraded writes: with m = 2 storage nodes killed, new files of every
+/// size (and one of several stripes, fsync'd) are written and closed
+/// without an error, and read back byte-identical: from a cold mount
+/// while the nodes are down, and again once they are back without the
+/// fragments they missed (those reads decode).
+#[test]
+fn two_storage_nodes_killed_writes_and_closes_succeed() -> Result<()> {
+    if !fuse_available("two_storage_nodes_killed_writes_and_closes_succeed") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    let before = write_sized_files(&tc, "before")?;
+    tc.cluster.kill_storage(0)?;
+    tc.cluster.kill_storage(3)?;
+    // Written while metad still thinks the nodes are up (puts to them
+    // fail) and after it marked them down (puts skip them).
+    let mut files = write_sized_files(&tc, "killed").context("write with nodes 1 and 4 killed")?;
+    std::thread::sleep(Duration::from_millis(
+        tc.cluster.spec().node_down_after_ms + 1_500,
+    ));
+    files.extend(write_sized_files(&tc, "down").context("write with nodes 1 and 4 marked down")?);
+    let big = pattern(13 << 20, 17);
+    {
+        let mut f = std::fs::File::create(tc.path("big.bin"))?;
+        f.write_all(&big)?;
+        f.sync_all()
+            .context("fsync of the big file with two nodes down")?;
+    }
+    files.push((tc.path("big.bin"), big));
+    let stats = std::fs::read_to_string(tc.path(".torchfs/stats"))?;
+    let stats: serde_json::Value = serde_json::from_str(&stats)?;
+    let degraded = stats["degraded_writes"].as_u64().unwrap_or(0);
+    assert!(degraded > 0, "no degraded write counted: {stats}");
+
+    let cold = tc.mount_another("cold")?;
+    let on_cold = |files: &[(PathBuf, Vec<u8>)]| -> Vec<(PathBuf, Vec<u8>)> {
+        files
+            .iter()
+            .map(|(p, d)| {
+                (
+                    cold.mnt.join(p.strip_prefix(&tc.mnt).unwrap_or(p)),
+                    d.clone(),
+                )
+            })
+            .collect()
+    };
+    check_files(&on_cold(&files)).context("cold read with the two nodes down")?;
+    check_files(&on_cold(&before)).context("older files with the two nodes down")?;
+    drop(cold);
+
+    tc.cluster.start_storage(0)?;
+    tc.cluster.start_storage(3)?;
+    tc.cluster.wait_ready(6, Duration::from_secs(60))?;
+    let back = tc.mount_another("back")?;
+    let on_back: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|(p, d)| {
+            (
+                back.mnt.join(p.strip_prefix(&tc.mnt).unwrap_or(p)),
+                d.clone(),
+            )
+        })
+        .collect();
+    check_files(&on_back).context("read once the nodes are back (without what they missed)")?;
+    Ok(())
+}
+
 /// Every stored fragment file under the storage nodes' data dirs.
 fn fragment_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -153,6 +221,10 @@ fn full_disk_on_a_storage_node_is_enospc_and_loses_nothing() -> Result<()> {
     tc.cluster
         .start_storage_with_env(2, &[("TORCHFS_FAULTS", "put_no_space")])?;
     tc.cluster.wait_ready(6, Duration::from_secs(30))?;
+    // The restarted node listens on new ports: let the mount's map
+    // (refreshed every 2 s) learn them, or the mount finds the old ports
+    // closed, counts the node as down and writes without it.
+    std::thread::sleep(Duration::from_millis(3_000));
     // Every stripe has a fragment on every node (6 nodes, k+m = 6), so any
     // new data reaches node 3 and must fail with ENOSPC, not EIO: at the
     // write, or at the fsync when the full stripe's upload was still in

@@ -15,7 +15,7 @@ pub enum StorageError {
         nodes: usize,
         needed: usize,
     },
-    #[error("storage node {node} for fragment {key} is down (writes need all k+m nodes)")]
+    #[error("storage node {node} for fragment {key} is down")]
     NodeDown { node: NodeId, key: FragmentKey },
     #[error("storage node {node} (fragment {key}) is not in cluster map epoch {epoch}")]
     UnknownNode {

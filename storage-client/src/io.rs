@@ -6,8 +6,9 @@
 //! decode it; delete replaced versions. Bounded: one semaphore caps the
 //! fragment requests a client keeps in flight.
 //!
-//! No degraded writes yet: a stripe is stored only when all k+m of its
-//! nodes take their fragment.
+//! Writes are degraded when nodes fail: a stripe is stored when k of its
+//! k+m fragments are (see [`StorageClient::put_stripe`]); nothing rebuilds
+//! the missing ones yet (repair is planned).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +87,8 @@ pub struct StorageClient<T: Transport> {
     io_slots: Semaphore,
     codecs: Mutex<HashMap<(u8, u8), Arc<ReedSolomon>>>,
     read_bytes: AtomicU64,
+    /// Stripes stored with some fragments missing (nodes down).
+    degraded_writes: AtomicU64,
     /// Notified when a failure suggests the map is stale; whoever owns the
     /// map's source refreshes it (`set_map`).
     map_stale: Arc<Notify>,
@@ -108,6 +111,7 @@ impl<T: Transport> StorageClient<T> {
             io_slots: Semaphore::new(FRAGMENT_REQUESTS_IN_FLIGHT_MAX),
             codecs: Mutex::new(HashMap::new()),
             read_bytes: AtomicU64::new(0),
+            degraded_writes: AtomicU64::new(0),
             map_stale,
             runtime,
         }
@@ -133,6 +137,12 @@ impl<T: Transport> StorageClient<T> {
         self.read_bytes.load(Ordering::Relaxed)
     }
 
+    /// Stripes stored so far with fragments missing (their nodes were down
+    /// or unreachable), each still decodable.
+    pub fn degraded_writes(&self) -> u64 {
+        self.degraded_writes.load(Ordering::Relaxed)
+    }
+
     fn note_stale(&self) {
         self.map_stale.notify_one();
     }
@@ -149,8 +159,15 @@ impl<T: Transport> StorageClient<T> {
 
     /// Encodes a padded stripe buffer ([`padded_bytes`] long) holding
     /// `encoded_bytes` of file data and puts its fragments under a new
-    /// generation, all in parallel. On failure, whatever was stored under
-    /// that generation is deleted in the background.
+    /// generation, all in parallel.
+    ///
+    /// A degraded write: fragments whose node is down or unreachable are
+    /// left out as long as k of the k+m remain (all-zero fragments, never
+    /// stored, count), so up to m failed nodes do not stop a write; reads
+    /// of the missing ones decode. A node that refuses a fragment (no
+    /// space, bad request) fails the write with its answer. On failure,
+    /// whatever was stored under that generation is deleted in the
+    /// background.
     pub async fn put_stripe(
         self: &Arc<Self>,
         ino: Ino,
@@ -211,6 +228,9 @@ impl<T: Transport> StorageClient<T> {
 
         let map = self.map.get();
         let mut puts = Vec::with_capacity(fragments.len());
+        // Fragments that could not be stored because their node is down or
+        // unreachable (not because a live node refused them).
+        let mut missing: Vec<(usize, StorageError)> = Vec::new();
         for (i, bytes) in fragments {
             let key = FragmentKey {
                 ino,
@@ -220,28 +240,63 @@ impl<T: Transport> StorageClient<T> {
             };
             let target = locate(&map, key).inspect_err(|_| self.note_stale())?;
             if !target.up {
-                return Err(StorageError::NodeDown {
-                    node: target.node,
-                    key,
-                });
-            }
-            puts.push((key, target, bytes));
-        }
-        let results =
-            futures::future::join_all(puts.into_iter().map(|(key, target, bytes)| async move {
-                let addr = resolve(&target).await?;
-                let _slot = self.io_slots.acquire().await;
-                self.transport
-                    .put(addr, key, bytes)
-                    .await
-                    .map_err(|source| StorageError::Transport {
+                missing.push((
+                    i,
+                    StorageError::NodeDown {
                         node: target.node,
                         key,
-                        source: Box::new(source),
-                    })
+                    },
+                ));
+                continue;
+            }
+            puts.push((i, key, target, bytes));
+        }
+        let results =
+            futures::future::join_all(puts.into_iter().map(|(i, key, target, bytes)| async move {
+                let put = async {
+                    let addr = resolve(&target).await?;
+                    let _slot = self.io_slots.acquire().await;
+                    self.transport
+                        .put(addr, key, bytes)
+                        .await
+                        .map_err(|source| StorageError::Transport {
+                            node: target.node,
+                            key,
+                            source: Box::new(source),
+                        })
+                };
+                (i, put.await)
             }))
             .await;
-        if let Some(err) = results.into_iter().find_map(Result::err) {
+        let mut refused = None;
+        for (i, result) in results {
+            match result {
+                Ok(()) => {}
+                // The node judged the fragment (no space, bad request): a
+                // live node's answer, reported as it is.
+                Err(e @ StorageError::Transport { .. }) if !e.may_pass_with_newer_map() => {
+                    refused.get_or_insert(e);
+                }
+                Err(e) => missing.push((i, e)),
+            }
+        }
+        // Fragments not stored on purpose (all zeros) count as present.
+        let available = cfg.width() - missing.len();
+        if refused.is_none() && !missing.is_empty() && available >= k {
+            // A degraded write: decodable now, with m - missing further
+            // losses to spare until repair restores the rest.
+            self.note_stale();
+            self.degraded_writes.fetch_add(1, Ordering::Relaxed);
+            let lost: Vec<String> = missing.iter().map(|(i, e)| format!("{i} ({e})")).collect();
+            tracing::warn!(
+                "stripe {stripe} of inode {ino} stored without {} of its {} fragments: {}",
+                missing.len(),
+                cfg.width(),
+                lost.join("; ")
+            );
+            return Ok(entry);
+        }
+        if let Some(err) = refused.or_else(|| missing.into_iter().next().map(|(_, e)| e)) {
             self.note_stale();
             // Whatever was stored under this generation is garbage now.
             self.delete_in_background(ino, *cfg, vec![entry]);

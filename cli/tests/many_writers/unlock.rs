@@ -1,11 +1,13 @@
 //! An unlock whose flush fails keeps the lock and answers the error
 //! (`fuse-client/src/core/locks.rs`): the next holder never starts from a
-//! half-written state. With one storage node down no stripe can be
-//! uploaded (k+m = 6 fragments on 6 nodes, no degraded writes), so mount
+//! half-written state. With one storage node's disk full (fault injection,
+//! feature `testing`) no stripe can be uploaded (every stripe has a
+//! fragment on every node, and a node that refuses a fragment fails the
+//! write: degraded writes only leave out nodes that are down), so mount
 //! A's unflushed write cannot be committed: its fsync and its F_UNLCK
 //! fail, mount B cannot take the lock and reads the old content. Once the
-//! node is back the unlock goes through, and B's lock shows what it
-//! committed (lock to lock).
+//! node has room again the unlock goes through, and B's lock shows what
+//! it committed (lock to lock).
 
 use std::fs::File;
 use std::io::Write;
@@ -22,8 +24,10 @@ use crate::{errno_name, mount_logs, MIB};
 const OLD_LEN: usize = 2 * MIB as usize + 4321;
 /// A's unflushed write at offset 0 (one unit).
 const NEW_LEN: usize = MIB as usize;
-/// The storage node killed (node id 1).
+/// The storage node whose disk fills (node id 1).
 const NODE: usize = 0;
+/// Longer than a mount's cluster-map refresh period (2 s).
+const MAP_REFRESH: Duration = Duration::from_millis(3_000);
 /// How long the restarted node may take until A's unlock goes through.
 const BACK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -48,6 +52,10 @@ fn first_difference(got: &[u8], want: &[u8], names: [(&str, &[u8]); 2]) -> Strin
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "testing"),
+    ignore = "needs the `testing` feature (fault injection): cargo test --all-features"
+)]
 fn unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error() -> Result<()> {
     if !fuse_available("unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error") {
         return Ok(());
@@ -71,6 +79,15 @@ fn unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error() -> Result<()>
         f.write_all(&old)?;
         f.sync_all().context("fsync of the old content")?;
     }
+    // Node 1's disk fills up before A writes.
+    tc.cluster.kill_storage(NODE)?;
+    tc.cluster
+        .start_storage_with_env(NODE, &[("TORCHFS_FAULTS", "put_no_space")])?;
+    tc.cluster.wait_ready(6, Duration::from_secs(60))?;
+    // The restarted node listens on new ports: let A's map (refreshed
+    // every 2 s) learn them, or A finds the old ports closed, counts the
+    // node as down and writes without it (a degraded write).
+    std::thread::sleep(MAP_REFRESH);
     let fa = rw(&on_a)?;
     let fb = rw(&on_b)?;
     let rc = setlk(&fa, libc::F_WRLCK, 0, 0, false);
@@ -78,30 +95,33 @@ fn unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error() -> Result<()>
     fa.write_all_at(&new, 0).context("pwrite on A")?;
 
     // The write cannot be uploaded now: fsync and unlock fail.
-    tc.cluster.kill_storage(NODE)?;
     let e = match fa.sync_all() {
         Ok(()) => bail!(
-            "fsync on A succeeded with storage node {} down (an upload needs all 6){}",
+            "fsync on A succeeded with storage node {}'s disk full{}",
             NODE + 1,
             logs(&tc)
         ),
         Err(e) => e.raw_os_error().unwrap_or(-1),
     };
-    eprintln!("node {} killed; fsync on A: {}", NODE + 1, errno_name(e));
-    if e != libc::EIO {
-        eprintln!("note: fsync failed with {}, not EIO", errno_name(e));
+    eprintln!(
+        "node {}'s disk full; fsync on A: {}",
+        NODE + 1,
+        errno_name(e)
+    );
+    if e != libc::ENOSPC {
+        eprintln!("note: fsync failed with {}, not ENOSPC", errno_name(e));
     }
     let rc = setlk(&fa, libc::F_UNLCK, 0, 0, false);
-    eprintln!("F_UNLCK on A with the node down: {}", errno_name(rc));
+    eprintln!("F_UNLCK on A with the disk full: {}", errno_name(rc));
     ensure!(
         rc != 0,
-        "F_UNLCK on A succeeded with storage node {} down: its write cannot \
-         have been committed{}",
+        "F_UNLCK on A succeeded with storage node {}'s disk full: its write \
+         cannot have been committed{}",
         NODE + 1,
         logs(&tc)
     );
-    if rc != libc::EIO {
-        eprintln!("note: F_UNLCK failed with {}, not EIO", errno_name(rc));
+    if rc != libc::ENOSPC {
+        eprintln!("note: F_UNLCK failed with {}, not ENOSPC", errno_name(rc));
     }
 
     // A still holds the lock, and B sees the old content.
@@ -119,7 +139,7 @@ fn unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error() -> Result<()>
         "F_GETLK on B after A's failed unlock: type {typ} start {start}, not \
          A's write lock from 0"
     );
-    let got = std::fs::read(&on_b).context("read on B with the node down")?;
+    let got = std::fs::read(&on_b).context("read on B with the disk full")?;
     let diff = first_difference(&got, &old, versions);
     ensure!(
         diff.is_empty(),
@@ -128,7 +148,8 @@ fn unlock_whose_flush_fails_keeps_the_lock_and_answers_the_error() -> Result<()>
         logs(&tc)
     );
 
-    // The node comes back: A's unlock goes through (its flush commits).
+    // The node has room again: A's unlock goes through (its flush commits).
+    tc.cluster.kill_storage(NODE)?;
     tc.cluster.start_storage(NODE)?;
     tc.cluster.wait_ready(6, Duration::from_secs(60))?;
     let t = Instant::now();

@@ -165,6 +165,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     .data_cache
                     .render_stats(
                         self.inner.storage.read_bytes(),
+                        self.inner.storage.degraded_writes(),
                         self.inner.meta_requests.load(Ordering::Relaxed),
                         self.inner.storage.transport().counters(),
                         self.frozen_stats(),

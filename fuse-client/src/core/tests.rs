@@ -785,7 +785,7 @@ async fn truncation_applies_to_metad_and_dirty_state() {
 }
 
 #[tokio::test]
-async fn writes_fail_with_eio_when_a_node_is_down_and_keep_the_data() {
+async fn writes_pass_with_m_nodes_down_and_fail_with_eio_beyond_keeping_the_data() {
     let (meta, store) = (FakeMeta::new(6), FakeStore::default());
     let c = client(&meta, &store, 8).await;
     let attr = c
@@ -802,13 +802,28 @@ async fn writes_fail_with_eio_when_a_node_is_down_and_keep_the_data() {
         .await
         .unwrap();
     let fh = c.open(attr.ino, true, false).await.unwrap();
-    c.write(fh, 0, b"abc").await.unwrap();
+    // A full stripe: all k+m fragments are stored.
+    let first: Vec<u8> = (0..CFG.stripe_bytes()).map(|i| (i % 251) as u8).collect();
+    c.write(fh, 0, &first).await.unwrap();
+    // m = 2 nodes down: the stripe is stored without their fragments, and
+    // reads of it decode.
+    store.set_node_down(2, true);
+    store.set_node_down(5, true);
+    c.flush(fh).await.unwrap();
+    assert_eq!(read_all(&c, fh).await, first);
+    // A third node down: fewer than k fragments could be stored.
     store.set_node_down(3, true);
+    let second: Vec<u8> = first.iter().map(|b| b ^ 0x5a).collect();
+    c.write(fh, 0, &second).await.unwrap();
     let err = c.flush(fh).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{err}");
-    store.set_node_down(3, false);
+    // The nodes come back: the kept write goes through, and the degraded
+    // stripe written before reads back too.
+    for id in [2, 3, 5] {
+        store.set_node_down(id, false);
+    }
     c.flush(fh).await.unwrap();
-    assert_eq!(read_all(&c, fh).await, b"abc");
+    assert_eq!(read_all(&c, fh).await, second);
     c.release(fh).await.unwrap();
 }
 

@@ -390,12 +390,14 @@ impl EpochCache {
     pub fn render_stats(
         &self,
         storage_read_bytes: u64,
+        degraded_writes: u64,
         meta_requests: u64,
         transport: torchfs_rdma::TransportCounters,
         frozen: super::frozen::FrozenStats,
     ) -> String {
         let mut snap = super::lock(&self.state).snapshot();
         snap.storage_read_bytes = storage_read_bytes;
+        snap.degraded_writes = degraded_writes;
         snap.meta_requests = meta_requests;
         snap.transport = transport;
         snap.frozen = frozen;

@@ -88,6 +88,8 @@ pub(crate) struct Snapshot {
     pub inflight_requests: u64,
     pub window_items: u64,
     pub storage_read_bytes: u64,
+    /// Stripes stored with fragments missing (nodes down).
+    pub degraded_writes: u64,
     pub meta_requests: u64,
     pub transport: torchfs_rdma::TransportCounters,
     pub frozen: crate::core::frozen::FrozenStats,
@@ -154,7 +156,7 @@ impl Snapshot {
             out,
             "{{\"format\":{STATS_FORMAT},\"reads\":{},\"hits\":{hits},\"hit_ratio\":{ratio:.4},\
              \"misses\":{},\"miss_bytes\":{},\"stalls\":{},\"stall_seconds\":{:.6},\
-             \"inflight_waits\":{},\"storage_read_bytes\":{},\"meta_requests\":{},\
+             \"inflight_waits\":{},\"storage_read_bytes\":{},\"degraded_writes\":{},\"meta_requests\":{},\
              \"frozen\":{{\"tables\":{},\"entries\":{},\"hits\":{},\"checks\":{}}},",
             c.reads,
             c.misses,
@@ -163,6 +165,7 @@ impl Snapshot {
             c.stall_ns as f64 / 1e9,
             c.inflight_waits,
             self.storage_read_bytes,
+            self.degraded_writes,
             self.meta_requests,
             self.frozen.tables,
             self.frozen.entries,

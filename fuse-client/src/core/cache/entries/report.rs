@@ -105,6 +105,7 @@ impl CacheState {
             inflight_requests: self.inflight_requests,
             window_items: self.window_items,
             storage_read_bytes: 0,
+            degraded_writes: 0,
             transport: Default::default(),
             meta_requests: 0,
             frozen: Default::default(),
