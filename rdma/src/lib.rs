@@ -15,6 +15,8 @@ use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 pub mod conformance;
 pub mod crc;
 pub mod endpoint;
+#[cfg(feature = "testing")]
+pub mod faults;
 pub mod frame;
 mod multi;
 mod tcp;

@@ -37,7 +37,14 @@ pub struct MultiTransport {
     verbs_requests: AtomicU64,
     verbs_bytes: AtomicU64,
     verbs_fallbacks: AtomicU64,
+    /// Seeded network faults (`TORCHFS_NET_FAULTS`, feature `testing`).
+    #[cfg(feature = "testing")]
+    faults: Option<crate::faults::Injector>,
 }
+
+/// What fault injection left of a request: go on (and, when `true`, fail
+/// as lost after the node handled it).
+type Injected = Result<bool, TransportError>;
 
 impl MultiTransport {
     pub fn new(mode: TransportMode, tcp: TcpOptions, verbs: VerbsOptions) -> Self {
@@ -61,7 +68,68 @@ impl MultiTransport {
             verbs_requests: AtomicU64::new(0),
             verbs_bytes: AtomicU64::new(0),
             verbs_fallbacks: AtomicU64::new(0),
+            #[cfg(feature = "testing")]
+            faults: crate::faults::NetFaults::from_env().map(crate::faults::Injector::new),
         }
+    }
+
+    /// Applies the injected fate of a request (`op`: 0 put, 1 get, 2
+    /// delete); without the `testing` feature, nothing.
+    async fn inject(
+        &self,
+        _op: u8,
+        _addr: SocketAddr,
+        _key: FragmentKey,
+        _offset: u32,
+        _len: usize,
+    ) -> Injected {
+        #[cfg(feature = "testing")]
+        if let Some(inj) = &self.faults {
+            use crate::faults::{lost, reset, Fate};
+            match inj.fate(_op, _addr, _key, _offset, _len) {
+                Fate::Pass => {}
+                Fate::Delay(d) => tokio::time::sleep(d).await,
+                Fate::Drop { after: false } => {
+                    tokio::time::sleep(inj.drop_wait()).await;
+                    return Err(lost(_addr, inj.drop_wait()));
+                }
+                Fate::Drop { after: true } => return Ok(true),
+                Fate::Reset => return Err(reset(_addr)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The end of a request whose reply fault injection loses.
+    async fn lose_reply(&self, addr: SocketAddr) -> TransportError {
+        #[cfg(feature = "testing")]
+        if let Some(inj) = &self.faults {
+            tokio::time::sleep(inj.drop_wait()).await;
+            return crate::faults::lost(addr, inj.drop_wait());
+        }
+        TransportError::Protocol {
+            addr,
+            message: "a reply lost with no fault injection".into(),
+        }
+    }
+
+    async fn put_routed(
+        &self,
+        addr: SocketAddr,
+        key: FragmentKey,
+        data: &[u8],
+    ) -> Result<(), TransportError> {
+        if let (Some(v), Some(verbs)) = (self.route(addr, data.len())?, &self.verbs) {
+            match verbs.put(v, key, data).await {
+                Err(e) if self.falls_back(v, &e) => {}
+                r => {
+                    self.count(TransportKind::Verbs, data.len());
+                    return r;
+                }
+            }
+        }
+        self.count(TransportKind::Tcp, data.len());
+        self.tcp.put(addr, key, data).await
     }
 
     /// The verbs address for a request to `addr` of `bulk_bytes`, if it
@@ -148,17 +216,12 @@ impl Transport for MultiTransport {
         key: FragmentKey,
         data: &[u8],
     ) -> Result<(), TransportError> {
-        if let (Some(v), Some(verbs)) = (self.route(addr, data.len())?, &self.verbs) {
-            match verbs.put(v, key, data).await {
-                Err(e) if self.falls_back(v, &e) => {}
-                r => {
-                    self.count(TransportKind::Verbs, data.len());
-                    return r;
-                }
-            }
+        let lose_reply = self.inject(0, addr, key, 0, data.len()).await?;
+        let result = self.put_routed(addr, key, data).await;
+        if lose_reply && result.is_ok() {
+            return Err(self.lose_reply(addr).await);
         }
-        self.count(TransportKind::Tcp, data.len());
-        self.tcp.put(addr, key, data).await
+        result
     }
 
     async fn get(
@@ -169,6 +232,7 @@ impl Transport for MultiTransport {
         expected_crc32c: u32,
         buf: &mut [u8],
     ) -> Result<(), TransportError> {
+        self.inject(1, addr, key, offset, buf.len()).await?;
         if let (Some(v), Some(verbs)) = (self.route(addr, buf.len())?, &self.verbs) {
             match verbs.get(v, key, offset, expected_crc32c, buf).await {
                 Err(e) if self.falls_back(v, &e) => {}
@@ -183,6 +247,7 @@ impl Transport for MultiTransport {
     }
 
     async fn delete(&self, addr: SocketAddr, key: FragmentKey) -> Result<(), TransportError> {
+        self.inject(2, addr, key, 0, 0).await?;
         if let (Some(v), Some(verbs)) = (self.route(addr, 0)?, &self.verbs) {
             match verbs.delete(v, key).await {
                 Err(e) if self.falls_back(v, &e) => {}

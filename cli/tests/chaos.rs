@@ -1,0 +1,187 @@
+//! A seeded chaos run against real processes: checkpoint-style writes
+//! (write, fsync) and DataLoader-style reads through a mount whose
+//! fragment requests suffer injected network faults (drops, lost replies,
+//! delays, resets, partitions: `TORCHFS_NET_FAULTS`), while a schedule
+//! drawn from the same seed kills and restarts storage nodes (at most m = 2
+//! down at once) and kills the metad leader once. No acknowledged byte may
+//! be lost and no read may return wrong bytes; writes and reads that fail
+//! are allowed and counted. The seed is printed; `TORCHFS_CHAOS_SEED=N`
+//! replays a run, `TORCHFS_CHAOS_ROUNDS` sizes it (CI: 12).
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::*;
+
+/// Deterministic draws from the seed (splitmix64).
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "testing"),
+    ignore = "needs the `testing` feature (fault injection): cargo test --all-features"
+)]
+fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<()> {
+    if !fuse_available("chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let seed: u64 = match std::env::var("TORCHFS_CHAOS_SEED") {
+        Ok(s) => s.parse().context("TORCHFS_CHAOS_SEED is a number")?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    };
+    let rounds: u64 = std::env::var("TORCHFS_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(12);
+    println!("chaos seed {seed} (replay: TORCHFS_CHAOS_SEED={seed}), {rounds} rounds");
+    let t0 = Instant::now();
+    let mut draws = Draws(seed);
+    let mut tc = TestCluster::start()?;
+
+    // The dataset, written through a healthy mount.
+    std::fs::create_dir(tc.path("data"))?;
+    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..24 {
+        let name = format!("data/{i}");
+        let bytes = pattern(10_000 + draws.below(300_000) as usize, draws.next());
+        std::fs::write(tc.path(&name), &bytes)?;
+        acked.push((name, bytes));
+    }
+    let faults = format!(
+        "TORCHFS_NET_FAULTS=seed={seed},drop=10,delay=100,delay_ms=20,reset=10,partition=2,partition_requests=8"
+    );
+    let chaos = tc.mount_another_wrapped("chaos", &["env", &faults], &[])?;
+    let on_chaos = |name: &str| -> PathBuf { chaos.path(name) };
+    std::fs::create_dir(on_chaos("ckpt"))?;
+
+    let nodes = tc.cluster.spec().storage_nodes;
+    let mut down: Vec<usize> = Vec::new();
+    let mut leader_killed: Option<usize> = None;
+    let (mut write_errors, mut read_errors, mut reads) = (0, 0, 0);
+    for round in 0..rounds {
+        let mut action = match draws.below(5) {
+            0 | 1 if down.len() < 2 => {
+                let up: Vec<usize> = (0..nodes).filter(|n| !down.contains(n)).collect();
+                let n = up[draws.below(up.len() as u64) as usize];
+                tc.cluster.kill_storage(n)?;
+                down.push(n);
+                format!("kill storage node {}", n + 1)
+            }
+            2 if !down.is_empty() => {
+                let n = down.remove(draws.below(down.len() as u64) as usize);
+                tc.cluster.start_storage(n)?;
+                format!("restart storage node {}", n + 1)
+            }
+            _ => "nothing".to_string(),
+        };
+        if round == rounds / 2 {
+            let status = tc.cluster.status(Duration::from_secs(10))?;
+            if let Some(id) = status.leader {
+                let index = id as usize - 1;
+                tc.cluster.kill_metad(index)?;
+                leader_killed = Some(index);
+                action += &format!(", kill the metad leader (voter {id})");
+            }
+        }
+        // A checkpoint: written, fsync'd; acknowledged only if both pass.
+        let name = format!("ckpt/{round}");
+        let bytes = pattern(100_000 + draws.below(6 << 20) as usize, draws.next());
+        let written = std::fs::File::create(on_chaos(&name)).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        match written {
+            Ok(()) => acked.push((name.clone(), bytes)),
+            Err(e) => {
+                write_errors += 1;
+                println!("round {round}: write of {name} failed (allowed, not acknowledged): {e}");
+            }
+        }
+        // DataLoader-style reads of acknowledged files.
+        for _ in 0..4 {
+            let (name, want) = &acked[draws.below(acked.len() as u64) as usize];
+            reads += 1;
+            match std::fs::read(on_chaos(name)) {
+                Ok(got) if got == *want => {}
+                Ok(got) => bail!(
+                    "chaos seed {seed}, round {round}: {name} read {} bytes, not the {} \
+                     acknowledged (replay: TORCHFS_CHAOS_SEED={seed})",
+                    got.len(),
+                    want.len()
+                ),
+                Err(e) => {
+                    read_errors += 1;
+                    println!("round {round}: read of {name} failed (allowed): {e}");
+                }
+            }
+        }
+        println!("round {round}: {action}; down {down:?}");
+        // The killed leader comes back two rounds later.
+        if round == rounds / 2 + 2 {
+            if let Some(index) = leader_killed.take() {
+                tc.cluster.start_metad(index)?;
+                println!("round {round}: restart metad voter {}", index + 1);
+            }
+        }
+    }
+    // The faults were on: the mount said so, and met them.
+    let log = std::fs::read_to_string(&chaos.log)?;
+    if !log.contains("network fault injection on") {
+        bail!("the chaos mount ran without network faults:\n{log}");
+    }
+    let degraded_reads = log.matches("degraded read").count();
+    let degraded_writes = log.matches("stored without").count();
+    drop(chaos);
+
+    // Healed: every acknowledged file, byte-identical, from a fresh mount.
+    for n in down.drain(..) {
+        tc.cluster.start_storage(n)?;
+    }
+    if let Some(index) = leader_killed {
+        tc.cluster.start_metad(index)?;
+    }
+    tc.cluster.wait_ready(nodes, Duration::from_secs(60))?;
+    let check = tc.mount_another("check")?;
+    for (name, want) in &acked {
+        let got = std::fs::read(check.path(name))
+            .with_context(|| format!("chaos seed {seed}: read {name} after healing"))?;
+        if got != *want {
+            bail!(
+                "chaos seed {seed}: {name} lost acknowledged bytes ({} read, {} written; \
+                 replay: TORCHFS_CHAOS_SEED={seed})",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+    println!(
+        "chaos seed {seed}: {rounds} rounds in {:.0?}: {} files acknowledged and read back \
+         byte-identical; {write_errors} writes and {read_errors} of {reads} reads failed \
+         (allowed); 0 wrong; the mount logged {degraded_reads} degraded reads and \
+         {degraded_writes} degraded stripe writes",
+        t0.elapsed(),
+        acked.len()
+    );
+    Ok(())
+}
