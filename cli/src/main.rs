@@ -41,6 +41,9 @@ enum Command {
     Freeze(cmd::freeze::FreezeArgs),
     /// Thaw a frozen tree (its root) so it can change again.
     Unfreeze(cmd::freeze::FreezeArgs),
+    /// Check every stored fragment and rebuild the missing or corrupt ones
+    /// in place (after nodes missed writes or lost their disk).
+    Repair(cmd::repair::RepairArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Freeze(a) => cmd::freeze::run(a, true),
         Command::Unfreeze(a) => cmd::freeze::run(a, false),
+        Command::Repair(a) => cmd::repair::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 pub mod freeze;
 pub mod metad;
 pub mod mount;
+pub mod repair;
 pub mod status;
 pub mod storage;
 pub mod up;

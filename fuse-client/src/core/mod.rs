@@ -37,6 +37,7 @@ mod meta_cache;
 mod namespace;
 mod open;
 mod read;
+mod repair;
 mod statahead;
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,11 @@
 //! - `write`: [`StorageClient::put_stripe`], degraded when nodes fail.
 //! - `read`: ranged reads and degraded decode ([`plan_degraded`]).
 //! - `delete`: deletes of replaced versions.
+//! - `repair`: rebuilding missing or corrupt fragments in place.
 
 mod delete;
 mod read;
+mod repair;
 mod write;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use crate::map::MapCache;
 use crate::stripe;
 
 pub use read::{plan_degraded, DegradedPlan};
+pub use repair::StripeRepair;
 
 /// Fragment requests (get/put/delete) one client keeps in flight at most.
 pub const FRAGMENT_REQUESTS_IN_FLIGHT_MAX: usize = 64;

@@ -149,7 +149,7 @@ impl<T: Transport> StorageClient<T> {
 
     /// One fragment range from its node, per the current map. A node the
     /// map says is down is not asked.
-    async fn get_fragment(
+    pub(super) async fn get_fragment(
         &self,
         key: FragmentKey,
         entry: &StripeEntry,
@@ -183,7 +183,7 @@ impl<T: Transport> StorageClient<T> {
 
     /// Rebuilds `out` = bytes `[offset, offset + out.len())` of fragment
     /// `want` from the same column of k other fragments.
-    async fn degraded_read(
+    pub(super) async fn degraded_read(
         &self,
         ino: Ino,
         cfg: &StripeConfig,
