@@ -59,7 +59,12 @@ fn repair_restores_redundancy_so_two_other_nodes_can_fail() -> Result<()> {
     tc.cluster.kill_storage(0)?;
     tc.cluster.kill_storage(3)?;
     let mut files = write_sized_files(&tc, "degraded").context("write with two nodes down")?;
-    let big = pattern(9 << 20, 5);
+    // TORCHFS_REPAIR_TEST_MIB sizes the big file (a time-to-repair run).
+    let big_mib: usize = std::env::var("TORCHFS_REPAIR_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    let big = pattern(big_mib << 20, 5);
     std::fs::write(tc.path("big.bin"), &big)?;
     files.push((tc.path("big.bin"), big));
     tc.cluster.start_storage(0)?;
