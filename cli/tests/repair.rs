@@ -71,7 +71,8 @@ fn repair_restores_redundancy_so_two_other_nodes_can_fail() -> Result<()> {
     tc.cluster.start_storage(3)?;
     tc.cluster.wait_ready(6, Duration::from_secs(60))?;
 
-    let summary = repair(&tc, &[])?;
+    // Unbounded (the default bound is 200 MB/s of repair traffic).
+    let summary = repair(&tc, &["--bandwidth-mb-s", "0"])?;
     let rebuilt = count_before(&summary, "rebuilt");
     assert!(rebuilt > 0, "nothing rebuilt: {summary}");
     // A second pass finds nothing left to do.

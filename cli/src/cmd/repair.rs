@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use torchfs_client::core::{Client, ClientConfig};
+use torchfs_client::core::{Client, ClientConfig, RepairBandwidth};
 use torchfs_proto::meta::{FileKind, ROOT_INO};
 
 #[derive(Args)]
@@ -25,6 +25,10 @@ pub struct RepairArgs {
     /// checking only that it exists with the right whole CRC.
     #[arg(long)]
     pub scrub: bool,
+    /// Bound on repair traffic, MB/s (the k fragments read and the one
+    /// written per rebuild); 0: none.
+    #[arg(long, default_value_t = 200)]
+    pub bandwidth_mb_s: u64,
     /// TOML file with defaults for these flags (table [repair]).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
@@ -50,6 +54,8 @@ async fn repair(args: &RepairArgs) -> Result<()> {
     let client = Client::connect(config)
         .await
         .context("connect to the cluster")?;
+    let bandwidth =
+        (args.bandwidth_mb_s > 0).then(|| RepairBandwidth::new(args.bandwidth_mb_s * 1_000_000));
     let started = Instant::now();
     let (mut files, mut checked, mut rebuilt, mut rebuilt_bytes, mut failed) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -68,7 +74,10 @@ async fn repair(args: &RepairArgs) -> Result<()> {
                     FileKind::Dir => dirs.push(e.ino),
                     FileKind::File => {
                         files += 1;
-                        match client.repair_file(e.ino, args.scrub).await {
+                        match client
+                            .repair_file(e.ino, args.scrub, bandwidth.as_ref())
+                            .await
+                        {
                             Ok(r) => {
                                 checked += u64::from(r.checked);
                                 rebuilt += u64::from(r.rebuilt);

@@ -72,6 +72,7 @@ use handles::Handles;
 pub use locks::LockSpec;
 use meta_cache::MetaCache;
 pub use namespace::{NewMode, Owner};
+pub use repair::RepairBandwidth;
 
 /// An open file, as handed to front-ends.
 pub type FileHandle = u64;
