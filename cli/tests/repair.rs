@@ -162,3 +162,27 @@ fn scrub_finds_flipped_bytes_nobody_read_and_rebuilds_them() -> Result<()> {
     );
     Ok(())
 }
+
+/// A node restarted (it listens on new ports) just before a write: the
+/// mount's map still has the old ports, so the first upload of each stripe
+/// leaves that node's fragments out; a newer map places them, the stripe
+/// is stored again whole, and a repair afterwards finds nothing to do.
+#[test]
+fn writes_right_after_a_node_restart_are_stored_whole() -> Result<()> {
+    if !fuse_available("writes_right_after_a_node_restart_are_stored_whole") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    // The mount has read its map; the node then moves.
+    std::fs::write(tc.path("first"), b"first")?;
+    tc.cluster.kill_storage(2)?;
+    tc.cluster.start_storage(2)?;
+    tc.cluster.wait_ready(6, Duration::from_secs(60))?;
+    let files = write_sized_files(&tc, "after-restart")?;
+    let summary = repair(&tc, &["--bandwidth-mb-s", "0"])?;
+    assert_eq!(count_before(&summary, "rebuilt"), 0, "{summary}");
+    tc.drop_caches();
+    check_files(&files)?;
+    Ok(())
+}

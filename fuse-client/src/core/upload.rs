@@ -11,7 +11,7 @@ use torchfs_rdma::Transport;
 use super::file::FileState;
 use super::handles::OpenFile;
 use super::{Client, ClientError, MetaService};
-use torchfs_storage_client::io::padded_bytes;
+use torchfs_storage_client::io::{padded_bytes, Stored};
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Encodes and uploads the dirty buffer of `stripe`, recording the new
@@ -135,9 +135,28 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         {
             return self
                 .put_padded(ino, cfg, stripe, padded, encoded_bytes)
-                .await;
+                .await
+                .map(|s| s.entry);
         }
-        result
+        let stored = result?;
+        // Stored degraded because nodes the map showed up could not be
+        // reached: if a newer map says where they are now (a restart on
+        // other ports), store the stripe again and keep the better copy.
+        if stored.unreachable > 0 && self.refresh_map_now().await {
+            if let Ok(again) = self
+                .put_padded(ino, cfg, stripe, padded, encoded_bytes)
+                .await
+            {
+                let (keep, drop) = if again.missing < stored.missing {
+                    (again, stored)
+                } else {
+                    (stored, again)
+                };
+                self.delete_in_background(ino, *cfg, vec![drop.entry]);
+                return Ok(keep.entry);
+            }
+        }
+        Ok(stored.entry)
     }
 
     async fn put_padded(
@@ -147,7 +166,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         stripe: u64,
         buf: &[u8],
         encoded_bytes: u32,
-    ) -> Result<StripeEntry, ClientError> {
+    ) -> Result<Stored, ClientError> {
         Ok(self
             .inner
             .storage

@@ -35,6 +35,7 @@ use crate::stripe;
 
 pub use read::{plan_degraded, DegradedPlan};
 pub use repair::StripeRepair;
+pub use write::Stored;
 
 /// Fragment requests (get/put/delete) one client keeps in flight at most.
 pub const FRAGMENT_REQUESTS_IN_FLIGHT_MAX: usize = 64;

@@ -13,6 +13,18 @@ use crate::error::StorageError;
 use crate::map::{locate, resolve};
 use crate::stripe;
 
+/// A stripe stored, and how many of its fragments were left out.
+#[derive(Debug)]
+pub struct Stored {
+    pub entry: StripeEntry,
+    /// Fragments not stored (their nodes down or unreachable).
+    pub missing: usize,
+    /// Of those, fragments whose node the map showed up but that could not
+    /// be reached: a newer map may place them (a node that restarted on
+    /// other ports).
+    pub unreachable: usize,
+}
+
 impl<T: Transport> StorageClient<T> {
     /// Encodes a padded stripe buffer ([`padded_bytes`] long) holding
     /// `encoded_bytes` of file data and puts its fragments under a new
@@ -32,7 +44,7 @@ impl<T: Transport> StorageClient<T> {
         stripe: u64,
         buf: &[u8],
         encoded_bytes: u32,
-    ) -> Result<StripeEntry, StorageError> {
+    ) -> Result<Stored, StorageError> {
         let k = cfg.k as usize;
         let unit = cfg.unit_bytes as usize;
         let generation = rand::random::<u64>().max(1);
@@ -44,7 +56,11 @@ impl<T: Transport> StorageClient<T> {
             crcs: vec![0; cfg.width()],
         };
         if encoded_bytes == 0 {
-            return Ok(entry);
+            return Ok(Stored {
+                entry,
+                missing: 0,
+                unreachable: 0,
+            });
         }
         let parity_bytes = stripe::parity_fragment_bytes(cfg, encoded_bytes) as usize;
         let data_stored = (encoded_bytes as usize).div_ceil(unit);
@@ -151,7 +167,15 @@ impl<T: Transport> StorageClient<T> {
                 cfg.width(),
                 lost.join("; ")
             );
-            return Ok(entry);
+            let unreachable = missing
+                .iter()
+                .filter(|(_, e)| !matches!(e, StorageError::NodeDown { .. }))
+                .count();
+            return Ok(Stored {
+                entry,
+                missing: missing.len(),
+                unreachable,
+            });
         }
         if let Some(err) = refused.or_else(|| missing.into_iter().next().map(|(_, e)| e)) {
             self.note_stale();
@@ -159,6 +183,10 @@ impl<T: Transport> StorageClient<T> {
             self.delete_in_background(ino, *cfg, vec![entry]);
             return Err(err);
         }
-        Ok(entry)
+        Ok(Stored {
+            entry,
+            missing: 0,
+            unreachable: 0,
+        })
     }
 }
