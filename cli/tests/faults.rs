@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -98,26 +98,6 @@ fn two_storage_nodes_killed_writes_and_closes_succeed() -> Result<()> {
         .collect();
     check_files(&on_back).context("read once the nodes are back (without what they missed)")?;
     Ok(())
-}
-
-/// Every stored fragment file under the storage nodes' data dirs.
-fn fragment_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "frag") {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 #[test]

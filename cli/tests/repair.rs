@@ -87,26 +87,6 @@ fn repair_restores_redundancy_so_two_other_nodes_can_fail() -> Result<()> {
     Ok(())
 }
 
-/// Every stored fragment file under `root`.
-fn fragment_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "frag") {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 /// Bytes flipped in stored data fragments nobody reads: `torchfs repair
 /// --scrub` finds and rebuilds each, and a read afterwards logs no
 /// checksum mismatch and no degraded read.

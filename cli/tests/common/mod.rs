@@ -278,6 +278,26 @@ impl Drop for OtherMount {
     }
 }
 
+/// Every stored fragment file under `root` (a storage node's data dir).
+pub fn fragment_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "frag") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let (Ok(meta), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
         return false;

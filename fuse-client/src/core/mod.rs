@@ -54,11 +54,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use torchfs_proto::client::{Answer, MetaClient, MetaClientOptions};
-use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
-use torchfs_proto::meta::{ChangedDir, Ino, MetaError, MetaReply, MetaRequest, NodeId};
+use torchfs_proto::fragment::FragmentErrorCode;
+use torchfs_proto::meta::{ChangedDir, Ino, MetaError, MetaReply, MetaRequest};
 use torchfs_rdma::endpoint::TransportMode;
 use torchfs_rdma::verbs::VerbsOptions;
-use torchfs_rdma::{MultiTransport, TcpOptions, Transport, TransportError};
+use torchfs_rdma::{MultiTransport, TcpOptions, Transport};
 
 use crate::codec::CodecError;
 use crate::stripe::StripeError;
@@ -149,42 +149,9 @@ pub enum ClientError {
     IsDir { ino: Ino },
     #[error("inode {ino} is not a regular file")]
     NotFile { ino: Ino },
-    #[error("no placement group for stripe {stripe} of inode {ino}: {nodes} storage nodes registered, {needed} needed")]
-    NoPlacement {
-        ino: Ino,
-        stripe: u64,
-        nodes: usize,
-        needed: usize,
-    },
-    #[error("storage node {node} for fragment {key} is down")]
-    NodeDown { node: NodeId, key: FragmentKey },
-    #[error("storage node {node} (fragment {key}) is not in cluster map epoch {epoch}")]
-    UnknownNode {
-        node: NodeId,
-        key: FragmentKey,
-        epoch: u64,
-    },
-    #[error("storage node {node} address {host}:{port}: {source}")]
-    Resolve {
-        node: NodeId,
-        host: String,
-        port: u16,
-        source: std::io::Error,
-    },
-    #[error("fragment {key} on node {node}: {source}")]
-    Transport {
-        node: NodeId,
-        key: FragmentKey,
-        source: Box<TransportError>,
-    },
-    #[error("stripe {stripe} of inode {ino} unreadable: {available} of {needed} fragments available (last error: {last_error})")]
-    Unrecoverable {
-        ino: Ino,
-        stripe: u64,
-        available: usize,
-        needed: usize,
-        last_error: String,
-    },
+    /// Stripe I/O failed (storage nodes, the cluster map, decoding).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     #[error("inode {ino}: {source}")]
     Layout { ino: Ino, source: StripeError },
     #[error(transparent)]
@@ -206,67 +173,11 @@ pub enum ClientError {
     },
 }
 
-impl From<StorageError> for ClientError {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::NoPlacement {
-                ino,
-                stripe,
-                nodes,
-                needed,
-            } => ClientError::NoPlacement {
-                ino,
-                stripe,
-                nodes,
-                needed,
-            },
-            StorageError::NodeDown { node, key } => ClientError::NodeDown { node, key },
-            StorageError::UnknownNode { node, key, epoch } => {
-                ClientError::UnknownNode { node, key, epoch }
-            }
-            StorageError::Resolve {
-                node,
-                host,
-                port,
-                source,
-            } => ClientError::Resolve {
-                node,
-                host,
-                port,
-                source,
-            },
-            StorageError::Transport { node, key, source } => {
-                ClientError::Transport { node, key, source }
-            }
-            StorageError::Unrecoverable {
-                ino,
-                stripe,
-                available,
-                needed,
-                last_error,
-            } => ClientError::Unrecoverable {
-                ino,
-                stripe,
-                available,
-                needed,
-                last_error,
-            },
-            StorageError::Codec(e) => ClientError::Codec(e),
-        }
-    }
-}
-
 impl ClientError {
     /// Whether a newer cluster map could make the failed operation pass: the
     /// node was unreachable or unknown, not refusing the request itself.
     pub fn may_pass_with_newer_map(&self) -> bool {
-        match self {
-            ClientError::NodeDown { .. }
-            | ClientError::UnknownNode { .. }
-            | ClientError::Resolve { .. } => true,
-            ClientError::Transport { source, .. } => source.code().is_none(),
-            _ => false,
-        }
+        matches!(self, ClientError::Storage(e) if e.may_pass_with_newer_map())
     }
 
     /// The errno (Linux numbering) a POSIX front-end should answer with.
@@ -276,9 +187,9 @@ impl ClientError {
             ClientError::BadHandle { .. } | ClientError::NotWritable { .. } => libc::EBADF,
             ClientError::IsDir { .. } => libc::EISDIR,
             ClientError::NotFile { .. } => libc::EINVAL,
-            ClientError::NoPlacement { .. } => libc::ENOSPC,
+            ClientError::Storage(StorageError::NoPlacement { .. }) => libc::ENOSPC,
             // A storage node whose disk is full refused the fragment.
-            ClientError::Transport { source, .. }
+            ClientError::Storage(StorageError::Transport { source, .. })
                 if source.code() == Some(FragmentErrorCode::NoSpace) =>
             {
                 libc::ENOSPC
@@ -288,11 +199,7 @@ impl ClientError {
             ClientError::Plan(_) => libc::EINVAL,
             ClientError::Control { .. } => libc::EPERM,
             ClientError::UnexpectedReply { .. }
-            | ClientError::NodeDown { .. }
-            | ClientError::UnknownNode { .. }
-            | ClientError::Resolve { .. }
-            | ClientError::Transport { .. }
-            | ClientError::Unrecoverable { .. }
+            | ClientError::Storage(_)
             | ClientError::Layout { .. }
             | ClientError::CacheDir { .. }
             | ClientError::CommitConflict { .. }

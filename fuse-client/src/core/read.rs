@@ -13,6 +13,8 @@ use super::cache::{read_cache_file, Lookup, Piece, ReadBuf};
 use super::control::is_control_fh;
 use super::file::FileState;
 use super::handles::OpenFile;
+use torchfs_storage_client::StorageError;
+
 use super::{Client, ClientError, FileHandle, MetaService};
 use crate::stripe::FragmentPiece;
 
@@ -153,8 +155,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             // Another client may have replaced (and deleted) the stripes
             // this one opened: refetch the layout and try again before
             // reporting EIO.
-            let Err(e @ (ClientError::Unrecoverable { .. } | ClientError::Transport { .. })) =
-                result
+            let Err(
+                e @ ClientError::Storage(
+                    StorageError::Unrecoverable { .. } | StorageError::Transport { .. },
+                ),
+            ) = result
             else {
                 return result;
             };

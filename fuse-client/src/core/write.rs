@@ -16,6 +16,8 @@ use torchfs_rdma::Transport;
 use super::control::is_control_fh;
 use super::file::FileState;
 use super::handles::OpenFile;
+use torchfs_storage_client::StorageError;
+
 use super::{Client, ClientError, FileHandle, MetaService};
 use crate::stripe::{self, StripePiece};
 
@@ -139,7 +141,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 .await;
             let stale = matches!(
                 read,
-                Err(ClientError::Unrecoverable { .. } | ClientError::Transport { .. })
+                Err(ClientError::Storage(
+                    StorageError::Unrecoverable { .. } | StorageError::Transport { .. }
+                ))
             ) && !st.uploaded.contains_key(&piece.stripe);
             if !stale || !self.refresh_view(st).await? {
                 return read.map(Some);

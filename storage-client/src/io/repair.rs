@@ -9,7 +9,7 @@ use torchfs_rdma::Transport;
 
 use super::StorageClient;
 use crate::error::StorageError;
-use crate::map::{locate, resolve};
+use crate::map::locate;
 use crate::stripe;
 
 /// What repairing one stripe found and did.
@@ -109,15 +109,6 @@ impl<T: Transport> StorageClient<T> {
                 key,
             });
         }
-        let addr = resolve(&target).await?;
-        let _slot = self.io_slots.acquire().await;
-        self.transport
-            .put(addr, key, bytes)
-            .await
-            .map_err(|source| StorageError::Transport {
-                node: target.node,
-                key,
-                source: Box::new(source),
-            })
+        self.put_to(&target, key, bytes).await
     }
 }

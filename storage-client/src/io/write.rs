@@ -10,7 +10,7 @@ use torchfs_rdma::Transport;
 
 use super::{padded_bytes, StorageClient};
 use crate::error::StorageError;
-use crate::map::{locate, resolve};
+use crate::map::{locate, resolve, Target};
 use crate::stripe;
 
 /// A stripe stored, and how many of its fragments were left out.
@@ -126,19 +126,7 @@ impl<T: Transport> StorageClient<T> {
         }
         let results =
             futures::future::join_all(puts.into_iter().map(|(i, key, target, bytes)| async move {
-                let put = async {
-                    let addr = resolve(&target).await?;
-                    let _slot = self.io_slots.acquire().await;
-                    self.transport
-                        .put(addr, key, bytes)
-                        .await
-                        .map_err(|source| StorageError::Transport {
-                            node: target.node,
-                            key,
-                            source: Box::new(source),
-                        })
-                };
-                (i, put.await)
+                (i, self.put_to(&target, key, bytes).await)
             }))
             .await;
         let mut refused = None;
@@ -188,5 +176,24 @@ impl<T: Transport> StorageClient<T> {
             missing: 0,
             unreachable: 0,
         })
+    }
+
+    /// Puts one fragment on `target`, under the in-flight bound.
+    pub(super) async fn put_to(
+        &self,
+        target: &Target,
+        key: FragmentKey,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let addr = resolve(target).await?;
+        let _slot = self.io_slots.acquire().await;
+        self.transport
+            .put(addr, key, bytes)
+            .await
+            .map_err(|source| StorageError::Transport {
+                node: target.node,
+                key,
+                source: Box::new(source),
+            })
     }
 }
