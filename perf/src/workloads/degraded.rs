@@ -1,7 +1,10 @@
-//! Degraded read: the data-loader dataset read again (cold epochs) after
-//! `--fail-nodes` (default m=2) storage nodes were SIGKILLed: torchfs's
-//! storage nodes, GlusterFS's brick processes. Every read then has to be
-//! served by the remaining nodes, decoding where a needed fragment is lost.
+//! Degraded read and write: the data-loader dataset read again (cold
+//! epochs) after `--fail-nodes` (default m=2) storage nodes were SIGKILLed
+//! (torchfs's storage nodes, GlusterFS's brick processes): every read then
+//! has to be served by the remaining nodes, decoding where a needed
+//! fragment is lost. Then one large file written + fsync'd (a checkpoint)
+//! with those nodes still down: torchfs stores each stripe without their
+//! fragments (a degraded write).
 //! Targets without nodes to kill (local disk, FUSE ceiling) are skipped.
 //! Destructive: runs last, and the targets stay degraded until teardown.
 
@@ -10,8 +13,9 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::loader::{ensure_dataset, epoch_metrics, read_epoch, record_epoch};
-use super::{drop_caches, live_targets, Workload};
+use super::{drop_caches, live_targets, mb_per_s, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
+use crate::data::{mix, Content};
 use crate::model::Bound;
 use crate::targets::Target;
 
@@ -40,9 +44,21 @@ impl Workload for Degraded {
         let [samples, mb] = epoch_metrics("cold epoch", true);
         let label = format!("cold epoch, {fail} nodes down");
         let metrics = [
-            rename(samples, &label, "cold epoch"),
-            rename(mb, &format!("{label} MB/s"), "cold epoch MB/s"),
+            rename(samples, &label, super::loader::NAME, "cold epoch"),
+            rename(
+                mb,
+                &format!("{label} MB/s"),
+                super::loader::NAME,
+                "cold epoch MB/s",
+            ),
         ];
+        let write = rename(
+            Metric::new(NAME, "write (+fsync)", "MB/s")
+                .bounded(&[crate::targets::nullfs::NAME], &[]),
+            &format!("write (+fsync), {fail} nodes down"),
+            super::large_file::NAME,
+            "write (+fsync)",
+        );
         let mut degraded = Vec::new();
         for i in live_targets(ctx, targets) {
             let name = targets[i].name().to_string();
@@ -99,19 +115,52 @@ impl Workload for Degraded {
                 }
             }
         }
+        // A checkpoint written with the nodes still down.
+        let bytes = ctx.config.large_file_bytes;
+        let request = ctx.config.request_bytes as usize;
+        let content = Content::new(ctx.config.seed);
+        let id = mix(ctx.config.seed ^ 0xde9);
+        for &i in &degraded {
+            ctx.check_interrupted()?;
+            let name = targets[i].name().to_string();
+            if ctx.is_dead(&name) {
+                continue;
+            }
+            let path = match workload_dir(&*targets[i], NAME) {
+                Ok(dir) => dir.join("checkpoint.bin"),
+                Err(e) => {
+                    ctx.failed(&write, &name, &e);
+                    continue;
+                }
+            };
+            let bar = ctx.bar(bytes >> 20, &format!("{name} degraded write"));
+            let result = super::large_file::write_file(&path, id, bytes, request, &content, &bar);
+            bar.finish_and_clear();
+            match result {
+                Ok(s) => {
+                    ctx.sample(&write, &name, mb_per_s(bytes, s));
+                    ctx.log(format!(
+                        "[{NAME}] {name}: write (+fsync) with {fail} nodes down {:.0} MB/s",
+                        mb_per_s(bytes, s)
+                    ));
+                }
+                Err(e) => ctx.failed(&write, &name, &e),
+            }
+            std::fs::remove_file(&path).ok();
+        }
         Ok(())
     }
 }
 
-/// The loader's metric under this workload's name, bounded by the healthy
-/// read on the FUSE ceiling (it has no nodes to lose) and by the disk.
-fn rename(mut m: Metric, name: &str, healthy: &str) -> Metric {
+/// A healthy workload's metric under this workload's name, bounded by the
+/// healthy figure on the FUSE ceiling (it has no nodes to lose).
+fn rename(mut m: Metric, name: &str, healthy_workload: &'static str, healthy: &str) -> Metric {
     m.workload = NAME;
     m.name = name.to_string();
     for b in m.bounded_by.iter_mut() {
         if let Bound::SameMetricOn(target) = b {
             *b = Bound::Figure {
-                workload: super::loader::NAME.into(),
+                workload: healthy_workload.into(),
                 metric: healthy.into(),
                 target: target.clone(),
             };

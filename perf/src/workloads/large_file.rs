@@ -19,7 +19,7 @@ use crate::targets::{nullfs, Target};
 
 pub struct LargeFile;
 
-const NAME: &str = "large-file";
+pub const NAME: &str = "large-file";
 
 fn metrics() -> [Metric; 3] {
     [
@@ -106,7 +106,7 @@ impl Workload for LargeFile {
 }
 
 /// Writes and fsyncs; returns the seconds taken.
-fn write_file(
+pub(super) fn write_file(
     path: &Path,
     id: u64,
     bytes: u64,
