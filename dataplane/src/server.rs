@@ -114,12 +114,7 @@ where
             Err(e) => return Err(e),
         };
         let _busy = Busy::new(&shard.in_flight);
-        let key = match &request {
-            FragmentRequest::Put { key, .. }
-            | FragmentRequest::Get { key, .. }
-            | FragmentRequest::Delete { key } => *key,
-        };
-        if let Some(refusal) = shard.misrouted(&key) {
+        if let Some(refusal) = shard.misrouted(&request.key()) {
             if let FragmentRequest::Put { length, .. } = request {
                 frame::skip_bulk(conn, u64::from(length)).await?;
             }

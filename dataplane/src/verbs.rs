@@ -32,14 +32,6 @@ pub(crate) struct Bridge {
     pub shards: Vec<mpsc::Sender<Call>>,
 }
 
-fn key_of(request: &FragmentRequest) -> torchfs_proto::fragment::FragmentKey {
-    match request {
-        FragmentRequest::Put { key, .. }
-        | FragmentRequest::Get { key, .. }
-        | FragmentRequest::Delete { key } => *key,
-    }
-}
-
 fn stopped() -> Reply {
     (
         refuse(FragmentErrorCode::Io, "the shard is stopping".into()),
@@ -49,7 +41,7 @@ fn stopped() -> Reply {
 
 impl FragmentHandler for Bridge {
     async fn handle(&self, request: FragmentRequest, slot: Option<Slot>) -> Reply {
-        let shard = key_of(&request).shard(self.shards.len());
+        let shard = request.key().shard(self.shards.len());
         let mut tx = self.shards[shard].clone();
         let (reply, answer) = oneshot::channel();
         let call = Call {
@@ -85,7 +77,7 @@ async fn serve_call<S: FragmentStore>(
     slot: Option<Slot>,
 ) -> Reply {
     let _busy = Busy::new(&shard.in_flight);
-    if let Some(refusal) = shard.misrouted(&key_of(&request)) {
+    if let Some(refusal) = shard.misrouted(&request.key()) {
         return (refusal, slot);
     }
     let no_slot = || {

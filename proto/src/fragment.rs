@@ -68,6 +68,25 @@ pub enum FragmentRequest {
     },
 }
 
+impl FragmentRequest {
+    /// The fragment the request is about.
+    pub fn key(&self) -> FragmentKey {
+        match self {
+            FragmentRequest::Put { key, .. }
+            | FragmentRequest::Get { key, .. }
+            | FragmentRequest::Delete { key } => *key,
+        }
+    }
+
+    /// Bulk bytes the request moves: a put's sent, a get's asked for.
+    pub fn bulk_bytes(&self) -> u32 {
+        match self {
+            FragmentRequest::Put { length, .. } | FragmentRequest::Get { length, .. } => *length,
+            FragmentRequest::Delete { .. } => 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FragmentErrorCode {
     NotFound,
@@ -306,10 +325,7 @@ pub fn decode_verbs_request(bytes: &[u8]) -> Result<(FragmentRequest, RemoteBuff
         rkey: b.get_rkey(),
         length: check_bulk_len(b.get_length())?,
     };
-    let needed = match &request {
-        FragmentRequest::Put { length, .. } | FragmentRequest::Get { length, .. } => *length,
-        FragmentRequest::Delete { .. } => 0,
-    };
+    let needed = request.bulk_bytes();
     if buffer.length < needed {
         return Err(FrameError::malformed(format!(
             "remote buffer of {} bytes cannot hold the request's {needed} bytes",

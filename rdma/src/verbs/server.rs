@@ -317,10 +317,7 @@ async fn serve<H: FragmentHandler>(
                 });
             }
         };
-        let bulk_bytes = match &request {
-            FragmentRequest::Put { length, .. } | FragmentRequest::Get { length, .. } => *length,
-            FragmentRequest::Delete { .. } => 0,
-        };
+        let bulk_bytes = request.bulk_bytes();
         let response = if bulk_bytes as usize > pool.slot_bytes() {
             refuse(
                 FragmentErrorCode::BadRequest,
