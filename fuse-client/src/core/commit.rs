@@ -10,9 +10,11 @@ use std::time::Duration;
 use torchfs_proto::meta::{MetaReply, MetaRequest, StripeBase, StripeEntry};
 use torchfs_rdma::Transport;
 
+use super::client::Client;
+use super::error::{unexpected, ClientError};
 use super::file::FileState;
+use super::meta::MetaService;
 use super::write::COMMIT_TRIES_MAX;
-use super::{unexpected, Client, ClientError, MetaService};
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Commits the uploaded stripes, each over the version it was merged

@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use torchfs_proto::meta::{Attr, DirEntry, FileKind, Ino, MetaError, ROOT_INO};
-use torchfs_rdma::Transport;
 
-use super::cache::plan::{parse_plan, PlanError, PLAN_BYTES_MAX};
-use super::{lock, Client, ClientError, FileHandle, MetaService};
+use super::cache::plan::{parse_plan, Plan, PlanError, PLAN_BYTES_MAX};
+use super::cache::EpochCache;
+use super::error::{ClientError, FileHandle};
+use super::sync::lock;
 
 /// Name of the control directory in the mount root.
 pub const CONTROL_DIR_NAME: &str = ".torchfs";
@@ -56,6 +57,9 @@ enum ControlFile {
     },
 }
 
+/// The control view: the top of the core's metadata views, answering for
+/// the control directory's inodes (nothing below it knows of them), and
+/// the open control files.
 #[derive(Default)]
 pub(crate) struct ControlHandles {
     open: Mutex<HashMap<FileHandle, ControlFile>>,
@@ -96,13 +100,9 @@ fn refuse(reason: &'static str) -> ClientError {
     ClientError::Control { reason }
 }
 
-impl<M: MetaService, T: Transport> Client<M, T> {
+impl ControlHandles {
     /// Lookups the control directory answers itself (None: not ours).
-    pub(super) fn control_lookup(
-        &self,
-        parent: Ino,
-        name: &str,
-    ) -> Option<Result<Attr, ClientError>> {
+    pub fn lookup(&self, parent: Ino, name: &str) -> Option<Result<Attr, ClientError>> {
         if parent == ROOT_INO && name == CONTROL_DIR_NAME {
             return Some(Ok(control_attr(CONTROL_DIR_INO)));
         }
@@ -116,7 +116,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         })
     }
 
-    pub(super) fn control_getattr(&self, ino: Ino) -> Result<Attr, ClientError> {
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, ClientError> {
         match ino {
             CONTROL_DIR_INO | PLAN_INO | STATS_INO => Ok(control_attr(ino)),
             _ => Err(not_found(&format!("inode {ino}"))),
@@ -125,18 +125,14 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// setattr on a control inode: truncating `plan` (shell `>`) is a
     /// no-op; nothing else may change.
-    pub(super) fn control_setattr(&self, ino: Ino, size_only: bool) -> Result<Attr, ClientError> {
+    pub fn setattr(&self, ino: Ino, size_only: bool) -> Result<Attr, ClientError> {
         if ino == PLAN_INO && size_only {
             return Ok(control_attr(ino));
         }
         Err(refuse("control files' attributes cannot change"))
     }
 
-    pub(super) fn control_readdir(
-        &self,
-        ino: Ino,
-        after: &str,
-    ) -> Result<Vec<DirEntry>, ClientError> {
+    pub fn readdir(&self, ino: Ino, after: &str) -> Result<Vec<DirEntry>, ClientError> {
         if ino != CONTROL_DIR_INO {
             return Err(ClientError::NotFile { ino });
         }
@@ -151,7 +147,14 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .collect())
     }
 
-    pub(super) fn control_open(&self, ino: Ino, write: bool) -> Result<FileHandle, ClientError> {
+    /// Opens a control file; `stats` renders `.torchfs/stats` (called only
+    /// for it).
+    pub fn open(
+        &self,
+        ino: Ino,
+        write: bool,
+        stats: impl FnOnce() -> String,
+    ) -> Result<FileHandle, ClientError> {
         let file = match ino {
             CONTROL_DIR_INO => return Err(ClientError::IsDir { ino }),
             PLAN_INO => ControlFile::Plan {
@@ -160,33 +163,18 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             },
             STATS_INO if write => return Err(refuse("stats is read-only")),
             STATS_INO => ControlFile::Stats {
-                text: self
-                    .inner
-                    .data_cache
-                    .render_stats(
-                        self.inner.storage.read_bytes(),
-                        self.inner.storage.degraded_writes(),
-                        self.inner.meta_requests.load(Ordering::Relaxed),
-                        self.inner.storage.transport().counters(),
-                        self.frozen_stats(),
-                    )
-                    .into_bytes(),
+                text: stats().into_bytes(),
             },
             _ => return Err(not_found(&format!("inode {ino}"))),
         };
-        let handles = &self.inner.control;
+        let handles = self;
         let fh = CONTROL_FH_BIT | (handles.next.fetch_add(1, Ordering::Relaxed) + 1);
         lock(&handles.open).insert(fh, file);
         Ok(fh)
     }
 
-    pub(super) fn control_read(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, ClientError> {
-        let open = lock(&self.inner.control.open);
+    pub fn read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>, ClientError> {
+        let open = lock(&self.open);
         let text: &[u8] = match open.get(&fh) {
             Some(ControlFile::Stats { text }) => text,
             Some(ControlFile::Plan { .. }) => &[],
@@ -197,13 +185,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(text[start..end].to_vec())
     }
 
-    pub(super) fn control_write(
-        &self,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<u32, ClientError> {
-        let mut open = lock(&self.inner.control.open);
+    pub fn write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32, ClientError> {
+        let mut open = lock(&self.open);
         let Some(ControlFile::Plan { buf, dirty }) = open.get_mut(&fh) else {
             return match open.get(&fh) {
                 Some(_) => Err(ClientError::NotWritable { fh }),
@@ -226,17 +209,18 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         Ok(data.len() as u32)
     }
 
-    /// Parses and accepts what was written since the last flush, if
-    /// anything. A rejected plan leaves the accepted ones as they were.
-    pub(super) fn control_flush(&self, fh: FileHandle) -> Result<(), ClientError> {
+    /// Parses what was written since the last flush, if anything: the plan
+    /// for the caller to accept. A rejected plan is noted in `cache`'s
+    /// stats and leaves the accepted ones as they were.
+    pub fn flush(&self, fh: FileHandle, cache: &EpochCache) -> Result<Option<Plan>, ClientError> {
         let bytes = {
-            let mut open = lock(&self.inner.control.open);
+            let mut open = lock(&self.open);
             match open.get_mut(&fh) {
                 Some(ControlFile::Plan { buf, dirty }) if *dirty => {
                     *dirty = false;
                     std::mem::take(buf)
                 }
-                Some(_) => return Ok(()),
+                Some(_) => return Ok(None),
                 None => return Err(ClientError::BadHandle { fh }),
             }
         };
@@ -248,20 +232,20 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     plan.epoch,
                     plan.items.len()
                 );
-                self.accept_plan(plan);
-                Ok(())
+                Ok(Some(plan))
             }
             Err(e) => {
                 tracing::warn!("plan rejected: {e}");
-                self.inner.data_cache.note_plan_rejected(&e);
+                cache.note_plan_rejected(&e);
                 Err(ClientError::Plan(e))
             }
         }
     }
 
-    pub(super) fn control_release(&self, fh: FileHandle) -> Result<(), ClientError> {
-        let result = self.control_flush(fh);
-        lock(&self.inner.control.open).remove(&fh);
+    /// [`Self::flush`], then the handle is gone.
+    pub fn release(&self, fh: FileHandle, cache: &EpochCache) -> Result<Option<Plan>, ClientError> {
+        let result = self.flush(fh, cache);
+        lock(&self.open).remove(&fh);
         result
     }
 }

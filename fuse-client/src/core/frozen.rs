@@ -19,23 +19,13 @@ use torchfs_proto::meta::{
     errno, Attr, DirEntry, FileKind, FrozenBody, FrozenEntry, Ino, Layout, MetaError, MetaReply,
     MetaRequest,
 };
-use torchfs_rdma::Transport;
 
-use super::{unexpected, Client, ClientError, MetaService};
+use super::cache::FrozenStats;
+use super::error::{unexpected, ClientError, FrozenTableError};
+use super::meta::{Meta, MetaService};
 
 /// Times a table load restarts because the tree changed between pages.
 const LOAD_ATTEMPTS_MAX: usize = 3;
-
-/// Why a frozen tree's pages do not make a table.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FrozenTableError {
-    #[error("frozen entry {name:?} (inode {ino}) names parent {parent}, which is not a directory listed before it")]
-    Orphan { ino: Ino, parent: Ino, name: String },
-    #[error("entry {name:?} (inode {ino}) of frozen tree {root} is not frozen")]
-    NotFrozen { root: Ino, ino: Ino, name: String },
-    #[error("frozen tree {root} has more than {entries_max} entries (frozen_entries_max)")]
-    TooLarge { root: Ino, entries_max: usize },
-}
 
 struct FrozenInode {
     attr: Attr,
@@ -291,25 +281,29 @@ impl FrozenTables {
     }
 }
 
-/// The frozen tables' part of `.torchfs/stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FrozenStats {
-    pub tables: usize,
-    pub entries: usize,
-    /// Lookups, getattrs, readdirs, readlinks and layouts served by a table.
-    pub hits: u64,
-    /// Root rechecks with metad.
-    pub checks: u64,
-}
-
-#[derive(Default)]
+/// The frozen-table view: answers metadata calls inside loaded frozen
+/// trees and passes the rest down to metad.
 pub(crate) struct FrozenState {
     tables: RwLock<FrozenTables>,
     hits: AtomicU64,
     checks: AtomicU64,
+    /// How often a table's root is rechecked with metad.
+    check_interval: Duration,
+    /// Inodes a tree may have to be loaded (0: never load).
+    entries_max: usize,
 }
 
 impl FrozenState {
+    pub fn new(check_interval: Duration, entries_max: usize) -> Self {
+        Self {
+            tables: RwLock::default(),
+            hits: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            check_interval,
+            entries_max,
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, FrozenTables> {
         self.tables.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -329,23 +323,23 @@ impl FrozenState {
     }
 }
 
-impl<M: MetaService, T: Transport> Client<M, T> {
+impl FrozenState {
     /// The table holding `ino`, after a recheck of its root when one is
     /// due. Counts a hit: the caller answers from it.
-    pub(super) async fn frozen(&self, ino: Ino) -> Option<Arc<FrozenTable>> {
-        let state = &self.inner.frozen;
-        let table = state.read().get(ino)?;
-        let interval = Duration::from_millis(self.inner.config.frozen_check_ms);
+    pub async fn table<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        ino: Ino,
+    ) -> Option<Arc<FrozenTable>> {
+        let table = self.read().get(ino)?;
+        let interval = self.check_interval;
         if table.claim_check(Instant::now(), interval) {
-            state.checks.fetch_add(1, Ordering::Relaxed);
-            match self
-                .meta_call(MetaRequest::GetAttr { ino: table.root })
-                .await
-            {
+            self.checks.fetch_add(1, Ordering::Relaxed);
+            match meta.call(MetaRequest::GetAttr { ino: table.root }).await {
                 Ok(MetaReply::Attr(root)) if table.still_valid(&root) => {}
                 Ok(_) | Err(ClientError::Meta(MetaError::Fs { .. })) => {
                     tracing::info!("frozen tree {} changed; dropping its table", table.root);
-                    state.write().remove(table.root);
+                    self.write().remove(table.root);
                     return None;
                 }
                 // metad unreachable: the tree cannot have changed without
@@ -353,42 +347,50 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 Err(e) => tracing::debug!("recheck frozen tree {}: {e}", table.root),
             }
         }
-        state.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(table)
     }
 
-    /// [`Self::frozen`] when no recheck of the root is due: the table
+    /// [`Self::table`] when no recheck of the root is due: the table
     /// holding `ino`, at once (front-ends answer from it on the thread that
     /// read the request). None when none holds it or a recheck is due
     /// (the async path does it). Counts a hit.
-    pub(super) fn frozen_now(&self, ino: Ino) -> Option<Arc<FrozenTable>> {
-        let state = &self.inner.frozen;
-        let table = state.read().get(ino)?;
-        let interval = Duration::from_millis(self.inner.config.frozen_check_ms);
+    pub fn table_now(&self, ino: Ino) -> Option<Arc<FrozenTable>> {
+        let table = self.read().get(ino)?;
+        let interval = self.check_interval;
         if table.check_due(Instant::now(), interval) {
             return None;
         }
-        state.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(table)
     }
 
     /// A lookup of a loaded frozen root by its name in the directory above.
-    pub(super) async fn frozen_root_lookup(&self, parent: Ino, name: &str) -> Option<Attr> {
-        let root = self.inner.frozen.read().root_named(parent, name)?;
-        self.frozen(root).await?.attr(root)
+    pub async fn root_lookup<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        parent: Ino,
+        name: &str,
+    ) -> Option<Attr> {
+        let root = self.read().root_named(parent, name)?;
+        self.table(meta, root).await?.attr(root)
     }
 
     /// Loads the table of a frozen directory just seen in a reply from
     /// metad (`name`: the entry it was looked up by), unless one holds it
     /// already, another call is loading it, or it is too large. Failures
     /// only log: metad keeps answering.
-    pub(super) async fn note_frozen(&self, attr: &Attr, name: Option<(Ino, &str)>) {
-        if !attr.frozen || attr.kind != FileKind::Dir || self.inner.config.frozen_entries_max == 0 {
+    pub async fn note<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        attr: &Attr,
+        name: Option<(Ino, &str)>,
+    ) {
+        if !attr.frozen || attr.kind != FileKind::Dir || self.entries_max == 0 {
             return;
         }
-        let state = &self.inner.frozen;
         {
-            let mut t = state.write();
+            let mut t = self.write();
             if t.by_ino.contains_key(&attr.ino)
                 || t.loading.contains(&attr.ino)
                 || t.refused.get(&attr.ino) == Some(&attr.ctime_ns)
@@ -397,8 +399,8 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             }
             t.loading.insert(attr.ino);
         }
-        let loaded = self.load_frozen(attr.ino).await;
-        let mut t = state.write();
+        let loaded = self.load(meta, attr.ino).await;
+        let mut t = self.write();
         t.loading.remove(&attr.ino);
         match loaded {
             Ok(table) => {
@@ -418,8 +420,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Reads a frozen tree page by page; restarts when its root changed
     /// between pages.
-    async fn load_frozen(&self, root: Ino) -> Result<FrozenTable, ClientError> {
-        let entries_max = self.inner.config.frozen_entries_max;
+    async fn load<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        root: Ino,
+    ) -> Result<FrozenTable, ClientError> {
+        let entries_max = self.entries_max;
         let mut last_change = None;
         for _ in 0..LOAD_ATTEMPTS_MAX {
             let mut entries = Vec::new();
@@ -431,7 +437,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     offset: entries.len() as u64,
                     limit: 0,
                 };
-                let (page_root, page, more) = match self.meta_call(req).await? {
+                let (page_root, page, more) = match meta.call(req).await? {
                     MetaReply::Frozen {
                         root,
                         entries,
@@ -472,51 +478,53 @@ impl<M: MetaService, T: Transport> Client<M, T> {
 
     /// Drops the table holding `ino`: metad accepted a change to it, so its
     /// tree was thawed.
-    pub(super) fn frozen_changed(&self, ino: Ino) {
-        let state = &self.inner.frozen;
-        let Some(root) = state.read().get(ino).map(|t| t.root) else {
+    pub fn changed(&self, ino: Ino) {
+        let Some(root) = self.read().get(ino).map(|t| t.root) else {
             return;
         };
         tracing::info!("frozen tree {root} changed (thawed); dropping its table");
-        state.write().remove(root);
+        self.write().remove(root);
     }
 
     /// Whether a loaded table holds `ino` (no recheck, no hit counted).
-    pub(super) fn in_frozen_table(&self, ino: Ino) -> bool {
-        self.inner.frozen.read().get(ino).is_some()
+    pub fn holds(&self, ino: Ino) -> bool {
+        self.read().get(ino).is_some()
     }
 
     /// A file's attributes and layout: from its frozen table when one
     /// holds it, else fresh from metad.
-    pub(super) async fn current_layout(&self, ino: Ino) -> Result<(Attr, Layout), ClientError> {
-        if let Some(known) = self.frozen(ino).await.and_then(|t| t.layout(ino)) {
+    pub async fn layout<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        ino: Ino,
+    ) -> Result<(Attr, Layout), ClientError> {
+        if let Some(known) = self.table(meta, ino).await.and_then(|t| t.layout(ino)) {
             return Ok(known);
         }
-        match self.meta_call(MetaRequest::GetLayout { ino }).await? {
+        match meta.call(MetaRequest::GetLayout { ino }).await? {
             MetaReply::Layout { attr, layout } => Ok((attr, layout)),
             other => Err(unexpected("GetLayout", other)),
         }
     }
 
-    /// Like [`Self::current_layout`], for an open: metad learns that this
+    /// Like [`Self::layout`], for an open: metad learns that this
     /// client holds the inode (an unlink leaves it readable here).
-    pub(super) async fn open_layout(&self, ino: Ino) -> Result<(Attr, Layout), ClientError> {
-        if let Some(known) = self.frozen(ino).await.and_then(|t| t.layout(ino)) {
+    pub async fn open_layout<M: MetaService>(
+        &self,
+        meta: &Meta<M>,
+        ino: Ino,
+    ) -> Result<(Attr, Layout), ClientError> {
+        if let Some(known) = self.table(meta, ino).await.and_then(|t| t.layout(ino)) {
             return Ok(known);
         }
         let req = MetaRequest::Open {
             ino,
-            client_id: self.inner.lease_id,
+            client_id: meta.lease_id,
         };
-        match self.meta_call(req).await? {
+        match meta.call(req).await? {
             MetaReply::Layout { attr, layout } => Ok((attr, layout)),
             other => Err(unexpected("Open", other)),
         }
-    }
-
-    /// Counts of the frozen tables for `.torchfs/stats`.
-    pub fn frozen_stats(&self) -> FrozenStats {
-        self.inner.frozen.stats()
     }
 }
 

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use torchfs_proto::meta::Ino;
 
 use super::cache::Readahead;
+use super::error::{ClientError, FileHandle};
 use super::file::FileState;
-use super::{lock, ClientError, FileHandle};
+use super::sync::lock;
 
 /// `pending_size` value meaning "no unflushed size".
 const NO_PENDING_SIZE: u64 = u64::MAX;

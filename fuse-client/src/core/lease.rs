@@ -15,7 +15,10 @@ use std::time::Duration;
 use torchfs_proto::meta::{Garbage, Ino, MetaReply, MetaRequest};
 use torchfs_rdma::Transport;
 
-use super::{lock, unexpected, Client, Inner, MetaService};
+use super::client::{Client, Inner};
+use super::error::unexpected;
+use super::meta::MetaService;
+use super::sync::lock;
 
 /// Garbage deletion state shared by the keep-alive loop and its deleter.
 #[derive(Default)]
@@ -42,11 +45,11 @@ pub(crate) async fn keep_alive_loop<M: MetaService, T: Transport>(inner: Weak<In
         let client = Client { inner: strong };
         let deleted = std::mem::take(&mut lock(&work).deleted);
         let req = MetaRequest::KeepAlive {
-            client_id: client.inner.lease_id,
+            client_id: client.inner.meta.lease_id,
             open: client.inner.handles.open_inos(),
             deleted: deleted.clone(),
         };
-        match client.inner.meta.call(req).await {
+        match client.inner.meta.call_background(req).await {
             Ok(MetaReply::KeepAlive { lease_ms, garbage }) => {
                 // Renew at least three times per lease, whatever we were told.
                 let most = Duration::from_millis((lease_ms / 3).max(10));
@@ -125,7 +128,7 @@ mod tests {
         let c = client(&meta, &store, 8).await;
         let attr = create_file(&c, "f").await;
         let fh = c.open(attr.ino, true, false).await.unwrap();
-        let id = c.inner.lease_id;
+        let id = c.inner.meta.lease_id;
         assert_ne!(id, 0);
         assert_eq!(meta.0.lock().unwrap().opened, vec![(id, attr.ino)]);
         keep_alive_where(&meta, |open, _| open == [attr.ino]).await;
@@ -162,11 +165,7 @@ mod tests {
             mode: 0o644,
             umask: 0,
         };
-        let calls = || {
-            c.inner
-                .meta_requests
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let calls = || c.inner.meta.requests();
         let before = calls();
         let (attr, fh) = c
             .create_open(ROOT_INO, "g", mode, Owner { uid: 5, gid: 6 }, true, false)
@@ -174,7 +173,7 @@ mod tests {
             .unwrap();
         assert_eq!(calls() - before, 1, "create and open in one call");
         assert_eq!((attr.uid, attr.gid, attr.size), (5, 6, 0));
-        let id = c.inner.lease_id;
+        let id = c.inner.meta.lease_id;
         assert_eq!(meta.0.lock().unwrap().opened, vec![(id, attr.ino)]);
         keep_alive_where(&meta, |open, _| open == [attr.ino]).await;
 

@@ -17,52 +17,18 @@
 //! the file. An unlock whose flush fails keeps the lock and answers the
 //! error: the next holder never starts from a half-written state.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use torchfs_proto::meta::{errno, FileLock, Ino, LockKind, MetaError, MetaReply, MetaRequest};
 use torchfs_rdma::Transport;
 
-use super::{lock, unexpected, Client, ClientError, MetaService};
+use super::client::Client;
+use super::error::{unexpected, ClientError};
+use super::meta::MetaService;
 
 /// The first and the longest pause between tries of a blocking lock.
 const WAIT_FIRST_MS: u64 = 5;
 const WAIT_MAX_MS: u64 = 200;
-
-/// What this client knows of its own locks.
-#[derive(Default)]
-pub(crate) struct LockTable {
-    /// (inode, owner) pairs that took a lock and have not released all.
-    held: HashSet<(Ino, u64)>,
-    /// Blocking locks being waited for, per (inode, owner).
-    waits: HashMap<(Ino, u64), Wait>,
-}
-
-#[derive(Default)]
-struct Wait {
-    waiters: u32,
-    /// Bumped by each close of (inode, owner): a wait that sees it change
-    /// gives up.
-    closes: u64,
-}
-
-/// Unregisters a wait when it ends, however it ends.
-struct WaitGuard<'a> {
-    table: &'a std::sync::Mutex<LockTable>,
-    key: (Ino, u64),
-}
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        let mut t = lock(self.table);
-        if let Some(w) = t.waits.get_mut(&self.key) {
-            w.waiters -= 1;
-            if w.waiters == 0 {
-                t.waits.remove(&self.key);
-            }
-        }
-    }
-}
 
 /// A lock request from a front-end: the kernel's owner and process, the
 /// kind and the inclusive byte range.
@@ -78,7 +44,7 @@ pub struct LockSpec {
 impl<M: MetaService, T: Transport> Client<M, T> {
     fn file_lock(&self, spec: LockSpec) -> FileLock {
         FileLock {
-            client_id: self.inner.lease_id,
+            client_id: self.inner.meta.lease_id,
             owner: spec.owner,
             pid: spec.pid,
             kind: spec.kind,
@@ -139,17 +105,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// F_SETLKW: tries, then waits with reads until nothing conflicts, and
     /// tries again; EINTR when the owner closed the file meanwhile.
     async fn wait_lock(&self, ino: Ino, spec: LockSpec) -> Result<(), ClientError> {
-        let key = (ino, spec.owner);
-        let closes_at_start = {
-            let mut t = lock(&self.inner.locks);
-            let w = t.waits.entry(key).or_default();
-            w.waiters += 1;
-            w.closes
-        };
-        let _guard = WaitGuard {
-            table: &self.inner.locks,
-            key,
-        };
+        let wait = self.inner.locks.begin_wait((ino, spec.owner));
         let mut pause = Duration::from_millis(WAIT_FIRST_MS);
         loop {
             match self.try_lock(ino, spec).await {
@@ -160,8 +116,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             loop {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(WAIT_MAX_MS));
-                let closes = lock(&self.inner.locks).waits.get(&key).map(|w| w.closes);
-                if closes != Some(closes_at_start) {
+                if wait.closed() {
                     return Err(MetaError::fs(
                         libc::EINTR,
                         format!("lock wait on inode {ino}: the owner closed the file"),
@@ -204,12 +159,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let key = (ino, spec.owner);
         if spec.kind != LockKind::Unlock {
             // Before the request: a close racing with it must unlock.
-            lock(&self.inner.locks).held.insert(key);
+            self.inner.locks.note_held(key);
         }
         match self.meta_call(req).await? {
             MetaReply::Unit => {
                 if spec.kind == LockKind::Unlock && spec.start == 0 && spec.end == u64::MAX {
-                    lock(&self.inner.locks).held.remove(&key);
+                    self.inner.locks.note_released(key);
                 }
                 Ok(())
             }
@@ -223,15 +178,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// failed; the error is answered) and stops its waits. No round trip
     /// when it never locked.
     pub async fn unlock_owner(&self, ino: Ino, owner: u64) -> Result<(), ClientError> {
-        let key = (ino, owner);
-        let held = {
-            let mut t = lock(&self.inner.locks);
-            if let Some(w) = t.waits.get_mut(&key) {
-                w.closes += 1;
-            }
-            t.held.contains(&key)
-        };
-        if !held {
+        if !self.inner.locks.note_close((ino, owner)) {
             return Ok(());
         }
         let flushed = self.flush_ino(ino).await;
@@ -243,15 +190,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// no lock on `ino` here): done at once, true. False: nothing was done,
     /// call [`Self::unlock_owner`].
     pub(super) fn unlock_owner_now(&self, ino: Ino, owner: u64) -> bool {
-        let key = (ino, owner);
-        let mut t = lock(&self.inner.locks);
-        if t.held.contains(&key) {
-            return false;
-        }
-        if let Some(w) = t.waits.get_mut(&key) {
-            w.closes += 1;
-        }
-        true
+        self.inner.locks.close_unheld((ino, owner))
     }
 
     /// Releases every lock `owner` holds on `ino`.

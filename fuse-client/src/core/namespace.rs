@@ -10,8 +10,12 @@ use torchfs_proto::meta::{
 };
 use torchfs_rdma::Transport;
 
+use super::client::Client;
 use super::control::{is_control_ino, CONTROL_DIR_NAME};
-use super::{lock, unexpected, Client, ClientError, MetaService};
+use super::error::{unexpected, ClientError};
+use super::meta::MetaService;
+use super::statahead::statahead;
+use super::sync::lock;
 
 /// The mode a create-like call asks for and the caller's umask, which metad
 /// applies unless the parent's default ACL replaces it.
@@ -51,17 +55,24 @@ fn attr_of(request: &'static str, reply: MetaReply) -> Result<Attr, ClientError>
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, ClientError> {
-        if let Some(result) = self.control_lookup(parent, name) {
+        if let Some(result) = self.inner.control.lookup(parent, name) {
             return result;
         }
         if let Some(found) = self
-            .frozen(parent)
+            .inner
+            .frozen
+            .table(&self.inner.meta, parent)
             .await
             .and_then(|t| t.lookup(parent, name))
         {
             return Ok(found?);
         }
-        if let Some(root) = self.frozen_root_lookup(parent, name).await {
+        if let Some(root) = self
+            .inner
+            .frozen
+            .root_lookup(&self.inner.meta, parent, name)
+            .await
+        {
             return Ok(root);
         }
         if let Some(found) = self.lookup_cached(parent, name) {
@@ -71,7 +82,16 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let scan = lock(&self.inner.statahead).miss(parent, Instant::now());
         if let Some(scan) = scan {
             // A failed scan costs only the lookup it was meant to save.
-            if self.statahead(parent, name, scan).await.is_ok() {
+            let inner = &self.inner;
+            let fetched = statahead(
+                &inner.meta,
+                &inner.cache,
+                &inner.statahead,
+                parent,
+                name,
+                scan,
+            );
+            if fetched.await.is_ok() {
                 if let Some(found) = self.lookup_cached(parent, name) {
                     return found;
                 }
@@ -89,7 +109,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             // `.torchfs` and the names in it: the control files answer.
             return None;
         }
-        if let Some(found) = self.frozen_now(parent).and_then(|t| t.lookup(parent, name)) {
+        if let Some(found) = self
+            .inner
+            .frozen
+            .table_now(parent)
+            .and_then(|t| t.lookup(parent, name))
+        {
             return Some(found.map_err(ClientError::from));
         }
         let found = self.lookup_cached(parent, name)?;
@@ -107,7 +132,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         if is_control_ino(ino) {
             return None;
         }
-        if let Some(attr) = self.frozen_now(ino).and_then(|t| t.attr(ino)) {
+        if let Some(attr) = self.inner.frozen.table_now(ino).and_then(|t| t.attr(ino)) {
             return Some(attr);
         }
         let attr = lock(&self.inner.cache).attr(ino, Instant::now())?;
@@ -151,7 +176,10 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// entry TTL, the attributes, a frozen tree it shows.
     async fn note_lookup(&self, parent: Ino, name: &str, attr: Attr) -> Attr {
         lock(&self.inner.cache).put_entry(parent, name, attr.ino, Instant::now());
-        self.note_frozen(&attr, Some((parent, name))).await;
+        self.inner
+            .frozen
+            .note(&self.inner.meta, &attr, Some((parent, name)))
+            .await;
         self.cache_attr(attr)
     }
 
@@ -198,9 +226,15 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// Attributes; the size includes this client's unflushed writes.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, ClientError> {
         if is_control_ino(ino) {
-            return self.control_getattr(ino);
+            return self.inner.control.getattr(ino);
         }
-        if let Some(attr) = self.frozen(ino).await.and_then(|t| t.attr(ino)) {
+        if let Some(attr) = self
+            .inner
+            .frozen
+            .table(&self.inner.meta, ino)
+            .await
+            .and_then(|t| t.attr(ino))
+        {
             return Ok(attr);
         }
         if let Some(attr) = lock(&self.inner.cache).attr(ino, Instant::now()) {
@@ -209,7 +243,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let attr = self
             .attr_reply("GetAttr", MetaRequest::GetAttr { ino })
             .await?;
-        self.note_frozen(&attr, None).await;
+        self.inner.frozen.note(&self.inner.meta, &attr, None).await;
         Ok(self.cache_attr(attr))
     }
 
@@ -219,7 +253,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr, ClientError> {
         if is_control_ino(ino) {
             let size_only = set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
-            return self.control_setattr(ino, size_only);
+            return self.inner.control.setattr(ino, size_only);
         }
         if set.size.is_some() {
             self.inner.data_cache.invalidate(ino);
@@ -276,10 +310,12 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         limit: u32,
     ) -> Result<Vec<DirEntry>, ClientError> {
         if is_control_ino(ino) {
-            return self.control_readdir(ino, after);
+            return self.inner.control.readdir(ino, after);
         }
         if let Some(entries) = self
-            .frozen(ino)
+            .inner
+            .frozen
+            .table(&self.inner.meta, ino)
             .await
             .and_then(|t| t.readdir(ino, after, limit))
         {
@@ -495,7 +531,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     }
 
     pub async fn readlink(&self, ino: Ino) -> Result<String, ClientError> {
-        if let Some(target) = self.frozen(ino).await.and_then(|t| t.target(ino)) {
+        if let Some(target) = self
+            .inner
+            .frozen
+            .table(&self.inner.meta, ino)
+            .await
+            .and_then(|t| t.target(ino))
+        {
             return Ok(target);
         }
         match self.meta_call(MetaRequest::ReadLink { ino }).await? {
@@ -613,7 +655,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         attr: Attr,
         dirs: Vec<ChangedDir>,
     ) -> Attr {
-        self.frozen_changed(parent);
+        self.inner.frozen.changed(parent);
         {
             let mut cache = lock(&self.inner.cache);
             let now = Instant::now();

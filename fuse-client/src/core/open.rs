@@ -9,11 +9,14 @@ use torchfs_proto::meta::{
 };
 use torchfs_rdma::Transport;
 
+use super::client::Client;
 use super::control::{is_control_fh, is_control_ino};
+use super::error::{unexpected, ClientError, FileHandle};
 use super::file::FileState;
 use super::handles::OpenFile;
+use super::meta::MetaService;
 use super::namespace::{guard_name, NewMode, Owner};
-use super::{lock, unexpected, Client, ClientError, FileHandle, MetaService};
+use super::sync::lock;
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Opens a regular file. Always revalidates with metad (close-to-open:
@@ -27,7 +30,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         truncate: bool,
     ) -> Result<FileHandle, ClientError> {
         if is_control_ino(ino) {
-            return self.control_open(ino, write);
+            return self.inner.control.open(ino, write, || self.stats_text());
         }
         let trusted = if write || truncate {
             None
@@ -36,7 +39,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         };
         let (attr, layout) = match trusted {
             Some(known) => known,
-            None => match self.open_layout(ino).await {
+            None => match self.inner.frozen.open_layout(&self.inner.meta, ino).await {
                 Ok(found) => found,
                 Err(e) => return Err(self.stale_if_gone(ino, e)),
             },
@@ -56,7 +59,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// recheck due): done at once, so a front-end answers on the thread
     /// that read the request. None: call [`Self::open`].
     pub fn open_now(&self, ino: Ino) -> Option<FileHandle> {
-        let (attr, layout) = self.frozen_now(ino)?.layout(ino)?;
+        let (attr, layout) = self.inner.frozen.table_now(ino)?.layout(ino)?;
         if attr.kind != FileKind::File {
             return None;
         }
@@ -120,7 +123,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             uid: owner.uid,
             gid: owner.gid,
             exclusive,
-            client_id: self.inner.lease_id,
+            client_id: self.inner.meta.lease_id,
         };
         let (answer, dirs) = self.meta_call_dirs(req).await;
         let (attr, layout) = match self.unless_taken(parent, answer)? {
@@ -235,7 +238,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// pages across opens. A thaw is seen when the table goes (within
     /// `frozen_check_ms`, as for every answer from the table).
     pub fn is_immutable(&self, ino: Ino) -> bool {
-        self.in_frozen_table(ino)
+        self.inner.frozen.holds(ino)
     }
 
     /// Whether an inode is one of the `.torchfs/` control files (front-ends

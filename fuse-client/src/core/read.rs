@@ -15,7 +15,9 @@ use super::file::FileState;
 use super::handles::OpenFile;
 use torchfs_storage_client::StorageError;
 
-use super::{Client, ClientError, FileHandle, MetaService};
+use super::client::Client;
+use super::error::{ClientError, FileHandle};
+use super::meta::MetaService;
 use crate::stripe::FragmentPiece;
 
 /// Cache lookups one read makes at most (each wait for a fetch in flight
@@ -37,7 +39,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         size: u32,
     ) -> Result<ReadBuf, ClientError> {
         if is_control_fh(fh) {
-            return self.control_read(fh, offset, size).map(ReadBuf::Owned);
+            return self
+                .inner
+                .control
+                .read(fh, offset, size)
+                .map(ReadBuf::Owned);
         }
         let (file, _) = self.inner.handles.get(fh)?;
         if self.inner.data_cache.enabled() {
@@ -261,7 +267,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// the view changed.
     pub(super) async fn refresh_view(&self, st: &mut FileState) -> Result<bool, ClientError> {
         let ino = st.ino;
-        let (attr, layout) = self.current_layout(ino).await?;
+        let (attr, layout) = self.inner.frozen.layout(&self.inner.meta, ino).await?;
         let fresh = FileState::from_layout(ino, attr.size, layout)
             .map_err(|source| ClientError::Layout { ino, source })?;
         self.cache_attr(attr);

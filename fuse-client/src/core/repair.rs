@@ -11,7 +11,9 @@ use torchfs_proto::meta::Ino;
 use torchfs_rdma::Transport;
 use torchfs_storage_client::io::StripeRepair;
 
-use super::{Client, ClientError, MetaService};
+use super::client::Client;
+use super::error::ClientError;
+use super::meta::MetaService;
 
 /// Stripes of one file checked and rebuilt at once.
 const REPAIR_STRIPES_IN_FLIGHT: usize = 4;
@@ -57,7 +59,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         verify_whole: bool,
         bandwidth: Option<&RepairBandwidth>,
     ) -> Result<StripeRepair, ClientError> {
-        let (_, layout) = self.current_layout(ino).await?;
+        let (_, layout) = self.inner.frozen.layout(&self.inner.meta, ino).await?;
         let k = u64::from(layout.config.k);
         let storage = &self.inner.storage;
         let repairs = layout.stripes.iter().map(|entry| async {

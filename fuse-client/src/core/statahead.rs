@@ -14,10 +14,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
 use torchfs_proto::meta::{Ino, MetaError, MetaReply, MetaRequest, NamedAttr, READDIR_PLUS_MAX};
-use torchfs_rdma::Transport;
 
-use super::{lock, unexpected, Client, ClientError, MetaService};
+use super::error::{unexpected, ClientError};
+use super::meta::{Meta, MetaService};
+use super::meta_cache::MetaCache;
+use super::sync::lock;
 
 /// Misses in one directory, within the entry TTL, that start a scan when
 /// none has paid off there yet.
@@ -150,85 +153,85 @@ impl Statahead {
     }
 }
 
-impl<M: MetaService, T: Transport> Client<M, T> {
-    /// Fetches what `scan` says for a missed lookup of `name` in `dir` and
-    /// caches it: each entry and its attributes for the entry TTL. Frozen
-    /// trees are left
-    /// to their own lookups (one may be loaded as a table).
-    pub(super) async fn statahead(
-        &self,
-        dir: Ino,
-        name: &str,
-        scan: Scan,
-    ) -> Result<(), ClientError> {
-        // What a page lists is true as of its read, which began here.
-        let listed_at = Instant::now();
-        let mut start = match scan {
-            Scan::Whole => String::new(),
-            Scan::From => name.to_string(),
-        };
-        let pages = match scan {
-            Scan::Whole => WHOLE_PAGES_MAX,
-            Scan::From => 1,
-        };
-        let mut fetched = 0;
-        let mut reached_end = false;
-        for page in 0..pages {
-            let entries = match self.readdir_plus(dir, &start).await {
-                Err(ClientError::Meta(MetaError::Invalid(_))) => {
-                    lock(&self.inner.statahead).unsupported();
-                    return Ok(());
-                }
-                other => other?,
-            };
-            // Pages after the first start at the previous page's last
-            // name, read again: a name cannot be asked for "just after".
-            let skip = usize::from(page > 0);
-            reached_end = entries.len() < READDIR_PLUS_MAX as usize;
-            let last = entries.last().map(|e| e.name.clone());
-            {
-                let mut cache = lock(&self.inner.cache);
-                for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
-                    fetched += 1;
-                    if attr.frozen {
-                        continue;
-                    }
-                    cache.put_entry(dir, &name, attr.ino, listed_at);
-                    cache.put_attr(attr, listed_at);
-                }
+/// Fetches what `scan` says for a missed lookup of `name` in `dir` and
+/// caches it: each entry and its attributes for the entry TTL. Frozen
+/// trees are left
+/// to their own lookups (one may be loaded as a table).
+pub(crate) async fn statahead<M: MetaService>(
+    meta: &Meta<M>,
+    cache: &Mutex<MetaCache>,
+    state: &Mutex<Statahead>,
+    dir: Ino,
+    name: &str,
+    scan: Scan,
+) -> Result<(), ClientError> {
+    // What a page lists is true as of its read, which began here.
+    let listed_at = Instant::now();
+    let mut start = match scan {
+        Scan::Whole => String::new(),
+        Scan::From => name.to_string(),
+    };
+    let pages = match scan {
+        Scan::Whole => WHOLE_PAGES_MAX,
+        Scan::From => 1,
+    };
+    let mut fetched = 0;
+    let mut reached_end = false;
+    for page in 0..pages {
+        let entries = match readdir_plus(meta, dir, &start).await {
+            Err(ClientError::Meta(MetaError::Invalid(_))) => {
+                lock(state).unsupported();
+                return Ok(());
             }
-            match last {
-                Some(last) if !reached_end => start = last,
-                _ => break,
-            }
-        }
-        // Not held complete even when read to its end: a name another
-        // mount made since must be found at once by an open here
-        // (close-to-open), as it was before statahead listed the directory.
-        let large = scan == Scan::Whole && !reached_end;
-        lock(&self.inner.statahead).scanned(dir, fetched, large, listed_at);
-        if large
-            && lock(&self.inner.cache)
-                .entry(dir, name, Instant::now())
-                .is_none()
+            other => other?,
+        };
+        // Pages after the first start at the previous page's last
+        // name, read again: a name cannot be asked for "just after".
+        let skip = usize::from(page > 0);
+        reached_end = entries.len() < READDIR_PLUS_MAX as usize;
+        let last = entries.last().map(|e| e.name.clone());
         {
-            // The missed name lies beyond the pages read: a page from it.
-            let _ = Box::pin(self.statahead(dir, name, Scan::From)).await;
+            let mut cache = lock(cache);
+            for NamedAttr { name, attr } in entries.into_iter().skip(skip) {
+                fetched += 1;
+                if attr.frozen {
+                    continue;
+                }
+                cache.put_entry(dir, &name, attr.ino, listed_at);
+                cache.put_attr(attr, listed_at);
+            }
         }
-        Ok(())
+        match last {
+            Some(last) if !reached_end => start = last,
+            _ => break,
+        }
     }
+    // Not held complete even when read to its end: a name another
+    // mount made since must be found at once by an open here
+    // (close-to-open), as it was before statahead listed the directory.
+    let large = scan == Scan::Whole && !reached_end;
+    lock(state).scanned(dir, fetched, large, listed_at);
+    if large && lock(cache).entry(dir, name, Instant::now()).is_none() {
+        // The missed name lies beyond the pages read: a page from it.
+        let _ = Box::pin(statahead(meta, cache, state, dir, name, Scan::From)).await;
+    }
+    Ok(())
+}
 
-    /// One `ReadDirPlus` page of `dir` from `start` on.
-    async fn readdir_plus(&self, dir: Ino, start: &str) -> Result<Vec<NamedAttr>, ClientError> {
-        let req = MetaRequest::ReadDirPlus {
-            ino: dir,
-            start: start.to_string(),
-            limit: READDIR_PLUS_MAX,
-        };
-        match self.meta_call(req).await? {
-            MetaReply::LookedUp(entries) => Ok(entries),
-            other => Err(unexpected("ReadDirPlus", other)),
-        }
+/// One `ReadDirPlus` page of `dir` from `start` on.
+async fn readdir_plus<M: MetaService>(
+    meta: &Meta<M>,
+    dir: Ino,
+    start: &str,
+) -> Result<Vec<NamedAttr>, ClientError> {
+    let req = MetaRequest::ReadDirPlus {
+        ino: dir,
+        start: start.to_string(),
+        limit: READDIR_PLUS_MAX,
+    };
+    match meta.call(req).await? {
+        MetaReply::LookedUp(entries) => Ok(entries),
+        other => Err(unexpected("ReadDirPlus", other)),
     }
 }
 

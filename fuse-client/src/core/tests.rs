@@ -11,6 +11,11 @@ use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey};
 use torchfs_proto::meta::*;
 use torchfs_rdma::{Transport, TransportError};
 
+use std::future::Future;
+
+use torchfs_proto::client::Answer;
+
+pub(crate) use super::sync::lock;
 use super::*;
 use torchfs_storage_client::map::testing::test_map;
 

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use torchfs_proto::meta::{Ino, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
+use super::client::Client;
+use super::error::ClientError;
 use super::file::FileState;
 use super::handles::OpenFile;
-use super::{Client, ClientError, MetaService};
+use super::meta::MetaService;
 use torchfs_storage_client::io::{padded_bytes, Stored};
 
 impl<M: MetaService, T: Transport> Client<M, T> {

@@ -18,7 +18,9 @@ use super::file::FileState;
 use super::handles::OpenFile;
 use torchfs_storage_client::StorageError;
 
-use super::{Client, ClientError, FileHandle, MetaService};
+use super::client::Client;
+use super::error::{ClientError, FileHandle};
+use super::meta::MetaService;
 use crate::stripe::{self, StripePiece};
 
 /// Commits a flush tries before it gives up on a stripe that other
@@ -43,7 +45,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         data: &[u8],
     ) -> Result<u32, ClientError> {
         if is_control_fh(fh) {
-            return self.control_write(fh, offset, data);
+            return self.inner.control.write(fh, offset, data);
         }
         let file = self.inner.handles.writable(fh)?;
         let mut st = state_when(&file, |st| st.uploading.len() < UPLOADS_IN_FLIGHT_MAX).await;
@@ -163,7 +165,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// Uploads remaining dirty stripes and commits the layout.
     pub async fn flush(&self, fh: FileHandle) -> Result<(), ClientError> {
         if is_control_fh(fh) {
-            return self.control_flush(fh);
+            let plan = self.inner.control.flush(fh, &self.inner.data_cache)?;
+            if let Some(plan) = plan {
+                self.accept_plan(plan);
+            }
+            return Ok(());
         }
         let (file, _) = self.inner.handles.get(fh)?;
         self.flush_file(&file).await
@@ -183,7 +189,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// close(2) can report it.
     pub async fn release(&self, fh: FileHandle) -> Result<(), ClientError> {
         if is_control_fh(fh) {
-            return self.control_release(fh);
+            let plan = self.inner.control.release(fh, &self.inner.data_cache)?;
+            if let Some(plan) = plan {
+                self.accept_plan(plan);
+            }
+            return Ok(());
         }
         let (file, _) = self.inner.handles.get(fh)?;
         let result = self.flush_file(&file).await;

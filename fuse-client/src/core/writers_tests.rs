@@ -5,7 +5,7 @@
 //! with the writes still held. Over the in-memory metad and storage of
 //! `tests`.
 
-use torchfs_proto::meta::SetAttr;
+use torchfs_proto::meta::{Ino, SetAttr};
 
 use super::tests::*;
 use super::*;

@@ -10,8 +10,11 @@ use std::time::Instant;
 use torchfs_proto::meta::{errno, Ino, MetaError, MetaReply, MetaRequest, Xattr, XattrMode};
 use torchfs_rdma::Transport;
 
+use super::client::Client;
 use super::control::is_control_ino;
-use super::{lock, unexpected, Client, ClientError, MetaService};
+use super::error::{unexpected, ClientError};
+use super::meta::MetaService;
+use super::sync::lock;
 
 fn no_data(name: &str) -> ClientError {
     MetaError::fs(errno::ENODATA, format!("no xattr {name:?}")).into()

@@ -8,7 +8,10 @@
 //!   queries, and the eviction order / admission rule.
 //! - [`tiers`]: per-tier byte accounting and the disk tier's files.
 //! - [`stats`]: counters and the JSON document of `.torchfs/stats`.
-//! - `prefetch`: the client tasks that resolve plans and fetch along them.
+//! - [`readahead`]: the sequential readahead window of files no plan names.
+//!
+//! The cache never calls the client: the client's prefetcher
+//! (`core::prefetch`) takes jobs from it and hands their bytes back.
 //!
 //! Entries are byte ranges of one inode at one layout *version* (a hash of
 //! the committed layout and size, [`crate::core::file`]): an entry is only
@@ -28,9 +31,9 @@ pub mod plan;
 
 mod belady;
 mod entries;
-mod prefetch;
+mod readahead;
 mod stats;
-mod tiers;
+pub(crate) mod tiers;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -41,12 +44,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use torchfs_proto::meta::{Attr, Ino, Layout};
 
+use super::sync::lock;
+
 pub(crate) use belady::{Installed, Slot, WHOLE_FILE_END};
 use entries::CacheState;
 pub(crate) use entries::{Job, Lookup, Piece};
 pub use plan::{parse_plan, render_plan, ByteRange, Plan, PlanError, PlanItem};
-pub(crate) use prefetch::{disk_loop, names_loop, prefetch_loop, Readahead};
-pub use stats::STATS_FORMAT;
+pub(crate) use readahead::{Readahead, READAHEAD_CHUNK_BYTES};
+pub use stats::{FrozenStats, STATS_FORMAT};
 pub(crate) use tiers::read_file as read_cache_file;
 use tiers::DiskDir;
 
@@ -206,7 +211,7 @@ impl EpochCache {
     /// disk thread and wakes the prefetcher if it asked.
     fn with<R>(&self, f: impl FnOnce(&mut CacheState) -> R) -> R {
         let (r, work, wake) = {
-            let mut st = super::lock(&self.state);
+            let mut st = lock(&self.state);
             let r = f(&mut st);
             #[cfg(test)]
             st.check_bounds();
@@ -254,7 +259,7 @@ impl EpochCache {
         } else {
             TRUSTED_LAYOUTS_MAX
         };
-        let mut memo = super::lock(&self.layouts);
+        let mut memo = lock(&self.layouts);
         if memo.len() >= max {
             memo.clear();
         }
@@ -269,7 +274,7 @@ impl EpochCache {
 
     /// The layout of `ino` the prefetcher fetched less than `window` ago.
     fn noted_layout(&self, ino: Ino, window: Duration) -> Option<(Attr, Layout)> {
-        let memo = super::lock(&self.layouts);
+        let memo = lock(&self.layouts);
         let noted = memo.get(&ino)?;
         (noted.at.elapsed() < window).then(|| (noted.attr.clone(), noted.layout.clone()))
     }
@@ -292,7 +297,7 @@ impl EpochCache {
 
     /// Drops every entry of `ino` (this client changed or removed it).
     pub fn invalidate(&self, ino: Ino) {
-        super::lock(&self.layouts).remove(&ino);
+        lock(&self.layouts).remove(&ino);
         if self.enabled() {
             self.with(|st| st.invalidate(ino, None))
         }
@@ -302,7 +307,7 @@ impl EpochCache {
     /// was changed elsewhere: found at open).
     pub fn validate(&self, ino: Ino, version: u64) {
         {
-            let mut memo = super::lock(&self.layouts);
+            let mut memo = lock(&self.layouts);
             if memo.get(&ino).is_some_and(|n| n.version != version) {
                 memo.remove(&ino);
             }
@@ -321,22 +326,20 @@ impl EpochCache {
     }
 
     pub fn path_at(&self, rank: u32, position: u64) -> Option<belady::ItemRef> {
-        super::lock(&self.state).plans.path_at(rank, position)
+        lock(&self.state).plans.path_at(rank, position)
     }
 
     /// A path's inode and size as last resolved (see `Plans::path_memo`).
     pub fn known_path(&self, path: &str) -> Option<(Ino, u64)> {
-        super::lock(&self.state).plans.known_path(path)
+        lock(&self.state).plans.known_path(path)
     }
 
     pub fn note_path(&self, path: Arc<str>, ino: Ino, size_bytes: u64) {
-        super::lock(&self.state)
-            .plans
-            .note_path(path, ino, size_bytes)
+        lock(&self.state).plans.note_path(path, ino, size_bytes)
     }
 
     pub fn names_ahead(&self, ahead: u64) -> Vec<Arc<str>> {
-        super::lock(&self.state).plans.names_ahead(ahead)
+        lock(&self.state).plans.names_ahead(ahead)
     }
 
     pub fn resolve(&self, rank: u32, position: u64, slot: Slot) -> bool {
@@ -345,7 +348,7 @@ impl EpochCache {
 
     /// See `CacheState::inos_ahead`.
     pub fn inos_ahead(&self, ahead: u64) -> Vec<Ino> {
-        super::lock(&self.state).inos_ahead(ahead)
+        lock(&self.state).inos_ahead(ahead)
     }
 
     pub fn next_job(&self) -> Option<Job> {
@@ -369,12 +372,12 @@ impl EpochCache {
 
     /// Whether reads of `ino` should not trigger readahead (a plan covers it).
     pub fn is_planned(&self, ino: Ino) -> bool {
-        super::lock(&self.state).plans.is_planned(ino)
+        lock(&self.state).plans.is_planned(ino)
     }
 
     /// Whether a plan reads `ino` by byte ranges.
     pub fn has_planned_ranges(&self, ino: Ino) -> bool {
-        super::lock(&self.state).plans.has_ranges(ino)
+        lock(&self.state).plans.has_ranges(ino)
     }
 
     /// The disk-tier file holding all of `ino` at `version` (`size_bytes`
@@ -393,9 +396,9 @@ impl EpochCache {
         degraded_writes: u64,
         meta_requests: u64,
         transport: torchfs_rdma::TransportCounters,
-        frozen: super::frozen::FrozenStats,
+        frozen: FrozenStats,
     ) -> String {
-        let mut snap = super::lock(&self.state).snapshot();
+        let mut snap = lock(&self.state).snapshot();
         snap.storage_read_bytes = storage_read_bytes;
         snap.degraded_writes = degraded_writes;
         snap.meta_requests = meta_requests;

@@ -77,6 +77,17 @@ pub(crate) struct RankGauges {
     pub issued_ahead_items: u64,
 }
 
+/// The frozen tables' part of `.torchfs/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrozenStats {
+    pub tables: usize,
+    pub entries: usize,
+    /// Lookups, getattrs, readdirs, readlinks and layouts served by a table.
+    pub hits: u64,
+    /// Root rechecks with metad.
+    pub checks: u64,
+}
+
 /// Everything `.torchfs/stats` shows.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Snapshot {
@@ -92,7 +103,7 @@ pub(crate) struct Snapshot {
     pub degraded_writes: u64,
     pub meta_requests: u64,
     pub transport: torchfs_rdma::TransportCounters,
-    pub frozen: crate::core::frozen::FrozenStats,
+    pub frozen: FrozenStats,
     pub ranks: Vec<RankGauges>,
     /// Why the last plan written was refused (cleared by an accepted one).
     pub last_plan_error: Option<String>,

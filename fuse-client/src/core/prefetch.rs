@@ -2,8 +2,10 @@
 //! inodes, fetching along the plans through the ordinary read path
 //! (layout from metad, fragments from the storage nodes, degraded reads
 //! included), sequential readahead for files no plan names, and the disk
-//! tier's writes. All bounds live in [`super::entries`]: a fetch is only
-//! issued once its bytes are reserved there.
+//! tier's writes. The cache hands out what to fetch as jobs (byte ranges
+//! of an inode's version) and takes the bytes back (`complete`); it never
+//! calls the client. All bounds live in the cache: a fetch is only issued
+//! once its bytes are reserved there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -15,11 +17,16 @@ use torchfs_proto::meta::{
 };
 use torchfs_rdma::Transport;
 
-use super::super::control::is_control_ino;
-use super::super::file::FileState;
-use super::super::handles::OpenFile;
-use super::super::{lock, Client, ClientError, Inner, MetaService};
-use super::{tiers, DiskWork, Installed, Job, Plan, Slot, WHOLE_FILE_END};
+use super::cache::{
+    tiers, DiskWork, Installed, Job, Plan, Slot, READAHEAD_CHUNK_BYTES, WHOLE_FILE_END,
+};
+use super::client::{Client, Inner};
+use super::control::is_control_ino;
+use super::error::ClientError;
+use super::file::FileState;
+use super::handles::OpenFile;
+use super::meta::MetaService;
+use super::sync::lock;
 
 /// Planned files whose layouts are fetched with a job's: well inside what
 /// the prefetcher reads while the layouts stay noted (`recent_layout`,
@@ -31,27 +38,6 @@ const RESOLVE_BATCH: u64 = 256;
 /// The prefetcher re-checks its queue at least this often, so a lost wake
 /// costs a little latency, not progress.
 const PREFETCH_TICK: Duration = Duration::from_millis(200);
-/// Readahead works in chunks of this size (one erasure-coding unit at the
-/// default config), so its entries line up with later reads.
-const READAHEAD_CHUNK_BYTES: u64 = 1 << 20;
-
-/// Per-open-inode readahead state (no plan).
-#[derive(Debug)]
-pub(crate) struct Readahead {
-    last_end: u64,
-    window_bytes: u64,
-    issued_to: u64,
-}
-
-impl Default for Readahead {
-    fn default() -> Self {
-        Self {
-            last_end: u64::MAX,
-            window_bytes: 0,
-            issued_to: 0,
-        }
-    }
-}
 
 impl<M: MetaService, T: Transport> Client<M, T> {
     /// Takes an accepted plan and starts resolving its paths.
@@ -138,7 +124,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 parents.insert(dir, ino);
             }
             let Some(parent) = parents[dir] else { continue };
-            if self.in_frozen_table(parent) {
+            if self.inner.frozen.holds(parent) {
                 found[i] = self.lookup(parent, name).await.ok().and_then(|a| file(&a));
                 continue;
             }
@@ -175,7 +161,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         let (attr, layout, fetched) = match self.inner.data_cache.recent_layout(job.ino) {
             Some((attr, layout)) => (attr, layout, None),
             None => {
-                let (attr, layout) = self.current_layout(job.ino).await?;
+                let (attr, layout) = self.inner.frozen.layout(&self.inner.meta, job.ino).await?;
                 let kept = layout.clone();
                 (attr, layout, Some(kept))
             }
@@ -214,7 +200,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// jobs, which find them noted (as do the next jobs, for a while).
     async fn run_jobs(&self, jobs: Vec<Job>) {
         let needs = |ino: &Ino| {
-            !self.in_frozen_table(*ino) && self.inner.data_cache.recent_layout(*ino).is_none()
+            !self.inner.frozen.holds(*ino) && self.inner.data_cache.recent_layout(*ino).is_none()
         };
         if jobs.iter().any(|j| needs(&j.ino)) {
             let mut inos: Vec<Ino> = jobs.iter().map(|j| j.ino).collect();
@@ -280,16 +266,9 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             return;
         }
         let mut ra = lock(&file.readahead);
-        let sequential = ra.last_end == offset && offset > 0;
-        ra.last_end = end;
-        if !sequential {
-            ra.window_bytes = 0;
-            ra.issued_to = 0;
+        let Some((mut from, to)) = ra.after_read(offset, end, size, max) else {
             return;
-        }
-        ra.window_bytes = (ra.window_bytes * 2).clamp(READAHEAD_CHUNK_BYTES, max.max(1));
-        let mut from = ra.issued_to.max(end);
-        let to = end.saturating_add(ra.window_bytes).min(size);
+        };
         while from < to {
             let chunk_end = ((from / READAHEAD_CHUNK_BYTES + 1) * READAHEAD_CHUNK_BYTES).min(to);
             let Some(job) = cache.reserve_readahead(file.ino, version, from, chunk_end) else {
@@ -306,7 +285,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             });
             from = chunk_end;
         }
-        ra.issued_to = from;
+        ra.issued(from);
     }
 }
 
@@ -378,7 +357,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                     .inner
                     .data_cache
                     .known_path(p)
-                    .is_some_and(|(ino, _)| self.in_frozen_table(ino))
+                    .is_some_and(|(ino, _)| self.inner.frozen.holds(ino))
             })
             .collect();
         let mut dirs: Vec<&str> = paths.iter().map(|p| split_path(p).0).collect();
@@ -388,7 +367,7 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         for dir in dirs {
             if let Some(ino) = self.resolve_dir(dir).await {
                 // A frozen directory's names cannot change either.
-                if !self.in_frozen_table(ino) {
+                if !self.inner.frozen.holds(ino) {
                     parents.insert(dir, ino);
                 }
             }
