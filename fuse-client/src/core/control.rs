@@ -46,6 +46,19 @@ pub(crate) fn is_control_fh(fh: FileHandle) -> bool {
     fh & CONTROL_FH_BIT != 0
 }
 
+/// Refuses namespace changes inside `.torchfs/` or of the name `.torchfs`
+/// in the root.
+pub(crate) fn guard_name(parent: Ino, name: &str) -> Result<(), ClientError> {
+    if is_control_ino(parent)
+        || (parent == torchfs_proto::meta::ROOT_INO && name == CONTROL_DIR_NAME)
+    {
+        return Err(ClientError::Control {
+            reason: "the .torchfs directory is reserved",
+        });
+    }
+    Ok(())
+}
+
 enum ControlFile {
     /// Bytes written so far; `dirty` until parsed at flush.
     Plan {

@@ -15,6 +15,9 @@ use super::sync::lock;
 
 /// `pending_size` value meaning "no unflushed size".
 const NO_PENDING_SIZE: u64 = u64::MAX;
+/// Inodes whose last opened version is remembered (past it, all are
+/// forgotten: their next opens drop the kernel's pages, which is safe).
+const OPENED_VERSIONS_MAX: usize = 1 << 18;
 
 pub(crate) struct OpenFile {
     pub ino: Ino,
@@ -54,6 +57,9 @@ impl OpenFile {
 struct Handle {
     file: Arc<OpenFile>,
     writable: bool,
+    /// The file is at the version the previous open here saw: what the
+    /// front-end's page cache holds of it is still current.
+    pages_current: bool,
 }
 
 #[derive(Default)]
@@ -61,6 +67,10 @@ struct Tables {
     handles: HashMap<FileHandle, Handle>,
     /// Open inodes and how many handles each has.
     files: HashMap<Ino, (Arc<OpenFile>, usize)>,
+    /// The layout version each inode had at its last open here
+    /// (close-to-open, as NFS keeps its page cache: an open that finds the
+    /// same version keeps the kernel's pages).
+    opened_versions: HashMap<Ino, u64>,
     next_fh: FileHandle,
 }
 
@@ -70,18 +80,24 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
-    /// Opens a handle on `ino`, creating the shared state with `make` when
-    /// the inode is not open yet. Returns the handle and whether the state
-    /// was created (false: an existing one is shared).
+    /// Opens a handle on `ino` at layout `version` (as just fetched),
+    /// creating the shared state with `make` when the inode is not open
+    /// yet. Returns the handle and whether the state was created (false: an
+    /// existing one is shared).
     pub fn open(
         &self,
         ino: Ino,
         writable: bool,
+        version: u64,
         make: impl FnOnce() -> FileState,
     ) -> (FileHandle, Arc<OpenFile>, bool) {
         let mut t = lock(&self.tables);
         t.next_fh += 1;
         let fh = t.next_fh;
+        if t.opened_versions.len() >= OPENED_VERSIONS_MAX && !t.opened_versions.contains_key(&ino) {
+            t.opened_versions.clear();
+        }
+        let pages_current = t.opened_versions.insert(ino, version) == Some(version);
         let (file, created) = match t.files.get_mut(&ino) {
             Some((file, count)) => {
                 *count += 1;
@@ -104,6 +120,7 @@ impl Handles {
             Handle {
                 file: file.clone(),
                 writable,
+                pages_current,
             },
         );
         (fh, file, created)
@@ -120,6 +137,15 @@ impl Handles {
             (file, true) => Ok(file),
             (_, false) => Err(ClientError::NotWritable { fh }),
         }
+    }
+
+    /// Whether the file was at the same version when it was last opened
+    /// here before this handle: the front-end may keep the pages it cached.
+    pub fn pages_current(&self, fh: FileHandle) -> bool {
+        lock(&self.tables)
+            .handles
+            .get(&fh)
+            .is_some_and(|h| h.pages_current)
     }
 
     /// The shared state of an inode open in this client.
@@ -159,8 +185,8 @@ mod tests {
     #[test]
     fn handles_of_one_inode_share_state() {
         let h = Handles::default();
-        let (a, fa, created_a) = h.open(5, true, || empty(5));
-        let (b, fb, created_b) = h.open(5, false, || panic!("state exists"));
+        let (a, fa, created_a) = h.open(5, true, 1, || empty(5));
+        let (b, fb, created_b) = h.open(5, false, 1, || panic!("state exists"));
         assert!(created_a && !created_b);
         assert!(Arc::ptr_eq(&fa, &fb));
         assert_ne!(a, b);
@@ -174,5 +200,23 @@ mod tests {
         assert!(h.open_inos().is_empty());
         assert_eq!(h.get(a).err().map(|e| e.errno()), Some(libc::EBADF));
         assert!(h.close(a).is_err());
+    }
+
+    #[test]
+    fn pages_stay_current_while_the_version_does() {
+        let h = Handles::default();
+        let (a, _, _) = h.open(5, false, 7, || empty(5));
+        assert!(
+            !h.pages_current(a),
+            "first open: nothing known of the pages"
+        );
+        h.close(a).unwrap();
+        let (b, _, _) = h.open(5, false, 7, || empty(5));
+        assert!(h.pages_current(b));
+        h.close(b).unwrap();
+        let (c, _, _) = h.open(5, false, 8, || empty(5));
+        assert!(!h.pages_current(c), "another client changed the file");
+        let (d, _, _) = h.open(5, false, 8, || panic!("state exists"));
+        assert!(h.pages_current(d));
     }
 }

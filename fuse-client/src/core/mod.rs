@@ -21,7 +21,7 @@
 //! - `handles`: open file handles and the per-inode state they share.
 //! - `client`: the [`Client`] type and what it holds.
 //! - the operations, `impl Client` blocks over those parts: `namespace`,
-//!   `open`, `read`, `write` (with `upload`: stripe buffers to storage;
+//!   `lookup`, `open`, `read`, `write` (with `upload`: stripe buffers to storage;
 //!   `commit`: commits over a base, merges with other writers), `xattrs`,
 //!   `locks`, `lease` (open inodes kept alive after unlink, garbage
 //!   deletion), `prefetch` (runs the epoch cache's jobs through the read
@@ -44,6 +44,7 @@ mod handles;
 mod lease;
 mod lock_table;
 mod locks;
+mod lookup;
 mod meta;
 mod meta_cache;
 mod namespace;

@@ -10,12 +10,12 @@ use torchfs_proto::meta::{
 use torchfs_rdma::Transport;
 
 use super::client::Client;
-use super::control::{is_control_fh, is_control_ino};
+use super::control::{guard_name, is_control_fh, is_control_ino};
 use super::error::{unexpected, ClientError, FileHandle};
 use super::file::FileState;
 use super::handles::OpenFile;
 use super::meta::MetaService;
-use super::namespace::{guard_name, NewMode, Owner};
+use super::namespace::{NewMode, Owner};
 use super::sync::lock;
 
 impl<M: MetaService, T: Transport> Client<M, T> {
@@ -85,14 +85,14 @@ impl<M: MetaService, T: Transport> Client<M, T> {
         fresh: FileState,
         write: bool,
     ) -> (FileHandle, Option<(Arc<OpenFile>, FileState)>) {
-        let ino = attr.ino;
-        self.inner.data_cache.validate(ino, fresh.version());
+        let (ino, version) = (attr.ino, fresh.version());
+        self.inner.data_cache.validate(ino, version);
         self.cache_attr(attr);
         let mut fresh = Some(fresh);
         let (fh, file, created) = self
             .inner
             .handles
-            .open(ino, write, || fresh.take().expect("taken once"));
+            .open(ino, write, version, || fresh.take().expect("taken once"));
         let open_already = if created {
             None
         } else {
@@ -239,6 +239,13 @@ impl<M: MetaService, T: Transport> Client<M, T> {
     /// `frozen_check_ms`, as for every answer from the table).
     pub fn is_immutable(&self, ino: Ino) -> bool {
         self.inner.frozen.holds(ino)
+    }
+
+    /// Whether the file `fh` opened is at the version its previous open
+    /// here saw (close-to-open, as NFS): the front-end may keep the pages
+    /// its page cache holds of it (FUSE: `FOPEN_KEEP_CACHE`).
+    pub fn pages_current(&self, fh: FileHandle) -> bool {
+        self.inner.handles.pages_current(fh)
     }
 
     /// Whether an inode is one of the `.torchfs/` control files (front-ends
