@@ -15,7 +15,7 @@ use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, 
 use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
     errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
-    NodeState, NodeStatus, RenameMode, StatFs, Voter, WriteId,
+    NodeState, NodeStatus, RenameMode, RepairProgress, StatFs, Voter, WriteId,
 };
 
 use crate::leases::{Leases, LEASE_MS};
@@ -71,6 +71,8 @@ pub(crate) struct Node {
     /// while any is, no unlink vouches its victim closed (it could be
     /// the file just created), so a victim becomes an orphan instead.
     creates_in_flight: std::sync::atomic::AtomicUsize,
+    /// The repair service's last report (see `ReportRepair`).
+    repair: Mutex<RepairProgress>,
 }
 
 fn now_ns() -> i64 {
@@ -107,6 +109,7 @@ impl Node {
             }),
             read_lease_for,
             creates_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            repair: Mutex::new(RepairProgress::default()),
         }
     }
 
@@ -320,6 +323,9 @@ impl Node {
         if let MetaRequest::CreateOpen { client_id, .. } = &req {
             return self.create_open(*client_id, req, write_id, term).await;
         }
+        if let MetaRequest::ReplaceNode { node, .. } = req {
+            return self.replace_node(node, write_id, term).await;
+        }
         if req.is_write() {
             return self.execute_write(req, write_id, term).await;
         }
@@ -369,6 +375,10 @@ impl Node {
             );
             return Ok(MetaReply::Unit);
         }
+        if let MetaRequest::ReportRepair { progress } = req {
+            *self.repair.lock().unwrap_or_else(|p| p.into_inner()) = progress;
+            return Ok(MetaReply::Unit);
+        }
         self.confirm_leadership(term).await?;
         match req {
             MetaRequest::StatFs => Ok(MetaReply::StatFs(self.statfs(term))),
@@ -396,6 +406,11 @@ impl Node {
                         })
                         .collect(),
                     map: self.cluster_map(term),
+                    repair: self
+                        .repair
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
                 }))
             }
             MetaRequest::Open { ino, .. } => {
@@ -438,6 +453,29 @@ impl Node {
             },
         };
         self.propose(cmd).await
+    }
+
+    /// `ReplaceNode`, proposed with the nodes this leader sees up as the
+    /// candidates, once it sees `node` down (EBUSY while it is up: a node
+    /// that answers keeps its slots).
+    async fn replace_node(&self, node: NodeId, write_id: Option<WriteId>, term: u64) -> Applied {
+        let map = self.cluster_map(term);
+        let Some(status) = map.node(node) else {
+            let unknown = format!("storage node {node} is not registered");
+            return Err(MetaError::fs(errno::ENOENT, unknown)).into();
+        };
+        if status.state == NodeState::Up {
+            let up = format!("storage node {node} is up: it keeps its placement");
+            return Err(MetaError::fs(errno::EBUSY, up)).into();
+        }
+        let candidates = map
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .map(|n| n.info.id)
+            .collect();
+        let req = MetaRequest::ReplaceNode { node, candidates };
+        self.execute_write(req, write_id, term).await
     }
 
     /// `CreateOpen`: the write, with the file registered as open by

@@ -194,6 +194,22 @@ struct ClusterStatus {
   lastApplied @2 :UInt64;
   voters @3 :List(Voter);
   map @4 :ClusterMap;
+  repair @5 :RepairProgress;   # the repair service's last report (zeros: none)
+}
+
+# What the repair service reports of its current (or last) pass over the
+# stored stripes.
+struct RepairProgress {
+  pass @0 :UInt64;             # passes started since the service started
+  mapEpoch @1 :UInt64;         # the map whose placement the pass restores
+  reason @2 :Text;             # why the pass runs ("start", "node 3 replaced", ...)
+  stripesChecked @3 :UInt64;
+  fragmentsRebuilt @4 :UInt64;
+  bytesRebuilt @5 :UInt64;
+  fragmentsFailed @6 :UInt64;  # could not be rebuilt (fewer than k readable)
+  elapsedMs @7 :UInt64;
+  done @8 :Bool;
+  nodesReplaced @9 :List(UInt64);  # by this service, oldest first
 }
 
 # Usable capacity (after the erasure code's overhead) and inodes.
@@ -359,6 +375,28 @@ struct Request {
       ino @94 :UInt64; sizeAtLeast @95 :UInt64; stripes @96 :List(StripeEntry);
       bases @97 :List(StripeBase);
     }
+    replaceNode :group {
+      # Takes storage node `node` out of every placement group: each of its
+      # slots goes to an up node not in that group (the one in the fewest
+      # groups, then the lowest id), and the repair service rebuilds the
+      # slot's fragments there. Refused (EBUSY) while the leader sees the
+      # node up. The leader fills `candidates` (the nodes up as it proposes
+      # it); what a client sends there is ignored. Answered with the map's
+      # new epoch in `unit`.
+      node @98 :UInt64; candidates @99 :List(UInt64);
+    }
+    scanLayouts :group $noLog {
+      # The layouts of regular files with inodes above `after`, in inode
+      # order, at most `limit` (0 or more than `LAYOUTS_MAX`: that many);
+      # fewer: the scan ends there. The repair service's walk of every
+      # stored stripe (orphans included, garbage not).
+      after @100 :UInt64; limit @101 :UInt32;
+    }
+    reportRepair :group $noLog {
+      # The repair service's progress: kept by the leader (not logged) and
+      # shown in `clusterStatus`.
+      progress @102 :RepairProgress;
+    }
   }
   writeId @47 :WriteId;   # absent: applied as often as it arrives (an old client)
 }
@@ -439,6 +477,8 @@ struct Response {
       # here does not exist now).
       attr @28 :Attr; stripes @29 :List(StripeEntry);
     }
+    count @30 :UInt64;
+    # ReplaceNode: placement-group slots given to other nodes.
   }
   dirs @25 :List(Attr);
   # After a write that changed directories (a create, link, unlink, rmdir

@@ -382,6 +382,29 @@ pub struct ClusterStatus {
     pub last_applied: u64,
     pub voters: Vec<Voter>,
     pub map: ClusterMap,
+    /// The repair service's last report (all zeros: none yet).
+    pub repair: RepairProgress,
+}
+
+/// What the repair service reports of its current (or last) pass over the
+/// stored stripes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct RepairProgress {
+    /// Passes started since the service started.
+    pub pass: u64,
+    /// The map whose placement the pass restores.
+    pub map_epoch: u64,
+    /// Why the pass runs ("start", "node 3 replaced", ...).
+    pub reason: String,
+    pub stripes_checked: u64,
+    pub fragments_rebuilt: u64,
+    pub bytes_rebuilt: u64,
+    /// Fragments that could not be rebuilt (fewer than k readable).
+    pub fragments_failed: u64,
+    pub elapsed_ms: u64,
+    pub done: bool,
+    /// Nodes this service had replaced, oldest first.
+    pub nodes_replaced: Vec<NodeId>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -542,6 +565,7 @@ pub mod errno {
     pub const EAGAIN: i32 = 11;
     pub const E2BIG: i32 = 7;
     pub const EIO: i32 = 5;
+    pub const EBUSY: i32 = 16;
     pub const EACCES: i32 = 13;
     pub const EEXIST: i32 = 17;
     pub const EXDEV: i32 = 18;

@@ -3,6 +3,7 @@
 //! directory is EISDIR and of a symlink EINVAL.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use torchfs_proto::meta::{
     errno, Attr, FileLayout, Ino, Layout, MetaError, MetaReply, StripeBase, StripeEntry,
@@ -66,6 +67,28 @@ impl State {
                 attr: attr.clone(),
                 layout: layout.clone(),
             })
+            .collect();
+        Ok(MetaReply::Layouts(found))
+    }
+
+    /// The layouts of regular files with inodes above `after`, in inode
+    /// order, at most `limit` (0 or more than `LAYOUTS_MAX`: that many).
+    pub(super) fn scan_layouts(&self, after: Ino, limit: u32) -> Outcome {
+        let limit = match limit as usize {
+            0 => LAYOUTS_MAX,
+            n => n.min(LAYOUTS_MAX),
+        };
+        let found = self
+            .inodes
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .filter_map(|(_, node)| match &node.body {
+                Body::File { layout } => Some(FileLayout {
+                    attr: node.attr.clone(),
+                    layout: layout.clone(),
+                }),
+                _ => None,
+            })
+            .take(limit)
             .collect();
         Ok(MetaReply::Layouts(found))
     }

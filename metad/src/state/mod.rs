@@ -308,6 +308,7 @@ impl State {
             },
             MetaRequest::GetLayout { ino } => self.get_layout(*ino),
             MetaRequest::GetLayouts { inos } => self.get_layouts(inos),
+            MetaRequest::ScanLayouts { after, limit } => self.scan_layouts(*after, *limit),
             MetaRequest::ReadFrozen { ino, offset, limit } => {
                 self.read_frozen(*ino, *offset, *limit)
             }
@@ -591,6 +592,7 @@ impl State {
                 bases,
             } => self.commit_stripes(*ino, *size_at_least, stripes, bases, now),
             MetaRequest::RegisterNode { info } => self.register_node(info),
+            MetaRequest::ReplaceNode { node, candidates } => self.replace_node(*node, candidates),
             MetaRequest::Freeze { ino } => self.freeze(*ino, now),
             MetaRequest::Unfreeze { ino } => self.unfreeze(*ino, now),
             other => Err(MetaError::Invalid(format!("not a log command: {other:?}"))),

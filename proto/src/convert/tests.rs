@@ -172,6 +172,21 @@ fn every_request_round_trips() {
         MetaRequest::ReadLink { ino: 4 },
         MetaRequest::StatFs,
         MetaRequest::GetLayout { ino: 4 },
+        MetaRequest::ReplaceNode {
+            node: 3,
+            candidates: vec![1, 2, 4],
+        },
+        MetaRequest::ScanLayouts {
+            after: 17,
+            limit: 64,
+        },
+        MetaRequest::ReportRepair {
+            progress: RepairProgress {
+                pass: 1,
+                reason: "start".into(),
+                ..RepairProgress::default()
+            },
+        },
         MetaRequest::CommitLayout {
             ino: 4,
             size: 9000,
@@ -422,6 +437,18 @@ fn every_reply_round_trips() {
                 },
             ],
             map: map(),
+            repair: RepairProgress {
+                pass: 3,
+                map_epoch: 9,
+                reason: "node 4 replaced".into(),
+                stripes_checked: 100,
+                fragments_rebuilt: 7,
+                bytes_rebuilt: 7 << 20,
+                fragments_failed: 1,
+                elapsed_ms: 1500,
+                done: true,
+                nodes_replaced: vec![4, 2],
+            },
         })),
         Ok(MetaReply::ClusterStatus(ClusterStatus {
             leader: None,
@@ -429,7 +456,9 @@ fn every_reply_round_trips() {
             last_applied: 0,
             voters: vec![],
             map: ClusterMap::default(),
+            repair: RepairProgress::default(),
         })),
+        Ok(MetaReply::Count(6)),
         Ok(MetaReply::Xattrs(vec![
             Xattr {
                 name: "user.a".into(),

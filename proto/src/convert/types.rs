@@ -5,8 +5,8 @@
 use crate::meta::{
     Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLayout, FileLock, FrozenBody,
     FrozenEntry, Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus,
-    PlacementGroup, RenameMode, SetAttr, SetTime, StatFs, StripeBase, StripeConfig, StripeEntry,
-    Voter, Xattr, XattrMode,
+    PlacementGroup, RenameMode, RepairProgress, SetAttr, SetTime, StatFs, StripeBase, StripeConfig,
+    StripeEntry, Voter, Xattr, XattrMode,
 };
 use crate::metadata_capnp as mc;
 
@@ -449,7 +449,39 @@ pub(super) fn write_cluster_status(s: &ClusterStatus, mut b: mc::cluster_status:
         vb.set_id(v.id);
         vb.set_addr(v.addr.as_str());
     }
-    write_cluster_map(&s.map, b.init_map());
+    write_cluster_map(&s.map, b.reborrow().init_map());
+    write_repair_progress(&s.repair, b.init_repair());
+}
+
+pub(super) fn write_repair_progress(p: &RepairProgress, mut b: mc::repair_progress::Builder<'_>) {
+    b.set_pass(p.pass);
+    b.set_map_epoch(p.map_epoch);
+    b.set_reason(p.reason.as_str());
+    b.set_stripes_checked(p.stripes_checked);
+    b.set_fragments_rebuilt(p.fragments_rebuilt);
+    b.set_bytes_rebuilt(p.bytes_rebuilt);
+    b.set_fragments_failed(p.fragments_failed);
+    b.set_elapsed_ms(p.elapsed_ms);
+    b.set_done(p.done);
+    let mut ids = b.init_nodes_replaced(len_u32(p.nodes_replaced.len()));
+    for (i, id) in indexed(&p.nodes_replaced) {
+        ids.set(i, *id);
+    }
+}
+
+pub(super) fn read_repair_progress(r: mc::repair_progress::Reader<'_>) -> Result<RepairProgress> {
+    Ok(RepairProgress {
+        pass: r.get_pass(),
+        map_epoch: r.get_map_epoch(),
+        reason: text(r.get_reason(), "repairProgress.reason")?,
+        stripes_checked: r.get_stripes_checked(),
+        fragments_rebuilt: r.get_fragments_rebuilt(),
+        bytes_rebuilt: r.get_bytes_rebuilt(),
+        fragments_failed: r.get_fragments_failed(),
+        elapsed_ms: r.get_elapsed_ms(),
+        done: r.get_done(),
+        nodes_replaced: r.get_nodes_replaced()?.iter().collect(),
+    })
 }
 
 pub(super) fn read_cluster_status(r: mc::cluster_status::Reader<'_>) -> Result<ClusterStatus> {
@@ -470,5 +502,11 @@ pub(super) fn read_cluster_status(r: mc::cluster_status::Reader<'_>) -> Result<C
         last_applied: r.get_last_applied(),
         voters,
         map: read_cluster_map(r.get_map()?)?,
+        // Absent from an older metad: no report.
+        repair: if r.has_repair() {
+            read_repair_progress(r.get_repair()?)?
+        } else {
+            RepairProgress::default()
+        },
     })
 }

@@ -49,3 +49,78 @@ fn placement_groups_formula() {
         assert_eq!(n.len(), 6);
     }
 }
+
+fn registered(ids: &[NodeId]) -> T {
+    let mut t = T::new(); // width 3
+    for id in ids {
+        t.w(MetaRequest::RegisterNode { info: node(*id) }).unwrap();
+    }
+    t
+}
+
+fn replace(t: &mut T, node: NodeId, candidates: &[NodeId]) -> Result<MetaReply, MetaError> {
+    t.w(MetaRequest::ReplaceNode {
+        node,
+        candidates: candidates.to_vec(),
+    })
+}
+
+#[test]
+fn a_lost_node_leaves_every_group_for_a_spread_of_others() {
+    let mut t = registered(&[10, 20, 30, 40, 50]);
+    assert_eq!(t.st.groups().len(), 3);
+    let before: Vec<_> = t.st.groups().to_vec();
+    let epoch = t.st.epoch();
+    assert_eq!(
+        replace(&mut t, 10, &[20, 30, 40, 50]),
+        Ok(MetaReply::Count(3))
+    );
+    assert!(t.st.epoch() > epoch);
+    assert!(!t.st.places(10));
+    let mut counts = std::collections::BTreeMap::new();
+    for (g, old) in t.st.groups().iter().zip(&before) {
+        let mut distinct = g.nodes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "group {g:?} holds a node twice");
+        // Only the lost node's slot changed.
+        for (a, b) in g.nodes.iter().zip(&old.nodes) {
+            assert!(a == b || *b == 10, "{old:?} -> {g:?}");
+        }
+        for n in &g.nodes {
+            *counts.entry(*n).or_insert(0) += 1;
+        }
+    }
+    // The groups formed over the first three nodes: the lost one's three
+    // slots go to the two nodes in no group, spread.
+    let spread: Vec<_> = [20, 30, 40, 50]
+        .iter()
+        .map(|n| counts.get(n).copied())
+        .collect();
+    assert_eq!(spread, [Some(3), Some(3), Some(2), Some(1)]);
+}
+
+#[test]
+fn a_group_no_candidate_can_join_keeps_the_node() {
+    // 3 nodes, width 3: every group holds every node.
+    let mut t = registered(&[10, 20, 30]);
+    let epoch = t.st.epoch();
+    assert_eq!(replace(&mut t, 10, &[20, 30]), Ok(MetaReply::Count(0)));
+    assert_eq!(t.st.epoch(), epoch);
+    assert!(t.st.places(10));
+    // A down candidate is not offered; a node is never its own candidate.
+    let mut t = registered(&[10, 20, 30, 40]);
+    assert_eq!(replace(&mut t, 10, &[10]), Ok(MetaReply::Count(0)));
+    assert!(t.st.places(10));
+}
+
+#[test]
+fn replacing_twice_changes_nothing_and_an_unknown_node_is_refused() {
+    let mut t = registered(&[10, 20, 30, 40]);
+    assert_eq!(replace(&mut t, 10, &[20, 30, 40]), Ok(MetaReply::Count(3)));
+    let (epoch, groups) = (t.st.epoch(), t.st.groups().to_vec());
+    assert_eq!(replace(&mut t, 10, &[20, 30, 40]), Ok(MetaReply::Count(0)));
+    assert_eq!((t.st.epoch(), t.st.groups()), (epoch, &groups[..]));
+    let err = replace(&mut t, 99, &[20]).unwrap_err();
+    assert_eq!(err.errno(), errno::ENOENT);
+}
