@@ -450,7 +450,7 @@ impl State {
             return self.apply_request(req, cmd.now_ns, closed);
         };
         match self.sessions.admit(id) {
-            Admit::Answer(outcome) => outcome,
+            Admit::Answer(outcome) => *outcome,
             Admit::Apply => {
                 let outcome = self.apply_request(req, cmd.now_ns, closed);
                 self.sessions.record(id, &outcome);

@@ -62,7 +62,7 @@ pub(super) enum Admit {
     /// Not seen before: apply it, then [`Sessions::record`] the result.
     Apply,
     /// A duplicate or a refused write: answer this, change nothing else.
-    Answer(Outcome),
+    Answer(Box<Outcome>),
 }
 
 impl Sessions {
@@ -102,7 +102,7 @@ impl Sessions {
     /// answered yet) and trims results below the lowest outstanding seq.
     pub(super) fn admit(&mut self, id: &WriteId) -> Admit {
         if let Err(e) = id.check() {
-            return Admit::Answer(Err(e));
+            return Admit::Answer(Box::new(Err(e)));
         }
         let clock_ns = self.clock_ns;
         match self.by_client.get_mut(&id.client_id) {
@@ -114,10 +114,10 @@ impl Sessions {
                 // The client had writes answered in a session we no longer
                 // have: this one may be a retry of an applied write, and we
                 // cannot tell, so refuse it (unapplied) rather than guess.
-                return Admit::Answer(Err(MetaError::SessionExpired {
+                return Admit::Answer(Box::new(Err(MetaError::SessionExpired {
                     client_id: id.client_id,
                     seq: id.seq,
-                }));
+                })));
             }
             None => {
                 if self.by_client.len() >= SESSIONS_MAX {
@@ -147,14 +147,14 @@ impl Sessions {
         if id.seq < s.lowest_outstanding_seq {
             // A stale copy (e.g. an attempt that sat in an old leader's
             // pipeline): the client has moved past it, its result is gone.
-            return Admit::Answer(Err(MetaError::Invalid(format!(
+            return Admit::Answer(Box::new(Err(MetaError::Invalid(format!(
                 "write {} of client session {:#018x} is below its lowest outstanding seq {}: \
                  it was answered or given up on already and is not applied again",
                 id.seq, id.client_id, s.lowest_outstanding_seq
-            ))));
+            )))));
         }
         match s.results.get(&id.seq) {
-            Some(done) => Admit::Answer(done.clone()),
+            Some(done) => Admit::Answer(Box::new(done.clone())),
             None => Admit::Apply,
         }
     }
