@@ -37,6 +37,9 @@ pub struct ClusterSpec {
     /// With `verbs_ip`: how many nodes (the first ones) serve verbs; the
     /// others run TCP only (a mixed cluster). None: all.
     pub verbs_nodes: Option<usize>,
+    /// Each voter's repair service replaces storage nodes down this long
+    /// (`--repair-after`; zero: never).
+    pub repair_after: Duration,
 }
 
 impl ClusterSpec {
@@ -53,6 +56,7 @@ impl ClusterSpec {
             io_memory_bytes_per_shard: shared_io_memory_bytes(6 * 2),
             verbs_ip: None,
             verbs_nodes: None,
+            repair_after: Duration::from_secs(600),
         })
     }
 
@@ -234,6 +238,8 @@ impl LocalCluster {
             voters.join(","),
             "--node-down-after-ms".into(),
             self.spec.node_down_after_ms.to_string(),
+            "--repair-after".into(),
+            format!("{}ms", self.spec.repair_after.as_millis()),
         ];
         self.metad[index] = Some(self.spawn(&format!("metad-{id}"), args, &[])?);
         Ok(())

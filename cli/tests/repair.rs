@@ -166,3 +166,100 @@ fn writes_right_after_a_node_restart_are_stored_whole() -> Result<()> {
     check_files(&files)?;
     Ok(())
 }
+
+/// Node ids in a placement group, in id order.
+fn placed(status: &torchfs_proto::meta::ClusterStatus) -> Vec<u64> {
+    let mut ids: Vec<u64> = status
+        .map
+        .groups
+        .iter()
+        .flat_map(|g| g.nodes.clone())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Two storage nodes die for good. After `--repair-after`, the leader's
+/// repair service has metad give their placement slots to the two nodes
+/// that held none, and rebuilds their fragments there; then two *other*
+/// nodes die and every file, written before the loss and while the nodes
+/// were down, still reads byte-identical through a fresh mount. Without
+/// the repair those stripes would have 2 of 6 fragments left.
+#[test]
+fn nodes_lost_for_good_are_replaced_so_two_more_can_fail() -> Result<()> {
+    if !fuse_available("nodes_lost_for_good_are_replaced_so_two_more_can_fail") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start_with(
+        |spec| {
+            spec.storage_nodes = 8;
+            spec.repair_after = Duration::from_secs(2);
+        },
+        &[],
+    )?;
+    let status = tc.cluster.wait_ready(8, Duration::from_secs(60))?;
+    let in_groups = placed(&status);
+    assert_eq!(in_groups.len(), 6, "groups over the first six nodes");
+    let mut files = write_sized_files(&tc, "before").context("write with all nodes up")?;
+    let big = pattern(5 << 20, 11);
+    std::fs::write(tc.path("big.bin"), &big)?;
+    files.push((tc.path("big.bin"), big));
+
+    let lost = [in_groups[0], in_groups[3]];
+    for id in lost {
+        tc.cluster.kill_storage(id as usize - 1)?;
+    }
+    files.extend(write_sized_files(&tc, "while-down").context("write with two nodes down")?);
+
+    // Replaced, and a pass over the moved slots has finished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let repaired = loop {
+        let s = tc.cluster.status(Duration::from_secs(5))?;
+        let replaced = lost.iter().all(|id| !placed(&s).contains(id));
+        if replaced && s.repair.done && s.repair.reason.starts_with("placement changed") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "no finished repair pass after replacing {lost:?}: {:?}",
+                s.repair
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        repaired.repair.fragments_rebuilt > 0,
+        "{:?}",
+        repaired.repair
+    );
+    assert_eq!(repaired.repair.fragments_failed, 0, "{:?}", repaired.repair);
+    let mut replaced = repaired.repair.nodes_replaced.clone();
+    replaced.sort_unstable();
+    assert_eq!(replaced, lost);
+    // `torchfs status` says so.
+    let out = Command::new(exe())
+        .args(["status", "--metad", &tc.cluster.metad_addrs().join(",")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("repair: pass") && text.contains("nodes replaced"),
+        "{text}"
+    );
+
+    let now_placed = placed(&repaired);
+    let others: Vec<u64> = now_placed
+        .iter()
+        .copied()
+        .filter(|id| !lost.contains(id))
+        .take(2)
+        .collect();
+    for id in &others {
+        tc.cluster.kill_storage(*id as usize - 1)?;
+    }
+    let cold = tc.mount_another("cold")?;
+    check_files(&on(&cold.mnt, &files, &tc.mnt))
+        .with_context(|| format!("read with {lost:?} replaced and {others:?} down"))?;
+    Ok(())
+}

@@ -35,6 +35,17 @@ pub struct MetadArgs {
     /// A storage node is marked down after this long without a heartbeat.
     #[arg(long, default_value_t = 5_000)]
     pub node_down_after_ms: u64,
+    /// Storage nodes down this long are replaced in the placement and their
+    /// fragments rebuilt on other nodes, by the repair service this voter
+    /// runs while it leads ("10m", "90s"; 0: never). Long enough to ride
+    /// out a reboot or a rolling restart, short enough to bound the time
+    /// stripes spend one loss closer to data loss.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub repair_after: std::time::Duration,
+    /// Bound on the repair service's traffic, MB/s (the k fragments read
+    /// and the one written per rebuild); 0: none.
+    #[arg(long, default_value_t = 200)]
+    pub repair_bandwidth_mb_s: u64,
     /// TOML file with defaults for these flags (table [metad]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -86,6 +97,9 @@ pub fn check_stripe(stripe: &StripeConfig) -> Result<()> {
 
 pub fn run(args: MetadArgs) -> Result<()> {
     let config = args.to_config()?;
+    if !args.repair_after.is_zero() {
+        start_repair_service(&args)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,4 +108,35 @@ pub fn run(args: MetadArgs) -> Result<()> {
     local
         .block_on(&runtime, torchfs_metad::run(config, super::stop_signal()))
         .with_context(|| format!("metad voter {}", args.id))
+}
+
+/// Runs the repair service beside this voter, on its own thread: it talks
+/// to the voters over RPC like any client and works while this one leads.
+fn start_repair_service(args: &MetadArgs) -> Result<()> {
+    let voters: Vec<String> = super::parse_voters(&args.voters)?
+        .into_iter()
+        .map(|(_, addr)| addr)
+        .collect();
+    let options = torchfs_repair::RepairOptions {
+        repair_after: args.repair_after,
+        bandwidth_bytes_per_s: args.repair_bandwidth_mb_s.saturating_mul(1_000_000),
+        voter: Some(args.id),
+        ..torchfs_repair::RepairOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("torchfs-repair")
+        .enable_all()
+        .build()
+        .context("start the repair service's runtime")?;
+    std::thread::Builder::new()
+        .name("torchfs-repair".into())
+        .spawn(move || {
+            let never = std::future::pending::<()>();
+            if let Err(e) = runtime.block_on(torchfs_repair::run(voters, options, never)) {
+                tracing::error!("repair service stopped: {e}");
+            }
+        })
+        .context("start the repair service")?;
+    Ok(())
 }

@@ -1,15 +1,23 @@
-//! `torchfs repair`: walks the whole tree and, for every stored fragment of
-//! every file, checks it is there and right and rebuilds it from k others
-//! where it is not (docs/ARCHITECTURE.md: Data path, repair). Run it once
-//! nodes that missed writes are back, or after a node's disk was replaced;
-//! `--scrub` reads every fragment whole (every chunk's CRC checked).
+//! `torchfs repair`: one pass of the repair service over every stored
+//! fragment of every file metad holds: each is checked where the map
+//! places it and rebuilt from k others where it is missing or wrong
+//! (docs/ARCHITECTURE.md: Repair). Run it once nodes that missed writes
+//! are back, or after a node's disk was replaced; `--scrub` reads every
+//! fragment whole (every chunk's CRC checked). The service in each metad
+//! does this by itself after a node is replaced.
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use torchfs_client::core::{Client, ClientConfig, RepairBandwidth};
-use torchfs_proto::meta::{FileKind, ROOT_INO};
+use tokio::sync::Notify;
+use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::meta::{MetaReply, MetaRequest, RepairProgress};
+use torchfs_rdma::endpoint::TransportMode;
+use torchfs_rdma::verbs::VerbsOptions;
+use torchfs_rdma::{MultiTransport, TcpOptions};
+use torchfs_repair::{run_pass, PassOptions, RepairBandwidth, Scope};
+use torchfs_storage_client::StorageClient;
 
 #[derive(Args)]
 #[command(args_override_self = true)]
@@ -34,9 +42,6 @@ pub struct RepairArgs {
     pub config: Option<std::path::PathBuf>,
 }
 
-/// Directory entries asked for per readdir.
-const READDIR_PAGE: u32 = 1024;
-
 pub fn run(args: RepairArgs) -> Result<()> {
     super::check_metad_addrs(&args.metad)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,63 +52,49 @@ pub fn run(args: RepairArgs) -> Result<()> {
 }
 
 async fn repair(args: &RepairArgs) -> Result<()> {
-    let config = ClientConfig {
-        metad: args.metad.clone(),
-        ..ClientConfig::default()
+    let meta = MetaClient::new(args.metad.clone(), MetaClientOptions::default())
+        .context("connect to metad")?;
+    let map = match meta.call(MetaRequest::ClusterMap).await {
+        Ok(MetaReply::ClusterMap(map)) => map,
+        Ok(other) => anyhow::bail!("metad answered ClusterMap with {other:?}"),
+        Err(e) => return Err(e).context("fetch the cluster map"),
     };
-    let client = Client::connect(config)
-        .await
-        .context("connect to the cluster")?;
-    let bandwidth =
-        (args.bandwidth_mb_s > 0).then(|| RepairBandwidth::new(args.bandwidth_mb_s * 1_000_000));
-    let started = Instant::now();
-    let (mut files, mut checked, mut rebuilt, mut rebuilt_bytes, mut failed) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut dirs = vec![ROOT_INO];
-    while let Some(dir) = dirs.pop() {
-        let mut after = String::new();
-        loop {
-            let entries = client
-                .readdir(dir, &after, READDIR_PAGE)
-                .await
-                .with_context(|| format!("list directory inode {dir}"))?;
-            let Some(last) = entries.last() else { break };
-            after = last.name.clone();
-            for e in &entries {
-                match e.kind {
-                    FileKind::Dir => dirs.push(e.ino),
-                    FileKind::File => {
-                        files += 1;
-                        match client
-                            .repair_file(e.ino, args.scrub, bandwidth.as_ref())
-                            .await
-                        {
-                            Ok(r) => {
-                                checked += u64::from(r.checked);
-                                rebuilt += u64::from(r.rebuilt);
-                                rebuilt_bytes += r.rebuilt_bytes;
-                                failed += u64::from(r.failed);
-                            }
-                            Err(err) => {
-                                failed += 1;
-                                eprintln!("torchfs repair: inode {} ({}): {err}", e.ino, e.name);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "repair: {files} files, {checked} fragments checked, {rebuilt} rebuilt \
-         ({:.1} MB in {secs:.1} s, {:.1} MB/s), {failed} not repairable now",
-        rebuilt_bytes as f64 / 1e6,
-        rebuilt_bytes as f64 / 1e6 / secs.max(1e-9),
+    let transport = MultiTransport::new(
+        TransportMode::Auto,
+        TcpOptions::default(),
+        VerbsOptions::default(),
     );
-    if failed > 0 {
-        anyhow::bail!("{failed} fragments could not be checked or rebuilt (nodes down?)");
+    let storage = StorageClient::new(
+        transport,
+        map,
+        tokio::runtime::Handle::current(),
+        Arc::new(Notify::new()),
+    );
+    let options = PassOptions {
+        verify_whole: args.scrub,
+        bandwidth: (args.bandwidth_mb_s > 0)
+            .then(|| Arc::new(RepairBandwidth::new(args.bandwidth_mb_s * 1_000_000))),
+    };
+    let progress = Mutex::new(RepairProgress::default());
+    run_pass(&meta, &storage, &Scope::All, &options, &progress)
+        .await
+        .context("repair pass")?;
+    let p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let secs = p.elapsed_ms as f64 / 1000.0;
+    println!(
+        "repair: {} stripes checked, {} rebuilt ({:.1} MB in {secs:.1} s, {:.1} MB/s), \
+         {} not repairable now",
+        p.stripes_checked,
+        p.fragments_rebuilt,
+        p.bytes_rebuilt as f64 / 1e6,
+        p.bytes_rebuilt as f64 / 1e6 / secs.max(1e-9),
+        p.fragments_failed,
+    );
+    if p.fragments_failed > 0 {
+        anyhow::bail!(
+            "{} fragments could not be checked or rebuilt (nodes down?)",
+            p.fragments_failed
+        );
     }
     Ok(())
 }

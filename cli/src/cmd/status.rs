@@ -146,6 +146,26 @@ pub fn render(s: &ClusterStatus) -> String {
             n.info.transports.join(" ")
         );
     }
+    let r = &s.repair;
+    if r.pass > 0 {
+        let state = if r.done { "done" } else { "running" };
+        let _ = writeln!(
+            out,
+            "repair: pass {} ({}) {state}: {} stripes checked, {} fragments rebuilt ({}), \
+             {} could not be, {:.1} s",
+            r.pass,
+            r.reason,
+            r.stripes_checked,
+            r.fragments_rebuilt,
+            human_bytes(r.bytes_rebuilt),
+            r.fragments_failed,
+            r.elapsed_ms as f64 / 1000.0
+        );
+        if !r.nodes_replaced.is_empty() {
+            let ids: Vec<String> = r.nodes_replaced.iter().map(|n| n.to_string()).collect();
+            let _ = writeln!(out, "  nodes replaced: {}", ids.join(", "));
+        }
+    }
     out
 }
 

@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// others TCP only (a mixed cluster).
     #[arg(long)]
     pub verbs_nodes: Option<usize>,
+    /// Storage nodes down this long are replaced and their fragments
+    /// rebuilt on the others ("10m", "90s"; 0: never; see `torchfs metad`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub repair_after: std::time::Duration,
     /// Skip the demonstration.
     #[arg(long)]
     pub no_demo: bool,
@@ -108,6 +112,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         ),
         verbs_ip: args.verbs_ip,
         verbs_nodes: args.verbs_nodes,
+        repair_after: args.repair_after,
     };
     let metad = spec.metad_addrs();
     println!(

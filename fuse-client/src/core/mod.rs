@@ -25,7 +25,7 @@
 //!   `commit`: commits over a base, merges with other writers), `xattrs`,
 //!   `locks`, `lease` (open inodes kept alive after unlink, garbage
 //!   deletion), `prefetch` (runs the epoch cache's jobs through the read
-//!   path), `repair`, and `connect` (building a client, its loops).
+//!   path), and `connect` (building a client, its loops).
 //!
 //! Stripe I/O (the cluster map, fragment puts and gets, degraded reads,
 //! deletes) is the storage client's (`torchfs_storage_client::StorageClient`),
@@ -51,7 +51,6 @@ mod namespace;
 mod open;
 mod prefetch;
 mod read;
-mod repair;
 mod statahead;
 mod sync;
 #[cfg(test)]
@@ -69,4 +68,3 @@ pub use error::{ClientError, FileHandle, FrozenTableError};
 pub use locks::LockSpec;
 pub use meta::MetaService;
 pub use namespace::{NewMode, Owner};
-pub use repair::RepairBandwidth;

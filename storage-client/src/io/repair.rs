@@ -38,8 +38,22 @@ impl<T: Transport> StorageClient<T> {
         entry: &StripeEntry,
         verify_whole: bool,
     ) -> Result<StripeRepair, StorageError> {
+        self.repair_fragments(ino, cfg, entry, 0..cfg.width(), verify_whole)
+            .await
+    }
+
+    /// [`Self::repair_stripe`] for the fragments `indices` only (the slots
+    /// of a placement group that moved to another node).
+    pub async fn repair_fragments(
+        &self,
+        ino: Ino,
+        cfg: &StripeConfig,
+        entry: &StripeEntry,
+        indices: impl IntoIterator<Item = usize>,
+        verify_whole: bool,
+    ) -> Result<StripeRepair, StorageError> {
         let mut out = StripeRepair::default();
-        for i in 0..cfg.width() {
+        for i in indices.into_iter().filter(|i| *i < cfg.width()) {
             let stored = stripe::fragment_bytes(cfg, entry.encoded_bytes, i);
             if stored == 0 {
                 continue;

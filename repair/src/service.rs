@@ -1,0 +1,346 @@
+//! The repair service's loop: watch the cluster, replace nodes lost for
+//! good, rebuild what the placement moved.
+//!
+//! Every `poll` it reads the cluster status from metad. A storage node that
+//! holds placement-group slots and has been down for `repair_after` is
+//! replaced (`ReplaceNode`: metad gives its slots to up nodes). Whenever the
+//! placement differs from the one the last pass restored, a pass checks
+//! the slots that moved and rebuilds their fragments on the new nodes; the
+//! same slots are checked once more `settle` after the change, for stripes
+//! clients committed with the old map meanwhile (their fragment for the
+//! lost node was left out: a degraded write). The first pass after start
+//! (or after this voter became leader) checks every fragment: a service
+//! that restarted mid-repair does not know what it had left.
+//!
+//! With `voter` set (the service runs inside a metad voter), it works only
+//! while that voter leads, so one service repairs at a time; two at once
+//! would only waste bandwidth (a rebuilt fragment is the same bytes
+//! whoever puts it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use torchfs_proto::client::{MetaClient, MetaClientOptions};
+use torchfs_proto::meta::{
+    ClusterMap, ClusterStatus, MetaReply, MetaRequest, NodeId, NodeState, PlacementGroup,
+    RepairProgress,
+};
+use torchfs_rdma::endpoint::TransportMode;
+use torchfs_rdma::verbs::VerbsOptions;
+use torchfs_rdma::{MultiTransport, TcpOptions};
+use torchfs_storage_client::StorageClient;
+
+use crate::bandwidth::RepairBandwidth;
+use crate::pass::{run_pass, PassOptions, Scope};
+use crate::{unexpected, RepairError};
+
+/// How the service behaves.
+#[derive(Clone, Debug)]
+pub struct RepairOptions {
+    /// A node down this long is replaced and its fragments rebuilt
+    /// elsewhere. The default, 10 minutes, outlasts a reboot or a rolling
+    /// restart (which would otherwise rebuild a whole node's data for
+    /// nothing) and keeps the window in which stripes are one loss closer
+    /// to data loss short (as Ceph's `mon_osd_down_out_interval`).
+    pub repair_after: Duration,
+    /// Bound on rebuild traffic (bytes/s: k columns read and one fragment
+    /// written per rebuild); 0: none.
+    pub bandwidth_bytes_per_s: u64,
+    /// How often the cluster status is read.
+    pub poll: Duration,
+    /// How long after a placement change the moved slots are checked again.
+    pub settle: Duration,
+    /// The metad voter this service runs beside: it works only while that
+    /// voter leads. None: always.
+    pub voter: Option<u64>,
+    pub transport_mode: TransportMode,
+}
+
+impl Default for RepairOptions {
+    fn default() -> Self {
+        Self {
+            repair_after: Duration::from_secs(600),
+            bandwidth_bytes_per_s: 200_000_000,
+            poll: Duration::from_secs(1),
+            settle: Duration::from_secs(10),
+            voter: None,
+            transport_mode: TransportMode::Auto,
+        }
+    }
+}
+
+/// Runs the service against the metad voters at `metad` until `stop`
+/// completes.
+pub async fn run(
+    metad: Vec<String>,
+    options: RepairOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<(), RepairError> {
+    let meta = MetaClient::new(metad, MetaClientOptions::default())?;
+    let mut service = Service::new(meta, options);
+    tokio::select! {
+        result = service.run() => result,
+        _ = stop => Ok(()),
+    }
+}
+
+struct Service {
+    meta: MetaClient,
+    options: RepairOptions,
+    storage: Option<Arc<StorageClient<MultiTransport>>>,
+    bandwidth: Option<Arc<RepairBandwidth>>,
+    /// The placement the last pass restored (None: no pass yet since
+    /// start or since this voter led).
+    restored: Option<Vec<PlacementGroup>>,
+    /// A second look at moved slots, due at the instant given.
+    recheck: Option<(Instant, Scope, String)>,
+    /// When each node was first seen down by this service (a leader that
+    /// just took office reports no heartbeat age).
+    down_since: HashMap<NodeId, Instant>,
+    progress: Arc<Mutex<RepairProgress>>,
+}
+
+impl Service {
+    fn new(meta: MetaClient, options: RepairOptions) -> Self {
+        let bandwidth = (options.bandwidth_bytes_per_s > 0)
+            .then(|| Arc::new(RepairBandwidth::new(options.bandwidth_bytes_per_s)));
+        Self {
+            meta,
+            options,
+            storage: None,
+            bandwidth,
+            restored: None,
+            recheck: None,
+            down_since: HashMap::new(),
+            progress: Arc::default(),
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), RepairError> {
+        loop {
+            tokio::time::sleep(self.options.poll).await;
+            let status = match self.meta.call(MetaRequest::ClusterStatus).await {
+                Ok(MetaReply::ClusterStatus(status)) => status,
+                Ok(other) => return Err(unexpected("ClusterStatus", other)),
+                Err(e) => {
+                    tracing::debug!("repair: cluster status: {e}");
+                    continue;
+                }
+            };
+            if self.options.voter.is_some() && status.leader != self.options.voter {
+                // Another voter's service works now; if this one leads
+                // again it starts over (what it knew may be stale).
+                self.restored = None;
+                self.recheck = None;
+                self.down_since.clear();
+                continue;
+            }
+            self.replace_lost(&status).await;
+            self.repair(&status.map).await;
+        }
+    }
+
+    /// Asks metad to replace every node with placement slots that has been
+    /// down for `repair_after`.
+    async fn replace_lost(&mut self, status: &ClusterStatus) {
+        let now = Instant::now();
+        let map = &status.map;
+        self.down_since
+            .retain(|id, _| map.node(*id).is_some_and(|n| n.state == NodeState::Down));
+        for node in &map.nodes {
+            let id = node.info.id;
+            if node.state != NodeState::Down || !map.groups.iter().any(|g| g.nodes.contains(&id)) {
+                continue;
+            }
+            let seen = *self.down_since.entry(id).or_insert(now);
+            let down_for = node
+                .last_heartbeat_ms_ago
+                .map(Duration::from_millis)
+                .unwrap_or_default()
+                .max(now.duration_since(seen));
+            if down_for < self.options.repair_after {
+                continue;
+            }
+            let req = MetaRequest::ReplaceNode {
+                node: id,
+                candidates: Vec::new(),
+            };
+            match self.meta.call(req).await {
+                Ok(MetaReply::Count(0)) => tracing::warn!(
+                    "repair: storage node {id} is down for {:.0} s but no up node can take its \
+                     placement slots (every group already holds every up node); its stripes \
+                     stay one fragment short",
+                    down_for.as_secs_f64()
+                ),
+                Ok(MetaReply::Count(slots)) => {
+                    tracing::warn!(
+                        "repair: storage node {id} down for {:.0} s: its {slots} placement slots \
+                         go to other nodes; rebuilding its fragments there",
+                        down_for.as_secs_f64()
+                    );
+                    let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.nodes_replaced.push(id);
+                }
+                Ok(other) => tracing::warn!(
+                    "repair: replace node {id}: {:?}",
+                    unexpected("ReplaceNode", other)
+                ),
+                // Came back meanwhile (EBUSY), or metad unreachable: the
+                // next poll looks again.
+                Err(e) => tracing::info!("repair: replace node {id}: {e}"),
+            }
+        }
+    }
+
+    /// Runs the pass the placement calls for, if any: every fragment at
+    /// start, the moved slots after a change, their recheck when due.
+    async fn repair(&mut self, map: &ClusterMap) {
+        let (scope, reason) = match &self.restored {
+            None => (Scope::All, "start".to_string()),
+            Some(before) => match Scope::moved(before, &map.groups) {
+                Some(scope) => (
+                    scope,
+                    format!("placement changed (map epoch {})", map.epoch),
+                ),
+                None => match self.recheck.take() {
+                    Some((due, scope, reason)) if Instant::now() >= due => {
+                        (scope, format!("{reason}, checked again"))
+                    }
+                    not_due => {
+                        self.recheck = not_due;
+                        return;
+                    }
+                },
+            },
+        };
+        let storage = self.storage_for(map);
+        {
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let replaced = std::mem::take(&mut p.nodes_replaced);
+            *p = RepairProgress {
+                pass: p.pass + 1,
+                map_epoch: map.epoch,
+                reason: reason.clone(),
+                nodes_replaced: replaced,
+                ..RepairProgress::default()
+            };
+        }
+        tracing::info!("repair: pass for {reason}");
+        let options = PassOptions {
+            verify_whole: false,
+            bandwidth: self.bandwidth.clone(),
+        };
+        let groups = map.groups.clone();
+        let reporter = self.report_while_running();
+        let result = run_pass(&self.meta, &storage, &scope, &options, &self.progress).await;
+        reporter.notify_one();
+        match result {
+            Ok(()) => {
+                let done = {
+                    let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.done = true;
+                    p.clone()
+                };
+                tracing::info!(
+                    "repair: pass done ({reason}): {} stripes checked, {} fragments rebuilt \
+                     ({} bytes), {} could not be, in {} ms",
+                    done.stripes_checked,
+                    done.fragments_rebuilt,
+                    done.bytes_rebuilt,
+                    done.fragments_failed,
+                    done.elapsed_ms
+                );
+                self.report(done).await;
+                if let (Scope::Slots(_), false) = (&scope, reason.ends_with("checked again")) {
+                    self.recheck = Some((Instant::now() + self.options.settle, scope, reason));
+                }
+                self.restored = Some(groups);
+            }
+            // metad failed mid-pass: the next poll starts it again.
+            Err(e) => tracing::warn!("repair: pass ({reason}) stopped: {e}"),
+        }
+    }
+
+    /// The storage client, made on first use, with `map` installed. A
+    /// background task keeps its map fresh while a long pass runs.
+    fn storage_for(&mut self, map: &ClusterMap) -> Arc<StorageClient<MultiTransport>> {
+        if let Some(storage) = &self.storage {
+            storage.set_map(map.clone());
+            return storage.clone();
+        }
+        let transport = MultiTransport::new(
+            self.options.transport_mode,
+            TcpOptions::default(),
+            VerbsOptions::default(),
+        );
+        let stale = Arc::new(Notify::new());
+        let storage = Arc::new(StorageClient::new(
+            transport,
+            map.clone(),
+            tokio::runtime::Handle::current(),
+            stale.clone(),
+        ));
+        tokio::spawn(refresh_map(
+            Arc::downgrade(&storage),
+            self.meta.clone(),
+            stale,
+            self.options.poll,
+        ));
+        self.storage = Some(storage.clone());
+        storage
+    }
+
+    /// Reports the progress to metad every `poll` until the returned
+    /// notify is woken.
+    fn report_while_running(&self) -> Arc<Notify> {
+        let stop = Arc::new(Notify::new());
+        let (meta, progress, period, done) = (
+            self.meta.clone(),
+            self.progress.clone(),
+            self.options.poll,
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = done.notified() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                let now = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let _ = meta.call(MetaRequest::ReportRepair { progress: now }).await;
+            }
+        });
+        stop
+    }
+
+    async fn report(&self, progress: RepairProgress) {
+        if let Err(e) = self.meta.call(MetaRequest::ReportRepair { progress }).await {
+            tracing::debug!("repair: report progress: {e}");
+        }
+    }
+}
+
+/// Refetches the cluster map every `period`, or at once when the storage
+/// client finds it stale, until the storage client is dropped.
+async fn refresh_map(
+    storage: std::sync::Weak<StorageClient<MultiTransport>>,
+    meta: MetaClient,
+    stale: Arc<Notify>,
+    period: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = stale.notified() => {}
+            _ = tokio::time::sleep(period) => {}
+        }
+        let Some(storage) = storage.upgrade() else {
+            return;
+        };
+        if let Ok(MetaReply::ClusterMap(map)) = meta.call(MetaRequest::ClusterMap).await {
+            storage.set_map(map);
+        }
+    }
+}
