@@ -40,6 +40,8 @@ pub struct ClusterSpec {
     /// Each voter's repair service replaces storage nodes down this long
     /// (`--repair-after`; zero: never).
     pub repair_after: Duration,
+    /// Storage nodes' pause between scrub passes (`--scrub-interval`).
+    pub scrub_interval: Duration,
 }
 
 impl ClusterSpec {
@@ -57,6 +59,7 @@ impl ClusterSpec {
             verbs_ip: None,
             verbs_nodes: None,
             repair_after: Duration::from_secs(600),
+            scrub_interval: Duration::from_secs(24 * 3600),
         })
     }
 
@@ -273,6 +276,8 @@ impl LocalCluster {
             base_port.to_string(),
             "--shards".into(),
             self.spec.shards_per_node.to_string(),
+            "--scrub-interval".into(),
+            format!("{}ms", self.spec.scrub_interval.as_millis()),
         ];
         if let Some(bytes) = self.spec.io_memory_bytes_per_shard {
             args.extend(["--io-memory-bytes".into(), bytes.to_string()]);

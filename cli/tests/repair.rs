@@ -97,8 +97,26 @@ fn scrub_finds_flipped_bytes_nobody_read_and_rebuilds_them() -> Result<()> {
     }
     let _serial = serial();
     let tc = TestCluster::start()?;
-    // Files of one unit or less past the fragment log's 256 KiB: each is a
-    // data fragment 0 file plus two parity files.
+    let (files, data_frags) = flipped_data_fragments(&tc)?;
+    // Repair without --scrub checks one chunk: the flips are past it.
+    let quick = repair(&tc, &[])?;
+    assert_eq!(count_before(&quick, "rebuilt"), 0, "{quick}");
+    let scrub = repair(&tc, &["--scrub"])?;
+    assert_eq!(
+        count_before(&scrub, "rebuilt"),
+        data_frags.len() as u64,
+        "{scrub}"
+    );
+    // Read through a fresh mount: right bytes, with no degraded decode.
+    read_without_decode(&tc, &files)
+}
+
+/// Three files of one unit or less past the fragment log's 256 KiB (each a
+/// data fragment 0 file plus two parity files), with a byte flipped in
+/// each data fragment behind the storage nodes' back, past its first
+/// chunk. The files (as written) and the flipped fragments' paths.
+#[allow(clippy::type_complexity)]
+fn flipped_data_fragments(tc: &TestCluster) -> Result<(Vec<(PathBuf, Vec<u8>)>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     for i in 0..3 {
         let data = pattern(300_000 + i * 1000, 40 + i as u64);
@@ -123,24 +141,59 @@ fn scrub_finds_flipped_bytes_nobody_read_and_rebuilds_them() -> Result<()> {
         bytes[4096 + 200_000] ^= 0x5a;
         std::fs::write(path, &bytes)?;
     }
-    // Repair without --scrub checks one chunk: the flips are past it.
-    let quick = repair(&tc, &[])?;
-    assert_eq!(count_before(&quick, "rebuilt"), 0, "{quick}");
-    let scrub = repair(&tc, &["--scrub"])?;
-    assert_eq!(
-        count_before(&scrub, "rebuilt"),
-        data_frags.len() as u64,
-        "{scrub}"
-    );
-    // Read through a fresh mount: right bytes, with no degraded decode.
+    Ok((files, data_frags))
+}
+
+/// Reads `files` through a fresh mount: right bytes, and its log shows no
+/// degraded decode and no checksum mismatch.
+fn read_without_decode(tc: &TestCluster, files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
     let fresh = tc.mount_another("fresh")?;
-    check_files(&on(&fresh.mnt, &files, &tc.mnt))?;
+    check_files(&on(&fresh.mnt, files, &tc.mnt))?;
     let log = std::fs::read_to_string(&fresh.log)?;
-    assert!(
-        !log.contains("degraded read") && !log.to_lowercase().contains("crc32c mismatch"),
-        "reads after the scrub still decoded:\n{log}"
-    );
+    if log.contains("degraded read") || log.to_lowercase().contains("crc32c mismatch") {
+        bail!("reads after the scrub still decoded:\n{log}");
+    }
     Ok(())
+}
+
+/// The storage nodes' own background scrub: bytes flipped in fragments
+/// nobody reads are found, the fragments dropped and reported, and the
+/// leader's repair service rebuilds them (counted in `torchfs status`); a
+/// read afterwards needs no degraded decode.
+#[test]
+fn background_scrub_finds_flipped_bytes_and_repair_rebuilds_them() -> Result<()> {
+    if !fuse_available("background_scrub_finds_flipped_bytes_and_repair_rebuilds_them") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let tc = TestCluster::start_with(|spec| spec.scrub_interval = Duration::from_secs(1), &[])?;
+    let (files, data_frags) = flipped_data_fragments(&tc)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = tc.cluster.status(Duration::from_secs(5))?;
+        if s.repair.bad_rebuilt >= data_frags.len() as u64 {
+            assert_eq!(
+                s.repair.bad_reported,
+                data_frags.len() as u64,
+                "{:?}",
+                s.repair
+            );
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the scrub found or the repair rebuilt too little: {:?}",
+                s.repair
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = Command::new(exe())
+        .args(["status", "--metad", &tc.cluster.metad_addrs().join(",")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("corrupt fragments reported"), "{text}");
+    read_without_decode(&tc, &files)
 }
 
 /// A node restarted (it listens on new ports) just before a write: the

@@ -33,6 +33,8 @@ pub struct StorageConfig {
     /// The address verbs are served on: an address of the RDMA device's
     /// interface (default `listen_ip`; soft-RoCE cannot use loopback).
     pub verbs_ip: Option<IpAddr>,
+    /// The background check of fragments at rest.
+    pub scrub: crate::scrub::ScrubConfig,
 }
 
 /// Whether a node serves RDMA verbs (rdma_cm on `listen_ip`, on the port of
@@ -65,6 +67,7 @@ impl Default for StorageConfig {
             log: LogConfig::default(),
             verbs: VerbsMode::Auto,
             verbs_ip: None,
+            scrub: crate::scrub::ScrubConfig::default(),
         }
     }
 }

@@ -7,8 +7,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use futures::StreamExt;
 use torchfs_proto::client::{MetaClient, MetaClientOptions};
-use torchfs_proto::meta::{MetaError, MetaRequest, NodeInfo};
+use torchfs_proto::fragment::FragmentKey;
+use torchfs_proto::meta::{FragmentRef, MetaError, MetaRequest, NodeInfo};
 
 use crate::store::dma::NodeUsage;
 use crate::DataplaneError;
@@ -28,13 +30,18 @@ impl Control {
     }
 }
 
+/// Bad fragments sent to metad in one report at most.
+const BAD_REPORT_MAX: usize = 256;
+
 /// Registers `info` with metad (blocking until it answered or the startup
-/// timeout passed), then heartbeats every `heartbeat_ms` in the background.
+/// timeout passed), then heartbeats every `heartbeat_ms` in the background
+/// and reports the fragments the scrubs send on `bad` as they come.
 pub(crate) fn start(
     metad: Vec<String>,
     info: NodeInfo,
     heartbeat_ms: u64,
     usage: Arc<NodeUsage>,
+    mut bad: futures::channel::mpsc::Receiver<FragmentKey>,
 ) -> Result<Control, DataplaneError> {
     let addrs = metad.join(",");
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), DataplaneError>>();
@@ -107,10 +114,22 @@ pub(crate) fn start(
                 }
                 let mut tick = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut unreported: Vec<FragmentRef> = Vec::new();
                 loop {
                     tokio::select! {
                         _ = &mut stop_rx => return,
                         _ = tick.tick() => {}
+                        Some(key) = bad.next() => {
+                            unreported.push(fragment_ref(key));
+                            while let Ok(key) = bad.try_recv() {
+                                unreported.push(fragment_ref(key));
+                            }
+                            report_bad(&client, id, &mut unreported).await;
+                            continue;
+                        }
+                    }
+                    if !unreported.is_empty() {
+                        report_bad(&client, id, &mut unreported).await;
                     }
                     let used_bytes = usage.used_bytes.load(Ordering::Relaxed);
                     let heartbeat = MetaRequest::Heartbeat {
@@ -152,6 +171,33 @@ pub(crate) fn start(
             Err(DataplaneError::Control {
                 message: "control-plane thread panicked during registration".into(),
             })
+        }
+    }
+}
+
+fn fragment_ref(key: FragmentKey) -> FragmentRef {
+    FragmentRef {
+        ino: key.ino,
+        stripe: key.stripe,
+        generation: key.generation,
+        index: key.index,
+    }
+}
+
+/// Sends metad what the scrubs found bad (a bounded batch); what fails to
+/// go is kept for the next heartbeat, up to a bound.
+async fn report_bad(client: &MetaClient, node: u64, unreported: &mut Vec<FragmentRef>) {
+    let batch: Vec<FragmentRef> = unreported
+        .drain(..unreported.len().min(BAD_REPORT_MAX))
+        .collect();
+    let req = MetaRequest::ReportBadFragments {
+        node,
+        fragments: batch.clone(),
+    };
+    if let Err(e) = client.call(req).await {
+        tracing::warn!("report {} bad fragments to metad: {e}", batch.len());
+        if unreported.len() < 16 * BAD_REPORT_MAX {
+            unreported.extend(batch);
         }
     }
 }

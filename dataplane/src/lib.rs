@@ -26,6 +26,7 @@ pub mod config;
 mod control;
 pub mod faults;
 pub mod io;
+pub mod scrub;
 mod server;
 mod shard;
 pub mod store;
@@ -188,6 +189,10 @@ impl Drop for StorageNode {
         }
     }
 }
+
+/// Bad fragments found by scrubs and not yet reported, at most (past it a
+/// report is dropped; a repair pass finds the fragment missing anyway).
+const BAD_FRAGMENTS_QUEUED_MAX: usize = 1024;
 
 fn check_writable(dir: &Path) -> Result<(), DataplaneError> {
     let err = |source| DataplaneError::DataDirNotWritable {
@@ -448,6 +453,8 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         call_senders.push(tx);
         call_receivers.push(want_verbs.then_some(rx));
     }
+    // Bad fragments the scrubs found, for the control thread to report.
+    let (bad_tx, bad_rx) = futures::channel::mpsc::channel(BAD_FRAGMENTS_QUEUED_MAX);
     let mut senders = Vec::with_capacity(shards);
     let mut executors = Vec::with_capacity(shards);
     let mut ready = Vec::with_capacity(shards);
@@ -472,6 +479,8 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
             faults: faults.clone(),
             stop,
             verbs: calls,
+            scrub: config.scrub,
+            bad_fragments: bad_tx.clone(),
         };
         // Unbound: a local cluster runs several nodes on few cores.
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -549,6 +558,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
             info,
             config.heartbeat_ms,
             usage,
+            bad_rx,
         )?);
     }
     Ok(node)

@@ -39,6 +39,9 @@ pub(crate) struct ShardSetup {
     pub stop: oneshot::Receiver<()>,
     /// Requests from the node's verbs listener, when it runs one.
     pub verbs: Option<futures::channel::mpsc::Receiver<crate::verbs::Call>>,
+    pub scrub: crate::scrub::ScrubConfig,
+    /// Where the scrub sends the fragments it found bad.
+    pub bad_fragments: futures::channel::mpsc::Sender<torchfs_proto::fragment::FragmentKey>,
 }
 
 /// Runs a shard until `setup.stop` fires (or its sender is dropped).
@@ -55,6 +58,10 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
     let shard = Rc::new(Shard::new(setup.index, setup.shards, store));
     if let Some(calls) = setup.verbs {
         glommio::spawn_local(crate::verbs::serve_calls(shard.clone(), calls)).detach();
+    }
+    if setup.scrub.bytes_per_s > 0 {
+        let scrub = crate::scrub::run(shard.clone(), setup.scrub, setup.bad_fragments);
+        glommio::spawn_local(scrub).detach();
     }
     let mut stop = setup.stop;
     loop {

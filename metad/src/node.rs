@@ -6,7 +6,7 @@
 //! storage-node liveness and client leases (volatile, leader-local:
 //! heartbeats and keep-alives never go through the log).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +14,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
 use openraft::{ReadPolicy, ServerState};
 use torchfs_proto::meta::{
-    errno, ClusterMap, ClusterStatus, Garbage, Ino, MetaError, MetaReply, MetaRequest, NodeId,
-    NodeState, NodeStatus, RenameMode, RepairProgress, StatFs, Voter, WriteId,
+    errno, ClusterMap, ClusterStatus, FragmentRef, Garbage, Ino, MetaError, MetaReply, MetaRequest,
+    NodeId, NodeState, NodeStatus, RenameMode, RepairProgress, StatFs, Voter, WriteId,
 };
+
+mod repair;
 
 use crate::leases::{Leases, LEASE_MS};
 use crate::state::{Applied, Command, Op, Outcome};
@@ -73,6 +75,9 @@ pub(crate) struct Node {
     creates_in_flight: std::sync::atomic::AtomicUsize,
     /// The repair service's last report (see `ReportRepair`).
     repair: Mutex<RepairProgress>,
+    /// Fragments storage nodes reported bad, until the repair service
+    /// takes them (see `ReportBadFragments`).
+    bad_fragments: Mutex<BTreeSet<FragmentRef>>,
 }
 
 fn now_ns() -> i64 {
@@ -110,6 +115,7 @@ impl Node {
             read_lease_for,
             creates_in_flight: std::sync::atomic::AtomicUsize::new(0),
             repair: Mutex::new(RepairProgress::default()),
+            bad_fragments: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -375,9 +381,8 @@ impl Node {
             );
             return Ok(MetaReply::Unit);
         }
-        if let MetaRequest::ReportRepair { progress } = req {
-            *self.repair.lock().unwrap_or_else(|p| p.into_inner()) = progress;
-            return Ok(MetaReply::Unit);
+        if let Some(answer) = self.repair_desk(&req) {
+            return answer;
         }
         self.confirm_leadership(term).await?;
         match req {
@@ -453,29 +458,6 @@ impl Node {
             },
         };
         self.propose(cmd).await
-    }
-
-    /// `ReplaceNode`, proposed with the nodes this leader sees up as the
-    /// candidates, once it sees `node` down (EBUSY while it is up: a node
-    /// that answers keeps its slots).
-    async fn replace_node(&self, node: NodeId, write_id: Option<WriteId>, term: u64) -> Applied {
-        let map = self.cluster_map(term);
-        let Some(status) = map.node(node) else {
-            let unknown = format!("storage node {node} is not registered");
-            return Err(MetaError::fs(errno::ENOENT, unknown)).into();
-        };
-        if status.state == NodeState::Up {
-            let up = format!("storage node {node} is up: it keeps its placement");
-            return Err(MetaError::fs(errno::EBUSY, up)).into();
-        }
-        let candidates = map
-            .nodes
-            .iter()
-            .filter(|n| n.state == NodeState::Up)
-            .map(|n| n.info.id)
-            .collect();
-        let req = MetaRequest::ReplaceNode { node, candidates };
-        self.execute_write(req, write_id, term).await
     }
 
     /// `CreateOpen`: the write, with the file registered as open by

@@ -197,6 +197,15 @@ struct ClusterStatus {
   repair @5 :RepairProgress;   # the repair service's last report (zeros: none)
 }
 
+# One fragment of a stripe: fragment `index` of stripe `stripe` (written
+# as `generation`) of file `ino`.
+struct FragmentRef {
+  ino @0 :UInt64;
+  stripe @1 :UInt64;
+  generation @2 :UInt64;
+  index @3 :UInt8;
+}
+
 # What the repair service reports of its current (or last) pass over the
 # stored stripes.
 struct RepairProgress {
@@ -210,6 +219,8 @@ struct RepairProgress {
   elapsedMs @7 :UInt64;
   done @8 :Bool;
   nodesReplaced @9 :List(UInt64);  # by this service, oldest first
+  badReported @10 :UInt64;     # fragments storage nodes' scrubs reported (since start)
+  badRebuilt @11 :UInt64;      # of those, rebuilt
 }
 
 # Usable capacity (after the erasure code's overhead) and inodes.
@@ -392,6 +403,14 @@ struct Request {
       # stored stripe (orphans included, garbage not).
       after @100 :UInt64; limit @101 :UInt32;
     }
+    reportBadFragments :group $noLog {
+      # Fragments storage node `node` found corrupt at rest (its scrub) and
+      # dropped: kept by the leader (not logged, bounded) until the repair
+      # service takes them to rebuild.
+      node @103 :UInt64; fragments @104 :List(FragmentRef);
+    }
+    takeBadFragments @105 :Void $noLog;
+    # The reported bad fragments, handed over once (the repair service's).
     reportRepair :group $noLog {
       # The repair service's progress: kept by the leader (not logged) and
       # shown in `clusterStatus`.
@@ -479,6 +498,8 @@ struct Response {
     }
     count @30 :UInt64;
     # ReplaceNode: placement-group slots given to other nodes.
+    fragments @31 :List(FragmentRef);
+    # TakeBadFragments: the fragments reported bad since the last take.
   }
   dirs @25 :List(Attr);
   # After a write that changed directories (a create, link, unlink, rmdir

@@ -405,6 +405,21 @@ pub struct RepairProgress {
     pub done: bool,
     /// Nodes this service had replaced, oldest first.
     pub nodes_replaced: Vec<NodeId>,
+    /// Fragments storage nodes' scrubs reported bad, since the service
+    /// started.
+    pub bad_reported: u64,
+    /// Of those, rebuilt.
+    pub bad_rebuilt: u64,
+}
+
+/// One fragment of a stripe: fragment `index` of stripe `stripe` (written
+/// as `generation`) of file `ino`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FragmentRef {
+    pub ino: Ino,
+    pub stripe: u64,
+    pub generation: u64,
+    pub index: u8,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

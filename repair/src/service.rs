@@ -12,12 +12,17 @@
 //! (or after this voter became leader) checks every fragment: a service
 //! that restarted mid-repair does not know what it had left.
 //!
+//! Storage nodes' scrubs report the fragments they found corrupt (and
+//! dropped) to metad; each poll the service takes them and rebuilds each
+//! where the map places it (read whole to check), retrying those whose
+//! node is down at the next poll.
+//!
 //! With `voter` set (the service runs inside a metad voter), it works only
 //! while that voter leads, so one service repairs at a time; two at once
 //! would only waste bandwidth (a rebuilt fragment is the same bytes
 //! whoever puts it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,8 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use torchfs_proto::client::{MetaClient, MetaClientOptions};
 use torchfs_proto::meta::{
-    ClusterMap, ClusterStatus, MetaReply, MetaRequest, NodeId, NodeState, PlacementGroup,
-    RepairProgress,
+    errno, ClusterMap, ClusterStatus, FragmentRef, MetaError, MetaReply, MetaRequest, NodeId,
+    NodeState, PlacementGroup, RepairProgress,
 };
 use torchfs_rdma::endpoint::TransportMode;
 use torchfs_rdma::verbs::VerbsOptions;
@@ -101,7 +106,12 @@ struct Service {
     /// just took office reports no heartbeat age).
     down_since: HashMap<NodeId, Instant>,
     progress: Arc<Mutex<RepairProgress>>,
+    /// Fragments reported bad and not yet rebuilt.
+    bad: BTreeSet<FragmentRef>,
 }
+
+/// Reported bad fragments the service keeps for retries at most.
+const BAD_KEPT_MAX: usize = 1 << 16;
 
 impl Service {
     fn new(meta: MetaClient, options: RepairOptions) -> Self {
@@ -116,6 +126,7 @@ impl Service {
             recheck: None,
             down_since: HashMap::new(),
             progress: Arc::default(),
+            bad: BTreeSet::new(),
         }
     }
 
@@ -139,6 +150,7 @@ impl Service {
                 continue;
             }
             self.replace_lost(&status).await;
+            self.rebuild_reported(&status.map).await;
             self.repair(&status.map).await;
         }
     }
@@ -219,12 +231,13 @@ impl Service {
         let storage = self.storage_for(map);
         {
             let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-            let replaced = std::mem::take(&mut p.nodes_replaced);
             *p = RepairProgress {
                 pass: p.pass + 1,
                 map_epoch: map.epoch,
                 reason: reason.clone(),
-                nodes_replaced: replaced,
+                nodes_replaced: std::mem::take(&mut p.nodes_replaced),
+                bad_reported: p.bad_reported,
+                bad_rebuilt: p.bad_rebuilt,
                 ..RepairProgress::default()
             };
         }
@@ -262,6 +275,78 @@ impl Service {
             // metad failed mid-pass: the next poll starts it again.
             Err(e) => tracing::warn!("repair: pass ({reason}) stopped: {e}"),
         }
+    }
+
+    /// Takes the fragments storage nodes reported bad and rebuilds each
+    /// where the map places it; those that cannot be now (node down, metad
+    /// unreachable) wait for the next poll.
+    async fn rebuild_reported(&mut self, map: &ClusterMap) {
+        match self.meta.call(MetaRequest::TakeBadFragments).await {
+            Ok(MetaReply::Fragments(taken)) => {
+                if !taken.is_empty() {
+                    let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.bad_reported += taken.len() as u64;
+                }
+                for f in taken {
+                    if self.bad.len() < BAD_KEPT_MAX {
+                        self.bad.insert(f);
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!("repair: {}", unexpected("TakeBadFragments", other)),
+            Err(e) => tracing::debug!("repair: take bad fragments: {e}"),
+        }
+        if self.bad.is_empty() {
+            return;
+        }
+        let storage = self.storage_for(map);
+        let mut retry = BTreeSet::new();
+        for f in std::mem::take(&mut self.bad) {
+            let layout = match self.meta.call(MetaRequest::GetLayout { ino: f.ino }).await {
+                Ok(MetaReply::Layout { layout, .. }) => layout,
+                // The file is gone: nothing to rebuild.
+                Err(MetaError::Fs { errno: e, .. }) if e == errno::ENOENT => continue,
+                other => {
+                    tracing::debug!("repair: layout of inode {}: {other:?}", f.ino);
+                    retry.insert(f);
+                    continue;
+                }
+            };
+            let Some(entry) = layout
+                .stripes
+                .iter()
+                .find(|e| e.stripe == f.stripe && e.generation == f.generation)
+            else {
+                // Rewritten since: the bad fragment is no one's any more.
+                continue;
+            };
+            let index = usize::from(f.index);
+            match storage
+                .repair_fragments(f.ino, &layout.config, entry, [index], true)
+                .await
+            {
+                Ok(r) if r.rebuilt > 0 => {
+                    let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.bad_rebuilt += 1;
+                }
+                Ok(r) if r.failed > 0 => {
+                    retry.insert(f);
+                }
+                // Present and right already (rebuilt by a pass).
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("repair: reported fragment {f:?}: {e}");
+                    retry.insert(f);
+                }
+            }
+        }
+        self.bad = retry;
+        let now = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.report(now).await;
     }
 
     /// The storage client, made on first use, with `map` installed. A

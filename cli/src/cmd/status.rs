@@ -161,6 +161,13 @@ pub fn render(s: &ClusterStatus) -> String {
             r.fragments_failed,
             r.elapsed_ms as f64 / 1000.0
         );
+        if r.bad_reported > 0 {
+            let _ = writeln!(
+                out,
+                "  scrub: {} corrupt fragments reported by storage nodes, {} rebuilt",
+                r.bad_reported, r.bad_rebuilt
+            );
+        }
         if !r.nodes_replaced.is_empty() {
             let ids: Vec<String> = r.nodes_replaced.iter().map(|n| n.to_string()).collect();
             let _ = writeln!(out, "  nodes replaced: {}", ids.join(", "));

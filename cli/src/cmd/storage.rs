@@ -62,6 +62,14 @@ pub struct StorageArgs {
     /// --listen-ip).
     #[arg(long)]
     pub verbs_ip: Option<IpAddr>,
+    /// Rate of the background scrub (every fragment at rest read and
+    /// checked against its stored CRCs; bad ones dropped and reported for
+    /// repair), MB/s for the whole node; 0: no scrub.
+    #[arg(long, default_value_t = 20)]
+    pub scrub_mb_s: u64,
+    /// Pause between two scrub passes ("24h", "10s").
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub scrub_interval: std::time::Duration,
     /// TOML file with defaults for these flags (table [storage]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -99,6 +107,10 @@ impl StorageArgs {
             log,
             verbs: self.verbs,
             verbs_ip: self.verbs_ip,
+            scrub: torchfs_dataplane::scrub::ScrubConfig {
+                bytes_per_s: self.scrub_mb_s.saturating_mul(1_000_000),
+                interval: self.scrub_interval,
+            },
         })
     }
 }

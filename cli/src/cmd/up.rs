@@ -113,6 +113,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         verbs_ip: args.verbs_ip,
         verbs_nodes: args.verbs_nodes,
         repair_after: args.repair_after,
+        scrub_interval: Duration::from_secs(24 * 3600),
     };
     let metad = spec.metad_addrs();
     println!(

@@ -186,6 +186,16 @@ pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usiz
     );
     assert_eq!(store.list().len(), sizes.len());
 
+    // A scrub reads a fragment whole and answers its CRC.
+    assert_eq!(
+        store.scrub(key(5)).await.unwrap(),
+        (new_crc, new.len() as u32)
+    );
+    assert!(matches!(
+        store.scrub(key(9)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
     // A flipped byte is caught by every get that covers it. A get of
     // another range may not notice it, but then serves right bytes.
     corrupt(key(5), 4000);
@@ -202,6 +212,14 @@ pub async fn run<S: FragmentStore>(store: &S, corrupt: impl Fn(FragmentKey, usiz
         (200_000, 1),
     ] {
         assert_caught(store, key(6), offset, length, big_crc).await;
+    }
+    // A scrub catches a flip wherever it is.
+    for k in [key(5), key(6)] {
+        let err = store
+            .scrub(k)
+            .await
+            .expect_err("a scrub of a flipped fragment");
+        assert!(checksum_refusal(&err).is_some(), "{err}");
     }
     for (offset, length) in [(0usize, 10usize), (4096, 4096), (290_000, 10_000)] {
         match store

@@ -309,8 +309,46 @@ impl<I: DiskIo + 'static> DmaStore<I> {
         Ok((header, extent?))
     }
 
+    /// [`Self::read_checked`] of `key` wherever the index places it.
+    async fn read_placed(
+        &self,
+        key: FragmentKey,
+        offset: u32,
+        length: u32,
+        expected_crc32c: Option<u32>,
+    ) -> Result<(FragmentHeader, Slice<I::ReadBuf>), StoreError> {
+        let Some(place) = self.index.borrow().get(&key).copied() else {
+            return Err(StoreError::NotFound { key });
+        };
+        match place {
+            Place::File { bytes } => {
+                let file = self
+                    .io
+                    .open(&self.path_of(&key))
+                    .await
+                    .map_err(read_error(key))?;
+                let result = self
+                    .read_checked(key, &file, 0, bytes, offset, length, expected_crc32c)
+                    .await;
+                self.io.close(file).await;
+                result
+            }
+            Place::Log {
+                seq,
+                offset: base,
+                bytes,
+            } => {
+                let file = self.log.file(seq).await.map_err(read_error(key))?;
+                self.read_checked(key, &file, base, bytes, offset, length, expected_crc32c)
+                    .await
+            }
+        }
+    }
+
     /// The checked bytes `offset..offset + length` of the fragment at
     /// `base` of `file`, `file_bytes` long there (see the module docs).
+    /// `expected_crc32c` None: checked against the header's whole CRC only
+    /// (a scrub).
     #[allow(clippy::too_many_arguments)]
     async fn read_checked(
         &self,
@@ -320,8 +358,8 @@ impl<I: DiskIo + 'static> DmaStore<I> {
         file_bytes: u64,
         offset: u32,
         length: u32,
-        expected_crc32c: u32,
-    ) -> Result<Slice<I::ReadBuf>, StoreError> {
+        expected_crc32c: Option<u32>,
+    ) -> Result<(FragmentHeader, Slice<I::ReadBuf>), StoreError> {
         // Data bytes the file has room for, block-aligned and within u32
         // (a larger file is not one this node wrote: its header will say
         // more data than the room, or the reads come up short).
@@ -342,6 +380,7 @@ impl<I: DiskIo + 'static> DmaStore<I> {
                 room_bytes: u64::from(room_bytes),
             }));
         }
+        let expected_crc32c = expected_crc32c.unwrap_or(header.crc32c);
         if matches!(header.checksums, Checksums::Chunks { .. }) && header.crc32c != expected_crc32c
         {
             return Err(StoreError::ChecksumMismatch {
@@ -396,7 +435,7 @@ impl<I: DiskIo + 'static> DmaStore<I> {
             });
         }
         let served = extent.index(&(offset..end));
-        Ok(Slice::new(extent.buf, served.start, served.end))
+        Ok((header, Slice::new(extent.buf, served.start, served.end)))
     }
 }
 
@@ -529,32 +568,14 @@ impl<I: DiskIo + 'static> FragmentStore for DmaStore<I> {
         length: u32,
         expected_crc32c: u32,
     ) -> Result<Self::GetBuf, StoreError> {
-        let Some(place) = self.index.borrow().get(&key).copied() else {
-            return Err(StoreError::NotFound { key });
-        };
-        match place {
-            Place::File { bytes } => {
-                let file = self
-                    .io
-                    .open(&self.path_of(&key))
-                    .await
-                    .map_err(read_error(key))?;
-                let result = self
-                    .read_checked(key, &file, 0, bytes, offset, length, expected_crc32c)
-                    .await;
-                self.io.close(file).await;
-                result
-            }
-            Place::Log {
-                seq,
-                offset: base,
-                bytes,
-            } => {
-                let file = self.log.file(seq).await.map_err(read_error(key))?;
-                self.read_checked(key, &file, base, bytes, offset, length, expected_crc32c)
-                    .await
-            }
-        }
+        self.read_placed(key, offset, length, Some(expected_crc32c))
+            .await
+            .map(|(_, data)| data)
+    }
+
+    async fn scrub(&self, key: FragmentKey) -> Result<(u32, u32), StoreError> {
+        let (header, _) = self.read_placed(key, 0, u32::MAX, None).await?;
+        Ok((header.crc32c, header.length_bytes))
     }
 
     async fn delete(&self, key: FragmentKey) -> Result<(), StoreError> {

@@ -94,6 +94,20 @@ impl FragmentStore for MemoryStore {
         Ok(Slice::new(stored.data.clone(), offset as usize, end))
     }
 
+    async fn scrub(&self, key: FragmentKey) -> Result<(u32, u32), StoreError> {
+        let fragments = self.fragments.borrow();
+        let stored = fragments.get(&key).ok_or(StoreError::NotFound { key })?;
+        let actual = crc32c::crc32c(&stored.data);
+        if actual != stored.crc32c {
+            return Err(StoreError::ChecksumMismatch {
+                key,
+                expected: stored.crc32c,
+                actual,
+            });
+        }
+        Ok((actual, stored.data.len() as u32))
+    }
+
     async fn delete(&self, key: FragmentKey) -> Result<(), StoreError> {
         self.fragments
             .borrow_mut()

@@ -170,6 +170,11 @@ pub trait FragmentStore {
         expected_crc32c: u32,
     ) -> Result<Self::GetBuf, StoreError>;
     async fn delete(&self, key: FragmentKey) -> Result<(), StoreError>;
+    /// Reads `key` whole and checks every byte against what the store
+    /// keeps of it (its chunk CRCs, its whole CRC); answers the whole
+    /// CRC and the length. A scrub at rest: no caller's expected CRC is
+    /// needed.
+    async fn scrub(&self, key: FragmentKey) -> Result<(u32, u32), StoreError>;
     /// Every stored key, in key order.
     fn list(&self) -> Vec<FragmentKey>;
     /// Bytes the stored fragments take (on disk, including headers and padding).

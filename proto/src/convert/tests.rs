@@ -180,6 +180,16 @@ fn every_request_round_trips() {
             after: 17,
             limit: 64,
         },
+        MetaRequest::ReportBadFragments {
+            node: 4,
+            fragments: vec![FragmentRef {
+                ino: 9,
+                stripe: 2,
+                generation: 7,
+                index: 5,
+            }],
+        },
+        MetaRequest::TakeBadFragments,
         MetaRequest::ReportRepair {
             progress: RepairProgress {
                 pass: 1,
@@ -448,6 +458,8 @@ fn every_reply_round_trips() {
                 elapsed_ms: 1500,
                 done: true,
                 nodes_replaced: vec![4, 2],
+                bad_reported: 5,
+                bad_rebuilt: 4,
             },
         })),
         Ok(MetaReply::ClusterStatus(ClusterStatus {
@@ -459,6 +471,12 @@ fn every_reply_round_trips() {
             repair: RepairProgress::default(),
         })),
         Ok(MetaReply::Count(6)),
+        Ok(MetaReply::Fragments(vec![FragmentRef {
+            ino: 1,
+            stripe: 0,
+            generation: 1,
+            index: 0,
+        }])),
         Ok(MetaReply::Xattrs(vec![
             Xattr {
                 name: "user.a".into(),

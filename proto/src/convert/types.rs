@@ -3,8 +3,8 @@
 //! values, node info, and the cluster map and status.
 
 use crate::meta::{
-    Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLayout, FileLock, FrozenBody,
-    FrozenEntry, Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus,
+    Attr, ClusterMap, ClusterStatus, DirEntry, FileKind, FileLayout, FileLock, FragmentRef,
+    FrozenBody, FrozenEntry, Garbage, Layout, LockKind, NamedAttr, NodeInfo, NodeState, NodeStatus,
     PlacementGroup, RenameMode, RepairProgress, SetAttr, SetTime, StatFs, StripeBase, StripeConfig,
     StripeEntry, Voter, Xattr, XattrMode,
 };
@@ -463,6 +463,8 @@ pub(super) fn write_repair_progress(p: &RepairProgress, mut b: mc::repair_progre
     b.set_fragments_failed(p.fragments_failed);
     b.set_elapsed_ms(p.elapsed_ms);
     b.set_done(p.done);
+    b.set_bad_reported(p.bad_reported);
+    b.set_bad_rebuilt(p.bad_rebuilt);
     let mut ids = b.init_nodes_replaced(len_u32(p.nodes_replaced.len()));
     for (i, id) in indexed(&p.nodes_replaced) {
         ids.set(i, *id);
@@ -481,6 +483,24 @@ pub(super) fn read_repair_progress(r: mc::repair_progress::Reader<'_>) -> Result
         elapsed_ms: r.get_elapsed_ms(),
         done: r.get_done(),
         nodes_replaced: r.get_nodes_replaced()?.iter().collect(),
+        bad_reported: r.get_bad_reported(),
+        bad_rebuilt: r.get_bad_rebuilt(),
+    })
+}
+
+pub(super) fn write_fragment_ref(f: &FragmentRef, mut b: mc::fragment_ref::Builder<'_>) {
+    b.set_ino(f.ino);
+    b.set_stripe(f.stripe);
+    b.set_generation(f.generation);
+    b.set_index(f.index);
+}
+
+pub(super) fn read_fragment_ref(r: mc::fragment_ref::Reader<'_>) -> Result<FragmentRef> {
+    Ok(FragmentRef {
+        ino: r.get_ino(),
+        stripe: r.get_stripe(),
+        generation: r.get_generation(),
+        index: r.get_index(),
     })
 }
 
