@@ -16,6 +16,9 @@
 //!   passthrough).
 //! - `request`: argument checks and replies every handler shares.
 //! - `init`: what the mount asks of the kernel.
+//! - `mounted`: a mount with the runtime its client runs on, and the
+//!   defaults a mount takes (what `torchfs mount` and the FUSE ceiling
+//!   share).
 //! - `attr`, `dirs`, `locks`, `xattr`, `passthrough`, `readahead`: what
 //!   their names say.
 
@@ -26,6 +29,7 @@ mod dirs;
 mod files;
 mod init;
 mod locks;
+mod mounted;
 mod passthrough;
 mod readahead;
 mod xattr;
@@ -44,6 +48,9 @@ use fuser::{
     KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+pub use mounted::{
+    allow_other_by_default, default_cache_mem_bytes, default_client_config, MountError, Mounted,
 };
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
