@@ -100,7 +100,7 @@ impl Default for FuseOptions {
 /// Mounts `client` at `mountpoint` and serves it until the returned session
 /// is dropped or unmounted. Requests run as tasks on `runtime`. Any client
 /// core serves: the real one (metad and storage nodes) or the null backend
-/// of the FUSE ceiling (`crate::null`), through the same code.
+/// of the FUSE ceiling ([`crate::null`]), through the same code.
 pub fn mount<M: MetaService, T: Transport>(
     client: Client<M, T>,
     runtime: Handle,

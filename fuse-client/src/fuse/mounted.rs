@@ -1,5 +1,5 @@
 //! A live mount and the runtime its client runs on, started the one way
-//! `torchfs mount` (and `torchfs up`) and the FUSE ceiling (`crate::null`,
+//! `torchfs mount` (and `torchfs up`) and the FUSE ceiling ([`crate::null`],
 //! in `torchfs-perf`) both start it, with the defaults a mount takes when
 //! no flag says otherwise. What the two share lives here, so the ceiling
 //! cannot drift from the real mount.
