@@ -6,6 +6,7 @@
 
 pub mod core;
 pub mod fuse;
+pub mod null;
 
 // The stripe rules and the codec live in the storage client.
 pub use torchfs_storage_client::{codec, stripe};

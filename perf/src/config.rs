@@ -44,8 +44,9 @@ pub enum TargetChoice {
     /// JuiceFS over its own redis-server and a local-disk bucket
     /// (perf/scripts/juicefs-up.sh).
     Juicefs,
-    /// An in-memory FUSE filesystem served by the same FUSE library: the
-    /// FUSE ceiling.
+    /// torchfs's own mount (FUSE front-end and client core, default
+    /// settings) over a null backend, metadata in memory and no storage:
+    /// the FUSE ceiling.
     FuseNull,
 }
 

@@ -6,14 +6,14 @@
 //! reason), run the probes, run the workloads of `workloads::registry()`
 //! (destructive ones last), tear the targets down, write the results.
 //! The binary re-executes itself for worker processes (`__worker`) and the
-//! FUSE-ceiling server (`__nullfs`).
+//! FUSE-ceiling server (`__nullfs`: torchfs's own mount over the null
+//! backend, `targets::nullfs`).
 
 mod config;
 mod ctx;
 mod data;
 mod machine;
 mod model;
-mod nullfs;
 mod plots;
 mod probes;
 mod report;
@@ -41,10 +41,9 @@ use targets::Target;
     version,
     about = "Benchmark torchfs side by side with the local disk, GlusterFS and physical limits",
     long_about = "Benchmark torchfs side by side with the local disk, GlusterFS and physical limits.\n\n\
-        One run brings up every target (torchfs via `torchfs up`, a local directory, an in-memory \
-        FUSE filesystem and, with --gluster, a GlusterFS disperse 4+2 volume), probes the disk and \
-        loopback TCP, runs \
-        each workload on every target with the same bytes, order and cache state, and writes \
+        One run brings up every target (torchfs via `torchfs up`, a local directory, torchfs's own \
+        mount over a null backend (the FUSE ceiling) and, with --gluster, a GlusterFS disperse 4+2 \
+        volume), probes the disk and loopback TCP, runs each workload on every target with the same bytes, order and cache state, and writes \
         <out>/<date>-<host>.json, .md (ratio table) and PNG plots. Figures are medians of \
         repeats, reported with min and max. Needs root for FUSE mounts, GlusterFS and dropping \
         caches; what cannot be done is reported and skipped.",
@@ -71,7 +70,10 @@ enum Internal {
     #[command(name = "__worker", hide = true)]
     Worker { index: usize, count: usize },
     #[command(name = "__nullfs", hide = true)]
-    Nullfs { mountpoint: PathBuf },
+    Nullfs {
+        mountpoint: PathBuf,
+        mounts_file: PathBuf,
+    },
     #[command(name = "__epoch_worker", hide = true)]
     EpochWorker { spec: PathBuf },
 }
@@ -92,7 +94,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.internal {
         Some(Internal::Worker { index, count }) => workers::serve(index, count),
-        Some(Internal::Nullfs { mountpoint }) => nullfs::serve(&mountpoint),
+        Some(Internal::Nullfs {
+            mountpoint,
+            mounts_file,
+        }) => targets::nullfs::serve(&mountpoint, &mounts_file),
         Some(Internal::EpochWorker { spec }) => workloads::epoch_cache::serve_worker(&spec),
         None => match cli.render {
             Some(json) => render(&json, &cli.run.out),

@@ -25,8 +25,9 @@ pub enum TargetKind {
     LocalDisk,
     /// Another distributed filesystem (GlusterFS, JuiceFS).
     Peer,
-    /// A bound on what any filesystem could do here: the in-memory FUSE
-    /// filesystem, raw ISA-L, the disk and loopback probes.
+    /// A bound on what any filesystem could do here: torchfs's own mount
+    /// over a null backend (the FUSE ceiling), raw ISA-L, the disk and
+    /// loopback probes.
     Limit,
 }
 

@@ -209,8 +209,9 @@ pub fn markdown(results: &Results) -> String {
         s,
         "Medians of the repeats; every ratio is {SYSTEM_TARGET} over a figure measured in this \
          same run (above 1: {SYSTEM_TARGET} is faster, for figures where higher is better). \
-         \"limit\" is the tightest bound measured: the same workload on the in-memory FUSE \
-         filesystem (fuse-null), raw ISA-L, or a probe of the disk or loopback TCP.\n"
+         \"limit\" is the tightest bound measured: the same workload on torchfs's own \
+         mount over a null backend (fuse-null, the FUSE ceiling), raw ISA-L, or a probe of the \
+         disk or loopback TCP.\n"
     );
     s.push_str(&ratio_table(results));
     degraded_section(results, &mut s);

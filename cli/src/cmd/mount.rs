@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use torchfs_client::core::{CacheConfig, Client, ClientConfig};
-use torchfs_client::fuse::FuseOptions;
+use torchfs_client::fuse::{default_cache_mem_bytes, FuseOptions, MountError, Mounted};
 
 #[derive(Args)]
 #[command(args_override_self = true)]
@@ -22,7 +22,7 @@ pub struct MountArgs {
     pub metad: Vec<String>,
     /// FUSE worker threads (they answer cache hits and empty closes
     /// themselves, and hand the rest to the client's tasks).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = FuseOptions::default().threads)]
     pub threads: usize,
     #[command(flatten)]
     pub access: AccessArgs,
@@ -53,8 +53,7 @@ impl AccessArgs {
         if self.owner_only {
             return false;
         }
-        // SAFETY: geteuid has no preconditions.
-        self.allow_other || unsafe { libc::geteuid() } == 0
+        self.allow_other || torchfs_client::fuse::allow_other_by_default()
     }
 }
 
@@ -125,22 +124,6 @@ impl CacheArgs {
     }
 }
 
-/// 1 GiB, or an eighth of the machine's memory when that is less.
-fn default_cache_mem_bytes() -> u64 {
-    // SAFETY: sysconf has no preconditions; it returns -1 when unknown.
-    let (pages, page_bytes) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let total = (pages.max(0) as u64).saturating_mul(page_bytes.max(0) as u64);
-    match total {
-        0 => torchfs_client::core::cache::DEFAULT_CACHE_MEM_BYTES,
-        t => (t / 8).min(torchfs_client::core::cache::DEFAULT_CACHE_MEM_BYTES),
-    }
-}
-
 /// Parses a byte count: digits with an optional K, M, G or T suffix
 /// (powers of 1024; `KiB`, `KB` and `k` read the same).
 pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
@@ -166,104 +149,46 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// A live mount and the runtime its client runs on.
-pub struct Mounted {
-    session: Option<torchfs_client::fuse::MountSession>,
-    mountpoint: PathBuf,
-    client: Client,
-    // Dropped after the session: FUSE threads call into it until unmount.
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Mounted {
-    /// Gives a root directory still owned by root (a new cluster) to the
-    /// calling user, so a cluster that user started is writable for them
-    /// (the kernel checks modes: `default_permissions`).
-    pub fn adopt_new_root(&self) -> Result<()> {
-        // SAFETY: getuid/getgid have no preconditions.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let runtime = &self.runtime;
-        let root = torchfs_proto::meta::ROOT_INO;
-        let attr = runtime
-            .block_on(self.client.getattr(root))
-            .context("stat the root directory")?;
-        if uid == 0 || attr.uid != 0 {
-            return Ok(());
-        }
-        let set = torchfs_proto::meta::SetAttr {
-            uid: Some(uid),
-            gid: Some(gid),
-            ..Default::default()
-        };
-        runtime
-            .block_on(self.client.setattr(root, set))
-            .context("give the root directory to this user")?;
-        Ok(())
+/// Gives a root directory still owned by root (a new cluster) to the
+/// calling user, so a cluster that user started is writable for them (the
+/// kernel checks modes: `default_permissions`).
+pub fn adopt_new_root(mounted: &Mounted) -> Result<()> {
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let client = mounted.client();
+    let root = torchfs_proto::meta::ROOT_INO;
+    let attr = mounted
+        .block_on(client.getattr(root))
+        .context("stat the root directory")?;
+    if uid == 0 || attr.uid != 0 {
+        return Ok(());
     }
-
-    /// Unmounts and waits for the FUSE threads to finish.
-    pub fn unmount(mut self) -> Result<()> {
-        if let Some(session) = self.session.take() {
-            session
-                .umount_and_join()
-                .with_context(|| format!("unmount {}", self.mountpoint.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
-        }
-    }
+    let set = torchfs_proto::meta::SetAttr {
+        uid: Some(uid),
+        gid: Some(gid),
+        ..Default::default()
+    };
+    mounted
+        .block_on(client.setattr(root, set))
+        .context("give the root directory to this user")?;
+    Ok(())
 }
 
 /// Checks the mount point, connects to the cluster and mounts it.
 pub fn mount(config: &ClientConfig, mountpoint: &Path, options: &FuseOptions) -> Result<Mounted> {
     let metad = &config.metad;
-    let cache = &config.cache;
     super::check_metad_addrs(metad)?;
     check_mountpoint(mountpoint)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("torchfs-client")
-        .enable_all()
-        .build()
-        .context("start runtime")?;
-    if let Some(dir) = &cache.disk_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("create cache disk-tier directory {}", dir.display()))?;
-    }
-    let mut options = options.clone();
-    options.passthrough = cache.disk_dir.is_some() && cache.mem_bytes > 0;
-    let options = &options;
-    let client = runtime
-        .block_on(Client::connect(config.clone()))
-        .with_context(|| {
-            format!(
-                "connect to metad at {} (is the cluster running?)",
-                metad.join(",")
-            )
-        })?;
-    let session = torchfs_client::fuse::mount(
-        client.clone(),
-        runtime.handle().clone(),
-        mountpoint,
-        options,
-    )
-    .with_context(|| {
-        format!(
+    Mounted::start(config.clone(), mountpoint, options, Client::connect).map_err(|e| match e {
+        MountError::Client(source) => anyhow::Error::new(source).context(format!(
+            "connect to metad at {} (is the cluster running?)",
+            metad.join(",")
+        )),
+        MountError::Mount { source, .. } => anyhow::Error::new(source).context(format!(
             "mount on {} (is /dev/fuse there, and are you root or is fusermount3 installed?)",
             mountpoint.display()
-        )
-    })?;
-    Ok(Mounted {
-        session: Some(session),
-        mountpoint: mountpoint.to_path_buf(),
-        client,
-        runtime,
+        )),
+        other => other.into(),
     })
 }
 
@@ -324,7 +249,9 @@ pub fn run(args: MountArgs) -> Result<()> {
         .build()
         .context("start runtime")?;
     signal_runtime.block_on(super::stop_signal());
-    mounted.unmount()
+    mounted
+        .unmount()
+        .with_context(|| format!("unmount {}", args.mountpoint.display()))
 }
 
 #[cfg(test)]
@@ -343,6 +270,28 @@ mod tests {
         assert!(parse_bytes("99999999999T")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    /// `torchfs mount`'s flags left out give the mount defaults the FUSE
+    /// ceiling (torchfs-perf's fuse-null) also takes.
+    #[test]
+    fn flag_defaults_are_the_mount_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: MountArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["torchfs", "/mnt"]).unwrap();
+        let args = cli.mount;
+        let metad = vec!["127.0.0.1:7401".to_string()];
+        let expected = torchfs_client::fuse::default_client_config(metad.clone());
+        let config = args.cache.client_config(&metad);
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+        assert_eq!(args.threads, FuseOptions::default().threads);
+        assert_eq!(
+            args.access.allow_other(),
+            torchfs_client::fuse::allow_other_by_default()
+        );
         let d = default_cache_mem_bytes();
         assert!(d > 0 && d <= 1 << 30);
     }

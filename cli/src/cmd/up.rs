@@ -133,7 +133,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             ..FuseOptions::default()
         },
     )?;
-    mounted.adopt_new_root()?;
+    super::mount::adopt_new_root(&mounted)?;
     println!("torchfs: mounted on {}", mountpoint.display());
     if !args.no_demo {
         if let Err(e) = demo(&mountpoint) {
@@ -172,7 +172,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         "torchfs: unmounting {} and stopping the cluster",
         mountpoint.display()
     );
-    mounted.unmount()?;
+    mounted
+        .unmount()
+        .with_context(|| format!("unmount {}", mountpoint.display()))?;
     cluster.stop();
     Ok(())
 }

@@ -9,7 +9,8 @@ use fuser::{FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen,
 use super::attr::file_attr;
 use super::passthrough::OpenAs;
 use super::{errno, Fs};
-use crate::core::{NewMode, Owner};
+use crate::core::{MetaService, NewMode, Owner};
+use torchfs_rdma::Transport;
 
 /// How open(2) opens a file: for writing, truncating, appending.
 #[derive(Clone, Copy)]
@@ -32,7 +33,7 @@ pub(super) struct CreateOpen {
     pub owner: Owner,
 }
 
-impl Fs {
+impl<M: MetaService, T: Transport> Fs<M, T> {
     /// An open the frozen table answers (a read of a file of a frozen
     /// dataset version, no passthrough, no plan), answered at once on the
     /// thread that read it: a hand-off to a task costs a thread wake-up,
@@ -162,7 +163,7 @@ impl Fs {
     }
 }
 
-impl Fs {
+impl<M: MetaService, T: Transport> Fs<M, T> {
     /// A write to a handle opened with O_APPEND: at the end of the file as
     /// this client knows it (fresh after a lock: lock coherence), not at
     /// `offset`, the kernel's own idea of the end. When they differ, the

@@ -11,7 +11,8 @@ use fuser::{Errno, ReplyEmpty, ReplyLock};
 use torchfs_proto::meta::LockKind;
 
 use super::Fs;
-use crate::core::{Client, LockSpec};
+use crate::core::{Client, LockSpec, MetaService};
+use torchfs_rdma::Transport;
 
 /// The kernel's lock type (F_RDLCK, F_WRLCK, F_UNLCK) as a [`LockKind`].
 fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
@@ -49,7 +50,12 @@ pub(super) fn spec(
 }
 
 /// F_GETLK: the conflicting lock, or F_UNLCK over the asked range.
-pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: ReplyLock) {
+pub(super) async fn getlk<M: MetaService, T: Transport>(
+    client: &Client<M, T>,
+    ino: u64,
+    spec: LockSpec,
+    reply: ReplyLock,
+) {
     match client.get_lock(ino, spec).await {
         Ok(Some(l)) => reply.locked(l.start, l.end, lock_type(l.kind), l.pid),
         Ok(None) => reply.locked(spec.start, spec.end, libc::F_UNLCK, 0),
@@ -57,7 +63,7 @@ pub(super) async fn getlk(client: &Client, ino: u64, spec: LockSpec, reply: Repl
     }
 }
 
-impl Fs {
+impl<M: MetaService, T: Transport> Fs<M, T> {
     /// F_SETLK / F_SETLKW (`wait`). A lock taken drops the kernel's cached
     /// attributes of the file (they may be older than the client's view),
     /// and its pages too when another client changed the file, before the

@@ -16,6 +16,9 @@
 //!   passthrough).
 //! - `request`: argument checks and replies every handler shares.
 //! - `init`: what the mount asks of the kernel.
+//! - `mounted`: a mount with the runtime its client runs on, and the
+//!   defaults a mount takes (what `torchfs mount` and the FUSE ceiling
+//!   share).
 //! - `attr`, `dirs`, `locks`, `xattr`, `passthrough`, `readahead`: what
 //!   their names say.
 
@@ -26,6 +29,7 @@ mod dirs;
 mod files;
 mod init;
 mod locks;
+mod mounted;
 mod passthrough;
 mod readahead;
 mod xattr;
@@ -45,10 +49,14 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
+pub use mounted::{
+    allow_other_by_default, default_cache_mem_bytes, default_client_config, MountError, Mounted,
+};
 use tokio::runtime::Handle;
 use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
+use torchfs_rdma::Transport;
 
-use crate::core::Client;
+use crate::core::{Client, MetaService};
 use attr::node_kind;
 use dirs::DirStreams;
 use passthrough::IoModes;
@@ -90,9 +98,11 @@ impl Default for FuseOptions {
 }
 
 /// Mounts `client` at `mountpoint` and serves it until the returned session
-/// is dropped or unmounted. Requests run as tasks on `runtime`.
-pub fn mount(
-    client: Client,
+/// is dropped or unmounted. Requests run as tasks on `runtime`. Any client
+/// core serves: the real one (metad and storage nodes) or the null backend
+/// of the FUSE ceiling ([`crate::null`]), through the same code.
+pub fn mount<M: MetaService, T: Transport>(
+    client: Client<M, T>,
     runtime: Handle,
     mountpoint: &Path,
     options: &FuseOptions,
@@ -131,8 +141,8 @@ pub fn mount(
 }
 
 /// What fuser calls: dispatches each request onto the runtime.
-struct TorchFs {
-    fs: Arc<Fs>,
+struct TorchFs<M: MetaService, T: Transport> {
+    fs: Arc<Fs<M, T>>,
     runtime: Handle,
     /// Where requests that only talk to metad run: the metad client's own
     /// thread, which saves a thread hop each way per call (a lookup or a
@@ -141,8 +151,8 @@ struct TorchFs {
 }
 
 /// What the request tasks share.
-struct Fs {
-    client: Client,
+struct Fs<M: MetaService, T: Transport> {
+    client: Client<M, T>,
     options: FuseOptions,
     dirs: DirStreams,
     next_dir_handle: AtomicU64,
@@ -154,11 +164,11 @@ struct Fs {
     notifier: OnceLock<Notifier>,
 }
 
-impl TorchFs {
+impl<M: MetaService, T: Transport> TorchFs<M, T> {
     /// Runs one request's task; it owns its reply, so a task that ends
     /// without answering (the runtime shutting down) still answers EIO
     /// (fuser's reply drop).
-    fn spawn<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)
+    fn spawn<F>(&self, task: impl FnOnce(Arc<Fs<M, T>>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -166,7 +176,7 @@ impl TorchFs {
     }
 
     /// [`Self::spawn`] for a request that only talks to metad.
-    fn spawn_meta<F>(&self, task: impl FnOnce(Arc<Fs>) -> F)
+    fn spawn_meta<F>(&self, task: impl FnOnce(Arc<Fs<M, T>>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -174,7 +184,7 @@ impl TorchFs {
     }
 }
 
-impl Filesystem for TorchFs {
+impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let passthrough = init::negotiate(&self.fs.options, config);
         self.fs.passthrough.store(passthrough, Ordering::Relaxed);

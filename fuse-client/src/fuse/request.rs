@@ -8,7 +8,8 @@ use torchfs_proto::meta::{Attr, SetTime, NAME_BYTES_MAX};
 
 use super::attr::{file_attr, negative_entry, system_time_ns};
 use super::Fs;
-use crate::core::{ClientError, NewMode, Owner};
+use crate::core::{ClientError, MetaService, NewMode, Owner};
+use torchfs_rdma::Transport;
 
 /// The errno a failed request answers. An EIO is logged with its cause
 /// (the application sees only "I/O error"); the others are the
@@ -62,7 +63,7 @@ pub(super) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-impl Fs {
+impl<M: MetaService, T: Transport> Fs<M, T> {
     pub(super) fn reply_entry(&self, result: Result<Attr, ClientError>, reply: ReplyEntry) {
         match result {
             Ok(attr) => reply.entry(&self.options.entry_ttl, &file_attr(&attr), Generation(0)),

@@ -1,7 +1,8 @@
 //! Targets: the filesystems workloads run against (torchfs, the local disk,
-//! GlusterFS, JuiceFS, the in-memory FUSE ceiling). Each is brought up here, gives the
-//! workloads a directory, can (where it makes sense) lose storage nodes for
-//! a degraded read, and is torn down at the end. A target that cannot start
+//! GlusterFS, JuiceFS, the FUSE ceiling: torchfs's own mount over a null
+//! backend). Each is brought up here, gives the workloads a directory, can
+//! (where it makes sense) lose storage nodes for a degraded read, and is
+//! torn down at the end. A target that cannot start
 //! is reported with the reason and the run goes on without it.
 
 pub mod gluster;
