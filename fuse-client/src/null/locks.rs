@@ -8,8 +8,6 @@ use std::collections::HashMap;
 
 use torchfs_proto::meta::{errno, FileLock, Ino, LockKind, MetaError, LOCKS_PER_INODE_MAX};
 
-use super::meta::fs;
-
 #[derive(Default)]
 pub(super) struct Locks {
     held: HashMap<Ino, Vec<FileLock>>,
@@ -17,7 +15,7 @@ pub(super) struct Locks {
 
 fn check_range(lock: &FileLock) -> Result<(), MetaError> {
     if lock.start > lock.end {
-        return Err(fs(
+        return Err(MetaError::fs(
             errno::EINVAL,
             format!("lock range {}..={} is empty", lock.start, lock.end),
         ));
@@ -47,10 +45,10 @@ impl Locks {
         let held = self.held.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
         if lock.kind != LockKind::Unlock {
             if !exists {
-                return Err(fs(errno::ENOENT, format!("no inode {ino}")));
+                return Err(MetaError::fs(errno::ENOENT, format!("no inode {ino}")));
             }
             if let Some(h) = held.iter().find(|h| lock.conflicts_with(h)) {
-                return Err(fs(
+                return Err(MetaError::fs(
                     errno::EAGAIN,
                     format!(
                         "inode {ino} bytes {}..={} are locked by pid {} of client {:x}",
@@ -61,7 +59,7 @@ impl Locks {
         }
         let next = applied(held, lock);
         if next.len() > LOCKS_PER_INODE_MAX {
-            return Err(fs(
+            return Err(MetaError::fs(
                 errno::ENOLCK,
                 format!("inode {ino} would hold {} locks", next.len()),
             ));

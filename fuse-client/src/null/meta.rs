@@ -132,10 +132,6 @@ fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-pub(super) fn fs(errno: i32, message: impl Into<String>) -> MetaError {
-    MetaError::fs(errno, message)
-}
-
 /// The answer to a request the null backend does not serve.
 fn unsupported(req: &MetaRequest) -> MetaError {
     let text = format!("{req:?}");
@@ -143,7 +139,7 @@ fn unsupported(req: &MetaRequest) -> MetaError {
         .split(|c: char| !c.is_alphanumeric())
         .next()
         .unwrap_or("");
-    fs(
+    MetaError::fs(
         errno::EOPNOTSUPP,
         format!("the null backend (FUSE ceiling) does not serve {op}"),
     )

@@ -18,10 +18,12 @@
 //! storage-node registration) are answered with EOPNOTSUPP, never a panic.
 //!
 //! - `meta`: [`NullMeta`], the service: requests routed to the namespace.
-//! - `namespace`: inodes, entries, layouts, leases and orphans.
+//! - `namespace`: inodes, entries, renames.
+//! - `files`: opens, layouts, leases and orphans, setattr, commits.
 //! - `locks`: byte-range locks as metad keeps them.
 //! - `transport`: [`NullTransport`] and its counters.
 
+mod files;
 mod locks;
 mod meta;
 mod namespace;

@@ -4,16 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use torchfs_proto::meta::{
-    errno, Attr, ClusterMap, DirEntry, FileKind, FileLayout, FileLock, Garbage, Ino, Layout,
-    MetaError, MetaReply, NamedAttr, RenameMode, SetAttr, SetTime, StatFs, StripeBase, StripeEntry,
-    FILES_MAX, NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
+    errno, Attr, ClusterMap, DirEntry, FileKind, FileLock, Ino, Layout, MetaError, MetaReply,
+    NamedAttr, RenameMode, StatFs, FILES_MAX, NAME_BYTES_MAX, READDIR_PLUS_MAX, ROOT_INO,
 };
 
 use super::locks::Locks;
-use super::meta::fs;
 
 /// How long a client's lease lasts without a keep-alive (the value metad
 /// uses): files it held open stop counting as open after that.
@@ -45,24 +43,27 @@ fn new_attr(ino: Ino, kind: FileKind, mode: u32, (uid, gid): (u32, u32), now: i6
 /// caller might).
 fn check_name(name: &str) -> Result<(), MetaError> {
     if name.len() > NAME_BYTES_MAX {
-        return Err(fs(
+        return Err(MetaError::fs(
             errno::ENAMETOOLONG,
             format!("name of {} bytes", name.len()),
         ));
     }
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(fs(errno::EINVAL, format!("{name:?} is not a name")));
+        return Err(MetaError::fs(
+            errno::EINVAL,
+            format!("{name:?} is not a name"),
+        ));
     }
     Ok(())
 }
 
 /// An inode: its attributes and what a regular file or directory holds.
-struct Node {
-    attr: Attr,
-    body: Body,
+pub(super) struct Node {
+    pub(super) attr: Attr,
+    pub(super) body: Body,
 }
 
-enum Body {
+pub(super) enum Body {
     /// The stripes committed (their fragments were dropped).
     File(Layout),
     /// `parent` is for the checks that keep renames from making cycles.
@@ -73,20 +74,20 @@ enum Body {
 }
 
 /// A client's lease: when it was last heard from, what it holds open.
-struct Lease {
-    seen: Instant,
-    open: HashSet<Ino>,
+pub(super) struct Lease {
+    pub(super) seen: Instant,
+    pub(super) open: HashSet<Ino>,
 }
 
 pub(super) struct Namespace {
-    nodes: HashMap<Ino, Node>,
-    next_ino: Ino,
+    pub(super) nodes: HashMap<Ino, Node>,
+    pub(super) next_ino: Ino,
     /// Files with no name left, kept while a client holds them open.
-    orphans: HashSet<Ino>,
+    pub(super) orphans: HashSet<Ino>,
     /// Per client id.
-    leases: HashMap<u64, Lease>,
-    locks: Locks,
-    map: ClusterMap,
+    pub(super) leases: HashMap<u64, Lease>,
+    pub(super) locks: Locks,
+    pub(super) map: ClusterMap,
 }
 
 impl Namespace {
@@ -144,7 +145,7 @@ impl Namespace {
 
     /// Entries of `dir` from the name `from` on (`from` included or not),
     /// at most `limit`, in name order.
-    fn listed(
+    pub(super) fn listed(
         &self,
         dir: Ino,
         from: Bound<&str>,
@@ -220,7 +221,10 @@ impl Namespace {
     ) -> Result<MetaReply, MetaError> {
         let ino = self.entry(parent, name)?;
         if self.node(ino)?.attr.kind == FileKind::Dir {
-            return Err(fs(errno::EISDIR, format!("{name:?} is a directory")));
+            return Err(MetaError::fs(
+                errno::EISDIR,
+                format!("{name:?} is a directory"),
+            ));
         }
         self.remove_entry(parent, name, now_ns);
         let freed = self.drop_link(ino, now, now_ns);
@@ -231,70 +235,23 @@ impl Namespace {
         let ino = self.entry(parent, name)?;
         match &self.node(ino)?.body {
             Body::Dir { entries, .. } if !entries.is_empty() => {
-                return Err(fs(errno::ENOTEMPTY, format!("{name:?} is not empty")))
+                return Err(MetaError::fs(
+                    errno::ENOTEMPTY,
+                    format!("{name:?} is not empty"),
+                ))
             }
             Body::Dir { .. } => {}
             Body::File(_) => {
-                return Err(fs(errno::ENOTDIR, format!("{name:?} is not a directory")))
+                return Err(MetaError::fs(
+                    errno::ENOTDIR,
+                    format!("{name:?} is not a directory"),
+                ))
             }
         }
         self.remove_entry(parent, name, now_ns);
         self.nodes.remove(&ino);
         self.add_nlink(parent, -1);
         Ok(())
-    }
-
-    /// Open (and CreateOpen): the file's attributes and layout; client
-    /// `client_id` holds it open from now on, until a keep-alive of its
-    /// leaves it out or its lease ends.
-    pub(super) fn open(
-        &mut self,
-        ino: Ino,
-        client_id: u64,
-        now: Instant,
-    ) -> Result<MetaReply, MetaError> {
-        let reply = self.layout_reply(ino)?;
-        let lease = self.leases.entry(client_id).or_insert_with(|| Lease {
-            seen: now,
-            open: HashSet::new(),
-        });
-        lease.seen = now;
-        lease.open.insert(ino);
-        Ok(reply)
-    }
-
-    /// GetLayouts: those of `inos` that exist and are regular files.
-    pub(super) fn layouts(&self, inos: &[Ino]) -> Vec<FileLayout> {
-        inos.iter()
-            .filter_map(|ino| match self.nodes.get(ino)? {
-                Node {
-                    attr,
-                    body: Body::File(layout),
-                } => Some(FileLayout {
-                    attr: attr.clone(),
-                    layout: layout.clone(),
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// KeepAlive: client `client_id` holds `open` now; the garbage to hand
-    /// it (orphans nobody holds open any more).
-    pub(super) fn keep_alive(
-        &mut self,
-        client_id: u64,
-        open: Vec<Ino>,
-        now: Instant,
-    ) -> Vec<Garbage> {
-        self.leases.insert(
-            client_id,
-            Lease {
-                seen: now,
-                open: open.into_iter().collect(),
-            },
-        );
-        self.reclaim(now)
     }
 
     pub(super) fn set_lock(
@@ -319,43 +276,28 @@ impl Namespace {
         self.locks.get(ino, lock)
     }
 
-    fn node(&self, ino: Ino) -> Result<&Node, MetaError> {
+    pub(super) fn node(&self, ino: Ino) -> Result<&Node, MetaError> {
         self.nodes
             .get(&ino)
-            .ok_or_else(|| fs(errno::ENOENT, format!("no inode {ino}")))
+            .ok_or_else(|| MetaError::fs(errno::ENOENT, format!("no inode {ino}")))
     }
 
-    fn dir_entries(&self, ino: Ino) -> Result<&BTreeMap<String, Ino>, MetaError> {
+    pub(super) fn dir_entries(&self, ino: Ino) -> Result<&BTreeMap<String, Ino>, MetaError> {
         match &self.node(ino)?.body {
             Body::Dir { entries, .. } => Ok(entries),
-            Body::File(_) => Err(fs(
+            Body::File(_) => Err(MetaError::fs(
                 errno::ENOTDIR,
                 format!("inode {ino} is not a directory"),
             )),
         }
     }
 
-    fn entry(&self, parent: Ino, name: &str) -> Result<Ino, MetaError> {
+    pub(super) fn entry(&self, parent: Ino, name: &str) -> Result<Ino, MetaError> {
         self.dir_entries(parent)?.get(name).copied().ok_or_else(|| {
-            fs(
+            MetaError::fs(
                 errno::ENOENT,
                 format!("no entry {name:?} in inode {parent}"),
             )
-        })
-    }
-
-    pub(super) fn layout_reply(&self, ino: Ino) -> Result<MetaReply, MetaError> {
-        let node = self.node(ino)?;
-        let layout = match &node.body {
-            Body::File(layout) => layout.clone(),
-            Body::Dir { .. } => Layout {
-                config: self.map.config,
-                stripes: Vec::new(),
-            },
-        };
-        Ok(MetaReply::Layout {
-            attr: node.attr.clone(),
-            layout,
         })
     }
 
@@ -372,7 +314,7 @@ impl Namespace {
 
     /// Marks a directory changed: a new mtime and ctime, the ctime strictly
     /// later than before (clients tell changes apart by it, as metad's).
-    fn touch_dir(&mut self, dir: Ino, now_ns: i64) {
+    pub(super) fn touch_dir(&mut self, dir: Ino, now_ns: i64) {
         if let Some(node) = self.nodes.get_mut(&dir) {
             let at = now_ns.max(node.attr.ctime_ns.saturating_add(1));
             node.attr.mtime_ns = at;
@@ -380,14 +322,14 @@ impl Namespace {
         }
     }
 
-    fn add_nlink(&mut self, ino: Ino, delta: i32) {
+    pub(super) fn add_nlink(&mut self, ino: Ino, delta: i32) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.attr.nlink = node.attr.nlink.saturating_add_signed(delta);
         }
     }
 
     /// A new inode named `name` in `parent`.
-    fn make(
+    pub(super) fn make(
         &mut self,
         parent: Ino,
         name: &str,
@@ -398,7 +340,7 @@ impl Namespace {
     ) -> Result<Attr, MetaError> {
         check_name(name)?;
         if self.dir_entries(parent)?.contains_key(name) {
-            return Err(fs(
+            return Err(MetaError::fs(
                 errno::EEXIST,
                 format!("{name:?} exists in inode {parent}"),
             ));
@@ -449,7 +391,7 @@ impl Namespace {
     ) -> Result<Attr, MetaError> {
         if let Some(&ino) = self.dir_entries(parent)?.get(name) {
             if exclusive {
-                return Err(fs(
+                return Err(MetaError::fs(
                     errno::EEXIST,
                     format!("{name:?} exists in inode {parent}"),
                 ));
@@ -459,7 +401,7 @@ impl Namespace {
         self.make(parent, name, FileKind::File, mode & !umask, owner, now_ns)
     }
 
-    fn remove_entry(&mut self, parent: Ino, name: &str, now_ns: i64) {
+    pub(super) fn remove_entry(&mut self, parent: Ino, name: &str, now_ns: i64) {
         if let Some(Node {
             body: Body::Dir { entries, .. },
             ..
@@ -468,181 +410,6 @@ impl Namespace {
             entries.remove(name);
         }
         self.touch_dir(parent, now_ns);
-    }
-
-    /// A file lost a name: with none left it goes, unless a client holds it
-    /// open (then it is an orphan until no client does). The stripes it
-    /// freed.
-    fn drop_link(&mut self, ino: Ino, now: Instant, now_ns: i64) -> Vec<StripeEntry> {
-        let Some(node) = self.nodes.get_mut(&ino) else {
-            return Vec::new();
-        };
-        node.attr.nlink = node.attr.nlink.saturating_sub(1);
-        node.attr.ctime_ns = now_ns;
-        if node.attr.nlink > 0 {
-            return Vec::new();
-        }
-        if self.is_open(ino, now) {
-            self.orphans.insert(ino);
-            return Vec::new();
-        }
-        self.locks.drop_inode(ino);
-        match self.nodes.remove(&ino).map(|n| n.body) {
-            Some(Body::File(layout)) => layout.stripes,
-            _ => Vec::new(),
-        }
-    }
-
-    fn lease_live(&self, lease: &Lease, now: Instant) -> bool {
-        now.duration_since(lease.seen) < Duration::from_millis(LEASE_MS)
-    }
-
-    fn is_open(&self, ino: Ino, now: Instant) -> bool {
-        self.leases
-            .values()
-            .any(|l| self.lease_live(l, now) && l.open.contains(&ino))
-    }
-
-    /// Forgets clients whose lease ended (and their locks), and hands out
-    /// the orphans no client holds open any more: the caller deletes their
-    /// fragments.
-    fn reclaim(&mut self, now: Instant) -> Vec<Garbage> {
-        let ended: Vec<u64> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| !self.lease_live(l, now))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in &ended {
-            self.leases.remove(id);
-        }
-        self.locks.release_clients(&ended);
-        let closed: Vec<Ino> = self
-            .orphans
-            .iter()
-            .copied()
-            .filter(|&ino| !self.is_open(ino, now))
-            .collect();
-        closed
-            .into_iter()
-            .filter_map(|ino| {
-                self.orphans.remove(&ino);
-                self.locks.drop_inode(ino);
-                match self.nodes.remove(&ino)?.body {
-                    Body::File(layout) => Some(Garbage { ino, layout }),
-                    Body::Dir { .. } => None,
-                }
-            })
-            .collect()
-    }
-
-    pub(super) fn setattr(
-        &mut self,
-        ino: Ino,
-        set: SetAttr,
-        now_ns: i64,
-    ) -> Result<MetaReply, MetaError> {
-        let node = self
-            .nodes
-            .get_mut(&ino)
-            .ok_or_else(|| fs(errno::ENOENT, format!("no inode {ino}")))?;
-        let mut freed = Vec::new();
-        if let Some(size) = set.size {
-            let Body::File(layout) = &mut node.body else {
-                return Err(fs(errno::EISDIR, format!("inode {ino} is a directory")));
-            };
-            let stripe_bytes = layout.config.stripe_bytes();
-            let (kept, dropped) = std::mem::take(&mut layout.stripes)
-                .into_iter()
-                .partition::<Vec<_>, _>(|e| e.stripe.saturating_mul(stripe_bytes) < size);
-            layout.stripes = kept;
-            for e in &mut layout.stripes {
-                let left = size - e.stripe * stripe_bytes;
-                e.valid_bytes = e.valid_bytes.min(u32::try_from(left).unwrap_or(u32::MAX));
-            }
-            freed = dropped;
-            node.attr.size = size;
-            node.attr.mtime_ns = now_ns;
-        }
-        if let Some(mode) = set.mode {
-            node.attr.mode = mode & 0o7777;
-        }
-        if let Some(uid) = set.uid {
-            node.attr.uid = uid;
-        }
-        if let Some(gid) = set.gid {
-            node.attr.gid = gid;
-        }
-        let at = |t: SetTime| match t {
-            SetTime::Now => now_ns,
-            SetTime::Ns(ns) => ns,
-        };
-        if let Some(t) = set.atime {
-            node.attr.atime_ns = at(t);
-        }
-        if let Some(t) = set.mtime {
-            node.attr.mtime_ns = at(t);
-        }
-        node.attr.ctime_ns = now_ns;
-        Ok(MetaReply::AttrFreed {
-            attr: node.attr.clone(),
-            freed,
-        })
-    }
-
-    /// CommitStripes: the stripes replace theirs if each is still at its
-    /// base, else nothing changes and the current entries come back.
-    pub(super) fn commit(
-        &mut self,
-        ino: Ino,
-        size_at_least: u64,
-        stripes: Vec<StripeEntry>,
-        bases: Vec<StripeBase>,
-        now_ns: i64,
-    ) -> Result<MetaReply, MetaError> {
-        if stripes.len() != bases.len() {
-            return Err(MetaError::Invalid(format!(
-                "{} stripes with {} bases",
-                stripes.len(),
-                bases.len()
-            )));
-        }
-        let node = self
-            .nodes
-            .get_mut(&ino)
-            .ok_or_else(|| fs(errno::ENOENT, format!("no inode {ino}")))?;
-        let Body::File(layout) = &mut node.body else {
-            return Err(fs(errno::EISDIR, format!("inode {ino} is a directory")));
-        };
-        let current = |s: u64| layout.stripes.iter().find(|e| e.stripe == s);
-        let moved = stripes
-            .iter()
-            .zip(&bases)
-            .any(|(e, base)| StripeBase::of(current(e.stripe)) != *base);
-        if moved {
-            let now = stripes
-                .iter()
-                .filter_map(|e| current(e.stripe).cloned())
-                .collect();
-            return Ok(MetaReply::Conflict {
-                attr: node.attr.clone(),
-                stripes: now,
-            });
-        }
-        let mut replaced = Vec::new();
-        for e in stripes {
-            match layout.stripes.binary_search_by_key(&e.stripe, |o| o.stripe) {
-                Ok(i) => replaced.push(std::mem::replace(&mut layout.stripes[i], e)),
-                Err(i) => layout.stripes.insert(i, e),
-            }
-        }
-        node.attr.size = node.attr.size.max(size_at_least);
-        node.attr.mtime_ns = now_ns;
-        node.attr.ctime_ns = now_ns;
-        Ok(MetaReply::Committed {
-            attr: node.attr.clone(),
-            replaced,
-        })
     }
 
     /// rename(2) and RENAME_NOREPLACE; every check before the first change.
@@ -655,7 +422,7 @@ impl Namespace {
         now_ns: i64,
     ) -> Result<MetaReply, MetaError> {
         if mode == RenameMode::Exchange {
-            return Err(fs(
+            return Err(MetaError::fs(
                 errno::EOPNOTSUPP,
                 "the null backend (FUSE ceiling) does not serve RENAME_EXCHANGE",
             ));
@@ -665,13 +432,13 @@ impl Namespace {
         let target = self.dir_entries(new_parent)?.get(new_name).copied();
         let src_is_dir = self.node(src)?.attr.kind == FileKind::Dir;
         if target.is_some() && mode == RenameMode::NoReplace {
-            return Err(fs(errno::EEXIST, format!("{new_name:?} exists")));
+            return Err(MetaError::fs(errno::EEXIST, format!("{new_name:?} exists")));
         }
         if target == Some(src) {
             return Ok(MetaReply::Freed(Vec::new()));
         }
         if src_is_dir && self.is_within(new_parent, src) {
-            return Err(fs(
+            return Err(MetaError::fs(
                 errno::EINVAL,
                 format!("cannot move directory {name:?} into its own subtree"),
             ));
@@ -679,13 +446,19 @@ impl Namespace {
         if let Some(t) = target {
             match (&self.node(t)?.body, src_is_dir) {
                 (Body::Dir { entries, .. }, true) if !entries.is_empty() => {
-                    return Err(fs(errno::ENOTEMPTY, format!("{new_name:?} is not empty")))
+                    return Err(MetaError::fs(
+                        errno::ENOTEMPTY,
+                        format!("{new_name:?} is not empty"),
+                    ))
                 }
                 (Body::Dir { .. }, false) => {
-                    return Err(fs(errno::EISDIR, format!("{new_name:?} is a directory")))
+                    return Err(MetaError::fs(
+                        errno::EISDIR,
+                        format!("{new_name:?} is a directory"),
+                    ))
                 }
                 (Body::File(_), true) => {
-                    return Err(fs(
+                    return Err(MetaError::fs(
                         errno::ENOTDIR,
                         format!("{new_name:?} is not a directory"),
                     ))
@@ -732,7 +505,7 @@ impl Namespace {
     }
 
     /// Whether `ino` is `ancestor` or lies below it.
-    fn is_within(&self, mut ino: Ino, ancestor: Ino) -> bool {
+    pub(super) fn is_within(&self, mut ino: Ino, ancestor: Ino) -> bool {
         // Bounded: the walk cannot loop however the tree looks.
         for _ in 0..=self.nodes.len() {
             if ino == ancestor {
