@@ -81,7 +81,9 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
         } else {
             FopenFlags::FOPEN_NOFLUSH
         };
-        if !write && self.client.is_immutable(ino) {
+        // Nor can one whose layout is the one its previous open here saw
+        // (close-to-open, as NFS keeps its page cache).
+        if !write && (self.client.is_immutable(ino) || self.client.pages_current(fh)) {
             open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         // Files a plan reads by ranges: no kernel readahead across ranges.

@@ -10,8 +10,10 @@
 //! (the kernel bounds them: one per blocked syscall, plus `max_background`
 //! for readahead and writeback).
 //!
-//! - this file: mounting, `init`, and the `Filesystem` dispatch; the
-//!   namespace requests are answered here.
+//! - this file: the `Filesystem` dispatch; the namespace requests are
+//!   answered here.
+//! - `session`: mounting ([`mount`], [`FuseOptions`]) and the state the
+//!   request tasks share.
 //! - `files`: how open and create are answered (page cache, direct I/O,
 //!   passthrough).
 //! - `request`: argument checks and replies every handler shares.
@@ -32,157 +34,33 @@ mod locks;
 mod mounted;
 mod passthrough;
 mod readahead;
+mod session;
 mod xattr;
 
 use std::ffi::OsStr;
-use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 pub use fuser::BackgroundSession as MountSession;
 use fuser::{
-    AccessFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, IoctlFlags,
-    KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, INodeNo, IoctlFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 pub use mounted::{
     allow_other_by_default, default_cache_mem_bytes, default_client_config, MountError, Mounted,
 };
-use tokio::runtime::Handle;
-use torchfs_proto::meta::{RenameMode, SetAttr, NAME_BYTES_MAX};
+use torchfs_proto::meta::{SetAttr, NAME_BYTES_MAX};
 use torchfs_rdma::Transport;
 
-use crate::core::{Client, MetaService};
+use crate::core::MetaService;
 use attr::node_kind;
-use dirs::DirStreams;
-use passthrough::IoModes;
-use request::{errno, name_str, new_mode, owner, reply_empty, set_time};
-
-/// How the mount behaves; set at mount time.
-#[derive(Clone, Debug)]
-pub struct FuseOptions {
-    /// fuser worker threads (each with its own /dev/fuse fd). They read
-    /// and dispatch requests, and answer cache hits and empty closes
-    /// themselves: 4 served 16 creating threads ~11% faster than 2 here
-    /// (2 vCPUs), with single-thread creates unchanged.
-    pub threads: usize,
-    /// How long the kernel may cache a name lookup.
-    pub entry_ttl: Duration,
-    /// How long the kernel may cache attributes.
-    pub attr_ttl: Duration,
-    /// Let users other than the mounting one use the mount (`allow_other`).
-    pub allow_other: bool,
-    /// Largest read/write request the kernel sends (bytes).
-    pub request_bytes_max: u32,
-    /// Ask the kernel for FUSE passthrough, so that files the epoch cache's
-    /// disk tier holds whole are read by the kernel directly. Only useful
-    /// with a disk tier; off if the kernel refuses it.
-    pub passthrough: bool,
-}
-
-impl Default for FuseOptions {
-    fn default() -> Self {
-        Self {
-            threads: 4,
-            entry_ttl: Duration::from_secs(1),
-            attr_ttl: Duration::from_secs(1),
-            allow_other: false,
-            request_bytes_max: 1 << 20,
-            passthrough: false,
-        }
-    }
-}
-
-/// Mounts `client` at `mountpoint` and serves it until the returned session
-/// is dropped or unmounted. Requests run as tasks on `runtime`. Any client
-/// core serves: the real one (metad and storage nodes) or the null backend
-/// of the FUSE ceiling ([`crate::null`]), through the same code.
-pub fn mount<M: MetaService, T: Transport>(
-    client: Client<M, T>,
-    runtime: Handle,
-    mountpoint: &Path,
-    options: &FuseOptions,
-) -> io::Result<MountSession> {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("torchfs".into()),
-        MountOption::Subtype("torchfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    if options.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let meta_runtime = client.meta_runtime();
-    let fs = TorchFs {
-        fs: Arc::new(Fs {
-            client,
-            options: options.clone(),
-            dirs: DirStreams::default(),
-            next_dir_handle: AtomicU64::new(1),
-            passthrough: AtomicBool::new(false),
-            io_modes: IoModes::default(),
-            notifier: OnceLock::new(),
-        }),
-        runtime,
-        meta_runtime,
-    };
-    let shared = fs.fs.clone();
-    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-    let _ = shared.notifier.set(session.notifier());
-    readahead::raise(mountpoint, options.request_bytes_max);
-    Ok(session)
-}
-
-/// What fuser calls: dispatches each request onto the runtime.
-struct TorchFs<M: MetaService, T: Transport> {
-    fs: Arc<Fs<M, T>>,
-    runtime: Handle,
-    /// Where requests that only talk to metad run: the metad client's own
-    /// thread, which saves a thread hop each way per call (a lookup or a
-    /// create is mostly waiting on metad).
-    meta_runtime: Handle,
-}
-
-/// What the request tasks share.
-struct Fs<M: MetaService, T: Transport> {
-    client: Client<M, T>,
-    options: FuseOptions,
-    dirs: DirStreams,
-    next_dir_handle: AtomicU64,
-    /// Whether the kernel granted passthrough at init.
-    passthrough: AtomicBool,
-    io_modes: IoModes,
-    /// Tells the kernel to drop what it caches of a file (set once the
-    /// session is up).
-    notifier: OnceLock<Notifier>,
-}
-
-impl<M: MetaService, T: Transport> TorchFs<M, T> {
-    /// Runs one request's task; it owns its reply, so a task that ends
-    /// without answering (the runtime shutting down) still answers EIO
-    /// (fuser's reply drop).
-    fn spawn<F>(&self, task: impl FnOnce(Arc<Fs<M, T>>) -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.runtime.spawn(task(self.fs.clone()));
-    }
-
-    /// [`Self::spawn`] for a request that only talks to metad.
-    fn spawn_meta<F>(&self, task: impl FnOnce(Arc<Fs<M, T>>) -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.meta_runtime.spawn(task(self.fs.clone()));
-    }
-}
+use request::{errno, name_str, new_mode, owner, rename_mode, reply_empty, set_time};
+pub use session::{mount, FuseOptions};
+use session::{Fs, TorchFs};
 
 impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -337,14 +215,7 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mode = if flags.is_empty() {
-            RenameMode::Replace
-        } else if flags == RenameFlags::RENAME_NOREPLACE {
-            RenameMode::NoReplace
-        } else if flags == RenameFlags::RENAME_EXCHANGE {
-            RenameMode::Exchange
-        } else {
-            // RENAME_WHITEOUT (overlayfs) or a combination.
+        let Some(mode) = rename_mode(flags) else {
             return reply.error(Errno::EINVAL);
         };
         let (name, newname) = match (name_str(name), name_str(newname)) {

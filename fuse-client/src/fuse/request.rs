@@ -97,3 +97,19 @@ pub(super) fn reply_empty(result: Result<(), ClientError>, reply: ReplyEmpty) {
         Err(e) => reply.error(errno(&e)),
     }
 }
+
+/// The rename a request's flags ask for; None for RENAME_WHITEOUT
+/// (overlayfs) or a combination.
+pub(super) fn rename_mode(flags: fuser::RenameFlags) -> Option<torchfs_proto::meta::RenameMode> {
+    use fuser::RenameFlags;
+    use torchfs_proto::meta::RenameMode;
+    if flags.is_empty() {
+        Some(RenameMode::Replace)
+    } else if flags == RenameFlags::RENAME_NOREPLACE {
+        Some(RenameMode::NoReplace)
+    } else if flags == RenameFlags::RENAME_EXCHANGE {
+        Some(RenameMode::Exchange)
+    } else {
+        None
+    }
+}
