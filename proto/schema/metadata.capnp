@@ -219,7 +219,7 @@ struct RepairProgress {
   elapsedMs @7 :UInt64;
   done @8 :Bool;
   nodesReplaced @9 :List(UInt64);  # by this service, oldest first
-  badReported @10 :UInt64;     # fragments storage nodes' scrubs reported (since start)
+  badReported @10 :UInt64;     # fragments reported corrupt (scrubs) or left out (degraded writes), since start
   badRebuilt @11 :UInt64;      # of those, rebuilt
 }
 
@@ -404,9 +404,10 @@ struct Request {
       after @100 :UInt64; limit @101 :UInt32;
     }
     reportBadFragments :group $noLog {
-      # Fragments storage node `node` found corrupt at rest (its scrub) and
-      # dropped: kept by the leader (not logged, bounded) until the repair
-      # service takes them to rebuild.
+      # Fragments to put back: storage node `node`'s scrub found them
+      # corrupt at rest and dropped them, or (`node` 0) a client's degraded
+      # write left them out. Kept by the leader (not logged, bounded) until
+      # the repair service takes them to rebuild.
       node @103 :UInt64; fragments @104 :List(FragmentRef);
     }
     takeBadFragments @105 :Void $noLog;

@@ -405,8 +405,8 @@ pub struct RepairProgress {
     pub done: bool,
     /// Nodes this service had replaced, oldest first.
     pub nodes_replaced: Vec<NodeId>,
-    /// Fragments storage nodes' scrubs reported bad, since the service
-    /// started.
+    /// Fragments reported to put back (found corrupt by storage nodes'
+    /// scrubs, left out by degraded writes), since the service started.
     pub bad_reported: u64,
     /// Of those, rebuilt.
     pub bad_rebuilt: u64,

@@ -12,17 +12,20 @@
 //! (or after this voter became leader) checks every fragment: a service
 //! that restarted mid-repair does not know what it had left.
 //!
-//! Storage nodes' scrubs report the fragments they found corrupt (and
-//! dropped) to metad; each poll the service takes them and rebuilds each
-//! where the map places it (read whole to check), retrying those whose
-//! node is down at the next poll.
+//! Fragments to put back are reported to metad: those storage nodes'
+//! scrubs found corrupt (and dropped), and those clients' degraded writes
+//! left out. Each poll the service takes them and rebuilds each where the
+//! map places it (read whole to check), retrying at the next poll those
+//! whose node is down, and those whose stripe is not committed yet (a
+//! degraded write is reported when stored, committed at close) for up to
+//! `REPORT_GRACE`.
 //!
 //! With `voter` set (the service runs inside a metad voter), it works only
 //! while that voter leads, so one service repairs at a time; two at once
 //! would only waste bandwidth (a rebuilt fragment is the same bytes
 //! whoever puts it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,12 +109,16 @@ struct Service {
     /// just took office reports no heartbeat age).
     down_since: HashMap<NodeId, Instant>,
     progress: Arc<Mutex<RepairProgress>>,
-    /// Fragments reported bad and not yet rebuilt.
-    bad: BTreeSet<FragmentRef>,
+    /// Fragments reported and not yet rebuilt, with when each was first
+    /// taken.
+    bad: BTreeMap<FragmentRef, Instant>,
 }
 
-/// Reported bad fragments the service keeps for retries at most.
+/// Reported fragments the service keeps for retries at most.
 const BAD_KEPT_MAX: usize = 1 << 16;
+/// How long a reported fragment of a stripe the layout does not hold is
+/// kept: the write that reported it may commit later (at close).
+const REPORT_GRACE: Duration = Duration::from_secs(600);
 
 impl Service {
     fn new(meta: MetaClient, options: RepairOptions) -> Self {
@@ -126,7 +133,7 @@ impl Service {
             recheck: None,
             down_since: HashMap::new(),
             progress: Arc::default(),
-            bad: BTreeSet::new(),
+            bad: BTreeMap::new(),
         }
     }
 
@@ -277,9 +284,9 @@ impl Service {
         }
     }
 
-    /// Takes the fragments storage nodes reported bad and rebuilds each
-    /// where the map places it; those that cannot be now (node down, metad
-    /// unreachable) wait for the next poll.
+    /// Takes the fragments reported to put back and rebuilds each where
+    /// the map places it; those that cannot be now (node down, metad
+    /// unreachable, stripe not committed yet) wait for the next poll.
     async fn rebuild_reported(&mut self, map: &ClusterMap) {
         match self.meta.call(MetaRequest::TakeBadFragments).await {
             Ok(MetaReply::Fragments(taken)) => {
@@ -287,9 +294,10 @@ impl Service {
                     let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
                     p.bad_reported += taken.len() as u64;
                 }
+                let now = Instant::now();
                 for f in taken {
                     if self.bad.len() < BAD_KEPT_MAX {
-                        self.bad.insert(f);
+                        self.bad.entry(f).or_insert(now);
                     }
                 }
             }
@@ -300,15 +308,15 @@ impl Service {
             return;
         }
         let storage = self.storage_for(map);
-        let mut retry = BTreeSet::new();
-        for f in std::mem::take(&mut self.bad) {
+        let mut retry = BTreeMap::new();
+        for (f, since) in std::mem::take(&mut self.bad) {
             let layout = match self.meta.call(MetaRequest::GetLayout { ino: f.ino }).await {
                 Ok(MetaReply::Layout { layout, .. }) => layout,
                 // The file is gone: nothing to rebuild.
                 Err(MetaError::Fs { errno: e, .. }) if e == errno::ENOENT => continue,
                 other => {
                     tracing::debug!("repair: layout of inode {}: {other:?}", f.ino);
-                    retry.insert(f);
+                    retry.insert(f, since);
                     continue;
                 }
             };
@@ -317,7 +325,11 @@ impl Service {
                 .iter()
                 .find(|e| e.stripe == f.stripe && e.generation == f.generation)
             else {
-                // Rewritten since: the bad fragment is no one's any more.
+                // Not committed yet (kept a while), or rewritten since (the
+                // fragment is no one's any more).
+                if since.elapsed() < REPORT_GRACE {
+                    retry.insert(f, since);
+                }
                 continue;
             };
             let index = usize::from(f.index);
@@ -330,13 +342,13 @@ impl Service {
                     p.bad_rebuilt += 1;
                 }
                 Ok(r) if r.failed > 0 => {
-                    retry.insert(f);
+                    retry.insert(f, since);
                 }
                 // Present and right already (rebuilt by a pass).
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!("repair: reported fragment {f:?}: {e}");
-                    retry.insert(f);
+                    retry.insert(f, since);
                 }
             }
         }

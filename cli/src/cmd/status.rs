@@ -164,7 +164,7 @@ pub fn render(s: &ClusterStatus) -> String {
         if r.bad_reported > 0 {
             let _ = writeln!(
                 out,
-                "  scrub: {} corrupt fragments reported by storage nodes, {} rebuilt",
+                "  reported: {} fragments corrupt (scrubs) or left out (degraded writes), {} rebuilt",
                 r.bad_reported, r.bad_rebuilt
             );
         }

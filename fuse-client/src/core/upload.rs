@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use torchfs_proto::meta::{Ino, StripeConfig, StripeEntry};
+use torchfs_proto::meta::{FragmentRef, Ino, MetaRequest, StripeConfig, StripeEntry};
 use torchfs_rdma::Transport;
 
 use super::client::Client;
@@ -135,10 +135,11 @@ impl<M: MetaService, T: Transport> Client<M, T> {
             .is_err_and(ClientError::may_pass_with_newer_map)
             && self.refresh_map_now().await
         {
-            return self
+            let stored = self
                 .put_padded(ino, cfg, stripe, padded, encoded_bytes)
-                .await
-                .map(|s| s.entry);
+                .await?;
+            self.report_missing(ino, &stored);
+            return Ok(stored.entry);
         }
         let stored = result?;
         // Stored degraded because nodes the map showed up could not be
@@ -149,16 +150,46 @@ impl<M: MetaService, T: Transport> Client<M, T> {
                 .put_padded(ino, cfg, stripe, padded, encoded_bytes)
                 .await
             {
-                let (keep, drop) = if again.missing < stored.missing {
+                let (keep, drop) = if again.missing.len() < stored.missing.len() {
                     (again, stored)
                 } else {
                     (stored, again)
                 };
                 self.delete_in_background(ino, *cfg, vec![drop.entry]);
+                self.report_missing(ino, &keep);
                 return Ok(keep.entry);
             }
         }
+        self.report_missing(ino, &stored);
         Ok(stored.entry)
+    }
+
+    /// Records for repair the fragments a degraded write left out: metad
+    /// hands them to the repair service, which puts each back once its
+    /// node is up (or replaced) and the stripe is committed. Best effort,
+    /// in the background: a report lost is found by the service's next
+    /// full pass.
+    fn report_missing(&self, ino: Ino, stored: &Stored) {
+        if stored.missing.is_empty() {
+            return;
+        }
+        let fragments = stored
+            .missing
+            .iter()
+            .map(|index| FragmentRef {
+                ino,
+                stripe: stored.entry.stripe,
+                generation: stored.entry.generation,
+                index: *index,
+            })
+            .collect();
+        let client = self.clone();
+        self.inner.runtime.spawn(async move {
+            let req = MetaRequest::ReportBadFragments { node: 0, fragments };
+            if let Err(e) = client.inner.meta.call_background(req).await {
+                tracing::warn!("inode {ino}: fragments left out not reported for repair: {e}");
+            }
+        });
     }
 
     async fn put_padded(

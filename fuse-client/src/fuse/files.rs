@@ -83,7 +83,8 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
         };
         // Nor can one whose layout is the one its previous open here saw
         // (close-to-open, as NFS keeps its page cache).
-        if !write && (self.client.is_immutable(ino) || self.client.pages_current(fh)) {
+        let keep_pages = !write && (self.client.is_immutable(ino) || self.client.pages_current(fh));
+        if keep_pages {
             open_flags |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         // Files a plan reads by ranges: no kernel readahead across ranges.
@@ -117,7 +118,11 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
             OpenAs::Direct => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | open_flags)
             }
-            OpenAs::Passthrough(id) => reply.opened_passthrough(FileHandle(fh), open_flags, &id),
+            // The kernel reads the backing file itself: no page cache.
+            OpenAs::Passthrough(id) => {
+                let flags = open_flags - FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened_passthrough(FileHandle(fh), flags, &id)
+            }
         }
     }
 

@@ -37,8 +37,12 @@ impl Node {
                     }
                     bad.insert(*f);
                 }
+                let by = match node {
+                    0 => "a client's degraded write".to_string(),
+                    n => format!("storage node {n}'s scrub"),
+                };
                 tracing::warn!(
-                    "storage node {node} reported {} corrupt fragments ({} new)",
+                    "{by} reported {} fragments to put back ({} new)",
                     fragments.len(),
                     bad.len() - before
                 );

@@ -17,8 +17,9 @@ use crate::stripe;
 #[derive(Debug)]
 pub struct Stored {
     pub entry: StripeEntry,
-    /// Fragments not stored (their nodes down or unreachable).
-    pub missing: usize,
+    /// The indices of the fragments not stored (their nodes down or
+    /// unreachable), for repair to put back.
+    pub missing: Vec<u8>,
     /// Of those, fragments whose node the map showed up but that could not
     /// be reached: a newer map may place them (a node that restarted on
     /// other ports).
@@ -58,7 +59,7 @@ impl<T: Transport> StorageClient<T> {
         if encoded_bytes == 0 {
             return Ok(Stored {
                 entry,
-                missing: 0,
+                missing: Vec::new(),
                 unreachable: 0,
             });
         }
@@ -161,7 +162,7 @@ impl<T: Transport> StorageClient<T> {
                 .count();
             return Ok(Stored {
                 entry,
-                missing: missing.len(),
+                missing: missing.iter().map(|(i, _)| *i as u8).collect(),
                 unreachable,
             });
         }
@@ -173,7 +174,7 @@ impl<T: Transport> StorageClient<T> {
         }
         Ok(Stored {
             entry,
-            missing: 0,
+            missing: Vec::new(),
             unreachable: 0,
         })
     }
