@@ -42,6 +42,8 @@ pub struct ClusterSpec {
     pub repair_after: Duration,
     /// Storage nodes' pause between scrub passes (`--scrub-interval`).
     pub scrub_interval: Duration,
+    /// The repair services' orphan collection grace (`--orphan-grace`).
+    pub orphan_grace: Duration,
 }
 
 impl ClusterSpec {
@@ -60,6 +62,7 @@ impl ClusterSpec {
             verbs_nodes: None,
             repair_after: Duration::from_secs(600),
             scrub_interval: Duration::from_secs(24 * 3600),
+            orphan_grace: Duration::from_secs(600),
         })
     }
 
@@ -243,6 +246,8 @@ impl LocalCluster {
             self.spec.node_down_after_ms.to_string(),
             "--repair-after".into(),
             format!("{}ms", self.spec.repair_after.as_millis()),
+            "--orphan-grace".into(),
+            format!("{}ms", self.spec.orphan_grace.as_millis()),
         ];
         self.metad[index] = Some(self.spawn(&format!("metad-{id}"), args, &[])?);
         Ok(())

@@ -367,3 +367,74 @@ fn nodes_lost_for_good_are_replaced_so_two_more_can_fail() -> Result<()> {
         .with_context(|| format!("read with {lost:?} replaced and {others:?} down"))?;
     Ok(())
 }
+
+/// Orphan collection: a node that comes back after it was replaced holds
+/// fragments no placement names any more; they are deleted (two sweeps a
+/// grace period apart), while the fragments of a file still open for
+/// writing, uploaded but not yet committed, are kept, and every file
+/// reads back whole.
+#[test]
+fn a_replaced_node_s_fragments_are_collected_but_uploads_in_flight_are_kept() -> Result<()> {
+    if !fuse_available("a_replaced_node_s_fragments_are_collected_but_uploads_in_flight_are_kept") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start_with(
+        |spec| {
+            spec.storage_nodes = 7;
+            spec.repair_after = Duration::from_secs(2);
+            spec.orphan_grace = Duration::from_secs(1);
+        },
+        &[],
+    )?;
+    let status = tc.cluster.wait_ready(7, Duration::from_secs(60))?;
+    let mut files = write_sized_files(&tc, "before")?;
+    let lost = placed(&status)[0];
+    let lost_index = lost as usize - 1;
+    let stale = fragment_files(&tc.cluster.storage_dir(lost_index));
+    assert!(!stale.is_empty(), "node {lost} holds no fragment files");
+    tc.cluster.kill_storage(lost_index)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = tc.cluster.status(Duration::from_secs(5))?;
+        if !placed(&s).contains(&lost) && s.repair.done && s.repair.reason.starts_with("placement")
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("node {lost} not replaced and repaired: {:?}", s.repair);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A file held open for writing across several sweeps: its full
+    // stripes are uploaded at once but committed only at close.
+    let open_path = tc.path("open-while-sweeping.bin");
+    let open_data = pattern(9 << 20, 77);
+    let mut open_file = std::fs::File::create(&open_path)?;
+    std::io::Write::write_all(&mut open_file, &open_data)?;
+
+    tc.cluster.start_storage(lost_index)?;
+    tc.cluster.wait_ready(7, Duration::from_secs(60))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<_> = stale.iter().filter(|p| p.exists()).collect();
+        let s = tc.cluster.status(Duration::from_secs(5))?;
+        if left.is_empty() && s.repair.orphans_deleted > 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "stale fragments of node {lost} left: {left:?}; {:?}",
+                s.repair
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Two more sweeps with the file still open.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(open_file);
+    files.push((open_path, open_data));
+    let cold = tc.mount_another("cold")?;
+    check_files(&on(&cold.mnt, &files, &tc.mnt))
+}

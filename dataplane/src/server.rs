@@ -121,6 +121,15 @@ where
             Err(e) => return Err(e),
         };
         let _busy = Busy::new(&shard.in_flight);
+        // A listing is of this shard, whatever key it starts after.
+        if let FragmentRequest::List { after, limit } = request {
+            let keys = shard.list(after, limit);
+            let response = FragmentResponse::Ok {
+                length: keys.len() as u32,
+            };
+            frame::write_response(conn, &response, &keys).await?;
+            continue;
+        }
         if let Some(refusal) = shard.misrouted(&request.key()) {
             if let FragmentRequest::Put { length, .. } = request {
                 frame::skip_bulk(conn, u64::from(length)).await?;
@@ -169,6 +178,7 @@ where
                 let response = shard.delete(key).await;
                 frame::write_response(conn, &response, &[]).await?;
             }
+            FragmentRequest::List { .. } => {} // answered above
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::cell::Cell;
 
 use glommio::sync::Semaphore;
-use torchfs_proto::fragment::{FragmentErrorCode, FragmentKey, FragmentResponse};
+use torchfs_proto::fragment::{
+    encode_keys, FragmentErrorCode, FragmentKey, FragmentResponse, LIST_KEYS_MAX,
+};
 
 use crate::store::{format, FragmentStore};
 
@@ -112,6 +114,23 @@ impl<S: FragmentStore> Shard<S> {
             Ok(()) => FragmentResponse::Ok { length: 0 },
             Err(e) => e.to_response(),
         }
+    }
+
+    /// The keys this shard stores after `after`, at most `limit` (capped
+    /// at [`LIST_KEYS_MAX`]), as a `List` answer's bulk bytes.
+    pub fn list(&self, after: FragmentKey, limit: u32) -> Vec<u8> {
+        let limit = match limit {
+            0 => LIST_KEYS_MAX,
+            n => n.min(LIST_KEYS_MAX),
+        } as usize;
+        let keys: Vec<FragmentKey> = self
+            .store
+            .list()
+            .into_iter()
+            .filter(|k| *k > after)
+            .take(limit)
+            .collect();
+        encode_keys(&keys)
     }
 }
 

@@ -134,5 +134,12 @@ async fn serve_call<S: FragmentStore>(
             (response, Some(slot))
         }
         FragmentRequest::Delete { key } => (shard.delete(key).await, slot),
+        FragmentRequest::List { .. } => (
+            refuse(
+                FragmentErrorCode::BadRequest,
+                "key listings go over TCP".into(),
+            ),
+            slot,
+        ),
     }
 }

@@ -381,7 +381,7 @@ impl Node {
             );
             return Ok(MetaReply::Unit);
         }
-        if let Some(answer) = self.repair_desk(&req) {
+        if let Some(answer) = self.repair_desk(&req, term) {
             return answer;
         }
         self.confirm_leadership(term).await?;

@@ -27,6 +27,15 @@ struct FragmentRequest {
     delete :group {
       key @7 :FragmentKey;
     }
+    list :group {
+      # The keys this shard stores after `after` (key order), at most
+      # `limit` (0 or above LIST_KEYS_MAX: that many). Answered `ok` with
+      # `length` bulk bytes: 25 per key (ino, stripe, generation as u64 LE,
+      # index as u8). Fewer than asked: the listing ends there. Over TCP
+      # only (orphan collection).
+      after @8 :FragmentKey;
+      limit @9 :UInt32;
+    }
   }
 }
 

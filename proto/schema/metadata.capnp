@@ -221,6 +221,7 @@ struct RepairProgress {
   nodesReplaced @9 :List(UInt64);  # by this service, oldest first
   badReported @10 :UInt64;     # fragments reported corrupt (scrubs) or left out (degraded writes), since start
   badRebuilt @11 :UInt64;      # of those, rebuilt
+  orphansDeleted @12 :UInt64;  # fragments no one needed, deleted (since start)
 }
 
 # Usable capacity (after the erasure code's overhead) and inodes.
@@ -412,6 +413,13 @@ struct Request {
     }
     takeBadFragments @105 :Void $noLog;
     # The reported bad fragments, handed over once (the repair service's).
+    checkOrphans :group $noLog {
+      # Of `fragments`, stored on storage node `node`, those no one needs:
+      # no layout holds their stripe at their generation on that node, and
+      # no live client holds their file open (an upload in flight). Orphan
+      # collection deletes what it is answered twice, a grace period apart.
+      node @106 :UInt64; fragments @107 :List(FragmentRef);
+    }
     reportRepair :group $noLog {
       # The repair service's progress: kept by the leader (not logged) and
       # shown in `clusterStatus`.

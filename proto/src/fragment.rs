@@ -66,6 +66,53 @@ pub enum FragmentRequest {
     Delete {
         key: FragmentKey,
     },
+    /// The keys the shard stores after `after` (key order), at most
+    /// `limit`; answered with [`encode_keys`] bulk bytes.
+    List {
+        after: FragmentKey,
+        limit: u32,
+    },
+}
+
+/// Keys one `List` answers at most.
+pub const LIST_KEYS_MAX: u32 = 4096;
+/// Bytes one key takes in a `List` answer.
+pub const LISTED_KEY_BYTES: usize = 25;
+
+/// A `List` answer's bulk bytes.
+pub fn encode_keys(keys: &[FragmentKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * LISTED_KEY_BYTES);
+    for k in keys {
+        out.extend_from_slice(&k.ino.to_le_bytes());
+        out.extend_from_slice(&k.stripe.to_le_bytes());
+        out.extend_from_slice(&k.generation.to_le_bytes());
+        out.push(k.index);
+    }
+    out
+}
+
+/// The keys of a `List` answer's bulk bytes.
+pub fn decode_keys(bytes: &[u8]) -> Result<Vec<FragmentKey>, FrameError> {
+    if !bytes.len().is_multiple_of(LISTED_KEY_BYTES) {
+        return Err(FrameError::malformed(format!(
+            "a key listing of {} bytes is not a whole number of {LISTED_KEY_BYTES}-byte keys",
+            bytes.len()
+        )));
+    }
+    let u64_at = |c: &[u8], at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&c[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    Ok(bytes
+        .chunks_exact(LISTED_KEY_BYTES)
+        .map(|c| FragmentKey {
+            ino: u64_at(c, 0),
+            stripe: u64_at(c, 8),
+            generation: u64_at(c, 16),
+            index: c[24],
+        })
+        .collect())
 }
 
 impl FragmentRequest {
@@ -75,6 +122,8 @@ impl FragmentRequest {
             FragmentRequest::Put { key, .. }
             | FragmentRequest::Get { key, .. }
             | FragmentRequest::Delete { key } => *key,
+            // A listing is of the shard asked, not of a key's owner.
+            FragmentRequest::List { after, .. } => *after,
         }
     }
 
@@ -82,7 +131,7 @@ impl FragmentRequest {
     pub fn bulk_bytes(&self) -> u32 {
         match self {
             FragmentRequest::Put { length, .. } | FragmentRequest::Get { length, .. } => *length,
-            FragmentRequest::Delete { .. } => 0,
+            FragmentRequest::Delete { .. } | FragmentRequest::List { .. } => 0,
         }
     }
 }
@@ -258,6 +307,11 @@ fn set_request(
         FragmentRequest::Delete { key } => {
             set_key(root.init_delete().init_key(), key);
         }
+        FragmentRequest::List { after, limit } => {
+            let mut list = root.init_list();
+            list.set_limit(*limit);
+            set_key(list.init_after(), after);
+        }
     }
 }
 
@@ -286,6 +340,10 @@ fn get_request(
         },
         Which::Delete(delete) => FragmentRequest::Delete {
             key: get_key(delete.get_key()?),
+        },
+        Which::List(list) => FragmentRequest::List {
+            after: get_key(list.get_after()?),
+            limit: list.get_limit(),
         },
     })
 }
@@ -456,6 +514,24 @@ mod tests {
     }
 
     #[test]
+    fn key_listings_round_trip_and_a_torn_one_is_refused() {
+        let keys = [
+            key(),
+            FragmentKey {
+                ino: u64::MAX,
+                stripe: 1,
+                generation: 2,
+                index: 255,
+            },
+        ];
+        let bytes = encode_keys(&keys);
+        assert_eq!(bytes.len(), 2 * LISTED_KEY_BYTES);
+        assert_eq!(decode_keys(&bytes).unwrap(), keys);
+        assert!(decode_keys(&bytes[..30]).is_err());
+        assert!(decode_keys(&[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn requests_round_trip() {
         let requests = [
             FragmentRequest::Put {
@@ -470,6 +546,10 @@ mod tests {
                 expected_crc32c: 42,
             },
             FragmentRequest::Delete { key: key() },
+            FragmentRequest::List {
+                after: key(),
+                limit: LIST_KEYS_MAX,
+            },
         ];
         for request in requests {
             let bytes = encode_request(&request);

@@ -346,16 +346,23 @@ impl ClusterMap {
     /// The placement group of a stripe: a hash of (ino, stripe) over the
     /// group table (docs/ARCHITECTURE.md: Data path). None while there are no groups.
     pub fn group_of(&self, ino: Ino, stripe: u64) -> Option<&PlacementGroup> {
-        if self.groups.is_empty() {
-            return None;
-        }
-        let index = placement_hash(ino, stripe) % self.groups.len() as u64;
-        self.groups.get(index as usize)
+        group_of(&self.groups, ino, stripe)
     }
 
     pub fn node(&self, id: NodeId) -> Option<&NodeStatus> {
         self.nodes.iter().find(|n| n.info.id == id)
     }
+}
+
+/// The placement group of a stripe among `groups`: a hash of (ino,
+/// stripe) over the group table (docs/ARCHITECTURE.md: Data path). None
+/// while there are no groups.
+pub fn group_of(groups: &[PlacementGroup], ino: Ino, stripe: u64) -> Option<&PlacementGroup> {
+    if groups.is_empty() {
+        return None;
+    }
+    let index = placement_hash(ino, stripe) % groups.len() as u64;
+    groups.get(index as usize)
 }
 
 /// Stable 64-bit mix of (ino, stripe) used for placement (splitmix64).
@@ -410,6 +417,9 @@ pub struct RepairProgress {
     pub bad_reported: u64,
     /// Of those, rebuilt.
     pub bad_rebuilt: u64,
+    /// Fragments no one needed (orphans), deleted since the service
+    /// started.
+    pub orphans_deleted: u64,
 }
 
 /// One fragment of a stripe: fragment `index` of stripe `stripe` (written

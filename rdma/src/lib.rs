@@ -132,6 +132,22 @@ pub trait Transport: Send + Sync + 'static {
         addr: SocketAddr,
         key: FragmentKey,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// The keys the shard at `addr` stores after `after` (key order), at
+    /// most `limit` (orphan collection). Transports that cannot list say
+    /// so.
+    fn list(
+        &self,
+        addr: SocketAddr,
+        _after: FragmentKey,
+        _limit: u32,
+    ) -> impl Future<Output = Result<Vec<FragmentKey>, TransportError>> + Send {
+        async move {
+            Err(TransportError::Protocol {
+                addr,
+                message: "this transport cannot list keys".into(),
+            })
+        }
+    }
     /// The cluster's nodes and the transports they advertise, whenever
     /// the client's map of them changes.
     fn learn_nodes(&self, _nodes: &[torchfs_proto::meta::NodeStatus]) {}

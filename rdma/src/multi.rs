@@ -260,6 +260,15 @@ impl Transport for MultiTransport {
         self.count(TransportKind::Tcp, 0);
         self.tcp.delete(addr, key).await
     }
+    /// Listings go over TCP (the node serves them there only).
+    async fn list(
+        &self,
+        addr: SocketAddr,
+        after: FragmentKey,
+        limit: u32,
+    ) -> Result<Vec<FragmentKey>, TransportError> {
+        self.tcp.list(addr, after, limit).await
+    }
 
     fn learn_nodes(&self, nodes: &[NodeStatus]) {
         let local_device = self.verbs.is_some();

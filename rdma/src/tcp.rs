@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-use torchfs_proto::fragment::{FragmentKey, FragmentRequest, FragmentResponse, FRAGMENT_BYTES_MAX};
+use torchfs_proto::fragment::{
+    decode_keys, FragmentKey, FragmentRequest, FragmentResponse, FRAGMENT_BYTES_MAX,
+    LISTED_KEY_BYTES, LIST_KEYS_MAX,
+};
 
 use crate::frame::{self, FrameIoError};
 use crate::{crc, Transport, TransportError};
@@ -140,6 +143,10 @@ enum Op<'a> {
     Delete {
         request: FragmentRequest,
     },
+    List {
+        request: FragmentRequest,
+        keys: &'a mut Vec<FragmentKey>,
+    },
 }
 
 /// One request/response on `conn`. For a get, returns whether `buf` now
@@ -168,6 +175,31 @@ async fn exchange(
                 FragmentResponse::Ok { length: 0 } => Ok(false),
                 other => Err(crc::refused(addr, key, other)),
             }
+        }
+        Op::List { request, keys } => {
+            frame::write_request(conn, request, &[])
+                .await
+                .map_err(io_err(addr))?;
+            let length = match frame::read_response(conn).await.map_err(io_err(addr))? {
+                FragmentResponse::Ok { length } => length as usize,
+                other => return Err(crc::refused(addr, key, other)),
+            };
+            let most = LIST_KEYS_MAX as usize * LISTED_KEY_BYTES;
+            if length > most {
+                return Err(TransportError::Protocol {
+                    addr,
+                    message: format!("a key listing of {length} bytes, at most {most}"),
+                });
+            }
+            let mut bytes = vec![0u8; length];
+            frame::read_bulk(conn, &mut bytes)
+                .await
+                .map_err(io_err(addr))?;
+            **keys = decode_keys(&bytes).map_err(|e| TransportError::Protocol {
+                addr,
+                message: e.to_string(),
+            })?;
+            Ok(false)
         }
         Op::Get {
             request,
@@ -257,6 +289,26 @@ impl Transport for TcpTransport {
         )
         .await
         .map(drop)
+    }
+
+    async fn list(
+        &self,
+        addr: SocketAddr,
+        after: FragmentKey,
+        limit: u32,
+    ) -> Result<Vec<FragmentKey>, TransportError> {
+        let mut keys = Vec::new();
+        let request = FragmentRequest::List { after, limit };
+        self.run(
+            addr,
+            after,
+            &mut Op::List {
+                request,
+                keys: &mut keys,
+            },
+        )
+        .await?;
+        Ok(keys)
     }
 }
 

@@ -10,9 +10,12 @@
 //!   reporting progress to metad (shown by `torchfs status`).
 //! - [`pass`]: one walk of every stored stripe (metad's `ScanLayouts`
 //!   pages), checking and rebuilding the fragments in its scope.
+//! - [`orphans`]: orphan collection (fragments no one needs, found twice
+//!   a grace period apart, deleted).
 //! - [`bandwidth`]: the bound on the traffic rebuilds move.
 
 pub mod bandwidth;
+pub mod orphans;
 pub mod pass;
 pub mod service;
 

@@ -42,6 +42,7 @@ use torchfs_rdma::{MultiTransport, TcpOptions};
 use torchfs_storage_client::StorageClient;
 
 use crate::bandwidth::RepairBandwidth;
+use crate::orphans::Orphans;
 use crate::pass::{run_pass, PassOptions, Scope};
 use crate::{unexpected, RepairError};
 
@@ -65,6 +66,11 @@ pub struct RepairOptions {
     /// voter leads. None: always.
     pub voter: Option<u64>,
     pub transport_mode: TransportMode,
+    /// Orphan collection: a fragment no one needs is deleted when two
+    /// sweeps this far apart find it so (a sweep runs this often); zero:
+    /// no collection. 10 minutes by default: far longer than any upload
+    /// takes to commit once its file is closed.
+    pub orphan_grace: Duration,
 }
 
 impl Default for RepairOptions {
@@ -76,6 +82,7 @@ impl Default for RepairOptions {
             settle: Duration::from_secs(10),
             voter: None,
             transport_mode: TransportMode::Auto,
+            orphan_grace: Duration::from_secs(600),
         }
     }
 }
@@ -112,6 +119,9 @@ struct Service {
     /// Fragments reported and not yet rebuilt, with when each was first
     /// taken.
     bad: BTreeMap<FragmentRef, Instant>,
+    orphans: Orphans,
+    /// When the last orphan sweep ran.
+    swept_at: Option<Instant>,
 }
 
 /// Reported fragments the service keeps for retries at most.
@@ -126,6 +136,7 @@ impl Service {
             .then(|| Arc::new(RepairBandwidth::new(options.bandwidth_bytes_per_s)));
         Self {
             meta,
+            orphans: Orphans::new(options.orphan_grace),
             options,
             storage: None,
             bandwidth,
@@ -134,6 +145,7 @@ impl Service {
             down_since: HashMap::new(),
             progress: Arc::default(),
             bad: BTreeMap::new(),
+            swept_at: None,
         }
     }
 
@@ -159,6 +171,7 @@ impl Service {
             self.replace_lost(&status).await;
             self.rebuild_reported(&status.map).await;
             self.repair(&status.map).await;
+            self.collect_orphans(&status.map).await;
         }
     }
 
@@ -245,6 +258,7 @@ impl Service {
                 nodes_replaced: std::mem::take(&mut p.nodes_replaced),
                 bad_reported: p.bad_reported,
                 bad_rebuilt: p.bad_rebuilt,
+                orphans_deleted: p.orphans_deleted,
                 ..RepairProgress::default()
             };
         }
@@ -359,6 +373,40 @@ impl Service {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.report(now).await;
+    }
+
+    /// Sweeps for orphans every `orphan_grace` (not while a placement
+    /// change is waiting for its pass: the moved slots' old fragments are
+    /// orphans then, their new copies not made yet).
+    async fn collect_orphans(&mut self, map: &ClusterMap) {
+        let grace = self.options.orphan_grace;
+        if grace.is_zero() || self.swept_at.is_some_and(|at| at.elapsed() < grace) {
+            return;
+        }
+        if self.restored.as_ref() != Some(&map.groups) {
+            return;
+        }
+        self.swept_at = Some(Instant::now());
+        let storage = self.storage_for(map);
+        match self.orphans.sweep(&self.meta, &storage, map).await {
+            Ok(swept) => {
+                if swept.deleted > 0 || swept.suspected > 0 {
+                    tracing::info!(
+                        "orphans: {} fragments listed, {} no one needs, {} deleted",
+                        swept.listed,
+                        swept.suspected,
+                        swept.deleted
+                    );
+                }
+                let now = {
+                    let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.orphans_deleted += swept.deleted;
+                    p.clone()
+                };
+                self.report(now).await;
+            }
+            Err(e) => tracing::warn!("orphans: sweep stopped: {e}"),
+        }
     }
 
     /// The storage client, made on first use, with `map` installed. A

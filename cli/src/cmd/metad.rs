@@ -46,6 +46,10 @@ pub struct MetadArgs {
     /// and the one written per rebuild); 0: none.
     #[arg(long, default_value_t = 200)]
     pub repair_bandwidth_mb_s: u64,
+    /// Orphan collection: a stored fragment no layout needs is deleted
+    /// once two sweeps this far apart find it so ("10m"; 0: never).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub orphan_grace: std::time::Duration,
     /// TOML file with defaults for these flags (table [metad]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -121,6 +125,7 @@ fn start_repair_service(args: &MetadArgs) -> Result<()> {
         repair_after: args.repair_after,
         bandwidth_bytes_per_s: args.repair_bandwidth_mb_s.saturating_mul(1_000_000),
         voter: Some(args.id),
+        orphan_grace: args.orphan_grace,
         ..torchfs_repair::RepairOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -168,6 +168,13 @@ pub fn render(s: &ClusterStatus) -> String {
                 r.bad_reported, r.bad_rebuilt
             );
         }
+        if r.orphans_deleted > 0 {
+            let _ = writeln!(
+                out,
+                "  orphans: {} fragments no one needed deleted",
+                r.orphans_deleted
+            );
+        }
         if !r.nodes_replaced.is_empty() {
             let ids: Vec<String> = r.nodes_replaced.iter().map(|n| n.to_string()).collect();
             let _ = writeln!(out, "  nodes replaced: {}", ids.join(", "));

@@ -114,6 +114,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         verbs_nodes: args.verbs_nodes,
         repair_after: args.repair_after,
         scrub_interval: Duration::from_secs(24 * 3600),
+        orphan_grace: Duration::from_secs(600),
     };
     let metad = spec.metad_addrs();
     println!(

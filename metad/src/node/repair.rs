@@ -6,8 +6,11 @@
 //! checks every fragment).
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
-use torchfs_proto::meta::{errno, MetaError, MetaReply, MetaRequest, NodeId, NodeState, WriteId};
+use torchfs_proto::meta::{
+    errno, FragmentRef, MetaError, MetaReply, MetaRequest, NodeId, NodeState, WriteId,
+};
 
 use super::Node;
 use crate::state::Applied;
@@ -19,8 +22,30 @@ const BAD_FRAGMENTS_MAX: usize = 1 << 16;
 impl Node {
     /// Answers the repair service's and the scrubs' leader-local requests;
     /// None for any other request.
-    pub(super) fn repair_desk(&self, req: &MetaRequest) -> Option<Result<MetaReply, MetaError>> {
+    pub(super) fn repair_desk(
+        &self,
+        req: &MetaRequest,
+        term: u64,
+    ) -> Option<Result<MetaReply, MetaError>> {
         match req {
+            MetaRequest::CheckOrphans { node, fragments } => {
+                let now = Instant::now();
+                let orphans: Vec<FragmentRef> = {
+                    let sm = self.read_sm();
+                    let leases = self.leases(term);
+                    fragments
+                        .iter()
+                        .filter(|f| match sm.state.fragment_home(f) {
+                            Some(home) => home != *node,
+                            // Unreferenced: an upload in flight, while a
+                            // live client holds the file open.
+                            None => !leases.may_be_open(f.ino, now),
+                        })
+                        .copied()
+                        .collect()
+                };
+                Some(Ok(MetaReply::Fragments(orphans)))
+            }
             MetaRequest::ReportRepair { progress } => {
                 *self.repair.lock().unwrap_or_else(|p| p.into_inner()) = progress.clone();
                 Some(Ok(MetaReply::Unit))

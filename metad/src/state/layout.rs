@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use torchfs_proto::meta::{
-    errno, Attr, FileLayout, Ino, Layout, MetaError, MetaReply, StripeBase, StripeEntry,
-    LAYOUTS_MAX,
+    errno, group_of, Attr, FileLayout, FragmentRef, Ino, Layout, MetaError, MetaReply, NodeId,
+    StripeBase, StripeEntry, LAYOUTS_MAX,
 };
 
 use torchfs_storage_client::stripe;
@@ -69,6 +69,19 @@ impl State {
             })
             .collect();
         Ok(MetaReply::Layouts(found))
+    }
+
+    /// The node fragment `f` lives on by the layouts and the placement:
+    /// the `index`th node of its stripe's group, when a file's layout holds
+    /// that stripe at that generation. None: no layout references it.
+    pub fn fragment_home(&self, f: &FragmentRef) -> Option<NodeId> {
+        let (_, layout) = self.file(f.ino).ok()?;
+        let entry = layout.stripes.iter().find(|e| e.stripe == f.stripe)?;
+        if entry.generation != f.generation {
+            return None;
+        }
+        let group = group_of(&self.groups, f.ino, f.stripe)?;
+        group.nodes.get(usize::from(f.index)).copied()
     }
 
     /// The layouts of regular files with inodes above `after`, in inode

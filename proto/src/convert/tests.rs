@@ -190,6 +190,15 @@ fn every_request_round_trips() {
             }],
         },
         MetaRequest::TakeBadFragments,
+        MetaRequest::CheckOrphans {
+            node: 2,
+            fragments: vec![FragmentRef {
+                ino: 3,
+                stripe: 4,
+                generation: 5,
+                index: 1,
+            }],
+        },
         MetaRequest::ReportRepair {
             progress: RepairProgress {
                 pass: 1,
@@ -460,6 +469,7 @@ fn every_reply_round_trips() {
                 nodes_replaced: vec![4, 2],
                 bad_reported: 5,
                 bad_rebuilt: 4,
+                orphans_deleted: 12,
             },
         })),
         Ok(MetaReply::ClusterStatus(ClusterStatus {

@@ -465,6 +465,7 @@ pub(super) fn write_repair_progress(p: &RepairProgress, mut b: mc::repair_progre
     b.set_done(p.done);
     b.set_bad_reported(p.bad_reported);
     b.set_bad_rebuilt(p.bad_rebuilt);
+    b.set_orphans_deleted(p.orphans_deleted);
     let mut ids = b.init_nodes_replaced(len_u32(p.nodes_replaced.len()));
     for (i, id) in indexed(&p.nodes_replaced) {
         ids.set(i, *id);
@@ -485,6 +486,7 @@ pub(super) fn read_repair_progress(r: mc::repair_progress::Reader<'_>) -> Result
         nodes_replaced: r.get_nodes_replaced()?.iter().collect(),
         bad_reported: r.get_bad_reported(),
         bad_rebuilt: r.get_bad_rebuilt(),
+        orphans_deleted: r.get_orphans_deleted(),
     })
 }
 

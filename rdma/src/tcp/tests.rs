@@ -128,6 +128,9 @@ async fn handle(
             Some(_) => (FragmentResponse::Ok { length: 0 }, Vec::new()),
             None => (error(FragmentErrorCode::NotFound), Vec::new()),
         },
+        // The in-memory server lists nothing (listings are tested
+        // against a real node: dataplane/tests/transport.rs).
+        FragmentRequest::List { .. } => (error(FragmentErrorCode::BadRequest), Vec::new()),
     }
 }
 

@@ -356,6 +356,10 @@ async fn serve<H: FragmentHandler>(
                     }
                 }
                 FragmentRequest::Delete { .. } => handler.handle(request, None).await.0,
+                FragmentRequest::List { .. } => refuse(
+                    FragmentErrorCode::BadRequest,
+                    "key listings go over TCP".to_string(),
+                ),
             }
         };
         // The next receive goes up before the response, so the client's

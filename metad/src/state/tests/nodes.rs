@@ -1,6 +1,7 @@
 //! The node registry and placement groups.
 
 use super::*;
+use torchfs_proto::meta::FragmentRef;
 
 fn node(id: NodeId) -> NodeInfo {
     NodeInfo {
@@ -123,4 +124,35 @@ fn replacing_twice_changes_nothing_and_an_unknown_node_is_refused() {
     assert_eq!((t.st.epoch(), t.st.groups()), (epoch, &groups[..]));
     let err = replace(&mut t, 99, &[20]).unwrap_err();
     assert_eq!(err.errno(), errno::ENOENT);
+}
+
+#[test]
+fn a_fragment_lives_where_its_stripe_s_group_places_it_at_its_generation() {
+    let mut t = registered(&[10, 20, 30]);
+    let f = t.create(ROOT_INO, "f");
+    t.commit(f.ino, 400, &[0, 1]).unwrap();
+    let frag = |stripe, generation, index| FragmentRef {
+        ino: f.ino,
+        stripe,
+        generation,
+        index,
+    };
+    for stripe in [0u64, 1] {
+        let group = torchfs_proto::meta::group_of(t.st.groups(), f.ino, stripe).unwrap();
+        for index in 0..3u8 {
+            assert_eq!(
+                t.st.fragment_home(&frag(stripe, 1, index)),
+                Some(group.nodes[index as usize])
+            );
+        }
+    }
+    // Another generation (an upload not committed, a replaced one), a
+    // stripe the file does not have, a file that does not exist: no one's.
+    assert_eq!(t.st.fragment_home(&frag(0, 2, 0)), None);
+    assert_eq!(t.st.fragment_home(&frag(7, 1, 0)), None);
+    let gone = FragmentRef {
+        ino: 999,
+        ..frag(0, 1, 0)
+    };
+    assert_eq!(t.st.fragment_home(&gone), None);
 }
