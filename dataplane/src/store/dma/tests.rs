@@ -3,6 +3,7 @@
 use super::*;
 use crate::faults::Faults;
 use crate::io::GlommioDisk;
+use crate::store::format::HeaderError;
 use std::io::{Read, Seek, SeekFrom, Write};
 use torchfs_proto::fragment::FragmentErrorCode;
 
