@@ -151,6 +151,31 @@ fn flipped_data_fragments(tc: &TestCluster) -> Result<(Vec<(PathBuf, Vec<u8>)>, 
     Ok((files, data_frags))
 }
 
+/// Two fragment files of one size in one shard directory, none of them
+/// in `exclude`: the first's bytes are to be copied onto the second.
+fn same_shard_pair(tc: &TestCluster, exclude: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
+    for node in 0..6 {
+        let mut by_dir: std::collections::BTreeMap<(PathBuf, u64), Vec<PathBuf>> =
+            std::collections::BTreeMap::new();
+        for path in fragment_files(&tc.cluster.storage_dir(node)) {
+            if exclude.contains(&path) {
+                continue;
+            }
+            let (Some(dir), Ok(meta)) = (path.parent(), std::fs::metadata(&path)) else {
+                continue;
+            };
+            by_dir
+                .entry((dir.to_path_buf(), meta.len()))
+                .or_default()
+                .push(path);
+        }
+        if let Some(pair) = by_dir.into_values().find(|paths| paths.len() >= 2) {
+            return Ok((pair[0].clone(), pair[1].clone()));
+        }
+    }
+    bail!("no two fragment files of one size share a shard directory")
+}
+
 /// Reads `files` through a fresh mount: right bytes, and its log shows no
 /// degraded decode and no checksum mismatch.
 fn read_without_decode(tc: &TestCluster, files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
@@ -174,27 +199,31 @@ fn background_scrub_finds_flipped_bytes_and_repair_rebuilds_them() -> Result<()>
     }
     let _serial = serial();
     let tc = TestCluster::start_with(|spec| spec.scrub_interval = Duration::from_secs(1), &[])?;
-    let (files, data_frags) = flipped_data_fragments(&tc)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = tc.cluster.status(Duration::from_secs(5))?;
-        if s.repair.bad_rebuilt >= data_frags.len() as u64 {
-            assert_eq!(
-                s.repair.bad_reported,
-                data_frags.len() as u64,
-                "{:?}",
-                s.repair
-            );
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the scrub found or the repair rebuilt too little: {:?}",
-                s.repair
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
+    let (mut files, data_frags) = flipped_data_fragments(&tc)?;
+    // A misdirected fragment: another fragment's bytes, with valid CRCs,
+    // under a key of the same size in the same shard.
+    std::fs::create_dir_all(tc.path("more"))?;
+    for i in 0..14u64 {
+        let data = pattern(300_000, 200 + i);
+        std::fs::write(tc.path(&format!("more/m{i}.bin")), &data)?;
+        files.push((tc.path(&format!("more/m{i}.bin")), data));
     }
+    let (from, onto) = same_shard_pair(&tc, &data_frags)?;
+    std::fs::copy(&from, &onto)?;
+    let misdirected = std::fs::read(&from)?;
+    // The flipped fragments are found by the scrub; the misdirected one by
+    // the scrub or by the service's first pass (each node refuses a
+    // fragment whose header names another key), whichever reaches it first.
+    let flipped = data_frags.len() as u64;
+    let r = wait_for_repair(
+        &tc,
+        "the scrub found or the repair rebuilt too little",
+        |r| {
+            r.bad_rebuilt >= flipped
+                && std::fs::read(&onto).map_or(true, |bytes| bytes != misdirected)
+        },
+    )?;
+    assert!(r.bad_reported >= flipped, "{r:?}");
     let out = Command::new(exe())
         .args(["status", "--metad", &tc.cluster.metad_addrs().join(",")])
         .output()?;
@@ -252,23 +281,36 @@ fn fragments_degraded_writes_left_out_are_put_back_when_their_nodes_return() -> 
     tc.cluster.start_storage(0)?;
     tc.cluster.start_storage(3)?;
     tc.cluster.wait_ready(6, Duration::from_secs(60))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = tc.cluster.status(Duration::from_secs(5))?.repair;
-        if r.bad_reported > 0 && r.bad_rebuilt >= r.bad_reported {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("left-out fragments not put back (reported {reported} while down): {r:?}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let what = format!("left-out fragments not put back (reported {reported} while down)");
+    wait_for_repair(&tc, &what, |r| {
+        r.bad_reported > 0 && r.bad_rebuilt >= r.bad_reported
+    })?;
     tc.cluster.kill_storage(1)?;
     tc.cluster.kill_storage(4)?;
     let cold = tc.mount_another("cold")?;
     check_files(&on(&cold.mnt, &files, &tc.mnt))
         .context("read with nodes 2 and 5 down after the service's repair")?;
     Ok(())
+}
+
+/// Waits (90 s at most) until the repair service's report satisfies
+/// `done`; fails naming `what` and the last report.
+fn wait_for_repair(
+    tc: &TestCluster,
+    what: &str,
+    done: impl Fn(&torchfs_proto::meta::RepairProgress) -> bool,
+) -> Result<torchfs_proto::meta::RepairProgress> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = tc.cluster.status(Duration::from_secs(5))?.repair;
+        if done(&r) {
+            return Ok(r);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{what}: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// Node ids in a placement group, in id order.
@@ -437,4 +479,108 @@ fn a_replaced_node_s_fragments_are_collected_but_uploads_in_flight_are_kept() ->
     files.push((open_path, open_data));
     let cold = tc.mount_another("cold")?;
     check_files(&on(&cold.mnt, &files, &tc.mnt))
+}
+
+/// Two `torchfs repair` passes at once over the same stripes (and the
+/// repair service, which the writes' reports wake): each rebuild is the
+/// same bytes whoever puts it, stored atomically; both passes end well and
+/// redundancy is back, so two other nodes can fail.
+#[test]
+fn two_repairs_of_the_same_stripes_at_once_lose_nothing() -> Result<()> {
+    if !fuse_available("two_repairs_of_the_same_stripes_at_once_lose_nothing") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start()?;
+    tc.cluster.kill_storage(0)?;
+    tc.cluster.kill_storage(3)?;
+    let mut files = write_sized_files(&tc, "degraded")?;
+    let big = pattern(9 << 20, 31);
+    std::fs::write(tc.path("big.bin"), &big)?;
+    files.push((tc.path("big.bin"), big));
+    tc.cluster.start_storage(0)?;
+    tc.cluster.start_storage(3)?;
+    tc.cluster.wait_ready(6, Duration::from_secs(60))?;
+    let metad = tc.cluster.metad_addrs().join(",");
+    let spawn = || {
+        Command::new(exe())
+            .args(["repair", "--metad", &metad, "--bandwidth-mb-s", "0"])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join(), b.join())
+    });
+    for out in [a, b] {
+        let out = out
+            .map_err(|_| anyhow::anyhow!("a repair thread panicked"))?
+            .context("run torchfs repair")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+    }
+    // Nothing left to do afterwards.
+    let again = repair(&tc, &[])?;
+    assert_eq!(count_before(&again, "rebuilt"), 0, "{again}");
+    tc.cluster.kill_storage(1)?;
+    tc.cluster.kill_storage(4)?;
+    let cold = tc.mount_another("cold")?;
+    check_files(&on(&cold.mnt, &files, &tc.mnt))
+}
+
+/// The node a lost one's slots go to is full: every rebuilt fragment is
+/// refused (ENOSPC), counted as failed and logged, nothing is lost (reads
+/// decode around the lost node); once the node has room (restarted
+/// without the fault) a later pass of the service rebuilds them.
+#[test]
+fn a_repair_target_that_is_full_fails_cleanly_and_is_retried() -> Result<()> {
+    if !fuse_available("a_repair_target_that_is_full_fails_cleanly_and_is_retried") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let mut tc = TestCluster::start_with(
+        |spec| {
+            spec.storage_nodes = 7;
+            spec.repair_after = Duration::from_secs(2);
+        },
+        &[],
+    )?;
+    let status = tc.cluster.wait_ready(7, Duration::from_secs(60))?;
+    let in_groups = placed(&status);
+    let spare = (1..=7u64)
+        .find(|id| !in_groups.contains(id))
+        .context("a node in no placement group")?;
+    let files = write_sized_files(&tc, "before")?;
+    tc.cluster.kill_storage(spare as usize - 1)?;
+    tc.cluster
+        .start_storage_with_env(spare as usize - 1, &[("TORCHFS_FAULTS", "put_no_space")])?;
+    tc.cluster.wait_ready(7, Duration::from_secs(60))?;
+    let lost = in_groups[0];
+    tc.cluster.kill_storage(lost as usize - 1)?;
+    let failed = wait_for_repair(&tc, "a pass that failed on the full node", |r| {
+        r.done && r.reason.starts_with("placement") && r.fragments_failed > 0
+    })?;
+    assert_eq!(failed.fragments_rebuilt, 0, "{failed:?}");
+    let cold = tc.mount_another("while-full")?;
+    check_files(&on(&cold.mnt, &files, &tc.mnt)).context("read while the target is full")?;
+    drop(cold);
+    // Room again: a later pass rebuilds what failed.
+    tc.cluster.kill_storage(spare as usize - 1)?;
+    tc.cluster.start_storage(spare as usize - 1)?;
+    tc.cluster.wait_ready(6, Duration::from_secs(60))?;
+    wait_for_repair(&tc, "a retried pass that rebuilt everything", |r| {
+        r.done && r.fragments_failed == 0 && r.fragments_rebuilt > 0
+    })?;
+    let log = std::fs::read_to_string(tc.cluster.spec().dir.join("logs").join("metad-1.log"))
+        .unwrap_or_default()
+        + &std::fs::read_to_string(tc.cluster.spec().dir.join("logs").join("metad-2.log"))
+            .unwrap_or_default()
+        + &std::fs::read_to_string(tc.cluster.spec().dir.join("logs").join("metad-3.log"))
+            .unwrap_or_default();
+    assert!(
+        log.contains("rebuilt but not stored"),
+        "no log line for the refused rebuilds"
+    );
+    Ok(())
 }

@@ -112,9 +112,9 @@ struct Service {
     restored: Option<Vec<PlacementGroup>>,
     /// A second look at moved slots, due at the instant given.
     recheck: Option<(Instant, Scope, String)>,
-    /// When each node was first seen down by this service (a leader that
-    /// just took office reports no heartbeat age).
-    down_since: HashMap<NodeId, Instant>,
+    downtime: Downtime,
+    /// Passes in a row that could not rebuild everything.
+    failed_passes: u32,
     progress: Arc<Mutex<RepairProgress>>,
     /// Fragments reported and not yet rebuilt, with when each was first
     /// taken.
@@ -142,7 +142,8 @@ impl Service {
             bandwidth,
             restored: None,
             recheck: None,
-            down_since: HashMap::new(),
+            downtime: Downtime::default(),
+            failed_passes: 0,
             progress: Arc::default(),
             bad: BTreeMap::new(),
             swept_at: None,
@@ -165,7 +166,7 @@ impl Service {
                 // again it starts over (what it knew may be stale).
                 self.restored = None;
                 self.recheck = None;
-                self.down_since.clear();
+                self.downtime = Downtime::default();
                 continue;
             }
             self.replace_lost(&status).await;
@@ -179,20 +180,7 @@ impl Service {
     /// down for `repair_after`.
     async fn replace_lost(&mut self, status: &ClusterStatus) {
         let now = Instant::now();
-        let map = &status.map;
-        self.down_since
-            .retain(|id, _| map.node(*id).is_some_and(|n| n.state == NodeState::Down));
-        for node in &map.nodes {
-            let id = node.info.id;
-            if node.state != NodeState::Down || !map.groups.iter().any(|g| g.nodes.contains(&id)) {
-                continue;
-            }
-            let seen = *self.down_since.entry(id).or_insert(now);
-            let down_for = node
-                .last_heartbeat_ms_ago
-                .map(Duration::from_millis)
-                .unwrap_or_default()
-                .max(now.duration_since(seen));
+        for (id, down_for) in self.downtime.observe(&status.map, now) {
             if down_for < self.options.repair_after {
                 continue;
             }
@@ -287,9 +275,19 @@ impl Service {
                     done.fragments_failed,
                     done.elapsed_ms
                 );
+                let failed = done.fragments_failed > 0;
                 self.report(done).await;
-                if let (Scope::Slots(_), false) = (&scope, reason.ends_with("checked again")) {
-                    self.recheck = Some((Instant::now() + self.options.settle, scope, reason));
+                // The moved slots once more after settling; and a pass that
+                // could not rebuild everything (a node down or full, fewer
+                // than k readable) again, after a pause that doubles each
+                // time (up to 64 x `settle`), until it can.
+                self.failed_passes = if failed { self.failed_passes + 1 } else { 0 };
+                let again = failed
+                    || matches!(&scope, Scope::Slots(_)) && !reason.ends_with("checked again");
+                if again {
+                    let pause = self.options.settle * (1u32 << self.failed_passes.min(6));
+                    let reason = reason.trim_end_matches(", checked again").to_string();
+                    self.recheck = Some((Instant::now() + pause, scope, reason));
                 }
                 self.restored = Some(groups);
             }
@@ -468,6 +466,38 @@ impl Service {
     }
 }
 
+/// How long each storage node that holds placement slots has been down:
+/// the leader's time since its last heartbeat, or the time since this
+/// service first saw it down (a leader that just took office knows no
+/// heartbeat age), whichever is longer. A node seen up starts over, so a
+/// node that flaps is replaced only after `repair_after` of continuous
+/// downtime.
+#[derive(Default)]
+struct Downtime {
+    since: HashMap<NodeId, Instant>,
+}
+
+impl Downtime {
+    /// The down nodes with placement slots in `map`, and for how long.
+    fn observe(&mut self, map: &ClusterMap, now: Instant) -> Vec<(NodeId, Duration)> {
+        self.since
+            .retain(|id, _| map.node(*id).is_some_and(|n| n.state == NodeState::Down));
+        map.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Down)
+            .filter(|n| map.groups.iter().any(|g| g.nodes.contains(&n.info.id)))
+            .map(|n| {
+                let seen = *self.since.entry(n.info.id).or_insert(now);
+                let heard = n
+                    .last_heartbeat_ms_ago
+                    .map(Duration::from_millis)
+                    .unwrap_or_default();
+                (n.info.id, heard.max(now.duration_since(seen)))
+            })
+            .collect()
+    }
+}
+
 /// Refetches the cluster map every `period`, or at once when the storage
 /// client finds it stale, until the storage client is dropped.
 async fn refresh_map(
@@ -487,5 +517,60 @@ async fn refresh_map(
         if let Ok(MetaReply::ClusterMap(map)) = meta.call(MetaRequest::ClusterMap).await {
             storage.set_map(map);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use torchfs_proto::meta::{NodeInfo, NodeStatus};
+
+    fn map(states: &[(NodeId, NodeState, Option<u64>)]) -> ClusterMap {
+        ClusterMap {
+            nodes: states
+                .iter()
+                .map(|(id, state, ago)| NodeStatus {
+                    info: NodeInfo {
+                        id: *id,
+                        host: "127.0.0.1".into(),
+                        shard_ports: vec![1],
+                        capacity_bytes: 0,
+                        used_bytes: 0,
+                        cores: 1,
+                        transports: vec![],
+                    },
+                    state: *state,
+                    last_heartbeat_ms_ago: *ago,
+                })
+                .collect(),
+            groups: vec![PlacementGroup {
+                id: 0,
+                nodes: vec![1, 2, 3],
+            }],
+            ..ClusterMap::default()
+        }
+    }
+
+    #[test]
+    fn only_continuous_downtime_of_a_placed_node_counts() {
+        use NodeState::{Down, Up};
+        let mut d = Downtime::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        // A new leader knows no heartbeat age: the service's own clock. A
+        // node in no placement group does not count.
+        let first = d.observe(&map(&[(1, Down, None), (4, Down, None)]), t0);
+        assert_eq!(first, vec![(1, Duration::ZERO)]);
+        assert_eq!(
+            d.observe(&map(&[(1, Down, None)]), t0 + 3 * s),
+            vec![(1, 3 * s)]
+        );
+        // Up for a moment: it starts over (a flapping node is not replaced).
+        assert!(d.observe(&map(&[(1, Up, Some(0))]), t0 + 4 * s).is_empty());
+        let again = d.observe(&map(&[(1, Down, None)]), t0 + 5 * s);
+        assert_eq!(again, vec![(1, Duration::ZERO)]);
+        // The leader's heartbeat age counts when it is the longer.
+        let heard = d.observe(&map(&[(1, Down, Some(9_000))]), t0 + 6 * s);
+        assert_eq!(heard, vec![(1, 9 * s)]);
     }
 }
