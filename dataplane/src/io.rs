@@ -2,7 +2,9 @@
 //! implementation ([`GlommioDisk`]: O_DIRECT through io_uring). Everything
 //! the chunk store does to the disk goes through this trait, so glommio can
 //! be replaced without touching the store, and faults can be injected here
-//! (feature `testing`) to exercise the store's real failure paths.
+//! (feature `testing`) to exercise the store's real failure paths: the
+//! switches of [`crate::faults`] inside [`GlommioDisk`], the seeded disk
+//! faults by `FaultyDisk` wrapped around it (`io/faulty.rs`).
 
 use std::io;
 use std::ops::Deref;
@@ -12,6 +14,11 @@ use glommio::io::{Directory, DmaBuffer, DmaFile, ReadResult};
 use glommio::GlommioError;
 
 use crate::faults::Faults;
+
+#[cfg(feature = "testing")]
+mod faulty;
+#[cfg(feature = "testing")]
+pub use faulty::{FaultyDisk, FaultyRead};
 
 /// Alignment of every O_DIRECT buffer, offset and length (bytes).
 pub const BLOCK_BYTES: usize = 4096;

@@ -93,6 +93,8 @@ pub enum DataplaneError {
     Control { message: String },
     #[error("RDMA verbs listener on {addr}: {message}")]
     Verbs { addr: SocketAddr, message: String },
+    #[error("bad TORCHFS_DISK_FAULTS: {0}")]
+    DiskFaults(#[from] faults::DiskFaultsError),
 }
 
 /// A running storage node.
@@ -366,10 +368,41 @@ fn io_memory_bytes(shards: usize) -> usize {
     (lim.rlim_cur as usize / shards.max(1) / 2).clamp(MIN, MAX)
 }
 
+/// The fault switches of the node on `config.data_dir`, with the seeded
+/// disk faults of `TORCHFS_DISK_FAULTS` set (feature `testing`), logged
+/// with their seed so that a failing run can be replayed. Without the
+/// feature the variable is ignored, with a warning (a test must not think
+/// faults are on when they are not).
+fn node_faults(config: &StorageConfig) -> Result<faults::Faults, DataplaneError> {
+    let faults = faults::Faults::for_dir(&config.data_dir);
+    #[cfg(feature = "testing")]
+    {
+        if let Some(disk) = faults::DiskFaults::from_env()? {
+            faults.set_disk(Some(disk));
+        }
+        if let Some(disk) = faults.disk() {
+            tracing::warn!(
+                "disk fault injection on, seed {} (replay: {}={disk})",
+                disk.seed,
+                faults::DISK_FAULTS_ENV
+            );
+        }
+    }
+    #[cfg(not(feature = "testing"))]
+    if std::env::var_os(faults::DISK_FAULTS_ENV).is_some() {
+        tracing::warn!(
+            "{} ignored: this build has no fault injection (feature `testing`)",
+            faults::DISK_FAULTS_ENV
+        );
+    }
+    Ok(faults)
+}
+
 /// Starts the node; returns once every shard is listening and the node is
 /// registered with metad (when `config.metad` names any).
 pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
     config.log.validate().map_err(DataplaneError::LogConfig)?;
+    let faults = node_faults(&config)?;
     let shards = config.shard_count();
     check_writable(&config.data_dir)?;
     claim_node_id(&config.data_dir, config.node_id)?;
@@ -429,7 +462,6 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         listeners.push(listener);
     }
 
-    let faults = faults::Faults::for_dir(&config.data_dir);
     let io_memory = config
         .io_memory_bytes
         .unwrap_or_else(|| io_memory_bytes(shards));
@@ -469,6 +501,7 @@ pub fn start(config: StorageConfig) -> Result<StorageNode, DataplaneError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         ready.push(ready_rx);
         let setup = server::ShardSetup {
+            node_id: config.node_id,
             index,
             shards,
             listener,

@@ -28,6 +28,9 @@ const DRAIN_MS: u64 = 5_000;
 
 /// Everything a shard executor starts from (all `Send`).
 pub(crate) struct ShardSetup {
+    /// Seeds this shard's disk faults (feature `testing`).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub node_id: u64,
     pub index: usize,
     pub shards: usize,
     pub listener: std::net::TcpListener,
@@ -48,9 +51,17 @@ pub(crate) struct ShardSetup {
 pub(crate) async fn run_shard(setup: ShardSetup) {
     // SAFETY: the fd comes from a listening std socket we own and give up.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
+    #[cfg(feature = "testing")]
+    let disk = crate::io::FaultyDisk::new(
+        GlommioDisk::new(setup.faults.clone()),
+        setup.faults,
+        crate::faults::stream(setup.node_id, setup.index),
+    );
+    #[cfg(not(feature = "testing"))]
+    let disk = GlommioDisk::new(setup.faults);
     let store = DmaStore::new(
         setup.dir,
-        GlommioDisk::new(setup.faults),
+        disk,
         setup.scanned,
         setup.usage,
         setup.log,

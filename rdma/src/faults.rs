@@ -107,7 +107,9 @@ pub struct Injector {
     partitioned: Mutex<HashMap<SocketAddr, u32>>,
 }
 
-fn splitmix(mut x: u64) -> u64 {
+/// splitmix64 of `x`: a well-mixed 64-bit hash (also the
+/// storage node's seeded disk faults hash their decisions with it).
+pub fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -322,3 +322,6 @@ mod tests;
 
 #[cfg(test)]
 mod log_tests;
+
+#[cfg(all(test, feature = "testing"))]
+mod fault_tests;

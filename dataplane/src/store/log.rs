@@ -42,10 +42,15 @@
 //! makes this safe: a header copied inside some fragment's data (say, a
 //! backup of another node) names another segment or offset. Later records
 //! of a key win, older ones are punched, and a record wins over a
-//! fragment file of the same key (only a crash during a replacement
-//! leaves both; see `DmaStore::put` for why either is then right). Every
-//! segment found is sealed (new records go to a new segment) and its tail
-//! past the last record is punched, freeing its space.
+//! fragment file of the same key (only a crash or a failed write during a
+//! replacement leaves both; see `DmaStore::put` for why either is then
+//! right) -- if it is whole: a write torn after its header block landed
+//! leaves a record whose data is not its header's, so a record that would
+//! replace another fragment is first read whole and checked against its
+//! header's CRC, and a torn one is punched (only those are read: most
+//! records replace nothing). Every segment found is sealed (new records
+//! go to a new segment) and its tail past the last record is punched,
+//! freeing its space.
 //!
 //! A put whose future is dropped after its write leaves a record nothing
 //! indexes until the next start; its space is then found again.
@@ -312,6 +317,8 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
         let stored = self.write_record(&segment, offset, header, image).await;
         if stored.is_ok() {
             segment.live.set(segment.live.get() + 1);
+        } else {
+            self.unwrite(&segment, offset, record_bytes).await;
         }
         drop(pending);
         if segment.is_done() {
@@ -319,6 +326,29 @@ impl<I: DiskIo + 'static> FragmentLog<I> {
             self.remove_segment(segment.seq).await;
         }
         stored.map(|()| (segment.seq, offset))
+    }
+
+    /// Punches out the record of a failed put at `offset` of `segment`
+    /// and syncs that, best effort. Its write may have landed whole (the
+    /// sync failed) or torn: either way, found at the next start it would
+    /// win over what its key holds by then (a record or a file stored
+    /// since), and a torn one over the fragment it was to replace.
+    async fn unwrite(&self, segment: &Segment<I::File>, offset: u64, record_bytes: u64) {
+        let Some(file) = segment.file.borrow().clone() else {
+            return;
+        };
+        let punched = async {
+            self.io.punch(&file, offset, record_bytes).await?;
+            segment.sync.run(|| self.io.sync_data(&file)).await
+        };
+        if let Err(e) = punched.await {
+            // The walk at start still refuses a torn record that would
+            // replace another; a whole one may come back, as a delete can.
+            tracing::warn!(
+                "log segment {:016x}: punch the failed put's record at {offset}: {e}",
+                segment.seq
+            );
+        }
     }
 
     /// Writes `image` at `offset` of `segment`, stamped, and waits for a

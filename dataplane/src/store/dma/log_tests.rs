@@ -371,6 +371,158 @@ fn disk_full_in_the_log_is_no_space_and_keeps_the_old_record() {
     });
 }
 
+/// A crash in the middle of a replacement's write can leave its record's
+/// header block on disk without its data. At the next start that record
+/// must not win over the whole fragment it was to replace: a record, or
+/// a fragment file.
+#[test]
+fn a_torn_replacement_left_by_a_crash_loses_to_the_whole_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let (old_record, old_file) = (pattern(20_000, 1), pattern(300_000, 2));
+    let (p, r, f) = (path.clone(), old_record.clone(), old_file.clone());
+    run_local(move || async move {
+        let store = store(&p, LogConfig::default());
+        put(&store, key(1), &r).await;
+        put(&store, key(2), &f).await;
+        // The "crash": two replacements' stamped header blocks written
+        // after the last record, their data never.
+        let (segment, base) = store.stored_at(&key(1)).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let mut block = vec![0u8; BLOCK_BYTES];
+        file.read_exact_at(&mut block, base).unwrap();
+        let stamp = format::Stamp::read(&block);
+        let mut offset = base + format::file_bytes(r.len() as u32);
+        for k in [key(1), key(2)] {
+            let header = FragmentHeader::for_data(k, &pattern(150_000, 3));
+            header.encode_stamped(&mut block, format::Stamp { offset, ..stamp });
+            file.write_all_at(&block, offset).unwrap();
+            offset += format::file_bytes(150_000);
+        }
+        file.sync_all().unwrap();
+    });
+    run_local(move || async move {
+        let store = store(&path, LogConfig::default());
+        assert_eq!(get(&store, key(1), &old_record).await, old_record);
+        assert_eq!(get(&store, key(2), &old_file).await, old_file);
+    });
+}
+
+/// [`GlommioDisk`] whose next `sync_data` fails with EIO when told to.
+struct SyncFails {
+    disk: GlommioDisk,
+    fail_next: Rc<Cell<bool>>,
+}
+
+impl DiskIo for SyncFails {
+    type WriteBuf = <GlommioDisk as DiskIo>::WriteBuf;
+    type ReadBuf = <GlommioDisk as DiskIo>::ReadBuf;
+    type File = <GlommioDisk as DiskIo>::File;
+    type Dir = <GlommioDisk as DiskIo>::Dir;
+
+    fn alloc(&self, len_bytes: usize) -> Self::WriteBuf {
+        self.disk.alloc(len_bytes)
+    }
+    async fn write_new(&self, path: &Path, buf: Self::WriteBuf) -> io::Result<()> {
+        self.disk.write_new(path, buf).await
+    }
+    async fn open(&self, path: &Path) -> io::Result<Self::File> {
+        self.disk.open(path).await
+    }
+    async fn read_at(
+        &self,
+        file: &Self::File,
+        offset_bytes: u64,
+        len_bytes: usize,
+    ) -> io::Result<Self::ReadBuf> {
+        self.disk.read_at(file, offset_bytes, len_bytes).await
+    }
+    async fn close(&self, file: Self::File) {
+        self.disk.close(file).await
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.rename(from, to).await
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        self.disk.remove(path).await
+    }
+    async fn open_dir(&self, path: &Path) -> io::Result<Self::Dir> {
+        self.disk.open_dir(path).await
+    }
+    async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()> {
+        self.disk.sync_dir(dir).await
+    }
+    async fn create_preallocated(
+        &self,
+        path: &Path,
+        len_bytes: u64,
+        head: Self::WriteBuf,
+    ) -> io::Result<Self::File> {
+        self.disk.create_preallocated(path, len_bytes, head).await
+    }
+    async fn open_rw(&self, path: &Path) -> io::Result<Self::File> {
+        self.disk.open_rw(path).await
+    }
+    async fn write_at(
+        &self,
+        file: &Self::File,
+        offset_bytes: u64,
+        buf: Self::WriteBuf,
+    ) -> io::Result<()> {
+        self.disk.write_at(file, offset_bytes, buf).await
+    }
+    async fn sync_data(&self, file: &Self::File) -> io::Result<()> {
+        if self.fail_next.replace(false) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.disk.sync_data(file).await
+    }
+    async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        self.disk.punch(file, offset_bytes, len_bytes).await
+    }
+}
+
+/// A put whose record was written whole but whose fdatasync failed is not
+/// acknowledged; its record must not come back at the next start, where
+/// it would win over what the key holds by then (here a fragment file
+/// stored and acknowledged after it).
+#[test]
+fn a_failed_record_put_does_not_come_back_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let last = pattern(300_000, 3);
+    let (p, l) = (path.clone(), last.clone());
+    run_local(move || async move {
+        let fail_next = Rc::new(Cell::new(false));
+        let io = SyncFails {
+            disk: GlommioDisk::new(Faults::for_dir(&p)),
+            fail_next: fail_next.clone(),
+        };
+        let store = open_logged(&p, io, u64::MAX, LogConfig::default());
+        put(&store, key(1), &pattern(20_000, 1)).await;
+        fail_next.set(true);
+        let failed = pattern(20_000, 2);
+        let mut buf = store.put_buffer(failed.len() as u32);
+        buf.as_mut().copy_from_slice(&failed);
+        let e = store
+            .put(key(1), buf, crc32c::crc32c(&failed))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        // Past the log's 256 KiB: a file, and the record it replaces
+        // punched durably.
+        put(&store, key(1), &l).await;
+    });
+    run_local(move || async move {
+        let store = store(&path, LogConfig::default());
+        assert_eq!(get(&store, key(1), &last).await, last);
+    });
+}
+
 #[test]
 fn bad_log_settings_are_refused() {
     assert!(LogConfig::default().validate().is_ok());

@@ -80,16 +80,23 @@ impl<I: DiskIo + 'static> DmaStore<I> {
         let bytes = format::file_bytes(header.length_bytes);
         let old = self.index.borrow_mut().insert(key, Place::File { bytes });
         self.account(old.map_or(0, |p| p.bytes()), bytes);
-        self.dir_sync
+        let synced = self
+            .dir_sync
             .run(|| self.sync_dir())
             .await
-            .map_err(DiskError::of("sync directory"))?;
+            .map_err(DiskError::of("sync directory"));
         // A record of the key would win over this file at the next start:
-        // it is punched durably before the put is answered.
+        // it is punched durably before the put is answered. Also when the
+        // directory sync failed, as the index points at the file now: a
+        // record left there would come back at the next start over the
+        // file and over whatever the key holds by then. Not synced then:
+        // after a crash the record may come back, a whole fragment.
         if let Some(old @ Place::Log { .. }) = old {
-            self.drop_old(key, old, true).await?;
+            let dropped = self.drop_old(key, old, synced.is_ok()).await;
+            synced?;
+            return dropped;
         }
-        Ok(())
+        synced
     }
 
     /// Stores `image` as a record of the log, durable (see [`super::log`]).

@@ -187,11 +187,28 @@ fn walk(file: &File, seq: u64, nonce: u64) -> io::Result<(Vec<Found>, Vec<Gap>)>
     Ok((records, gaps))
 }
 
+/// Whether the record at `offset` of `file` (`bytes` long) holds the data
+/// its header says: read whole and checked against the header's CRC of
+/// the whole data. A header block is written with its data, so one can
+/// land without the rest.
+fn is_whole(file: &File, offset: u64, bytes: u64) -> io::Result<bool> {
+    let mut image = vec![0u8; bytes as usize];
+    file.read_exact_at(&mut image, offset)?;
+    let Ok(header) = FragmentHeader::decode(&image[..BLOCK_BYTES]) else {
+        return Ok(false);
+    };
+    let data_end = BLOCK_BYTES + header.length_bytes as usize;
+    Ok(image
+        .get(BLOCK_BYTES..data_end)
+        .is_some_and(|data| crc32c::crc32c(data) == header.crc32c))
+}
+
 /// Walks the segments of the shard directory `dir` in sequence order and
 /// adds their records to `fragments` (which holds the fragment files):
 /// a record replaces a file of its key (removed) or an earlier record of
-/// it (punched). Punches the gaps, removes segments left with no record,
-/// and returns the others.
+/// it (punched), once read whole and found whole ([`is_whole`]; a torn
+/// one is punched instead). Punches the gaps, removes segments left with
+/// no record, and returns the others.
 pub fn scan(
     dir: &Path,
     fragments: &mut BTreeMap<FragmentKey, Place>,
@@ -225,6 +242,21 @@ pub fn scan(
             ),
         );
         for (key, offset, bytes) in records {
+            if fragments.contains_key(&key) {
+                if let Some((_, f)) = segments.get(&seq) {
+                    if !is_whole(f, offset, bytes)? {
+                        // A replacement torn mid-write (a crash, a failed
+                        // device; never acknowledged): the whole fragment
+                        // it was to replace stays.
+                        tracing::warn!(
+                            "log segment {seq:016x}: the record of {key} at {offset} is torn; \
+                             keeping the fragment it was to replace"
+                        );
+                        punch(f, offset, bytes)?;
+                        continue;
+                    }
+                }
+            }
             let old = fragments.insert(key, Place::Log { seq, offset, bytes });
             match old {
                 Some(Place::File { .. }) => {
