@@ -3,6 +3,7 @@
 //! logs under one directory. `torchfs up` runs one; the integration tests
 //! run them to kill and restart parts on purpose.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -44,6 +45,9 @@ pub struct ClusterSpec {
     pub scrub_interval: Duration,
     /// The repair services' orphan collection grace (`--orphan-grace`).
     pub orphan_grace: Duration,
+    /// Extra environment of a process at each start, by its name
+    /// (`metad-1`, `storage-3`): fault injection in a `testing` build.
+    pub env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl ClusterSpec {
@@ -63,6 +67,7 @@ impl ClusterSpec {
             repair_after: Duration::from_secs(600),
             scrub_interval: Duration::from_secs(24 * 3600),
             orphan_grace: Duration::from_secs(600),
+            env: BTreeMap::new(),
         })
     }
 
@@ -173,6 +178,12 @@ impl LocalCluster {
         &self.spec
     }
 
+    /// Sets the extra environment of process `name` (`metad-1`,
+    /// `storage-3`) from its next start on (see [`ClusterSpec::env`]).
+    pub fn set_env(&mut self, name: &str, env: Vec<(String, String)>) {
+        self.spec.env.insert(name.to_string(), env);
+    }
+
     pub fn metad_addrs(&self) -> Vec<String> {
         self.spec.metad_addrs()
     }
@@ -195,8 +206,10 @@ impl LocalCluster {
     fn spawn(&self, name: &str, args: Vec<String>, env: &[(&str, &str)]) -> Result<Child> {
         let (out, err) = self.log_file(name)?;
         let mut command = Command::new(&self.spec.exe);
+        let spec_env = self.spec.env.get(name).into_iter().flatten();
         command
             .args(&args)
+            .envs(spec_env.map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)

@@ -1,12 +1,16 @@
 //! A seeded chaos run against real processes: checkpoint-style writes
 //! (write, fsync) and DataLoader-style reads through a mount whose
 //! fragment requests suffer injected network faults (drops, lost replies,
-//! delays, resets, partitions: `TORCHFS_NET_FAULTS`), while a schedule
+//! delays, resets, partitions: `TORCHFS_NET_FAULTS`), on a cluster where
+//! one storage node's disk fails now and then (EIO, ENOSPC, torn writes,
+//! flipped bits on read, latency: `TORCHFS_DISK_FAULTS`), while a schedule
 //! drawn from the same seed kills and restarts storage nodes (at most m = 2
-//! down at once) and kills the metad leader once. No acknowledged byte may
-//! be lost and no read may return wrong bytes; writes and reads that fail
-//! are allowed and counted. The seed is printed; `TORCHFS_CHAOS_SEED=N`
-//! replays a run, `TORCHFS_CHAOS_ROUNDS` sizes it (CI: 12).
+//! down at once), kills the metad leader once, and jumps the metad voters'
+//! wall clock forward past the client-session expiry and later back
+//! (`TORCHFS_CLOCK_FILE`). No acknowledged byte may be lost and no read
+//! may return wrong bytes; writes and reads that fail are allowed and
+//! counted. The seed is printed; `TORCHFS_CHAOS_SEED=N` replays a run,
+//! `TORCHFS_CHAOS_ROUNDS` sizes it (CI: 12).
 
 mod common;
 
@@ -57,7 +61,38 @@ fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<(
     println!("chaos seed {seed} (replay: TORCHFS_CHAOS_SEED={seed}), {rounds} rounds");
     let t0 = Instant::now();
     let mut draws = Draws(seed);
-    let mut tc = TestCluster::start()?;
+    // One storage node with a failing disk, and the voters' clock offset.
+    let faulty = draws.below(6) as usize;
+    let disk_faults =
+        format!("seed={seed},eio=0.01,enospc=0.01,torn=0.01,bitflip=0.02,delay=0.05,delay_ms=5");
+    let mut clock_file = PathBuf::new();
+    let (forward_round, back_round) = (
+        draws.below(rounds / 2),
+        rounds / 2 + draws.below(rounds - rounds / 2),
+    );
+    // Past the 10-minute client-session expiry, then to before the start.
+    let (forward_s, back_s) = (900 + draws.below(3600), draws.below(3600));
+    let mut tc = TestCluster::start_with(
+        |spec| {
+            clock_file = spec.dir.join("clock-offset");
+            let env = |k: &str, v: String| vec![(k.to_string(), v)];
+            spec.env.insert(
+                format!("storage-{}", faulty + 1),
+                env("TORCHFS_DISK_FAULTS", disk_faults.clone()),
+            );
+            for id in 1..=spec.metad_ports.len() {
+                let path = clock_file.display().to_string();
+                spec.env
+                    .insert(format!("metad-{id}"), env("TORCHFS_CLOCK_FILE", path));
+            }
+        },
+        &[],
+    )?;
+    println!(
+        "storage node {} runs with TORCHFS_DISK_FAULTS={disk_faults}; the voters' clock \
+         jumps +{forward_s} s at round {forward_round} and to -{back_s} s at round {back_round}",
+        faulty + 1
+    );
 
     // The dataset, written through a healthy mount.
     std::fs::create_dir(tc.path("data"))?;
@@ -95,6 +130,14 @@ fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<(
             }
             _ => "nothing".to_string(),
         };
+        if round == forward_round {
+            std::fs::write(&clock_file, format!("+{forward_s}"))?;
+            action += &format!(", the voters' clock jumps +{forward_s} s");
+        }
+        if round == back_round {
+            std::fs::write(&clock_file, format!("-{back_s}"))?;
+            action += &format!(", the voters' clock jumps back to -{back_s} s");
+        }
         if round == rounds / 2 {
             let status = tc.cluster.status(Duration::from_secs(10))?;
             if let Some(id) = status.leader {
@@ -152,9 +195,39 @@ fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<(
     }
     let degraded_reads = log.matches("degraded read").count();
     let degraded_writes = log.matches("stored without").count();
+    // The forward jump expired the mount's metad session; it started
+    // another and went on.
+    let sessions_renewed = log.matches("metad forgot client session").count();
+    if sessions_renewed == 0 {
+        bail!("chaos seed {seed}: the clock jumped +{forward_s} s but no session expired:\n{log}");
+    }
     drop(chaos);
+    let logs = tc.dir.path().join("logs");
+    let storage_log = std::fs::read_to_string(logs.join(format!("storage-{}.log", faulty + 1)))?;
+    if !storage_log.contains("disk fault injection on") {
+        bail!(
+            "storage node {} ran without disk faults:\n{storage_log}",
+            faulty + 1
+        );
+    }
+    let mut jumps = 0;
+    for id in 1..=tc.cluster.spec().metad_ports.len() {
+        let metad_log = std::fs::read_to_string(logs.join(format!("metad-{id}.log")))?;
+        jumps += metad_log.matches("clock jumps by").count();
+    }
+    if jumps == 0 {
+        bail!("no metad voter saw its clock jump");
+    }
 
-    // Healed: every acknowledged file, byte-identical, from a fresh mount.
+    // Healed: the disk and the clock mended, every node back; every
+    // acknowledged file, byte-identical, from a fresh mount.
+    std::fs::write(&clock_file, "0")?;
+    tc.cluster
+        .set_env(&format!("storage-{}", faulty + 1), Vec::new());
+    if !down.contains(&faulty) {
+        tc.cluster.kill_storage(faulty)?;
+        down.push(faulty);
+    }
     for n in down.drain(..) {
         tc.cluster.start_storage(n)?;
     }
@@ -179,7 +252,8 @@ fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<(
         "chaos seed {seed}: {rounds} rounds in {:.0?}: {} files acknowledged and read back \
          byte-identical; {write_errors} writes and {read_errors} of {reads} reads failed \
          (allowed); 0 wrong; the mount logged {degraded_reads} degraded reads and \
-         {degraded_writes} degraded stripe writes",
+         {degraded_writes} degraded stripe writes; {jumps} clock jumps seen by the voters, \
+         {sessions_renewed} metad sessions renewed",
         t0.elapsed(),
         acked.len()
     );

@@ -171,10 +171,14 @@ mod imp {
         NoSpace,
         /// Only the first `blocks_kept` 4 KiB blocks are written (fewer
         /// than the write's), then EIO.
-        Torn { blocks_kept: u64 },
+        Torn {
+            blocks_kept: u64,
+        },
         /// Bit `bit` of the bytes read (counted from the first byte's
         /// lowest bit) is flipped.
-        BitFlip { bit: u64 },
+        BitFlip {
+            bit: u64,
+        },
     }
 
     /// What happens to one operation.
@@ -330,9 +334,10 @@ mod imp {
 
         #[test]
         fn parses_and_refuses_bad_specs() {
-            let f: DiskFaults = "seed=42, eio=0.01,enospc=0,torn=0.5,bitflip=1,delay=0.25,delay_ms=3"
-                .parse()
-                .unwrap();
+            let f: DiskFaults =
+                "seed=42, eio=0.01,enospc=0,torn=0.5,bitflip=1,delay=0.25,delay_ms=3"
+                    .parse()
+                    .unwrap();
             assert_eq!(f.seed, 42);
             assert_eq!((f.eio, f.enospc, f.torn), (0.01, 0.0, 0.5));
             assert_eq!((f.bitflip, f.delay, f.delay_ms), (1.0, 0.25, 3));
@@ -355,9 +360,10 @@ mod imp {
 
         #[test]
         fn fates_follow_the_seed_and_the_rates() {
-            let f: DiskFaults = "seed=9,eio=0.1,enospc=0.1,torn=0.1,bitflip=0.1,delay=0.2,delay_ms=4"
-                .parse()
-                .unwrap();
+            let f: DiskFaults =
+                "seed=9,eio=0.1,enospc=0.1,torn=0.1,bitflip=0.1,delay=0.2,delay_ms=4"
+                    .parse()
+                    .unwrap();
             let fates = |f: &DiskFaults, op| -> Vec<DiskFate> {
                 (1..=2000)
                     .map(|i| f.fate(7, op, 4096 * (i % 50), 65536, i as u32))
@@ -368,7 +374,10 @@ mod imp {
             let other = DiskFaults { seed: 10, ..f };
             assert_ne!(fates(&f, DiskOp::Write), fates(&other, DiskOp::Write));
             let count = |fates: &[DiskFate], pick: fn(&DiskFault) -> bool| {
-                fates.iter().filter(|d| d.fault.as_ref().is_some_and(pick)).count()
+                fates
+                    .iter()
+                    .filter(|d| d.fault.as_ref().is_some_and(pick))
+                    .count()
             };
             let writes = fates(&f, DiskOp::Write);
             let reads = fates(&f, DiskOp::Read);
@@ -377,13 +386,22 @@ mod imp {
             for (n, what) in [
                 (count(&writes, |d| *d == DiskFault::Eio), "eio"),
                 (count(&writes, |d| *d == DiskFault::NoSpace), "enospc"),
-                (count(&writes, |d| matches!(d, DiskFault::Torn { .. })), "torn"),
-                (count(&reads, |d| matches!(d, DiskFault::BitFlip { .. })), "bitflip"),
+                (
+                    count(&writes, |d| matches!(d, DiskFault::Torn { .. })),
+                    "torn",
+                ),
+                (
+                    count(&reads, |d| matches!(d, DiskFault::BitFlip { .. })),
+                    "bitflip",
+                ),
             ] {
                 assert!((120..=260).contains(&n), "{what}: {n} of 2000");
             }
             assert_eq!(count(&reads, |d| *d == DiskFault::NoSpace), 0);
-            assert_eq!(count(&writes, |d| matches!(d, DiskFault::BitFlip { .. })), 0);
+            assert_eq!(
+                count(&writes, |d| matches!(d, DiskFault::BitFlip { .. })),
+                0
+            );
             for d in &writes {
                 if let Some(DiskFault::Torn { blocks_kept }) = d.fault {
                     assert!(blocks_kept < 16);

@@ -59,13 +59,7 @@ pub(crate) async fn run_shard(setup: ShardSetup) {
     );
     #[cfg(not(feature = "testing"))]
     let disk = GlommioDisk::new(setup.faults);
-    let store = DmaStore::new(
-        setup.dir,
-        disk,
-        setup.scanned,
-        setup.usage,
-        setup.log,
-    );
+    let store = DmaStore::new(setup.dir, disk, setup.scanned, setup.usage, setup.log);
     let shard = Rc::new(Shard::new(setup.index, setup.shards, store));
     if let Some(calls) = setup.verbs {
         glommio::spawn_local(crate::verbs::serve_calls(shard.clone(), calls)).detach();

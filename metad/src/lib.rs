@@ -4,6 +4,7 @@
 //! - [`config`]: [`MetadConfig`] and [`MetadError`].
 //! - [`state`]: the namespace state machine (deterministic `apply`).
 //! - [`store`]: the Raft log (segment files), vote and snapshots (redb) and the state-machine store.
+//! - `clock`: the wall clock that stamps commands (clock jumps are injected there).
 //! - `compaction`: when to snapshot (scaled to the namespace's size).
 //! - `network`: Raft RPCs to peers (an actor owning the capnp connections).
 //! - `node`: request handling (redirects, writes, linearizable reads, liveness).
@@ -12,6 +13,7 @@
 //! Entry points: [`run`] (async, inside a tokio `LocalSet`) and
 //! [`run_blocking`].
 
+mod clock;
 mod compaction;
 pub mod config;
 mod leases;
@@ -55,6 +57,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MetadError> {
     let voters = config.validate()?;
+    clock::announce();
     let listener =
         std::net::TcpListener::bind(config.listen).map_err(|source| MetadError::Listen {
             addr: config.listen,

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
@@ -20,6 +20,7 @@ use torchfs_proto::meta::{
 
 mod repair;
 
+use crate::clock::now_ns;
 use crate::leases::{Leases, LEASE_MS};
 use crate::state::{Applied, Command, Op, Outcome};
 
@@ -78,13 +79,6 @@ pub(crate) struct Node {
     /// Fragments storage nodes reported bad, until the repair service
     /// takes them (see `ReportBadFragments`).
     bad_fragments: Mutex<BTreeSet<FragmentRef>>,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Node {

@@ -115,6 +115,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         repair_after: args.repair_after,
         scrub_interval: Duration::from_secs(24 * 3600),
         orphan_grace: Duration::from_secs(600),
+        env: Default::default(),
     };
     let metad = spec.metad_addrs();
     println!(

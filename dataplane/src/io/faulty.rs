@@ -148,7 +148,10 @@ impl<D: DiskIo> DiskIo for FaultyDisk<D> {
         offset_bytes: u64,
         len_bytes: usize,
     ) -> io::Result<Self::ReadBuf> {
-        match self.enter(DiskOp::Read, offset_bytes, len_bytes as u64).await {
+        match self
+            .enter(DiskOp::Read, offset_bytes, len_bytes as u64)
+            .await
+        {
             None => Ok(FaultyRead::Real(
                 self.inner.read_at(file, offset_bytes, len_bytes).await?,
             )),

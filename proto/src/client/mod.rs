@@ -248,7 +248,7 @@ impl Actor {
         drop(ticket);
         self.renew_session(client_id);
         let ticket = self.session.borrow().begin();
-        tracing::debug!(
+        tracing::info!(
             "metad forgot client session {client_id:#018x} (write {seq}); sending it again as {:?}",
             ticket.write_id()
         );
