@@ -24,6 +24,13 @@ pub struct MountArgs {
     /// themselves, and hand the rest to the client's tasks).
     #[arg(long, default_value_t = FuseOptions::default().threads)]
     pub threads: usize,
+    /// Mount read-only, for reading datasets: the kernel opens and closes
+    /// files itself (no round trip per file) and keeps their pages;
+    /// changes made elsewhere are seen within a second. No control files
+    /// (`.torchfs/`: plans and stats need a read-write mount), and locks
+    /// hold on this host only.
+    #[arg(long)]
+    pub read_only: bool,
     #[command(flatten)]
     pub access: AccessArgs,
     #[command(flatten)]
@@ -232,6 +239,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     let options = FuseOptions {
         threads: args.threads,
         allow_other: args.access.allow_other(),
+        read_only: args.read_only,
         ..FuseOptions::default()
     };
     let mounted = mount(

@@ -25,8 +25,19 @@ pub(super) fn negotiate(options: &FuseOptions, config: &mut KernelConfig) -> boo
             "the kernel does not offer parallel lookups: one directory's lookups run one at a time"
         );
     }
-    // Locks go to metad, so they hold across mounts.
-    if config
+    if options.read_only {
+        // No opens reach a read-only mount, so its closes would not
+        // release locks: the kernel keeps them itself, on this host. A
+        // file changed elsewhere has its pages dropped when its attributes
+        // are fetched again (the kernel keeps pages across opens here).
+        if config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            tracing::warn!("the kernel does not drop pages of changed files by itself: a read-only mount may read old bytes of files changed elsewhere");
+        }
+    } else if config
+        // Locks go to metad, so they hold across mounts.
         .add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
         .is_err()
     {
@@ -44,7 +55,7 @@ pub(super) fn negotiate(options: &FuseOptions, config: &mut KernelConfig) -> boo
             "the kernel does not offer FUSE POSIX ACLs: ACLs are stored but not enforced"
         );
     }
-    if options.passthrough {
+    if options.passthrough && !options.read_only {
         let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         if !granted {

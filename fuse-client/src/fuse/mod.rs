@@ -21,6 +21,8 @@
 //! - `mounted`: a mount with the runtime its client runs on, and the
 //!   defaults a mount takes (what `torchfs mount` and the FUSE ceiling
 //!   share).
+//! - `no_open`: the handle per inode a read-only mount reads through (the
+//!   kernel sends it no opens).
 //! - `attr`, `dirs`, `locks`, `xattr`, `passthrough`, `readahead`: what
 //!   their names say.
 
@@ -32,6 +34,7 @@ mod files;
 mod init;
 mod locks;
 mod mounted;
+mod no_open;
 mod passthrough;
 mod readahead;
 mod session;
@@ -53,11 +56,13 @@ use fuser::{
 pub use mounted::{
     allow_other_by_default, default_cache_mem_bytes, default_client_config, MountError, Mounted,
 };
-use torchfs_proto::meta::{SetAttr, NAME_BYTES_MAX};
+use torchfs_proto::meta::{SetAttr, NAME_BYTES_MAX, ROOT_INO};
 use torchfs_rdma::Transport;
 
+use crate::core::control::CONTROL_DIR_NAME;
 use crate::core::MetaService;
 use attr::node_kind;
+use no_open::NO_OPEN_FH;
 use request::{errno, name_str, new_mode, owner, rename_mode, reply_empty, set_time};
 pub use session::{mount, FuseOptions};
 use session::{Fs, TorchFs};
@@ -71,6 +76,11 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
+        // Control files need opens (their reads bypass the page cache),
+        // which a read-only mount does not get: it has none.
+        if self.fs.options.read_only && parent.0 == ROOT_INO && name == CONTROL_DIR_NAME {
+            return reply.error(Errno::ENOENT);
+        }
         if let Some(found) = self.fs.client.lookup_now(parent.0, &name) {
             return self.fs.reply_lookup(found, reply);
         }
@@ -247,6 +257,11 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // A read-only mount answers no open: the kernel then opens files
+        // by itself (see `no_open`).
+        if self.fs.options.read_only {
+            return reply.error(Errno::ENOSYS);
+        }
         let mode = files::OpenMode {
             write: !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY),
             truncate: flags.0 & libc::O_TRUNC != 0,
@@ -260,7 +275,7 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -269,7 +284,12 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         reply: ReplyData,
     ) {
         self.spawn(|fs| async move {
-            match fs.client.read(fh.0, offset, size).await {
+            let read = if fh.0 == NO_OPEN_FH {
+                fs.read_no_open(ino.0, offset, size).await
+            } else {
+                fs.client.read(fh.0, offset, size).await
+            };
+            match read {
                 Ok(data) => reply.data(&data[..]),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -329,6 +349,10 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Nothing to flush, no locks to release: the kernel stops asking.
+        if self.fs.options.read_only {
+            return reply.error(Errno::ENOSYS);
+        }
         if let Some(done) = self.fs.client.flush_now(ino.0, fh.0, lock_owner.0) {
             return reply_empty(done, reply);
         }
@@ -410,6 +434,9 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 == NO_OPEN_FH {
+            return reply.ok();
+        }
         self.spawn(|fs| async move { reply_empty(fs.client.fsync(fh.0).await, reply) });
     }
 

@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use torchfs_rdma::Transport;
 
 use super::dirs::DirStreams;
+use super::no_open::InodeHandles;
 use super::passthrough::IoModes;
 use super::{readahead, MountSession};
 use crate::core::{Client, MetaService};
@@ -38,6 +39,11 @@ pub struct FuseOptions {
     /// disk tier holds whole are read by the kernel directly. Only useful
     /// with a disk tier; off if the kernel refuses it.
     pub passthrough: bool,
+    /// Mount read-only, in the kernel's no-open mode (see `no_open`): no
+    /// round trip per open or close; changes made elsewhere are seen
+    /// within `attr_ttl`; no control files, no passthrough, and locks
+    /// local to this host.
+    pub read_only: bool,
 }
 
 impl Default for FuseOptions {
@@ -49,6 +55,7 @@ impl Default for FuseOptions {
             allow_other: false,
             request_bytes_max: 1 << 20,
             passthrough: false,
+            read_only: false,
         }
     }
 }
@@ -73,6 +80,9 @@ pub fn mount<M: MetaService, T: Transport>(
     if options.allow_other {
         config.acl = SessionACL::All;
     }
+    if options.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let meta_runtime = client.meta_runtime();
@@ -84,6 +94,7 @@ pub fn mount<M: MetaService, T: Transport>(
             next_dir_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             io_modes: IoModes::default(),
+            no_open: InodeHandles::default(),
             notifier: OnceLock::new(),
         }),
         runtime,
@@ -115,6 +126,8 @@ pub(super) struct Fs<M: MetaService, T: Transport> {
     /// Whether the kernel granted passthrough at init.
     pub(super) passthrough: AtomicBool,
     pub(super) io_modes: IoModes,
+    /// The core handle of each inode read with handle 0 (read-only mounts).
+    pub(super) no_open: InodeHandles,
     /// Tells the kernel to drop what it caches of a file (set once the
     /// session is up).
     pub(super) notifier: OnceLock<Notifier>,
