@@ -74,7 +74,11 @@ fn a_read_only_mount_reads_warm_files_with_no_request_and_sees_changes() -> Resu
     }
     // (The log has fuser's request lines: the cold reads are there.)
     let reads = requests_since(&ro.log, 0, "READ")?;
-    ensure!(reads >= files.len(), "{reads} reads logged for {} files", files.len());
+    ensure!(
+        reads >= files.len(),
+        "{reads} reads logged for {} files",
+        files.len()
+    );
     let opens = requests_since(&ro.log, 0, "OPEN")?;
     ensure!(
         opens <= 1,

@@ -26,9 +26,10 @@ pub struct MountArgs {
     pub threads: usize,
     /// Mount read-only, for reading datasets: the kernel opens and closes
     /// files itself (no round trip per file) and keeps their pages;
-    /// changes made elsewhere are seen within a second. No control files
-    /// (`.torchfs/`: plans and stats need a read-write mount), and locks
-    /// hold on this host only.
+    /// changes made elsewhere are seen within a second (a frozen dataset's
+    /// names and attributes are kept 10 minutes: an unfreeze is seen within
+    /// that). No control files (`.torchfs/`: plans and stats need a
+    /// read-write mount), and locks hold on this host only.
     #[arg(long)]
     pub read_only: bool,
     #[command(flatten)]

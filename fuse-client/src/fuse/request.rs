@@ -2,6 +2,7 @@
 //! owners, times) and replies of the core's results.
 
 use std::ffi::OsStr;
+use std::time::Duration;
 
 use fuser::{Errno, Generation, ReplyAttr, ReplyEmpty, ReplyEntry, Request, TimeOrNow};
 use torchfs_proto::meta::{Attr, SetTime, NAME_BYTES_MAX};
@@ -64,9 +65,23 @@ pub(super) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 }
 
 impl<M: MetaService, T: Transport> Fs<M, T> {
+    /// How long the kernel may keep `attr` (and its name): `ttl`, or on a
+    /// read-only mount `frozen_ttl` for a frozen dataset's inode (it cannot
+    /// change until unfrozen), so a warm epoch sends no lookup or getattr.
+    fn ttl_of(&self, attr: &Attr, ttl: Duration) -> Duration {
+        if self.options.read_only && self.client.is_immutable(attr.ino) {
+            self.options.frozen_ttl
+        } else {
+            ttl
+        }
+    }
+
     pub(super) fn reply_entry(&self, result: Result<Attr, ClientError>, reply: ReplyEntry) {
         match result {
-            Ok(attr) => reply.entry(&self.options.entry_ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                let ttl = self.ttl_of(&attr, self.options.entry_ttl);
+                reply.entry(&ttl, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -85,7 +100,10 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
 
     pub(super) fn reply_attr(&self, result: Result<Attr, ClientError>, reply: ReplyAttr) {
         match result {
-            Ok(attr) => reply.attr(&self.options.attr_ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(
+                &self.ttl_of(&attr, self.options.attr_ttl),
+                &file_attr(&attr),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -44,6 +44,10 @@ pub struct FuseOptions {
     /// within `attr_ttl`; no control files, no passthrough, and locks
     /// local to this host.
     pub read_only: bool,
+    /// On a read-only mount, how long the kernel may cache the names and
+    /// attributes of a frozen dataset's inodes (a change after an unfreeze
+    /// is seen there within this long).
+    pub frozen_ttl: Duration,
 }
 
 impl Default for FuseOptions {
@@ -56,6 +60,7 @@ impl Default for FuseOptions {
             request_bytes_max: 1 << 20,
             passthrough: false,
             read_only: false,
+            frozen_ttl: Duration::from_secs(600),
         }
     }
 }
