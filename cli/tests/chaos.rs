@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use common::*;
 
+/// Longer than metad's clock-offset reread interval (100 ms).
+const CLOCK_REREAD: Duration = Duration::from_millis(300);
+
 /// Deterministic draws from the seed (splitmix64).
 struct Draws(u64);
 
@@ -130,12 +133,16 @@ fn chaos_seeded_kills_and_network_faults_lose_no_acknowledged_byte() -> Result<(
             }
             _ => "nothing".to_string(),
         };
+        // Each voter reads the offset again within 100 ms: past that, this
+        // round's metad writes are stamped with the jumped clock.
         if round == forward_round {
             std::fs::write(&clock_file, format!("+{forward_s}"))?;
+            std::thread::sleep(CLOCK_REREAD);
             action += &format!(", the voters' clock jumps +{forward_s} s");
         }
         if round == back_round {
             std::fs::write(&clock_file, format!("-{back_s}"))?;
+            std::thread::sleep(CLOCK_REREAD);
             action += &format!(", the voters' clock jumps back to -{back_s} s");
         }
         if round == rounds / 2 {

@@ -9,7 +9,7 @@ use fuser::{FileHandle, FopenFlags, Generation, INodeNo, ReplyCreate, ReplyOpen,
 use super::attr::file_attr;
 use super::passthrough::OpenAs;
 use super::{errno, Fs};
-use crate::core::{ClientError, MetaService, NewMode, Owner, ReadBuf};
+use crate::core::{MetaService, NewMode, Owner};
 use torchfs_rdma::Transport;
 
 /// How open(2) opens a file: for writing, truncating, appending.
@@ -171,45 +171,6 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
 }
 
 impl<M: MetaService, T: Transport> Fs<M, T> {
-    /// A read with no handle (a read-only mount: see `no_open`), through
-    /// the inode's kept handle, opened (again) when it has none or an
-    /// old one of a file that can change.
-    pub(super) async fn read_no_open(
-        &self,
-        ino: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<ReadBuf, ClientError> {
-        let fresh_for = (!self.client.is_immutable(ino)).then_some(self.options.attr_ttl);
-        let mut retried = false;
-        loop {
-            let fh = match self.no_open.get(ino, fresh_for) {
-                Some(fh) => fh,
-                None => {
-                    let fh = match self.client.open_now(ino) {
-                        Some(fh) => fh,
-                        None => self.client.open(ino, false, false).await?,
-                    };
-                    for old in self.no_open.insert(ino, fh) {
-                        let released = match self.client.release_now(ino, old, None) {
-                            Some(done) => done,
-                            None => self.client.release(old).await,
-                        };
-                        if let Err(e) = released {
-                            tracing::debug!("release kept handle {old} of inode {ino}: {e}");
-                        }
-                    }
-                    fh
-                }
-            };
-            match self.client.read(fh, offset, size).await {
-                // Replaced and released by a read beside this one.
-                Err(ClientError::BadHandle { .. }) if !retried => retried = true,
-                read => return read,
-            }
-        }
-    }
-
     /// A write to a handle opened with O_APPEND: at the end of the file as
     /// this client knows it (fresh after a lock: lock coherence), not at
     /// `offset`, the kernel's own idea of the end. When they differ, the

@@ -15,7 +15,7 @@
 //! - `session`: mounting ([`mount`], [`FuseOptions`]) and the state the
 //!   request tasks share.
 //! - `files`: how open and create are answered (page cache, direct I/O,
-//!   passthrough).
+//!   passthrough); `file_io`: reads, fsyncs and closes of open files.
 //! - `request`: argument checks and replies every handler shares.
 //! - `init`: what the mount asks of the kernel.
 //! - `mounted`: a mount with the runtime its client runs on, and the
@@ -30,6 +30,7 @@ mod attr;
 #[macro_use]
 mod request;
 mod dirs;
+mod file_io;
 mod files;
 mod init;
 mod locks;
@@ -62,7 +63,6 @@ use torchfs_rdma::Transport;
 use crate::core::control::CONTROL_DIR_NAME;
 use crate::core::MetaService;
 use attr::node_kind;
-use no_open::NO_OPEN_FH;
 use request::{errno, name_str, new_mode, owner, rename_mode, reply_empty, set_time};
 pub use session::{mount, FuseOptions};
 use session::{Fs, TorchFs};
@@ -283,17 +283,7 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(|fs| async move {
-            let read = if fh.0 == NO_OPEN_FH {
-                fs.read_no_open(ino.0, offset, size).await
-            } else {
-                fs.client.read(fh.0, offset, size).await
-            };
-            match read {
-                Ok(data) => reply.data(&data[..]),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.spawn(|fs| fs.read(ino.0, fh.0, offset, size, reply));
     }
 
     fn write(
@@ -349,17 +339,9 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to flush, no locks to release: the kernel stops asking.
-        if self.fs.options.read_only {
-            return reply.error(Errno::ENOSYS);
+        if let Some(reply) = self.fs.flush_now(ino.0, fh.0, lock_owner.0, reply) {
+            self.spawn(|fs| fs.flush(ino.0, fh.0, lock_owner.0, reply));
         }
-        if let Some(done) = self.fs.client.flush_now(ino.0, fh.0, lock_owner.0) {
-            return reply_empty(done, reply);
-        }
-        self.spawn(|fs| async move {
-            let unlocked = fs.client.unlock_owner(ino.0, lock_owner.0).await;
-            reply_empty(fs.client.flush(fh.0).await.and(unlocked), reply);
-        });
     }
 
     fn release(
@@ -372,19 +354,10 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.io_modes.release(fh.0);
         let owner = lock_owner.map(|o| o.0);
-        if let Some(done) = self.fs.client.release_now(ino.0, fh.0, owner) {
-            return reply_empty(done, reply);
+        if let Some(reply) = self.fs.release_now(ino.0, fh.0, owner, reply) {
+            self.spawn(|fs| fs.release(ino.0, fh.0, owner, reply));
         }
-        self.spawn(|fs| async move {
-            // Set when the file held a flock: its owner is the open file.
-            let unlocked = match lock_owner {
-                Some(owner) => fs.client.unlock_owner(ino.0, owner.0).await,
-                None => Ok(()),
-            };
-            reply_empty(fs.client.release(fh.0).await.and(unlocked), reply);
-        });
     }
 
     fn getlk(
@@ -434,10 +407,7 @@ impl<M: MetaService, T: Transport> Filesystem for TorchFs<M, T> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if fh.0 == NO_OPEN_FH {
-            return reply.ok();
-        }
-        self.spawn(|fs| async move { reply_empty(fs.client.fsync(fh.0).await, reply) });
+        self.spawn(|fs| fs.fsync(fh.0, reply));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
