@@ -203,6 +203,10 @@ mod imp {
         ((h >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 
+    /// A torn write keeps whole blocks of this many bytes (the O_DIRECT
+    /// block, `io::BLOCK_BYTES`; `io/faulty.rs` checks they agree).
+    pub const TORN_BLOCK_BYTES: u64 = 4096;
+
     impl DiskFaults {
         /// The fate of the `attempt`th (from 1) operation `op` of
         /// `len_bytes` at `offset_bytes` in `stream` (a node's shard).
@@ -225,7 +229,7 @@ mod imp {
             } else {
                 0
             };
-            let blocks = len_bytes / crate::io::BLOCK_BYTES as u64;
+            let blocks = len_bytes / TORN_BLOCK_BYTES;
             let fault = if hit(draw(EIO), self.eio) {
                 Some(DiskFault::Eio)
             } else if op == DiskOp::Write && hit(draw(ENOSPC), self.enospc) {

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{DiskIo, BLOCK_BYTES};
-use crate::faults::{DiskFault, DiskOp, Faults};
+use crate::faults::{DiskFault, DiskOp, Faults, TORN_BLOCK_BYTES};
+
+const _: () = assert!(TORN_BLOCK_BYTES == BLOCK_BYTES as u64);
 
 /// [`DiskIo`] `D` with the seeded faults of one shard.
 pub struct FaultyDisk<D> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use fuser::{Errno, ReplyData, ReplyEmpty};
 
-use super::no_open::NO_OPEN_FH;
+use super::no_open::{Dropped, NO_OPEN_FH};
 use super::request::{errno, reply_empty};
 use super::Fs;
 use crate::core::{ClientError, MetaService, ReadBuf};
@@ -41,7 +41,8 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
         offset: u64,
         size: u32,
     ) -> Result<ReadBuf, ClientError> {
-        let fresh_for = (!self.client.is_immutable(ino)).then_some(self.options.attr_ttl);
+        let immutable = self.client.is_immutable(ino);
+        let fresh_for = (!immutable).then_some(self.options.attr_ttl);
         let mut retried = false;
         loop {
             let fh = match self.no_open.get(ino, fresh_for) {
@@ -51,15 +52,8 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
                         Some(fh) => fh,
                         None => self.client.open(ino, false, false).await?,
                     };
-                    for old in self.no_open.insert(ino, fh) {
-                        let released = match self.client.release_now(ino, old, None) {
-                            Some(done) => done,
-                            None => self.client.release(old).await,
-                        };
-                        if let Err(e) = released {
-                            tracing::debug!("release kept handle {old} of inode {ino}: {e}");
-                        }
-                    }
+                    let dropped = self.no_open.insert(ino, fh, immutable);
+                    self.release_kept(dropped).await;
                     fh
                 }
             };
@@ -67,6 +61,19 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
                 // Replaced and released by a read beside this one.
                 Err(ClientError::BadHandle { .. }) if !retried => retried = true,
                 read => return read,
+            }
+        }
+    }
+
+    /// Releases handles [`super::no_open::InodeHandles`] no longer keeps.
+    pub(super) async fn release_kept(&self, dropped: Vec<Dropped>) {
+        for (ino, fh) in dropped {
+            let released = match self.client.release_now(ino, fh, None) {
+                Some(done) => done,
+                None => self.client.release(fh).await,
+            };
+            if let Err(e) = released {
+                tracing::debug!("release kept handle {fh} of inode {ino}: {e}");
             }
         }
     }

@@ -10,7 +10,10 @@
 //! attribute TTL unless the file is immutable (a frozen dataset's), so a
 //! file changed elsewhere is read at its new layout within the TTL (the
 //! kernel drops its pages of it then too: `FUSE_AUTO_INVAL_DATA`).
-//! Bounded: past [`HANDLES_MAX`] the oldest eighth is released.
+//! Bounded: past [`HANDLES_MAX`] the oldest eighth is released, and a
+//! sweep every [`SWEEP_INTERVAL`] releases the handles of files that can
+//! change opened longer ago than that (a kept handle holds its file open
+//! in metad's eyes: a file deleted elsewhere keeps its data while open).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -21,11 +24,19 @@ pub(super) const NO_OPEN_FH: u64 = 0;
 
 /// Handles kept at most (one per inode read lately).
 pub(super) const HANDLES_MAX: usize = 65_536;
+/// How often, and past what age, handles of files that can change are
+/// released (they are reopened past the attribute TTL anyway).
+pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Held {
     fh: u64,
     opened: Instant,
+    /// A frozen dataset's file: never reopened nor swept.
+    immutable: bool,
 }
+
+/// An inode and the handle of it no longer kept, to release.
+pub(super) type Dropped = (u64, u64);
 
 /// The core handle of each inode read through handle 0.
 #[derive(Default)]
@@ -54,19 +65,20 @@ impl InodeHandles {
     /// kept (the one it replaces, and the oldest past [`HANDLES_MAX`]) for
     /// the caller to release. A read still using one of them fails with a
     /// bad handle and is retried with the new one.
-    pub fn insert(&self, ino: u64, fh: u64) -> Vec<u64> {
-        self.insert_bounded(ino, fh, HANDLES_MAX)
+    pub fn insert(&self, ino: u64, fh: u64, immutable: bool) -> Vec<Dropped> {
+        self.insert_bounded(ino, fh, immutable, HANDLES_MAX)
     }
 
-    fn insert_bounded(&self, ino: u64, fh: u64, max: usize) -> Vec<u64> {
+    fn insert_bounded(&self, ino: u64, fh: u64, immutable: bool, max: usize) -> Vec<Dropped> {
         let mut by_ino = self.lock();
         let held = Held {
             fh,
             opened: Instant::now(),
+            immutable,
         };
-        let mut dropped: Vec<u64> = by_ino
+        let mut dropped: Vec<Dropped> = by_ino
             .insert(ino, held)
-            .map(|old| old.fh)
+            .map(|old| (ino, old.fh))
             .into_iter()
             .collect();
         if by_ino.len() > max {
@@ -77,11 +89,26 @@ impl InodeHandles {
             let evict = (max / 8).max(1);
             for (_, old_ino) in ages.into_iter().take(evict) {
                 if let Some(old) = by_ino.remove(&old_ino) {
-                    dropped.push(old.fh);
+                    dropped.push((old_ino, old.fh));
                 }
             }
         }
         dropped
+    }
+
+    /// Forgets the handles of files that can change opened longer than
+    /// `older_than` ago; returns them for the caller to release.
+    pub fn take_stale(&self, older_than: Duration) -> Vec<Dropped> {
+        let mut by_ino = self.lock();
+        let mut stale = Vec::new();
+        by_ino.retain(|ino, held| {
+            let keep = held.immutable || held.opened.elapsed() < older_than;
+            if !keep {
+                stale.push((*ino, held.fh));
+            }
+            keep
+        });
+        stale
     }
 }
 
@@ -93,12 +120,12 @@ mod tests {
     fn a_handle_is_kept_until_it_is_older_than_asked() {
         let handles = InodeHandles::default();
         assert_eq!(handles.get(7, None), None);
-        assert!(handles.insert(7, 1).is_empty());
+        assert!(handles.insert(7, 1, false).is_empty());
         assert_eq!(handles.get(7, None), Some(1));
         assert_eq!(handles.get(7, Some(Duration::from_secs(60))), Some(1));
         assert_eq!(handles.get(7, Some(Duration::ZERO)), None);
         // Reopened: the old handle is the caller's to release.
-        assert_eq!(handles.insert(7, 2), vec![1]);
+        assert_eq!(handles.insert(7, 2, false), vec![(7, 1)]);
         assert_eq!(handles.get(7, None), Some(2));
     }
 
@@ -107,15 +134,27 @@ mod tests {
         let handles = InodeHandles::default();
         let mut dropped = Vec::new();
         for ino in 0..20u64 {
-            dropped.extend(handles.insert_bounded(ino, 100 + ino, 16));
+            dropped.extend(handles.insert_bounded(ino, 100 + ino, false, 16));
             std::thread::sleep(Duration::from_millis(1));
         }
         // Over 16 at the 17th: the 2 oldest go; again at the 19th.
-        assert_eq!(dropped, vec![100, 101, 102, 103]);
+        assert_eq!(dropped, vec![(0, 100), (1, 101), (2, 102), (3, 103)]);
         assert_eq!(handles.get(0, None), None);
         assert_eq!(handles.get(3, None), None);
         for ino in 4..20u64 {
             assert_eq!(handles.get(ino, None), Some(100 + ino));
         }
+    }
+
+    #[test]
+    fn the_sweep_releases_old_handles_of_files_that_can_change_only() {
+        let handles = InodeHandles::default();
+        handles.insert(1, 11, false);
+        handles.insert(2, 12, true);
+        assert!(handles.take_stale(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(handles.take_stale(Duration::from_millis(1)), vec![(1, 11)]);
+        assert_eq!(handles.get(1, None), None);
+        assert_eq!(handles.get(2, None), Some(12));
     }
 }

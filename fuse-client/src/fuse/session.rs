@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use fuser::{Config, MountOption, Notifier, SessionACL};
@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 use torchfs_rdma::Transport;
 
 use super::dirs::DirStreams;
-use super::no_open::InodeHandles;
+use super::no_open::{InodeHandles, SWEEP_INTERVAL};
 use super::passthrough::IoModes;
 use super::{readahead, MountSession};
 use crate::core::{Client, MetaService};
@@ -106,10 +106,25 @@ pub fn mount<M: MetaService, T: Transport>(
         meta_runtime,
     };
     let shared = fs.fs.clone();
+    if options.read_only {
+        fs.runtime
+            .spawn(sweep_kept_handles(Arc::downgrade(&shared)));
+    }
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
     let _ = shared.notifier.set(session.notifier());
     readahead::raise(mountpoint, options.request_bytes_max);
     Ok(session)
+}
+
+/// A read-only mount's sweep of the handles it keeps (see `no_open`),
+/// until the mount is gone.
+async fn sweep_kept_handles<M: MetaService, T: Transport>(fs: Weak<Fs<M, T>>) {
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        let Some(fs) = fs.upgrade() else { return };
+        let stale = fs.no_open.take_stale(SWEEP_INTERVAL);
+        fs.release_kept(stale).await;
+    }
 }
 
 /// What fuser calls: dispatches each request onto the runtime.
