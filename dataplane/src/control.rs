@@ -12,8 +12,8 @@ use torchfs_proto::client::{MetaClient, MetaClientOptions};
 use torchfs_proto::fragment::FragmentKey;
 use torchfs_proto::meta::{FragmentRef, MetaError, MetaRequest, NodeInfo};
 
+use crate::error::DataplaneError;
 use crate::store::dma::NodeUsage;
-use crate::DataplaneError;
 
 /// How long a starting node waits for metad before giving up.
 pub const METAD_STARTUP_TIMEOUT_MS: u64 = 20_000;

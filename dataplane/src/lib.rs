@@ -3,7 +3,7 @@
 //! O_DIRECT fragment files and its own TCP port; registration and
 //! heartbeats with metad on a separate control-plane thread.
 //!
-//! - [`config`]: the [`StorageConfig`].
+//! - [`config`]: the [`StorageConfig`]; `error`: [`DataplaneError`].
 //! - [`io`]: the node's disk I/O trait, with glommio behind it.
 //! - [`store`]: the chunk store trait, its disk and memory implementations
 //!   and their conformance suite.
@@ -24,6 +24,7 @@ use torchfs_proto::meta::NodeInfo;
 
 pub mod config;
 mod control;
+mod error;
 pub mod faults;
 pub mod io;
 pub mod scrub;
@@ -34,68 +35,11 @@ mod verbs;
 
 pub use config::{StorageConfig, VerbsMode};
 pub use control::METAD_STARTUP_TIMEOUT_MS;
+pub use error::DataplaneError;
 
 use store::dma::{self, NodeUsage, Place, ScanResult};
 use store::format;
 use store::log;
-
-/// Why a storage node could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("data dir {dir} is not writable ({source}): create it with write permission for this user, or choose another data dir")]
-    DataDirNotWritable {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("data dir {dir} belongs to node {found}, not node {configured}: start with node id {found}, or use another data dir")]
-    NodeIdMismatch {
-        dir: PathBuf,
-        found: u64,
-        configured: u64,
-    },
-    #[error("{path}: {message}")]
-    NodeIdFile { path: PathBuf, message: String },
-    #[error("cannot determine the capacity of {dir} ({source}): set capacity_bytes")]
-    Capacity {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("bad fragment log setting: {0}")]
-    LogConfig(String),
-    #[error("scanning shard directory {dir}: {source}")]
-    Scan {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("port {port} on {ip} is already in use (shard {shard}): stop what holds it or choose another base port (0 picks free ports)")]
-    PortInUse {
-        ip: std::net::IpAddr,
-        port: u16,
-        shard: usize,
-    },
-    #[error("listen on {addr} (shard {shard}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        shard: usize,
-        source: std::io::Error,
-    },
-    #[error("shard {shard}: executor: {message}")]
-    Executor { shard: usize, message: String },
-    #[error("cannot reach metad at {addrs} within {timeout_ms} ms: is it running? ({message})")]
-    MetadUnreachable {
-        addrs: String,
-        timeout_ms: u64,
-        message: String,
-    },
-    #[error("metad refused to register this node: {message}")]
-    MetadRefused { message: String },
-    #[error("control plane: {message}")]
-    Control { message: String },
-    #[error("RDMA verbs listener on {addr}: {message}")]
-    Verbs { addr: SocketAddr, message: String },
-    #[error("bad TORCHFS_DISK_FAULTS: {0}")]
-    DiskFaults(#[from] faults::DiskFaultsError),
-}
 
 /// A running storage node.
 pub struct StorageNode {

@@ -46,6 +46,7 @@ use torchfs_proto::fragment::FragmentKey;
 use super::format::{self, FragmentHeader, HEADER_BLOCK_BYTES};
 use super::group_sync::GroupSync;
 use super::log::{self, FragmentLog, LogConfig, ScannedSegment};
+pub use super::place::Place;
 use super::{FragmentStore, Slice, StoreError};
 use crate::io::{align_up, is_no_space, DiskIo, BLOCK_BYTES};
 
@@ -55,24 +56,6 @@ use crate::io::{align_up, is_no_space, DiskIo, BLOCK_BYTES};
 pub struct NodeUsage {
     pub used_bytes: AtomicU64,
     pub capacity_bytes: u64,
-}
-
-/// Where a stored fragment is, and the bytes it takes there (header
-/// block and padding included).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Place {
-    /// The file `<key>.frag`.
-    File { bytes: u64 },
-    /// A record at `offset` of log segment `seq`.
-    Log { seq: u64, offset: u64, bytes: u64 },
-}
-
-impl Place {
-    pub fn bytes(&self) -> u64 {
-        match self {
-            Place::File { bytes } | Place::Log { bytes, .. } => *bytes,
-        }
-    }
 }
 
 /// What [`scan`] found in a shard directory.

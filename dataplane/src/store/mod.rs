@@ -29,6 +29,7 @@ pub mod format;
 mod group_sync;
 pub mod log;
 pub mod memory;
+pub mod place;
 
 /// Why a store refused or failed a request.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use torchfs_proto::fragment::FragmentKey;
 
 use crate::io::BLOCK_BYTES;
-use crate::store::dma::Place;
 use crate::store::format::{self, FragmentHeader, Stamp};
+use crate::store::place::Place;
 
 /// A segment found at start that holds records the index points at.
 #[derive(Debug)]
