@@ -56,6 +56,13 @@ pub trait Target {
     fn second_client_root(&mut self) -> Result<Option<PathBuf>> {
         Ok(None)
     }
+    /// The directory that is [`Target::root`] here, through a read-only
+    /// mount of the same filesystem (torchfs `--read-only`: no round trip
+    /// per open); started on first use, torn down with the target. None
+    /// where there is no such mount.
+    fn read_only_root(&mut self) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
     /// Errors if the target has died under the run (its processes exited).
     fn check(&mut self) -> Result<()> {
         Ok(())

@@ -45,6 +45,8 @@ pub struct Torchfs {
     /// `--torchfs-mount`), and that client once a workload asked for it.
     second_spec: Option<SecondClient>,
     second: Option<ClientMount>,
+    /// A `--read-only` client of the cluster, once a workload asked for it.
+    read_only: Option<ClientMount>,
     /// `drop_caches` was asked for without a client to restart (noted once).
     cache_kept_noted: bool,
 }
@@ -178,6 +180,7 @@ impl Torchfs {
             client: Some(client),
             second_spec: Some(second_spec),
             second: None,
+            read_only: None,
             cache_kept_noted: false,
         })
     }
@@ -198,6 +201,7 @@ impl Torchfs {
             client: None,
             second_spec: None,
             second: None,
+            read_only: None,
             cache_kept_noted: false,
         })
     }
@@ -395,6 +399,30 @@ impl Target for Torchfs {
         Ok(Some(mnt.join("bench")))
     }
 
+    fn read_only_root(&mut self) -> Result<Option<PathBuf>> {
+        let Some(spec) = &self.second_spec else {
+            return Ok(None);
+        };
+        let mnt = spec.dir.join("client-ro");
+        if let Some(m) = self.read_only.as_mut() {
+            if m.alive().is_err() {
+                self.read_only = None;
+            }
+        }
+        if self.read_only.is_none() {
+            std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+            let log = spec.dir.join("mount-ro.log");
+            self.read_only = Some(ClientMount::start_with(
+                &spec.bin,
+                spec.metad.clone(),
+                &mnt,
+                &log,
+                &["--read-only"],
+            )?);
+        }
+        Ok(Some(mnt.join("bench")))
+    }
+
     fn check(&mut self) -> Result<()> {
         if let Some(m) = self.client.as_mut() {
             m.alive()?;
@@ -407,6 +435,7 @@ impl Target for Torchfs {
 
     fn teardown(&mut self) -> Result<()> {
         let second = self.second.take().map(|mut m| m.stop());
+        let read_only = self.read_only.take().map(|mut m| m.stop());
         let client = self.client.take().map(|mut m| m.stop());
         match self.cluster.as_mut() {
             Some(c) => c.stop()?,
@@ -414,6 +443,7 @@ impl Target for Torchfs {
                 .with_context(|| format!("remove {}", self.root.display()))?,
         }
         client.unwrap_or(Ok(()))?;
+        read_only.unwrap_or(Ok(()))?;
         second.unwrap_or(Ok(()))
     }
 }

@@ -22,6 +22,8 @@ pub struct ClientMount {
     metad: Vec<String>,
     mountpoint: PathBuf,
     log: PathBuf,
+    /// Extra `torchfs mount` flags (`--read-only`).
+    args: Vec<String>,
     child: Option<Child>,
     /// How many times it was (re)started.
     pub starts: usize,
@@ -29,11 +31,23 @@ pub struct ClientMount {
 
 impl ClientMount {
     pub fn start(bin: &Path, metad: Vec<String>, mountpoint: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(bin, metad, mountpoint, log, &[])
+    }
+
+    /// [`Self::start`] with extra `torchfs mount` flags.
+    pub fn start_with(
+        bin: &Path,
+        metad: Vec<String>,
+        mountpoint: &Path,
+        log: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
         let mut m = ClientMount {
             bin: bin.to_path_buf(),
             metad,
             mountpoint: mountpoint.to_path_buf(),
             log: log.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             starts: 0,
         };
@@ -53,6 +67,7 @@ impl ClientMount {
             .arg(&self.mountpoint)
             .arg("--metad")
             .arg(self.metad.join(","))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

@@ -6,7 +6,12 @@
 //!
 //! The dataset is written once per target by the same workers (the write
 //! figure is files/s and MB/s to durable: sync(2) is inside the timing); the
-//! degraded-read workload reads the same dataset.
+//! degraded-read workload reads the same dataset. Each round ends with a
+//! warm epoch through a read-only mount where the target has one (torchfs
+//! `--read-only`: no round trip per open), after one epoch that warms it;
+//! the local disk's is one more warm epoch, its baseline. Other targets
+//! have no such figure (the FUSE ceiling's null backend has no second,
+//! read-only mount).
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +20,7 @@ use anyhow::{Context, Result};
 use super::{drop_caches, live_targets, mb_per_s, workload_dir, Workload};
 use crate::ctx::{Ctx, Metric};
 use crate::data::{dataset, dirs_of, Content};
+use crate::model::TargetKind;
 use crate::targets::{nullfs, Target};
 use crate::workers::{write_manifest, Manifest, Op, Outcome, Pool, Task};
 
@@ -42,6 +48,10 @@ impl Workload for Loader {
             ("cold", epoch_metrics("cold epoch", true)),
             ("warm", epoch_metrics("warm epoch", false)),
         ];
+        let read_only = [
+            Metric::new(NAME, "warm epoch, read-only mount", "samples/s"),
+            Metric::new(NAME, "warm epoch, read-only mount MB/s", "MB/s"),
+        ];
         for round in 0..ctx.config.loader_rounds {
             let (cold_epoch, warm_epoch) = epochs_of_round(round);
             for i in live_targets(ctx, targets) {
@@ -65,10 +75,47 @@ impl Workload for Loader {
                         Err(e) => ctx.failed(&metrics[0], &name, &e),
                     }
                 }
+                let label = format!("{name} read-only warm epoch {}", round + 1);
+                match read_only_epoch(ctx, target, &manifest, warm_epoch, &label) {
+                    Ok(Some(out)) => record_epoch(ctx, &read_only, NAME, "warm-ro", &name, &out),
+                    Ok(None) => {}
+                    Err(e) => ctx.failed(&read_only[0], &name, &e),
+                }
             }
         }
         Ok(())
     }
+}
+
+/// A warm epoch through `target`'s read-only mount, after one unrecorded
+/// epoch that warms that mount; the local disk's through its root. None:
+/// the target has no read-only mount.
+fn read_only_epoch(
+    ctx: &Ctx,
+    target: &mut dyn Target,
+    manifest: &Path,
+    epoch: u64,
+    label: &str,
+) -> Result<Option<Outcome>> {
+    let Some(read_only_root) = target.read_only_root()? else {
+        if target.kind() == TargetKind::LocalDisk {
+            return read_epoch(ctx, manifest, epoch, label).map(Some);
+        }
+        return Ok(None);
+    };
+    let file = std::fs::File::open(manifest).context("open the manifest")?;
+    let mut m: Manifest =
+        serde_json::from_reader(std::io::BufReader::new(file)).context("read the manifest")?;
+    let rel = m
+        .root
+        .strip_prefix(target.root())
+        .context("the dataset is not under the target's root")?
+        .to_path_buf();
+    m.root = read_only_root.join(rel);
+    let name = format!("loader-{}-read-only", target.name());
+    let path = write_manifest(&ctx.scratch, &name, &m)?;
+    read_epoch(ctx, &path, epoch + 1_000, &format!("{label} (warming)"))?;
+    read_epoch(ctx, &path, epoch, label).map(Some)
 }
 
 /// samples/s, MB/s: for one kind of epoch.
