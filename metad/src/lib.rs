@@ -8,7 +8,7 @@
 //! - `compaction`: when to snapshot (scaled to the namespace's size).
 //! - `network`: Raft RPCs to peers (an actor owning the capnp connections).
 //! - `node`: request handling (redirects, writes, linearizable reads, liveness).
-//! - `service`: the listener and capnp servers.
+//! - `service`: the listener and capnp servers; `tasks`: the task set they and `network` share.
 //!
 //! Entry points: [`run`] (async, inside a tokio `LocalSet`) and
 //! [`run_blocking`].
@@ -22,6 +22,7 @@ mod node;
 mod service;
 pub mod state;
 pub mod store;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use torchfs_proto::metadata_capnp as mc;
 use torchfs_proto::rpc::two_party;
 
-use crate::service::LocalTasks;
 use crate::store::{Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::tasks::LocalTasks;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PeerMethod {

@@ -7,7 +7,6 @@
 //! Raft, and Raft a peer, without waking another thread.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ use futures::Future;
 use openraft::error::RaftError;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use torchfs_proto::convert::{read_request, read_write_id, write_dirs, write_response};
 use torchfs_proto::meta::MetaError;
 use torchfs_proto::metadata_capnp as mc;
@@ -26,28 +24,7 @@ use torchfs_proto::rpc::two_party;
 use crate::network::{PeerCall, PeerPool, SnapshotChunk, SnapshotEnd};
 use crate::node::Node;
 use crate::store::{Snapshot, TypeConfig};
-
-/// The RPC side's local tasks (listener, connections, peer calls): stopping
-/// aborts them all, which closes every connection and the port.
-#[derive(Clone, Default)]
-pub(crate) struct LocalTasks(Rc<RefCell<JoinSet<()>>>);
-
-impl LocalTasks {
-    /// Spawns `task` on the current `LocalSet`.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + 'static) {
-        let mut set = self.0.borrow_mut();
-        // Reap finished tasks so the set stays as small as what runs.
-        while set.try_join_next().is_some() {}
-        set.spawn_local(task);
-    }
-
-    /// Aborts every task and waits until all are gone.
-    async fn stop(&self) {
-        let mut set = std::mem::take(&mut *self.0.borrow_mut());
-        set.abort_all();
-        while set.join_next().await.is_some() {}
-    }
-}
+use crate::tasks::LocalTasks;
 
 /// Handle to the running RPC side.
 pub(crate) struct RpcServer {

@@ -8,7 +8,10 @@
 use torchfs_proto::meta::{errno, FileKind, MetaError};
 
 use super::fs;
-use super::xattrs::{ACL_ACCESS, ACL_DEFAULT};
+
+/// The POSIX ACL names (system namespace).
+pub(super) const ACL_ACCESS: &str = "system.posix_acl_access";
+pub(super) const ACL_DEFAULT: &str = "system.posix_acl_default";
 
 /// Extended attributes (name, value) a new inode inherits.
 pub(super) type InheritedXattrs = Vec<(String, Vec<u8>)>;

@@ -19,9 +19,7 @@ use super::{fs, stamp_ctime, Outcome, State};
 
 /// Name prefixes torchfs stores.
 const NAMESPACES: [&str; 3] = ["user.", "trusted.", "security."];
-/// The POSIX ACL names (system namespace).
-pub(super) const ACL_ACCESS: &str = "system.posix_acl_access";
-pub(super) const ACL_DEFAULT: &str = "system.posix_acl_default";
+pub(super) use super::acl::{ACL_ACCESS, ACL_DEFAULT};
 
 fn check_xattr_name(name: &str) -> Result<(), MetaError> {
     if name.len() > XATTR_NAME_BYTES_MAX {
