@@ -19,6 +19,7 @@
 //! - `response`: [`write_response`] and [`read_response`] (replies and
 //!   errors).
 
+mod error;
 mod ops;
 mod request;
 mod response;

@@ -5,7 +5,7 @@
 use crate::meta::{MetaError, MetaReply, MetaRequest};
 use crate::metadata_capnp as mc;
 
-use super::response::read_error;
+use super::error::read_error;
 use super::types::*;
 use super::{in_field, indexed, len_u32, required, text, Result};
 
