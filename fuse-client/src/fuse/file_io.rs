@@ -41,8 +41,7 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
         offset: u64,
         size: u32,
     ) -> Result<ReadBuf, ClientError> {
-        let immutable = self.client.is_immutable(ino);
-        let fresh_for = (!immutable).then_some(self.options.attr_ttl);
+        let fresh_for = (!self.client.is_immutable(ino)).then_some(self.options.attr_ttl);
         let mut retried = false;
         loop {
             let fh = match self.no_open.get(ino, fresh_for) {
@@ -52,7 +51,7 @@ impl<M: MetaService, T: Transport> Fs<M, T> {
                         Some(fh) => fh,
                         None => self.client.open(ino, false, false).await?,
                     };
-                    let dropped = self.no_open.insert(ino, fh, immutable);
+                    let dropped = self.no_open.insert(ino, fh);
                     self.release_kept(dropped).await;
                     fh
                 }

@@ -31,8 +31,6 @@ pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 struct Held {
     fh: u64,
     opened: Instant,
-    /// A frozen dataset's file: never reopened nor swept.
-    immutable: bool,
 }
 
 /// An inode and the handle of it no longer kept, to release.
@@ -65,16 +63,15 @@ impl InodeHandles {
     /// kept (the one it replaces, and the oldest past [`HANDLES_MAX`]) for
     /// the caller to release. A read still using one of them fails with a
     /// bad handle and is retried with the new one.
-    pub fn insert(&self, ino: u64, fh: u64, immutable: bool) -> Vec<Dropped> {
-        self.insert_bounded(ino, fh, immutable, HANDLES_MAX)
+    pub fn insert(&self, ino: u64, fh: u64) -> Vec<Dropped> {
+        self.insert_bounded(ino, fh, HANDLES_MAX)
     }
 
-    fn insert_bounded(&self, ino: u64, fh: u64, immutable: bool, max: usize) -> Vec<Dropped> {
+    fn insert_bounded(&self, ino: u64, fh: u64, max: usize) -> Vec<Dropped> {
         let mut by_ino = self.lock();
         let held = Held {
             fh,
             opened: Instant::now(),
-            immutable,
         };
         let mut dropped: Vec<Dropped> = by_ino
             .insert(ino, held)
@@ -96,13 +93,19 @@ impl InodeHandles {
         dropped
     }
 
-    /// Forgets the handles of files that can change opened longer than
-    /// `older_than` ago; returns them for the caller to release.
-    pub fn take_stale(&self, older_than: Duration) -> Vec<Dropped> {
+    /// Forgets the handles opened longer than `older_than` ago of files
+    /// that can change (`immutable` says which cannot, as of now: a file
+    /// unfrozen since is swept too); returns them for the caller to
+    /// release.
+    pub fn take_stale(
+        &self,
+        older_than: Duration,
+        immutable: impl Fn(u64) -> bool,
+    ) -> Vec<Dropped> {
         let mut by_ino = self.lock();
         let mut stale = Vec::new();
         by_ino.retain(|ino, held| {
-            let keep = held.immutable || held.opened.elapsed() < older_than;
+            let keep = held.opened.elapsed() < older_than || immutable(*ino);
             if !keep {
                 stale.push((*ino, held.fh));
             }
@@ -120,12 +123,12 @@ mod tests {
     fn a_handle_is_kept_until_it_is_older_than_asked() {
         let handles = InodeHandles::default();
         assert_eq!(handles.get(7, None), None);
-        assert!(handles.insert(7, 1, false).is_empty());
+        assert!(handles.insert(7, 1).is_empty());
         assert_eq!(handles.get(7, None), Some(1));
         assert_eq!(handles.get(7, Some(Duration::from_secs(60))), Some(1));
         assert_eq!(handles.get(7, Some(Duration::ZERO)), None);
         // Reopened: the old handle is the caller's to release.
-        assert_eq!(handles.insert(7, 2, false), vec![(7, 1)]);
+        assert_eq!(handles.insert(7, 2), vec![(7, 1)]);
         assert_eq!(handles.get(7, None), Some(2));
     }
 
@@ -134,7 +137,7 @@ mod tests {
         let handles = InodeHandles::default();
         let mut dropped = Vec::new();
         for ino in 0..20u64 {
-            dropped.extend(handles.insert_bounded(ino, 100 + ino, false, 16));
+            dropped.extend(handles.insert_bounded(ino, 100 + ino, 16));
             std::thread::sleep(Duration::from_millis(1));
         }
         // Over 16 at the 17th: the 2 oldest go; again at the 19th.
@@ -149,12 +152,23 @@ mod tests {
     #[test]
     fn the_sweep_releases_old_handles_of_files_that_can_change_only() {
         let handles = InodeHandles::default();
-        handles.insert(1, 11, false);
-        handles.insert(2, 12, true);
-        assert!(handles.take_stale(Duration::from_secs(60)).is_empty());
+        handles.insert(1, 11);
+        handles.insert(2, 12);
+        let frozen = |ino| ino == 2;
+        assert!(handles
+            .take_stale(Duration::from_secs(60), frozen)
+            .is_empty());
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(handles.take_stale(Duration::from_millis(1)), vec![(1, 11)]);
+        assert_eq!(
+            handles.take_stale(Duration::from_millis(1), frozen),
+            vec![(1, 11)]
+        );
         assert_eq!(handles.get(1, None), None);
         assert_eq!(handles.get(2, None), Some(12));
+        // Unfrozen since: swept too.
+        assert_eq!(
+            handles.take_stale(Duration::from_millis(1), |_| false),
+            vec![(2, 12)]
+        );
     }
 }

@@ -122,7 +122,9 @@ async fn sweep_kept_handles<M: MetaService, T: Transport>(fs: Weak<Fs<M, T>>) {
     loop {
         tokio::time::sleep(SWEEP_INTERVAL).await;
         let Some(fs) = fs.upgrade() else { return };
-        let stale = fs.no_open.take_stale(SWEEP_INTERVAL);
+        let stale = fs
+            .no_open
+            .take_stale(SWEEP_INTERVAL, |ino| fs.client.is_immutable(ino));
         fs.release_kept(stale).await;
     }
 }
