@@ -51,6 +51,9 @@ pub struct Torchfs {
     cache_kept_noted: bool,
 }
 
+/// Where the second client mounts, under the target's directory.
+const SECOND_CLIENT_DIR: &str = "client2";
+
 /// Another `torchfs mount` of the harness's cluster, at `<dir>/client2`.
 struct SecondClient {
     bin: PathBuf,
@@ -59,8 +62,32 @@ struct SecondClient {
 }
 
 impl SecondClient {
-    fn mountpoint(&self) -> PathBuf {
-        self.dir.join("client2")
+    /// The root of `client` (a mount at `<dir>/<name>` with `args`),
+    /// started (again) unless it runs. Every client of the cluster sees
+    /// the same namespace: the root is `<mount>/bench`.
+    fn root_of(
+        &self,
+        client: &mut Option<ClientMount>,
+        name: &str,
+        log: &str,
+        args: &[&str],
+    ) -> Result<Option<PathBuf>> {
+        let mnt = self.dir.join(name);
+        if client.as_mut().is_some_and(|m| m.alive().is_err()) {
+            *client = None;
+        }
+        if client.is_none() {
+            std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
+            let log = self.dir.join(log);
+            *client = Some(ClientMount::start_with(
+                &self.bin,
+                self.metad.clone(),
+                &mnt,
+                &log,
+                args,
+            )?);
+        }
+        Ok(Some(mnt.join("bench")))
     }
 }
 
@@ -310,7 +337,7 @@ impl Target for Torchfs {
                 "second client".into(),
                 format!(
                     "a `torchfs mount` of the same cluster at {}",
-                    spec.mountpoint().display()
+                    spec.dir.join(SECOND_CLIENT_DIR).display()
                 ),
             );
         }
@@ -379,48 +406,19 @@ impl Target for Torchfs {
         let Some(spec) = &self.second_spec else {
             return Ok(None);
         };
-        let mnt = spec.mountpoint();
-        if let Some(m) = self.second.as_mut() {
-            if m.alive().is_err() {
-                self.second = None;
-            }
-        }
-        if self.second.is_none() {
-            std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
-            let log = spec.dir.join("mount2.log");
-            self.second = Some(ClientMount::start(
-                &spec.bin,
-                spec.metad.clone(),
-                &mnt,
-                &log,
-            )?);
-        }
-        // Both clients see the same namespace: root is <client>/bench.
-        Ok(Some(mnt.join("bench")))
+        spec.root_of(&mut self.second, SECOND_CLIENT_DIR, "mount2.log", &[])
     }
 
     fn read_only_root(&mut self) -> Result<Option<PathBuf>> {
         let Some(spec) = &self.second_spec else {
             return Ok(None);
         };
-        let mnt = spec.dir.join("client-ro");
-        if let Some(m) = self.read_only.as_mut() {
-            if m.alive().is_err() {
-                self.read_only = None;
-            }
-        }
-        if self.read_only.is_none() {
-            std::fs::create_dir_all(&mnt).with_context(|| format!("mkdir {}", mnt.display()))?;
-            let log = spec.dir.join("mount-ro.log");
-            self.read_only = Some(ClientMount::start_with(
-                &spec.bin,
-                spec.metad.clone(),
-                &mnt,
-                &log,
-                &["--read-only"],
-            )?);
-        }
-        Ok(Some(mnt.join("bench")))
+        spec.root_of(
+            &mut self.read_only,
+            "client-ro",
+            "mount-ro.log",
+            &["--read-only"],
+        )
     }
 
     fn check(&mut self) -> Result<()> {

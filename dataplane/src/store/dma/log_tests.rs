@@ -288,6 +288,7 @@ fn a_segment_sealed_while_puts_into_it_are_in_flight_keeps_them() {
             read_bytes: Rc::default(),
             renames: Rc::default(),
             write_delay_ms: 20,
+            sync_fails_next: Rc::default(),
         };
         let store = open_logged(&p, io, u64::MAX, small_segments());
         // 17 records at once, 5 to a segment.
@@ -412,80 +413,6 @@ fn a_torn_replacement_left_by_a_crash_loses_to_the_whole_fragment() {
     });
 }
 
-/// [`GlommioDisk`] whose next `sync_data` fails with EIO when told to.
-struct SyncFails {
-    disk: GlommioDisk,
-    fail_next: Rc<Cell<bool>>,
-}
-
-impl DiskIo for SyncFails {
-    type WriteBuf = <GlommioDisk as DiskIo>::WriteBuf;
-    type ReadBuf = <GlommioDisk as DiskIo>::ReadBuf;
-    type File = <GlommioDisk as DiskIo>::File;
-    type Dir = <GlommioDisk as DiskIo>::Dir;
-
-    fn alloc(&self, len_bytes: usize) -> Self::WriteBuf {
-        self.disk.alloc(len_bytes)
-    }
-    async fn write_new(&self, path: &Path, buf: Self::WriteBuf) -> io::Result<()> {
-        self.disk.write_new(path, buf).await
-    }
-    async fn open(&self, path: &Path) -> io::Result<Self::File> {
-        self.disk.open(path).await
-    }
-    async fn read_at(
-        &self,
-        file: &Self::File,
-        offset_bytes: u64,
-        len_bytes: usize,
-    ) -> io::Result<Self::ReadBuf> {
-        self.disk.read_at(file, offset_bytes, len_bytes).await
-    }
-    async fn close(&self, file: Self::File) {
-        self.disk.close(file).await
-    }
-    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.disk.rename(from, to).await
-    }
-    async fn remove(&self, path: &Path) -> io::Result<()> {
-        self.disk.remove(path).await
-    }
-    async fn open_dir(&self, path: &Path) -> io::Result<Self::Dir> {
-        self.disk.open_dir(path).await
-    }
-    async fn sync_dir(&self, dir: &Self::Dir) -> io::Result<()> {
-        self.disk.sync_dir(dir).await
-    }
-    async fn create_preallocated(
-        &self,
-        path: &Path,
-        len_bytes: u64,
-        head: Self::WriteBuf,
-    ) -> io::Result<Self::File> {
-        self.disk.create_preallocated(path, len_bytes, head).await
-    }
-    async fn open_rw(&self, path: &Path) -> io::Result<Self::File> {
-        self.disk.open_rw(path).await
-    }
-    async fn write_at(
-        &self,
-        file: &Self::File,
-        offset_bytes: u64,
-        buf: Self::WriteBuf,
-    ) -> io::Result<()> {
-        self.disk.write_at(file, offset_bytes, buf).await
-    }
-    async fn sync_data(&self, file: &Self::File) -> io::Result<()> {
-        if self.fail_next.replace(false) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.disk.sync_data(file).await
-    }
-    async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
-        self.disk.punch(file, offset_bytes, len_bytes).await
-    }
-}
-
 /// A put whose record was written whole but whose fdatasync failed is not
 /// acknowledged; its record must not come back at the next start, where
 /// it would win over what the key holds by then (here a fragment file
@@ -498,9 +425,12 @@ fn a_failed_record_put_does_not_come_back_at_restart() {
     let (p, l) = (path.clone(), last.clone());
     run_local(move || async move {
         let fail_next = Rc::new(Cell::new(false));
-        let io = SyncFails {
+        let io = Counting {
             disk: GlommioDisk::new(Faults::for_dir(&p)),
-            fail_next: fail_next.clone(),
+            read_bytes: Rc::default(),
+            renames: Rc::default(),
+            write_delay_ms: 0,
+            sync_fails_next: fail_next.clone(),
         };
         let store = open_logged(&p, io, u64::MAX, LogConfig::default());
         put(&store, key(1), &pattern(20_000, 1)).await;

@@ -42,13 +42,15 @@ pub(crate) fn open_logged<I: DiskIo + 'static>(
 }
 
 /// [`GlommioDisk`] counting the bytes read and the renames, to see what a
-/// get or a put costs, and holding each `write_at` back for
-/// `write_delay_ms` (to keep puts in flight).
+/// get or a put costs, holding each `write_at` back for `write_delay_ms`
+/// (to keep puts in flight), and failing the next `sync_data` with EIO
+/// when `sync_fails_next` is set.
 pub(crate) struct Counting {
     pub(crate) disk: GlommioDisk,
     pub(crate) read_bytes: Rc<Cell<u64>>,
     pub(crate) renames: Rc<Cell<u64>>,
     pub(crate) write_delay_ms: u64,
+    pub(crate) sync_fails_next: Rc<Cell<bool>>,
 }
 
 impl DiskIo for Counting {
@@ -115,6 +117,9 @@ impl DiskIo for Counting {
         self.disk.write_at(file, offset_bytes, buf).await
     }
     async fn sync_data(&self, file: &Self::File) -> io::Result<()> {
+        if self.sync_fails_next.replace(false) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         self.disk.sync_data(file).await
     }
     async fn punch(&self, file: &Self::File, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
@@ -266,6 +271,7 @@ fn a_new_key_is_written_in_place_and_a_replaced_one_through_a_temp_file() {
             read_bytes: Rc::default(),
             renames: renames.clone(),
             write_delay_ms: 0,
+            sync_fails_next: Rc::default(),
         };
         let store = open_with(&path, io, u64::MAX);
         let key = FragmentKey {
@@ -391,6 +397,7 @@ fn ranged_get_reads_only_the_chunks_it_touches() {
             read_bytes: read_bytes.clone(),
             renames: Rc::default(),
             write_delay_ms: 0,
+            sync_fails_next: Rc::default(),
         };
         let store = open_with(&path, io, u64::MAX);
         let data = pattern(1 << 20);
