@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::*;
+use torchfs_cli::local_cluster::ClusterSpec;
 
 /// Runs `torchfs repair` (with `extra` flags); its summary line.
 fn repair(tc: &TestCluster, extra: &[&str]) -> Result<String> {
@@ -313,6 +314,26 @@ fn wait_for_repair(
     }
 }
 
+/// A cluster of `nodes` storage nodes (the placement groups use 6) whose
+/// repair service replaces a node down for 2 s, `edit` applied to its
+/// spec; with the ids of the nodes in placement groups.
+fn cluster_with_spares(
+    nodes: usize,
+    edit: impl FnOnce(&mut ClusterSpec),
+) -> Result<(TestCluster, Vec<u64>)> {
+    let mut tc = TestCluster::start_with(
+        |spec| {
+            spec.storage_nodes = nodes;
+            spec.repair_after = Duration::from_secs(2);
+            edit(spec);
+        },
+        &[],
+    )?;
+    let status = tc.cluster.wait_ready(nodes, Duration::from_secs(60))?;
+    let in_groups = placed(&status);
+    Ok((tc, in_groups))
+}
+
 /// Node ids in a placement group, in id order.
 fn placed(status: &torchfs_proto::meta::ClusterStatus) -> Vec<u64> {
     let mut ids: Vec<u64> = status
@@ -338,15 +359,7 @@ fn nodes_lost_for_good_are_replaced_so_two_more_can_fail() -> Result<()> {
         return Ok(());
     }
     let _serial = serial();
-    let mut tc = TestCluster::start_with(
-        |spec| {
-            spec.storage_nodes = 8;
-            spec.repair_after = Duration::from_secs(2);
-        },
-        &[],
-    )?;
-    let status = tc.cluster.wait_ready(8, Duration::from_secs(60))?;
-    let in_groups = placed(&status);
+    let (mut tc, in_groups) = cluster_with_spares(8, |_| {})?;
     assert_eq!(in_groups.len(), 6, "groups over the first six nodes");
     let mut files = write_sized_files(&tc, "before").context("write with all nodes up")?;
     let big = pattern(5 << 20, 11);
@@ -421,17 +434,10 @@ fn a_replaced_node_s_fragments_are_collected_but_uploads_in_flight_are_kept() ->
         return Ok(());
     }
     let _serial = serial();
-    let mut tc = TestCluster::start_with(
-        |spec| {
-            spec.storage_nodes = 7;
-            spec.repair_after = Duration::from_secs(2);
-            spec.orphan_grace = Duration::from_secs(1);
-        },
-        &[],
-    )?;
-    let status = tc.cluster.wait_ready(7, Duration::from_secs(60))?;
+    let (mut tc, in_groups) =
+        cluster_with_spares(7, |spec| spec.orphan_grace = Duration::from_secs(1))?;
     let mut files = write_sized_files(&tc, "before")?;
-    let lost = placed(&status)[0];
+    let lost = in_groups[0];
     let lost_index = lost as usize - 1;
     let stale = fragment_files(&tc.cluster.storage_dir(lost_index));
     assert!(!stale.is_empty(), "node {lost} holds no fragment files");
@@ -539,15 +545,7 @@ fn a_repair_target_that_is_full_fails_cleanly_and_is_retried() -> Result<()> {
         return Ok(());
     }
     let _serial = serial();
-    let mut tc = TestCluster::start_with(
-        |spec| {
-            spec.storage_nodes = 7;
-            spec.repair_after = Duration::from_secs(2);
-        },
-        &[],
-    )?;
-    let status = tc.cluster.wait_ready(7, Duration::from_secs(60))?;
-    let in_groups = placed(&status);
+    let (mut tc, in_groups) = cluster_with_spares(7, |_| {})?;
     let spare = (1..=7u64)
         .find(|id| !in_groups.contains(id))
         .context("a node in no placement group")?;
